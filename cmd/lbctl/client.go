@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/lbctl/lbctl/pkg/config"
+	"github.com/lbctl/lbctl/pkg/server"
+	"github.com/spf13/cobra"
+)
+
+const defaultAdmin = "127.0.0.1:9900"
+
+// clientFlags are the flags of the commands that talk to a running lbctl.
+type clientFlags struct {
+	admin, tokenFile, config string
+}
+
+func (f *clientFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.admin, "admin", "", "admin API address (default: [admin] bind of the config found, else "+defaultAdmin+")")
+	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token (default: [admin] token_file of the config found)")
+	cmd.Flags().StringVarP(&f.config, "config", "c", "", "config file to take the defaults from")
+}
+
+// client returns an HTTP client for the admin API, with defaults taken from
+// the config file found, if any.
+func (f *clientFlags) client() (*adminClient, error) {
+	admin, tokenFile := f.admin, f.tokenFile
+	if admin == "" || tokenFile == "" {
+		if path, err := findConfig(f.config); err == nil {
+			if cfg, err := config.Load(path); err == nil && cfg.Admin != nil {
+				if admin == "" {
+					admin = cfg.Admin.Bind
+				}
+				if tokenFile == "" {
+					tokenFile = cfg.Admin.TokenFile
+				}
+			}
+		}
+	}
+	if admin == "" {
+		admin = defaultAdmin
+	}
+	c := &adminClient{base: "http://" + admin, http: &http.Client{Timeout: 30 * time.Second}}
+	if tokenFile != "" {
+		b, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return nil, withCode(exitFailure, fmt.Errorf("token file: %w", err))
+		}
+		c.token = strings.TrimSpace(string(b))
+	}
+	return c, nil
+}
+
+type adminClient struct {
+	base, token string
+	http        *http.Client
+}
+
+// do sends a request and decodes a 2xx JSON answer into out. Other answers
+// become errors carrying the API's message.
+func (c *adminClient) do(method, path string, out any) error {
+	req, err := http.NewRequest(method, c.base+path, nil)
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the admin API: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)
+		}
+		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(body))
+	}
+	if out == nil {
+		return nil
+	}
+	if raw, ok := out.(*json.RawMessage); ok {
+		*raw = body
+		return nil
+	}
+	return json.Unmarshal(body, out)
+}
+
+func newClientCmds() []*cobra.Command {
+	return []*cobra.Command{newStatusCmd(), newBackendCmd(), newReloadCmd()}
+}
+
+func newStatusCmd() *cobra.Command {
+	var f clientFlags
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show listeners, pools and backends of a running lbctl",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := c.do(http.MethodGet, "/api/v1/status", &raw); err != nil {
+				return withCode(exitFailure, err)
+			}
+			if asJSON {
+				_, err := cmd.OutOrStdout().Write(raw)
+				return err
+			}
+			var st server.Status
+			if err := json.Unmarshal(raw, &st); err != nil {
+				return withCode(exitFailure, err)
+			}
+			printStatus(cmd.OutOrStdout(), st)
+			return nil
+		},
+	}
+	f.register(cmd)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the raw JSON")
+	return cmd
+}
+
+func printStatus(out io.Writer, st server.Status) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "LISTENER\tPROTOCOL\tBIND\tPOOL\tACTIVE")
+	for _, l := range st.Listeners {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", l.Name, l.Protocol, l.Bind, l.Pool, l.Active)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "POOL\tALGORITHM\tBACKEND\tHEALTH\tADMIN\tWEIGHT\tBACKUP\tACTIVE\tTOTAL\tFAILURES")
+	for _, p := range st.Pools {
+		for _, b := range p.Backends {
+			backup := ""
+			if b.Backup {
+				backup = "backup"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\n",
+				p.Name, p.Algorithm, b.Address, b.Health, b.Admin, b.Weight, backup, b.Active, b.Total, b.Failures)
+		}
+	}
+	w.Flush()
+}
+
+func newBackendCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "backend",
+		Short: "Change a backend's administrative state at run time",
+	}
+	for _, action := range []struct{ name, short string }{
+		{"drain", "Stop new connections to a backend; established ones continue"},
+		{"enable", "Let a backend take new connections again"},
+		{"disable", "Take a backend out of service (no new connections)"},
+	} {
+		var f clientFlags
+		sub := &cobra.Command{
+			Use:   action.name + " POOL ADDRESS",
+			Short: action.short,
+			Args:  cobra.ExactArgs(2),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				c, err := f.client()
+				if err != nil {
+					return err
+				}
+				var b server.BackendStatus
+				path := "/api/v1/pools/" + url.PathEscape(args[0]) + "/backends/" + url.PathEscape(args[1]) + "/" + action.name
+				if err := c.do(http.MethodPost, path, &b); err != nil {
+					return withCode(exitFailure, err)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "pool %s backend %s: admin %s, health %s, %d active\n", args[0], b.Address, b.Admin, b.Health, b.Active)
+				return nil
+			},
+		}
+		f.register(sub)
+		cmd.AddCommand(sub)
+	}
+	return cmd
+}
+
+func newReloadCmd() *cobra.Command {
+	var f clientFlags
+	cmd := &cobra.Command{
+		Use:   "reload",
+		Short: "Ask a running lbctl to reload its config file",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			if err := c.do(http.MethodPost, "/api/v1/reload", nil); err != nil {
+				return withCode(exitFailure, fmt.Errorf("reload rejected, the old configuration keeps running: %w", err))
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "reloaded")
+			return nil
+		},
+	}
+	f.register(cmd)
+	return cmd
+}

@@ -1,0 +1,213 @@
+// Package admin serves lbctl's HTTP admin API and Prometheus metrics on the
+// [admin] bind address:
+//
+//	GET  /metrics, /healthz, /readyz                      (no token needed)
+//	GET  /api/v1/status
+//	POST /api/v1/pools/{pool}/backends/{address}/{drain|enable|disable}
+//	POST /api/v1/reload
+//
+// Clients outside Allow get 403; with a token file, /api/ needs
+// "Authorization: Bearer <token>" (401 otherwise). Errors are JSON
+// {"error": "..."}. The package holds no state of its own: it asks the
+// server through the small Runtime interface.
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/pkg/config"
+	"github.com/lbctl/lbctl/pkg/server"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+)
+
+// Runtime is what the admin API needs from the running load balancer.
+type Runtime interface {
+	Ready() bool
+	Status() server.Status
+	SetBackendAdmin(pool, address string, state balancer.AdminState) (server.BackendStatus, error)
+}
+
+// Options configure the admin API.
+type Options struct {
+	Bind      string
+	Allow     []netip.Prefix // empty: loopback only
+	TokenFile string         // empty: no token needed
+	Registry  *prometheus.Registry
+	Server    Runtime
+	Reload    func() error // reloads the config file; a config.Errors result is a 400
+	Log       *zap.Logger
+}
+
+// Server is a running admin API.
+type Server struct {
+	opts Options
+	ln   net.Listener
+	http *http.Server
+}
+
+// New binds the admin address. Serve then answers on it.
+func New(opts Options) (*Server, error) {
+	if len(opts.Allow) == 0 {
+		opts.Allow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	}
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	ln, err := net.Listen("tcp", opts.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	s := &Server{opts: opts, ln: ln}
+	s.http = &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          zap.NewStdLog(opts.Log.Named("admin")),
+	}
+	return s, nil
+}
+
+// Addr is the bound address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve answers requests until Close.
+func (s *Server) Serve() error { return s.http.Serve(s.ln) }
+
+// Close stops the admin API, letting requests in flight finish for a moment.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return s.http.Shutdown(ctx)
+}
+
+// Handler returns the admin API's HTTP handler.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Registry, promhttp.HandlerOpts{Registry: s.opts.Registry}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.opts.Server.Ready() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "not ready"})
+			return
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	})
+	api := http.NewServeMux()
+	api.HandleFunc("GET /api/v1/status", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.opts.Server.Status())
+	})
+	api.HandleFunc("POST /api/v1/pools/{pool}/backends/{address}/{action}", s.backendAction)
+	api.HandleFunc("POST /api/v1/reload", s.reload)
+	api.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	mux.Handle("/api/", s.authenticate(api))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	return s.allow(mux)
+}
+
+// allow refuses clients outside the Allow list.
+func (s *Server) allow(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil || !config.Match(s.opts.Allow, ap.Addr()) {
+			writeError(w, http.StatusForbidden, "client address not allowed")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// authenticate checks the bearer token when a token file is configured. The
+// file is read on each request, so a rotated token takes effect at once.
+func (s *Server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.opts.TokenFile != "" {
+			want, err := os.ReadFile(s.opts.TokenFile)
+			if err != nil {
+				s.opts.Log.Error("admin token file unreadable, refusing API requests", zap.Error(err))
+				writeError(w, http.StatusInternalServerError, "token file unreadable")
+				return
+			}
+			token := strings.TrimSpace(string(want))
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || token == "" || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="lbctl"`)
+				writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) backendAction(w http.ResponseWriter, r *http.Request) {
+	var state balancer.AdminState
+	switch r.PathValue("action") {
+	case "drain":
+		state = balancer.Draining
+	case "enable":
+		state = balancer.Enabled
+	case "disable":
+		state = balancer.Disabled
+	default:
+		writeError(w, http.StatusNotFound, "unknown action "+r.PathValue("action")+" (drain, enable, disable)")
+		return
+	}
+	pool, address := r.PathValue("pool"), r.PathValue("address")
+	st, err := s.opts.Server.SetBackendAdmin(pool, address, state)
+	switch {
+	case errors.Is(err, server.ErrUnknownPool):
+		writeError(w, http.StatusNotFound, "unknown pool "+pool)
+	case errors.Is(err, server.ErrUnknownBackend):
+		writeError(w, http.StatusNotFound, "unknown backend "+address+" in pool "+pool)
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, st)
+	}
+}
+
+func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	err := s.opts.Reload()
+	var errs config.Errors
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
+	case errors.As(err, &errs):
+		writeError(w, http.StatusBadRequest, err.Error())
+	default:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}

@@ -1,0 +1,177 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/pkg/config"
+	"github.com/lbctl/lbctl/pkg/metrics"
+	"github.com/lbctl/lbctl/pkg/tcpproxy"
+	"go.uber.org/zap"
+)
+
+// listener is one bound socket. Its behaviour (pool, limits) is the
+// listenerState in force, swapped atomically by a reload.
+type listener struct {
+	protocol string
+	tcp      *net.TCPListener
+	state    atomic.Pointer[listenerState]
+	active   atomic.Int64 // open connections, across generations
+	closing  chan struct{}
+	once     sync.Once
+	done     chan struct{} // closed when the accept loop has returned
+}
+
+// listenerState is one generation of a listener's configuration.
+type listenerState struct {
+	name     string
+	cfg      *config.Listener
+	pool     *pool
+	maxConns int64
+	rej      *metrics.Rejections
+	proxy    *tcpproxy.Proxy
+}
+
+func (s *Server) buildListenerState(lc *config.Listener, p *pool) (*listenerState, error) {
+	if p == nil {
+		return nil, errors.New("unknown pool " + lc.Pool)
+	}
+	st := &listenerState{
+		name:     lc.Name,
+		cfg:      lc,
+		pool:     p,
+		maxConns: int64(lc.MaxConnections),
+		rej:      s.m.ForListener(lc.Name),
+	}
+	switch lc.Protocol {
+	case "tcp":
+		tm := make(map[*balancer.Backend]*tcpproxy.Target, len(p.backends))
+		for _, be := range p.backends {
+			tm[be.b] = &tcpproxy.Target{Addr: be.addr, Metrics: s.m.ForBackend(lc.Name, p.name, be.b.Address())}
+		}
+		var access *zap.Logger
+		if s.cfg.Load().Log.Access {
+			access = s.log.Named("access")
+		}
+		st.proxy = tcpproxy.New(tcpproxy.Config{
+			Listener:       lc.Name,
+			PoolName:       p.name,
+			Pool:           p.bal,
+			Targets:        tm,
+			ConnectTimeout: p.cfg.ConnectTimeout,
+			Retries:        p.cfg.Retries,
+			IdleTimeout:    lc.IdleTimeout,
+			Rejections:     st.rej,
+			Passive:        p,
+			Log:            s.log,
+			Access:         access,
+		})
+	default:
+		return nil, errors.New("protocol " + lc.Protocol + " is not served by this build")
+	}
+	return st, nil
+}
+
+func (s *Server) bind(lc *config.Listener) (*listener, error) {
+	l := &listener{protocol: lc.Protocol, closing: make(chan struct{}), done: make(chan struct{})}
+	switch lc.Protocol {
+	case "tcp":
+		if inh, ok := s.opts.Inherited[listenerKey("tcp", lc.Bind)].(*net.TCPListener); ok {
+			l.tcp = inh
+			return l, nil
+		}
+		lcfg := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: true}}
+		ln, err := lcfg.Listen(context.Background(), "tcp", lc.Bind)
+		if err != nil {
+			return nil, err
+		}
+		l.tcp = ln.(*net.TCPListener)
+	default:
+		return nil, errors.New("protocol " + lc.Protocol + " is not served by this build")
+	}
+	return l, nil
+}
+
+func (l *listener) addr() net.Addr { return l.tcp.Addr() }
+
+// close stops accepting. Established connections are not touched.
+func (l *listener) close() {
+	l.once.Do(func() {
+		close(l.closing)
+		l.tcp.Close()
+	})
+	<-l.done
+}
+
+func (s *Server) serve(l *listener) {
+	go s.acceptLoop(l)
+}
+
+// Accept back-off bounds: a temporary error (out of descriptors) doubles the
+// wait from min to max, so a starved process neither spins nor stalls long
+// once descriptors free up.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+func (s *Server) acceptLoop(l *listener) {
+	defer close(l.done)
+	var backoff time.Duration
+	var failures int
+	for {
+		c, err := l.tcp.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if backoff == 0 {
+				backoff = acceptBackoffMin
+				// Logged once per episode, not per failed accept.
+				s.log.Warn("accept failed, backing off", zap.String("listener", l.state.Load().name), zap.Error(err),
+					zap.Bool("temporary", isTemporaryAcceptErr(err)))
+			} else if backoff *= 2; backoff > acceptBackoffMax {
+				backoff = acceptBackoffMax
+			}
+			failures++
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-l.closing:
+				t.Stop()
+				return
+			}
+			continue
+		}
+		if backoff != 0 {
+			s.log.Info("accepting again", zap.String("listener", l.state.Load().name), zap.Int("failed_accepts", failures))
+			backoff, failures = 0, 0
+		}
+		st := l.state.Load()
+		if st.maxConns > 0 && l.active.Load() >= st.maxConns {
+			st.rej.MaxConnections.Inc()
+			c.SetLinger(0)
+			c.Close()
+			continue
+		}
+		l.active.Add(1)
+		s.conns.Add(1)
+		go s.handleTCP(l, st, c)
+	}
+}
+
+func (s *Server) handleTCP(l *listener, st *listenerState, c *net.TCPConn) {
+	defer s.conns.Done()
+	defer l.active.Add(-1)
+	ra, _ := c.RemoteAddr().(*net.TCPAddr)
+	if ra == nil {
+		c.Close()
+		return
+	}
+	st.proxy.Serve(s.killCtx, c, ra.AddrPort())
+}

@@ -1,0 +1,341 @@
+// Package server is lbctl's composition root: it turns a validated
+// config.Config into bound listeners, balanced pools and health checkers,
+// owns every goroutine they need, and handles reload and shutdown.
+//
+//	s, err := server.New(cfg, server.Options{Log: log, Metrics: m})
+//	if err := s.Start(); err != nil { ... }   // binds every listener
+//	...
+//	err = s.Reload(newCfg)                     // atomic swap, no dropped connection
+//	s.Shutdown(ctx)                            // stop accepting, drain, close
+//
+// Reload builds the whole new runtime (pools, proxies, sockets for new bind
+// addresses) before it changes anything; a failure leaves the running
+// configuration untouched. Listeners are keyed by protocol and bind address,
+// so a listener whose address stays keeps its socket (no refused
+// connection), and its new handler is swapped in with one atomic store while
+// established connections keep their old handler. Backends are keyed by pool
+// and address, so health, admin state and counters survive a reload.
+//
+// The server never copies bytes itself: pkg/tcpproxy and pkg/udpproxy do.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lbctl/lbctl/pkg/config"
+	"github.com/lbctl/lbctl/pkg/metrics"
+	"go.uber.org/zap"
+)
+
+// Options are the server's injected dependencies.
+type Options struct {
+	Log     *zap.Logger      // required
+	Metrics *metrics.Metrics // required
+	// Inherited maps "tcp|ip:port" / "udp|ip:port" to sockets inherited from
+	// the service manager (socket activation). Matching listeners use them
+	// instead of binding.
+	Inherited map[string]any
+	// Resolver resolves backend host names; nil means net.DefaultResolver.
+	Resolver *net.Resolver
+}
+
+// Server runs listeners and pools for one lbctl process.
+type Server struct {
+	log    *zap.Logger
+	access *zap.Logger
+	m      *metrics.Metrics
+	opts   Options
+
+	mu        sync.Mutex // serialises Start, Reload and Shutdown
+	cfg       atomic.Pointer[config.Config]
+	listeners map[string]*listener // by key(protocol, bind)
+	pools     map[string]*pool     // by pool name
+	started   bool
+	stopping  atomic.Bool
+	ready     atomic.Bool
+
+	conns    sync.WaitGroup     // every proxied connection and UDP session
+	killCtx  context.Context    // canceled when the shutdown drain time is over
+	kill     context.CancelFunc //
+	health   *healthMonitor
+	reloadMu sync.Mutex
+}
+
+// New prepares a server for cfg. It binds nothing yet.
+func New(cfg *config.Config, opts Options) (*Server, error) {
+	if opts.Log == nil || opts.Metrics == nil {
+		return nil, errors.New("server: Log and Metrics are required")
+	}
+	s := &Server{
+		log:       opts.Log,
+		m:         opts.Metrics,
+		opts:      opts,
+		listeners: map[string]*listener{},
+		pools:     map[string]*pool{},
+	}
+	s.killCtx, s.kill = context.WithCancel(context.Background())
+	s.health = newHealthMonitor(s.log, s.m)
+	s.cfg.Store(cfg)
+	return s, nil
+}
+
+// Config returns the configuration in force.
+func (s *Server) Config() *config.Config { return s.cfg.Load() }
+
+// Ready reports whether every listener is bound and the server is not
+// stopping (the admin API's /readyz).
+func (s *Server) Ready() bool { return s.ready.Load() && !s.stopping.Load() }
+
+// Start binds every listener of the configuration and starts serving. On
+// error nothing is left bound.
+func (s *Server) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.started {
+		return errors.New("server: already started")
+	}
+	if err := s.apply(s.cfg.Load()); err != nil {
+		return err
+	}
+	s.started = true
+	s.ready.Store(true)
+	return nil
+}
+
+// Reload replaces the running configuration by cfg, which must already be
+// validated. On error the old configuration keeps running untouched.
+func (s *Server) Reload(cfg *config.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.started || s.stopping.Load() {
+		return errors.New("server: not running")
+	}
+	old := s.cfg.Load()
+	if err := s.apply(cfg); err != nil {
+		s.m.ConfigReloads.WithLabelValues("failure").Inc()
+		s.log.Error("reload failed, the old configuration keeps running", zap.Error(err))
+		return err
+	}
+	s.cfg.Store(cfg)
+	s.m.ConfigReloads.WithLabelValues("success").Inc()
+	s.log.Info("configuration reloaded", zap.String("file", cfg.File), zap.Strings("changes", diff(old, cfg)))
+	return nil
+}
+
+// Shutdown closes every listener (new connections are refused), lets open
+// connections finish until ctx is done, then closes the rest. It returns
+// once every connection goroutine has ended.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stopping.Store(true)
+	for k, l := range s.listeners {
+		l.close()
+		delete(s.listeners, k)
+	}
+	s.health.stop()
+
+	drained := make(chan struct{})
+	go func() {
+		s.conns.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		s.log.Info("shutdown timeout reached, closing the remaining connections")
+		s.kill()
+		<-drained
+	}
+	s.kill()
+	for _, p := range s.pools {
+		p.stop()
+	}
+}
+
+// apply builds the runtime for cfg and swaps it in. Everything that can
+// fail happens before the first change.
+func (s *Server) apply(cfg *config.Config) error {
+	pools, err := s.buildPools(cfg)
+	if err != nil {
+		return err
+	}
+	states := make(map[string]*listenerState, len(cfg.Listeners))
+	for _, lc := range cfg.Listeners {
+		st, err := s.buildListenerState(lc, pools[lc.Pool])
+		if err != nil {
+			return fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
+		states[listenerKey(lc.Protocol, lc.Bind)] = st
+	}
+
+	// Bind the sockets that are new; on failure close what was bound here.
+	fresh := map[string]*listener{}
+	for _, lc := range cfg.Listeners {
+		k := listenerKey(lc.Protocol, lc.Bind)
+		if _, ok := s.listeners[k]; ok {
+			continue
+		}
+		l, err := s.bind(lc)
+		if err != nil {
+			for _, f := range fresh {
+				f.close()
+			}
+			return fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
+		fresh[k] = l
+	}
+
+	// Commit. Pools first, so handlers never see a half-built pool.
+	oldPools := s.pools
+	s.pools = pools
+	for name, p := range pools {
+		p.start(oldPools[name])
+	}
+	for name, p := range oldPools {
+		if _, kept := pools[name]; !kept {
+			p.stop()
+		}
+	}
+	for k, l := range s.listeners {
+		st, kept := states[k]
+		if !kept {
+			l.close() // its connections finish on their own
+			delete(s.listeners, k)
+			continue
+		}
+		l.state.Store(st)
+	}
+	for k, l := range fresh {
+		l.state.Store(states[k])
+		s.listeners[k] = l
+		s.serve(l)
+		s.log.Info("listening", zap.String("listener", states[k].name), zap.String("protocol", l.protocol),
+			zap.String("bind", l.addr().String()), zap.String("pool", states[k].pool.name))
+	}
+	return nil
+}
+
+func listenerKey(protocol, bind string) string { return protocol + "|" + bind }
+
+// Listeners returns the bound listeners' addresses by listener name (useful
+// when a bind port is 0).
+func (s *Server) Listeners() map[string]net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]net.Addr{}
+	for _, l := range s.listeners {
+		if st := l.state.Load(); st != nil {
+			out[st.name] = l.addr()
+		}
+	}
+	return out
+}
+
+// diff describes what changed between two configurations, for the reload
+// log line.
+func diff(old, cur *config.Config) []string {
+	var out []string
+	ol := map[string]*config.Listener{}
+	for _, l := range old.Listeners {
+		ol[l.Name] = l
+	}
+	for _, l := range cur.Listeners {
+		o, ok := ol[l.Name]
+		switch {
+		case !ok:
+			out = append(out, "listener "+l.Name+" added")
+		case o.Bind != l.Bind || o.Protocol != l.Protocol:
+			out = append(out, "listener "+l.Name+" rebound")
+		}
+		delete(ol, l.Name)
+	}
+	for name := range ol {
+		out = append(out, "listener "+name+" removed")
+	}
+	for name, p := range cur.Pools {
+		o, ok := old.Pools[name]
+		if !ok {
+			out = append(out, "pool "+name+" added")
+			continue
+		}
+		ob := map[string]config.Backend{}
+		for _, b := range o.Backends {
+			ob[b.Address] = b
+		}
+		for _, b := range p.Backends {
+			prev, ok := ob[b.Address]
+			switch {
+			case !ok:
+				out = append(out, "pool "+name+" backend "+b.Address+" added")
+			case prev != b:
+				out = append(out, "pool "+name+" backend "+b.Address+" changed")
+			}
+			delete(ob, b.Address)
+		}
+		for a := range ob {
+			out = append(out, "pool "+name+" backend "+a+" removed")
+		}
+	}
+	for name := range old.Pools {
+		if _, ok := cur.Pools[name]; !ok {
+			out = append(out, "pool "+name+" removed")
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// resolve turns a backend address ("host:port") into "ip:port".
+func (s *Server) resolve(address string) (string, error) {
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		return ap.String(), nil
+	}
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return "", err
+	}
+	r := s.opts.Resolver
+	if r == nil {
+		r = net.DefaultResolver
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ips, err := r.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return "", fmt.Errorf("resolve %s: %w", host, err)
+	}
+	if len(ips) == 0 {
+		return "", fmt.Errorf("resolve %s: no address", host)
+	}
+	// Prefer IPv4 for determinism when a name has both.
+	sort.SliceStable(ips, func(i, j int) bool { return ips[i].Unmap().Is4() && !ips[j].Unmap().Is4() })
+	return net.JoinHostPort(ips[0].Unmap().String(), port), nil
+}
+
+// isTemporaryAcceptErr reports errors after which accepting can go on once
+// the cause passes: out of descriptors or memory, or a connection aborted
+// before it was accepted.
+func isTemporaryAcceptErr(err error) bool {
+	for _, e := range temporaryAcceptErrs {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+var temporaryAcceptErrs = []error{
+	syscall.EMFILE, syscall.ENFILE, syscall.ECONNABORTED, syscall.ENOBUFS, syscall.ENOMEM,
+	syscall.EAGAIN, syscall.EINTR, syscall.EPROTO, syscall.EPERM,
+}

@@ -1,0 +1,109 @@
+package server
+
+import (
+	"errors"
+	"sort"
+
+	"github.com/lbctl/lbctl/balancer"
+)
+
+// Status is a snapshot of the running configuration and its counters, the
+// body of the admin API's GET /api/v1/status.
+type Status struct {
+	Listeners []ListenerStatus `json:"listeners"`
+	Pools     []PoolStatus     `json:"pools"`
+}
+
+// ListenerStatus describes one listener.
+type ListenerStatus struct {
+	Name     string `json:"name"`
+	Protocol string `json:"protocol"`
+	Bind     string `json:"bind"`
+	Pool     string `json:"pool"`
+	Active   int64  `json:"active"`
+}
+
+// PoolStatus describes one pool.
+type PoolStatus struct {
+	Name      string          `json:"name"`
+	Algorithm string          `json:"algorithm"`
+	Backends  []BackendStatus `json:"backends"`
+}
+
+// BackendStatus describes one backend.
+type BackendStatus struct {
+	Address  string `json:"address"`
+	Weight   int    `json:"weight"`
+	Backup   bool   `json:"backup"`
+	Health   string `json:"health"` // "up" | "down"
+	Admin    string `json:"admin"`  // "enabled" | "draining" | "disabled"
+	Active   int64  `json:"active"`
+	Total    uint64 `json:"total"`
+	Failures uint64 `json:"failures"`
+}
+
+// Errors returned by SetBackendAdmin.
+var (
+	ErrUnknownPool    = errors.New("unknown pool")
+	ErrUnknownBackend = errors.New("unknown backend")
+)
+
+// Status returns a snapshot of listeners, pools and backends.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{Listeners: []ListenerStatus{}, Pools: []PoolStatus{}}
+	for _, l := range s.listeners {
+		ls := l.state.Load()
+		if ls == nil {
+			continue
+		}
+		st.Listeners = append(st.Listeners, ListenerStatus{
+			Name: ls.name, Protocol: l.protocol, Bind: l.addr().String(), Pool: ls.pool.name, Active: l.active.Load(),
+		})
+	}
+	sort.Slice(st.Listeners, func(i, j int) bool { return st.Listeners[i].Name < st.Listeners[j].Name })
+	for _, p := range s.pools {
+		ps := PoolStatus{Name: p.name, Algorithm: p.cfg.Algorithm, Backends: []BackendStatus{}}
+		for _, be := range p.backends {
+			ps.Backends = append(ps.Backends, backendStatus(be.b))
+		}
+		st.Pools = append(st.Pools, ps)
+	}
+	sort.Slice(st.Pools, func(i, j int) bool { return st.Pools[i].Name < st.Pools[j].Name })
+	return st
+}
+
+func backendStatus(b *balancer.Backend) BackendStatus {
+	h := "down"
+	if b.Healthy() {
+		h = "up"
+	}
+	return BackendStatus{
+		Address: b.Address(), Weight: b.Weight(), Backup: b.Backup(), Health: h, Admin: b.Admin().String(),
+		Active: b.Active(), Total: b.Total(), Failures: b.Failures(),
+	}
+}
+
+// SetBackendAdmin changes one backend's administrative state. The state
+// survives reloads while the backend stays in the pool.
+func (s *Server) SetBackendAdmin(pool, address string, state balancer.AdminState) (BackendStatus, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[pool]
+	if !ok {
+		return BackendStatus{}, ErrUnknownPool
+	}
+	for _, be := range p.backends {
+		if be.b.Address() == address {
+			prev := be.b.Admin()
+			be.b.SetAdmin(state)
+			if prev != state {
+				s.log.Info("backend admin state changed", zapPool(pool), zapBackend(address),
+					zapString("from", prev.String()), zapString("to", state.String()))
+			}
+			return backendStatus(be.b), nil
+		}
+	}
+	return BackendStatus{}, ErrUnknownBackend
+}

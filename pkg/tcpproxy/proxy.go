@@ -1,0 +1,346 @@
+// Package tcpproxy runs one proxied TCP connection's life: pick a backend,
+// dial it (failing over to others), move bytes both ways, honour half-close,
+// enforce the idle timeout, and close both sides.
+//
+// A Proxy is immutable and shared by every connection of one listener
+// generation; a config reload builds a new Proxy while connections served by
+// the old one run to completion.
+//
+//	p := tcpproxy.New(tcpproxy.Config{Listener: "web", Pool: pool, ...})
+//	for {
+//		c, err := ln.AcceptTCP()
+//		...
+//		go p.Serve(ctx, c, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+//	}
+//
+// Serve owns the client connection from the call on and closes it. It does
+// not accept connections, apply access lists or count listener limits: that
+// is the listener's job (pkg/server).
+//
+// Bytes move between the two *net.TCPConn directly, never through a
+// wrapper, so Linux splices bulk data (see copy_linux.go).
+package tcpproxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/pkg/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Target is how to reach one backend of the pool, and its metric handles.
+type Target struct {
+	Addr    string // resolved "ip:port" to dial
+	Metrics *metrics.Backend
+}
+
+// PassiveObserver learns of every failed connect, for passive health checks.
+type PassiveObserver interface {
+	ConnectFailed(b *balancer.Backend)
+}
+
+// Config is what a Proxy needs. All fields but Passive are required.
+type Config struct {
+	Listener       string
+	PoolName       string
+	Pool           *balancer.Pool
+	Targets        map[*balancer.Backend]*Target // one for every backend of Pool
+	ConnectTimeout time.Duration
+	Retries        int
+	IdleTimeout    time.Duration // 0 = none
+	KeepAlive      time.Duration // TCP keep-alive idle time toward backends; 0 = Go's default (15s)
+	Rejections     *metrics.Rejections
+	Passive        PassiveObserver
+	// HeaderFunc, when set, returns bytes written to the backend before any
+	// payload (a PROXY protocol header). It does not count in byte metrics.
+	HeaderFunc func(client, local netip.AddrPort) []byte
+	Log        *zap.Logger // errors and debug
+	Access     *zap.Logger // one line per finished connection; nil = off
+}
+
+// Proxy serves client connections for one listener generation.
+type Proxy struct {
+	cfg    Config
+	dialer net.Dialer
+}
+
+// New returns a Proxy for cfg.
+func New(cfg Config) *Proxy {
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	return &Proxy{
+		cfg: cfg,
+		dialer: net.Dialer{
+			Timeout:         cfg.ConnectTimeout,
+			KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: cfg.KeepAlive},
+		},
+	}
+}
+
+// Config returns the configuration p was built with.
+func (p *Proxy) Config() *Config { return &p.cfg }
+
+// End says how a connection ended: the access log's "end" field.
+type End string
+
+const (
+	EndDone               End = "done"                // both sides finished normally
+	EndClientError        End = "client_error"        // read or write on the client failed (reset)
+	EndBackendError       End = "backend_error"       // read or write on the backend failed (reset)
+	EndIdle               End = "idle_timeout"        // no bytes either way for IdleTimeout
+	EndShutdown           End = "shutdown"            // closed by the shutdown deadline
+	EndNoBackend          End = "no_backend"          // no eligible backend
+	EndBackendUnavailable End = "backend_unavailable" // every connect attempt failed
+)
+
+// Serve proxies client to a backend and returns when the connection is over.
+// clientAddr is the client as the rest of lbctl sees it (the PROXY protocol
+// source when the listener accepts one). Canceling ctx closes the
+// connection at once (the end of a shutdown drain). Serve always closes
+// client.
+func (p *Proxy) Serve(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort) End {
+	start := time.Now()
+	backend, b, t, end := p.dial(ctx, clientAddr.Addr())
+	if backend == nil {
+		client.Close()
+		switch end {
+		case EndNoBackend:
+			p.cfg.Rejections.NoBackend.Inc()
+		case EndBackendUnavailable:
+			p.cfg.Rejections.BackendUnavailable.Inc()
+		}
+		p.logAccess(clientAddr, "", 0, 0, start, end)
+		return end
+	}
+	if p.cfg.HeaderFunc != nil {
+		local, _ := client.LocalAddr().(*net.TCPAddr)
+		hdr := p.cfg.HeaderFunc(clientAddr, local.AddrPort())
+		if _, err := backend.Write(hdr); err != nil {
+			p.cfg.Log.Debug("write PROXY header", zap.String("backend", b.Address()), zap.Error(err))
+			client.SetLinger(0)
+			client.Close()
+			backend.Close()
+			t.Metrics.ConnectErrors.Inc()
+			p.logAccess(clientAddr, b.Address(), 0, 0, start, EndBackendError)
+			return EndBackendError
+		}
+	}
+
+	b.Acquire()
+	t.Metrics.ConnectionsActive.Inc()
+	t.Metrics.ConnectionsTotal.Inc()
+	c := newConn(p, client, backend, t)
+	end = c.pump(ctx)
+	t.Metrics.ConnectionsActive.Dec()
+	b.Release()
+	p.logAccess(clientAddr, b.Address(), c.in.bytes, c.out.bytes, start, end)
+	return end
+}
+
+// dial connects to a backend, trying up to Retries others when a connect
+// fails.
+func (p *Proxy) dial(ctx context.Context, client netip.Addr) (*net.TCPConn, *balancer.Backend, *Target, End) {
+	var tried balancer.Tried
+	for attempt := 0; attempt <= p.cfg.Retries; attempt++ {
+		b := p.cfg.Pool.Pick(client, &tried)
+		if b == nil {
+			break
+		}
+		tried.Add(b)
+		t := p.cfg.Targets[b]
+		start := time.Now()
+		nc, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
+		if err != nil {
+			t.Metrics.ConnectErrors.Inc()
+			b.AddFailure()
+			if p.cfg.Passive != nil {
+				p.cfg.Passive.ConnectFailed(b)
+			}
+			// Debug only: a dead backend is reported once, by the health
+			// state change, not once per connection.
+			p.cfg.Log.Debug("connect to backend failed",
+				zap.String("pool", p.cfg.PoolName), zap.String("backend", b.Address()), zap.Error(err))
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		t.Metrics.ConnectDuration.Observe(time.Since(start).Seconds())
+		return nc.(*net.TCPConn), b, t, ""
+	}
+	if tried.Len() == 0 {
+		return nil, nil, nil, EndNoBackend
+	}
+	return nil, nil, nil, EndBackendUnavailable
+}
+
+func (p *Proxy) logAccess(client netip.AddrPort, backend string, in, out int64, start time.Time, end End) {
+	if p.cfg.Access == nil {
+		return
+	}
+	p.cfg.Access.Info("connection",
+		zap.String("listener", p.cfg.Listener),
+		zap.Stringer("client", client),
+		zap.String("backend", backend),
+		zap.Int64("bytes_in", in),
+		zap.Int64("bytes_out", out),
+		zap.Duration("duration", time.Since(start)),
+		zap.String("end", string(end)),
+	)
+}
+
+var bufPool = sync.Pool{New: func() any {
+	b := make([]byte, smallBufSize)
+	return &b
+}}
+
+// epoch anchors the monotonic clock used for idle tracking.
+var epoch = time.Now()
+
+func nanotime() int64 { return int64(time.Since(epoch)) }
+
+// conn is one client connection joined to one backend connection.
+type conn struct {
+	client, backend *net.TCPConn
+	in, out         direction // in: client to backend; out: backend to client
+	idleTimeout     time.Duration
+	last            atomic.Int64 // nanotime of the last byte moved either way
+	idle            *time.Timer
+	end             atomic.Pointer[End] // set once, by whoever ends the connection first
+	closeOnce       sync.Once
+}
+
+// direction is one half of a connection: bytes from src to dst.
+type direction struct {
+	c        *conn
+	src, dst *net.TCPConn
+	bytes    int64 // moved so far; owned by the direction's goroutine until it ends
+	counter  prometheus.Counter
+	platformCopier
+}
+
+func newConn(p *Proxy, client, backend *net.TCPConn, t *Target) *conn {
+	c := &conn{client: client, backend: backend, idleTimeout: p.cfg.IdleTimeout}
+	c.in = direction{c: c, src: client, dst: backend, counter: t.Metrics.BytesIn}
+	c.out = direction{c: c, src: backend, dst: client, counter: t.Metrics.BytesOut}
+	return c
+}
+
+func (d *direction) account(n int) {
+	d.bytes += int64(n)
+	d.counter.Add(float64(n))
+	d.c.last.Store(nanotime())
+}
+
+var (
+	endDone        = EndDone
+	endClientError = EndClientError
+	endBackendErr  = EndBackendError
+	endIdle        = EndIdle
+	endShutdown    = EndShutdown
+)
+
+// pump runs both directions and returns when both have finished.
+func (c *conn) pump(ctx context.Context) End {
+	if err := c.in.initPlatform(); err != nil {
+		c.abort(&endClientError, true)
+		return EndClientError
+	}
+	if err := c.out.initPlatform(); err != nil {
+		c.abort(&endBackendErr, true)
+		return EndBackendError
+	}
+	c.last.Store(nanotime())
+	if c.idleTimeout > 0 {
+		c.idle = time.AfterFunc(c.idleTimeout, c.checkIdle)
+	}
+	stop := context.AfterFunc(ctx, func() { c.abort(&endShutdown, false) })
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.in.finish(c.in.run(), &endClientError, &endBackendErr)
+	}()
+	c.out.finish(c.out.run(), &endBackendErr, &endClientError)
+	<-done
+
+	stop()
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	c.end.CompareAndSwap(nil, &endDone)
+	c.closeBoth(false)
+	return *c.end.Load()
+}
+
+// finish ends one direction. After a clean EOF the peer's write side is shut
+// (half-close) and the other direction goes on. After an error both
+// connections are torn down, so the other direction stops waiting at once.
+func (d *direction) finish(err error, srcFailed, dstFailed *End) {
+	if err == nil {
+		// If the peer is already gone this fails; the other direction then
+		// sees the failure itself and ends the connection.
+		d.dst.CloseWrite()
+		return
+	}
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
+		// Closed by abort (idle, shutdown or the other direction's failure).
+		d.c.abort(dstFailed, false)
+		return
+	}
+	end := srcFailed
+	if isWriteErr(err) {
+		end = dstFailed
+	}
+	d.c.abort(end, true)
+}
+
+// isWriteErr reports whether err came from writing (the destination failed)
+// rather than reading.
+func isWriteErr(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		return op.Op == "write" || op.Op == "readfrom" && errors.Is(err, syscall.EPIPE)
+	}
+	return errors.Is(err, syscall.EPIPE)
+}
+
+// abort records why the connection ends (the first reason wins) and closes
+// both sides. reset sends RST instead of FIN, so that a peer whose
+// counterpart failed mid-stream cannot mistake a truncated stream for a
+// complete one.
+func (c *conn) abort(why *End, reset bool) {
+	c.end.CompareAndSwap(nil, why)
+	c.closeBoth(reset)
+}
+
+func (c *conn) closeBoth(reset bool) {
+	c.closeOnce.Do(func() {
+		if reset {
+			c.client.SetLinger(0)
+			c.backend.SetLinger(0)
+		}
+		c.client.Close()
+		c.backend.Close()
+	})
+}
+
+func (c *conn) checkIdle() {
+	quiet := time.Duration(nanotime() - c.last.Load())
+	if quiet >= c.idleTimeout {
+		c.abort(&endIdle, false)
+		return
+	}
+	c.idle.Reset(c.idleTimeout - quiet)
+}
