@@ -1,0 +1,105 @@
+package balancer
+
+import (
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// TestConcurrentPicksAndStateChanges runs pickers (Pick, Acquire, Release,
+// retry with Tried) against goroutines that flip health, admin state, weight
+// and slow-start scale. Run with -race. Whatever the interleaving, a pick is
+// never a tried backend nor the one that stays disabled, and the counters add
+// up at the end.
+func TestConcurrentPicksAndStateChanges(t *testing.T) {
+	for _, alg := range algorithms {
+		t.Run(alg, func(t *testing.T) {
+			bs := backends(3, 2, 1, 1, 1, 1)
+			bs[4].SetBackup(true)
+			fixed := bs[5] // stays disabled; the flippers leave it alone
+			fixed.SetAdmin(Disabled)
+			flipped := bs[:5]
+			p := mustPool(t, alg, bs)
+			ips := clientIPs(256)
+
+			const pickers, picksEach, flippers, flipsMax = 8, 1500, 2, 200_000
+			var (
+				pickWG, flipWG sync.WaitGroup
+				acquired       atomic.Uint64
+				tooMany        atomic.Int64 // picked a tried or disabled backend
+				stop           = make(chan struct{})
+			)
+			for f := range flippers {
+				flipWG.Go(func() {
+					for i := range flipsMax {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						b := flipped[(i+f)%len(flipped)]
+						switch i % 4 {
+						case 0:
+							b.SetHealthy(!b.Healthy())
+						case 1:
+							b.SetAdmin(AdminState(i / 4 % 3))
+						case 2:
+							b.SetWeightScale(i % 1001)
+						case 3:
+							b.SetWeight(i % 4)
+						}
+					}
+				})
+			}
+			for g := range pickers {
+				pickWG.Go(func() {
+					for i := range picksEach {
+						var tried Tried
+						for range 3 {
+							b := p.Pick(ips[(g*picksEach+i)%len(ips)], &tried)
+							if b == nil {
+								break
+							}
+							if tried.Has(b) || b == fixed {
+								tooMany.Add(1)
+							}
+							tried.Add(b)
+							b.Acquire()
+							acquired.Add(1)
+							b.Release()
+						}
+					}
+				})
+			}
+			pickWG.Wait()
+			close(stop)
+			flipWG.Wait()
+
+			if n := tooMany.Load(); n != 0 {
+				t.Errorf("%d picks returned a tried or disabled backend", n)
+			}
+			var total uint64
+			for _, b := range bs {
+				if b.Active() != 0 {
+					t.Errorf("%s: %d active after every Release", b, b.Active())
+				}
+				total += b.Total()
+			}
+			if total != acquired.Load() {
+				t.Errorf("sum of Total() = %d, want %d acquired", total, acquired.Load())
+			}
+			if acquired.Load() == 0 {
+				t.Error("no pick succeeded")
+			}
+
+			for _, b := range flipped {
+				b.SetHealthy(true)
+				b.SetAdmin(Enabled)
+				b.SetWeight(1)
+				b.SetWeightScale(1000)
+			}
+			c := pickN(t, p, 400, false)
+			wantShares(t, c, bs, []float64{1, 1, 1, 1, 0, 0}, 0.1)
+		})
+	}
+}

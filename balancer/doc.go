@@ -1,0 +1,61 @@
+// Package balancer chooses the backend that serves a new client connection.
+//
+// It holds two kinds of values:
+//
+//   - A [Backend] is one upstream server together with its run-time state:
+//     health (up/down), administrative state ([Enabled], [Draining],
+//     [Disabled]), configured weight, slow-start scale and connection
+//     counters. Every method is safe for concurrent use; the state lives in
+//     atomics. The server keeps one *Backend per pool and address for the life
+//     of the process and hands the same pointer to every [Pool] it builds, so
+//     health, admin state and counters survive a config reload.
+//   - A [Pool] is an immutable list of backends plus a selection algorithm
+//     ("round-robin", "least-connections" or "ip-hash"). A reload builds a new
+//     Pool from the (reused) backends and swaps it in; the old Pool keeps
+//     working for whoever still holds it.
+//
+// A typical connection handler, with retries on connect failure:
+//
+//	var tried balancer.Tried // on the stack; no allocation for up to 8 tries
+//	for attempt := 0; attempt <= retries; attempt++ {
+//		b := pool.Pick(clientIP, &tried)
+//		if b == nil {
+//			break // nothing eligible and untried is left
+//		}
+//		tried.Add(b)
+//		conn, err := dial(b.Address())
+//		if err != nil {
+//			b.AddFailure()
+//			continue
+//		}
+//		b.Acquire()
+//		serve(conn)
+//		b.Release()
+//		return
+//	}
+//
+// Health checkers call [Backend.SetHealthy], the admin API calls
+// [Backend.SetAdmin], and a slow-start ramp driven by the caller's clock calls
+// [Backend.SetWeightScale]. Pick sees every such change at once.
+//
+// Selection rules. A backend is eligible while it is healthy, its admin state
+// is Enabled and its weight is above 0. [Pool.Pick] chooses among the eligible,
+// untried primary backends; only when there is none does it choose among the
+// eligible, untried backups. Every algorithm honours weights, scaled by the
+// slow-start factor:
+//
+//   - round-robin is nginx's smooth weighted round-robin: with weights 5,1,1
+//     the sequence is a a b a c a a, never five in a row to the first backend.
+//   - least-connections picks the lowest Active()/weight. Ties are shared in
+//     proportion to weight along a low-discrepancy sequence, so the first
+//     backend is not always favoured.
+//   - ip-hash is weighted rendezvous (highest random weight) hashing of the
+//     client IP and the backend address with a fixed hash: every process
+//     picks the same backend for the same client; when a backend leaves, only
+//     its own clients move, and when it returns they all come back.
+//
+// What it does not do: no I/O, no clock reads, no goroutines and no logging.
+// It does not dial, health-check, time out passive failures or run the
+// slow-start clock; it only reads the state that its callers set. Pick and
+// the Backend methods do not allocate.
+package balancer
