@@ -1,0 +1,201 @@
+// Package config turns an lbctl TOML file into typed, validated values.
+//
+// Load (or Parse, for bytes already in memory) reads the whole file, checks
+// every key against the schema in the README and SPEC, fills in the
+// defaults, renders go-sockaddr templates in bind addresses and CIDR lists,
+// and returns a *Config whose durations are time.Duration, whose CIDRs are
+// netip.Prefix and whose references (listener -> pool) are known to resolve:
+//
+//	cfg, err := config.Load("/etc/lbctl/lbctl.toml")
+//	var errs config.Errors
+//	if errors.As(err, &errs) {
+//		for _, e := range errs {
+//			fmt.Println(e) // lbctl.toml:42: pools.web.health.interval: invalid duration "2x"
+//		}
+//	}
+//
+// An invalid file is never half-loaded: the error lists every problem found,
+// each with the file, the line where the key stands and the key path
+// (entries of arrays are counted from 0: pools.web.backends[1].weight).
+// Unknown keys are errors.
+//
+// A Config is a value: nothing in it changes after Load returns, and callers
+// must not modify it; a reload is a new Load and a new Config. The package
+// opens no sockets, starts no goroutines and logs nothing. It does not
+// resolve backend host names or read the admin token file; that is the
+// server's job at start and at reload.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Defaults that the file may override. Every one of them is in the SPEC's
+// "Defaults in one place" and in examples/lbctl.toml.
+const (
+	DefaultShutdownTimeout      = 30 * time.Second
+	DefaultAdminBind            = "127.0.0.1:9900"
+	DefaultProtocol             = "tcp"
+	DefaultIdleTimeout          = 10 * time.Minute
+	DefaultProxyProtocolTimeout = 5 * time.Second
+	DefaultAlgorithm            = "round-robin"
+	DefaultConnectTimeout       = 3 * time.Second
+	DefaultRetries              = 2
+	DefaultMaxFails             = 1
+	DefaultFailTimeout          = 10 * time.Second
+	DefaultWeight               = 1
+	DefaultHealthInterval       = 2 * time.Second
+	DefaultHealthTimeout        = 1 * time.Second
+	DefaultRise                 = 2
+	DefaultFall                 = 3
+	DefaultHealthPath           = "/"
+)
+
+// Config is one loaded configuration file.
+type Config struct {
+	File            string        // the path it was loaded from
+	ShutdownTimeout time.Duration // drain time on SIGTERM; 0 closes at once
+	Log             Log
+	Admin           *Admin           // nil when the [admin] table is absent (admin API disabled)
+	Listeners       []*Listener      // sorted by Name
+	Pools           map[string]*Pool // by name; every Listener.Pool is a key
+}
+
+// Log is the [log] table.
+type Log struct {
+	Level  string // "debug" | "info" | "warn" | "error"; default "info"
+	Format string // "json" | "console"; default "json"
+	Access bool   // one line per finished connection / UDP session; default true
+}
+
+// Admin is the [admin] table.
+type Admin struct {
+	Bind      string         // rendered host:port; default 127.0.0.1:9900
+	Allow     []netip.Prefix // clients allowed; default 127.0.0.0/8 and ::1/128
+	TokenFile string         // "" = no token needed
+}
+
+// Listener is one [listeners.NAME] table.
+type Listener struct {
+	Name     string
+	Protocol string // "tcp" | "udp"
+	Bind     string // rendered from BindTemplate, a valid IP:port
+	// BindTemplate is bind as written (it equals Bind unless it uses a
+	// go-sockaddr template); a reload renders it again.
+	BindTemplate   string
+	Pool           string        // key of Config.Pools
+	MaxConnections int           // tcp: connections, udp: sessions; 0 = no limit
+	IdleTimeout    time.Duration // > 0
+
+	Allow, Deny []netip.Prefix // empty Allow = everyone; Deny wins; see Match
+
+	MaxConnectionsPerClient  int     // 0 = no limit
+	ConnectionRatePerClient  float64 // new connections per second; 0 = no limit
+	ConnectionBurstPerClient int     // 0 = same as the rate
+
+	AcceptProxyProtocol  bool           // tcp only
+	TrustedProxies       []netip.Prefix // non-empty when AcceptProxyProtocol
+	ProxyProtocolTimeout time.Duration  // > 0
+
+	Responses int // udp only: replies after which a session ends; 0 = until idle
+}
+
+// Pool is one [pools.NAME] table.
+type Pool struct {
+	Name      string
+	Algorithm string // "round-robin" | "least-connections" | "ip-hash"
+	// Protocol is the protocol of the listeners that use the pool: "udp"
+	// when only udp listeners use it, else "tcp" (also for unused pools).
+	Protocol       string
+	ConnectTimeout time.Duration // > 0
+	Retries        int
+	ProxyProtocol  string // "none" | "v1" | "v2"
+	MaxFails       int    // 0 = passive checks off
+	FailTimeout    time.Duration
+	SlowStart      time.Duration // 0 = off
+	Backends       []Backend     // at least one, addresses unique, in file order
+	Health         Health
+}
+
+// Backend is one [[pools.NAME.backends]] entry.
+type Backend struct {
+	Address string // exactly as configured: "10.0.0.1:80", "[::1]:80", "db.internal:5432"
+	Weight  int    // >= 0; 0 takes no new connections
+	Backup  bool
+}
+
+// Health is the [pools.NAME.health] table.
+type Health struct {
+	Check        string // "tcp" | "http" | "send-expect" | "none"
+	Interval     time.Duration
+	Timeout      time.Duration
+	Rise, Fall   int
+	Port         int           // 0 = the backend's own port
+	Path         string        // http: request path, default "/"
+	Host         string        // http: Host header; "" = the backend address
+	ExpectStatus []StatusRange // http: default 200
+	Send, Expect []byte        // send-expect: bytes sent, bytes expected at the start of the reply
+}
+
+// StatusRange is an inclusive range of HTTP status codes.
+type StatusRange struct{ Lo, Hi int }
+
+// StatusOK reports whether code is one of h.ExpectStatus.
+func (h Health) StatusOK(code int) bool {
+	for _, r := range h.ExpectStatus {
+		if code >= r.Lo && code <= r.Hi {
+			return true
+		}
+	}
+	return false
+}
+
+// Match reports whether a is inside one of prefixes. IPv4-mapped IPv6
+// addresses (::ffff:10.0.0.1, as a dual-stack socket reports IPv4 peers)
+// match IPv4 prefixes, and zones are ignored.
+func Match(prefixes []netip.Prefix, a netip.Addr) bool {
+	a = a.Unmap().WithZone("")
+	for _, p := range prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Load reads and parses the file at path. The error is an Errors when the
+// file is invalid, or another error when it can't be read.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse parses the TOML in data; file names it in errors and becomes
+// Config.File. The error, if any, is an Errors.
+func Parse(file string, data []byte) (*Config, error) {
+	var raw map[string]any
+	if _, err := toml.Decode(string(data), &raw); err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, Errors{{File: file, Line: pe.Position.Line, Msg: "invalid TOML: " + pe.Message}}
+		}
+		return nil, Errors{{File: file, Msg: "invalid TOML: " + err.Error()}}
+	}
+	d := &decoder{file: file, lines: indexLines(data)}
+	cfg := d.config(raw)
+	cfg.File = file
+	if len(d.errs) > 0 {
+		sortErrors(d.errs)
+		return nil, d.errs
+	}
+	return cfg, nil
+}
