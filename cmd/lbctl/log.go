@@ -24,6 +24,7 @@ func newLogger(c config.Log) (*zap.Logger, zap.AtomicLevel, error) {
 	switch c.Format {
 	case "console":
 		enc.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc.EncodeDuration = zapcore.StringDurationEncoder
 		if os.Getenv("JOURNAL_STREAM") != "" {
 			enc.TimeKey = ""
 		}

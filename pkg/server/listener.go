@@ -12,6 +12,7 @@ import (
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/lbctl/lbctl/pkg/tcpproxy"
+	"github.com/lbctl/lbctl/pkg/udpproxy"
 	"go.uber.org/zap"
 )
 
@@ -20,6 +21,7 @@ import (
 type listener struct {
 	protocol string
 	tcp      *net.TCPListener
+	udp      *net.UDPConn // protocol "udp"; served by serveUDP (udp.go)
 	state    atomic.Pointer[listenerState]
 	active   atomic.Int64 // open connections, across generations
 	closing  chan struct{}
@@ -34,7 +36,8 @@ type listenerState struct {
 	pool     *pool
 	maxConns int64
 	rej      *metrics.Rejections
-	proxy    *tcpproxy.Proxy
+	proxy    *tcpproxy.Proxy  // protocol "tcp"
+	udp      *udpproxy.Proxy  // protocol "udp"
 }
 
 func (s *Server) buildListenerState(lc *config.Listener, p *pool) (*listenerState, error) {
@@ -71,8 +74,14 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool) (*listenerStat
 			Log:            s.log,
 			Access:         access,
 		})
+	case "udp":
+		u, err := s.buildUDPProxy(lc, p, st)
+		if err != nil {
+			return nil, err
+		}
+		st.udp = u
 	default:
-		return nil, errors.New("protocol " + lc.Protocol + " is not served by this build")
+		return nil, errors.New("unknown protocol " + lc.Protocol)
 	}
 	return st, nil
 }
@@ -91,24 +100,44 @@ func (s *Server) bind(lc *config.Listener) (*listener, error) {
 			return nil, err
 		}
 		l.tcp = ln.(*net.TCPListener)
+	case "udp":
+		uc, err := s.bindUDP(lc)
+		if err != nil {
+			return nil, err
+		}
+		l.udp = uc
 	default:
-		return nil, errors.New("protocol " + lc.Protocol + " is not served by this build")
+		return nil, errors.New("unknown protocol " + lc.Protocol)
 	}
 	return l, nil
 }
 
-func (l *listener) addr() net.Addr { return l.tcp.Addr() }
+func (l *listener) addr() net.Addr {
+	if l.udp != nil {
+		return l.udp.LocalAddr()
+	}
+	return l.tcp.Addr()
+}
 
-// close stops accepting. Established connections are not touched.
+// close stops accepting. Established TCP connections are not touched; UDP
+// sessions end with their listener socket (replies leave through it).
 func (l *listener) close() {
 	l.once.Do(func() {
 		close(l.closing)
-		l.tcp.Close()
+		if l.udp != nil {
+			l.udp.Close()
+		} else {
+			l.tcp.Close()
+		}
 	})
 	<-l.done
 }
 
 func (s *Server) serve(l *listener) {
+	if l.udp != nil {
+		go s.serveUDP(l)
+		return
+	}
 	go s.acceptLoop(l)
 }
 
@@ -155,7 +184,6 @@ func (s *Server) acceptLoop(l *listener) {
 		st := l.state.Load()
 		if st.maxConns > 0 && l.active.Load() >= st.maxConns {
 			st.rej.MaxConnections.Inc()
-			c.SetLinger(0)
 			c.Close()
 			continue
 		}

@@ -26,6 +26,7 @@ import (
 	"net"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -175,13 +176,13 @@ func (s *Server) apply(cfg *config.Config) error {
 		if err != nil {
 			return fmt.Errorf("listener %s: %w", lc.Name, err)
 		}
-		states[listenerKey(lc.Protocol, lc.Bind)] = st
+		states[listenerKeyOf(lc)] = st
 	}
 
 	// Bind the sockets that are new; on failure close what was bound here.
 	fresh := map[string]*listener{}
 	for _, lc := range cfg.Listeners {
-		k := listenerKey(lc.Protocol, lc.Bind)
+		k := listenerKeyOf(lc)
 		if _, ok := s.listeners[k]; ok {
 			continue
 		}
@@ -226,6 +227,17 @@ func (s *Server) apply(cfg *config.Config) error {
 }
 
 func listenerKey(protocol, bind string) string { return protocol + "|" + bind }
+
+// listenerKeyOf identifies a listener's socket across reloads: protocol and
+// bind address, plus the name for an ephemeral port (several listeners may
+// bind port 0, each getting its own socket).
+func listenerKeyOf(lc *config.Listener) string {
+	k := listenerKey(lc.Protocol, lc.Bind)
+	if strings.HasSuffix(lc.Bind, ":0") {
+		k += "|" + lc.Name
+	}
+	return k
+}
 
 // Listeners returns the bound listeners' addresses by listener name (useful
 // when a bind port is 0).

@@ -1,0 +1,120 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lbctl/lbctl/pkg/config"
+	"github.com/lbctl/lbctl/pkg/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// harness is a running Server built from a TOML snippet.
+type harness struct {
+	t   testing.TB
+	srv *Server
+	m   *metrics.Metrics
+	reg *prometheus.Registry
+}
+
+// startServer parses toml (listeners bind 127.0.0.1:0), starts a server,
+// and shuts it down in t.Cleanup.
+func startServer(t testing.TB, toml string) *harness {
+	t.Helper()
+	cfg, err := config.Parse("test.toml", []byte(toml))
+	if err != nil {
+		t.Fatalf("config: %v", err)
+	}
+	reg := prometheus.NewRegistry()
+	h := &harness{t: t, m: metrics.New(reg), reg: reg}
+	log := zap.NewNop()
+	if tt, ok := t.(*testing.T); ok && testing.Verbose() {
+		log = zaptest.NewLogger(tt, zaptest.Level(zap.InfoLevel))
+	}
+	h.srv, err = New(cfg, Options{Log: log, Metrics: h.m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.srv.Start(); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		h.srv.Shutdown(ctx)
+	})
+	return h
+}
+
+// addr is the bound address of the named listener.
+func (h *harness) addr(name string) string {
+	h.t.Helper()
+	a, ok := h.srv.Listeners()[name]
+	if !ok {
+		h.t.Fatalf("no listener %q", name)
+	}
+	return a.String()
+}
+
+func (h *harness) dial(name string) *net.TCPConn {
+	h.t.Helper()
+	c, err := net.DialTimeout("tcp", h.addr(name), 2*time.Second)
+	if err != nil {
+		h.t.Fatalf("dial %s: %v", name, err)
+	}
+	h.t.Cleanup(func() { c.Close() })
+	return c.(*net.TCPConn)
+}
+
+// counter reads one child of a metric vector.
+func counter(c prometheus.Collector) float64 {
+	return testutil.ToFloat64(c)
+}
+
+// poolTOML renders a pool with the given backends (address or
+// address:weight pairs) and extra pool keys.
+func poolTOML(name string, extra string, backends ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[pools.%s]\n%s\n", name, extra)
+	for _, be := range backends {
+		addr, weight, _ := strings.Cut(be, "=")
+		fmt.Fprintf(&b, "[[pools.%s.backends]]\naddress = %q\n", name, addr)
+		if weight != "" {
+			fmt.Fprintf(&b, "weight = %s\n", weight)
+		}
+	}
+	return b.String()
+}
+
+// listenerTOML renders a TCP listener on an ephemeral loopback port.
+func listenerTOML(name, pool, extra string) string {
+	return fmt.Sprintf("[listeners.%s]\nbind = \"127.0.0.1:0\"\npool = %q\n%s\n", name, pool, extra)
+}
+
+// closedPort returns a loopback address where nothing listens.
+func closedPort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
