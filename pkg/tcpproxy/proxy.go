@@ -110,6 +110,18 @@ const (
 // connection at once (the end of a shutdown drain). Serve always closes
 // client.
 func (p *Proxy) Serve(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort) End {
+	ended := make(chan End, 1)
+	p.Start(ctx, client, clientAddr, func(e End) { ended <- e })
+	return <-ended
+}
+
+// Start is Serve without the wait: it dials a backend, starts the two
+// copying goroutines and returns; done is called once, from whichever
+// goroutine ends the connection (before Start returns when no backend
+// could be reached). The caller's goroutine, whose stack grew while
+// dialing, can then exit, so an idle connection costs two shallow
+// goroutines and nothing more.
+func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, done func(End)) {
 	start := time.Now()
 	backend, b, t, end := p.dial(ctx, clientAddr.Addr())
 	if backend == nil {
@@ -121,7 +133,8 @@ func (p *Proxy) Serve(ctx context.Context, client *net.TCPConn, clientAddr netip
 			p.cfg.Rejections.BackendUnavailable.Inc()
 		}
 		p.logAccess(clientAddr, "", 0, 0, start, end)
-		return end
+		done(end)
+		return
 	}
 	if p.cfg.HeaderFunc != nil {
 		local, _ := client.LocalAddr().(*net.TCPAddr)
@@ -133,7 +146,8 @@ func (p *Proxy) Serve(ctx context.Context, client *net.TCPConn, clientAddr netip
 			backend.Close()
 			t.Metrics.ConnectErrors.Inc()
 			p.logAccess(clientAddr, b.Address(), 0, 0, start, EndBackendError)
-			return EndBackendError
+			done(EndBackendError)
+			return
 		}
 	}
 
@@ -141,11 +155,13 @@ func (p *Proxy) Serve(ctx context.Context, client *net.TCPConn, clientAddr netip
 	t.Metrics.ConnectionsActive.Inc()
 	t.Metrics.ConnectionsTotal.Inc()
 	c := newConn(p, client, backend, t)
-	end = c.pump(ctx)
-	t.Metrics.ConnectionsActive.Dec()
-	b.Release()
-	p.logAccess(clientAddr, b.Address(), c.in.bytes, c.out.bytes, start, end)
-	return end
+	c.onEnd = func(end End) {
+		t.Metrics.ConnectionsActive.Dec()
+		b.Release()
+		p.logAccess(clientAddr, b.Address(), c.in.bytes, c.out.bytes, start, end)
+		done(end)
+	}
+	c.start(ctx)
 }
 
 // dial connects to a backend, trying up to Retries others when a connect
@@ -217,8 +233,12 @@ type conn struct {
 	idleTimeout     time.Duration
 	last            atomic.Int64 // nanotime of the last byte moved either way
 	idle            *time.Timer
-	end             atomic.Pointer[End] // set once, by whoever ends the connection first
+	reason          atomic.Pointer[End] // set once, by whoever ends the connection first
 	closeOnce       sync.Once
+	running         atomic.Int32 // directions still copying
+	eofs            atomic.Int32 // directions that ended with a clean EOF
+	stopCtx         func() bool  // unregisters the shutdown callback
+	onEnd           func(End)
 }
 
 // direction is one half of a connection: bytes from src to dst.
@@ -251,37 +271,48 @@ var (
 	endShutdown    = EndShutdown
 )
 
-// pump runs both directions and returns when both have finished.
-func (c *conn) pump(ctx context.Context) End {
+// start runs both directions, each on a goroutine of its own; the last one
+// to finish ends the connection.
+func (c *conn) start(ctx context.Context) {
 	if err := c.in.initPlatform(); err != nil {
 		c.abort(&endClientError, true)
-		return EndClientError
+		c.end()
+		return
 	}
 	if err := c.out.initPlatform(); err != nil {
 		c.abort(&endBackendErr, true)
-		return EndBackendError
+		c.end()
+		return
 	}
 	c.last.Store(nanotime())
 	if c.idleTimeout > 0 {
 		c.idle = time.AfterFunc(c.idleTimeout, c.checkIdle)
 	}
-	stop := context.AfterFunc(ctx, func() { c.abort(&endShutdown, false) })
+	c.stopCtx = context.AfterFunc(ctx, func() { c.abort(&endShutdown, false) })
+	c.running.Store(2)
+	go c.in.copy(&endClientError, &endBackendErr)
+	go c.out.copy(&endBackendErr, &endClientError)
+}
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c.in.finish(c.in.run(), &endClientError, &endBackendErr)
-	}()
-	c.out.finish(c.out.run(), &endBackendErr, &endClientError)
-	<-done
+// copy is one direction's goroutine.
+func (d *direction) copy(srcFailed, dstFailed *End) {
+	d.finish(d.run(), srcFailed, dstFailed)
+	if d.c.running.Add(-1) == 0 {
+		d.c.end()
+	}
+}
 
-	stop()
+// end runs once both directions are over.
+func (c *conn) end() {
+	if c.stopCtx != nil {
+		c.stopCtx()
+	}
 	if c.idle != nil {
 		c.idle.Stop()
 	}
-	c.end.CompareAndSwap(nil, &endDone)
+	c.reason.CompareAndSwap(nil, &endDone)
 	c.closeBoth(false)
-	return *c.end.Load()
+	c.onEnd(*c.reason.Load())
 }
 
 // finish ends one direction. After a clean EOF the peer's write side is shut
@@ -289,6 +320,9 @@ func (c *conn) pump(ctx context.Context) End {
 // connections are torn down, so the other direction stops waiting at once.
 func (d *direction) finish(err error, srcFailed, dstFailed *End) {
 	if err == nil {
+		if d.c.eofs.Add(1) == 2 {
+			return // the other direction is over too: closing both follows at once
+		}
 		// If the peer is already gone this fails; the other direction then
 		// sees the failure itself and ends the connection.
 		d.dst.CloseWrite()
@@ -321,7 +355,7 @@ func isWriteErr(err error) bool {
 // counterpart failed mid-stream cannot mistake a truncated stream for a
 // complete one.
 func (c *conn) abort(why *End, reset bool) {
-	c.end.CompareAndSwap(nil, why)
+	c.reason.CompareAndSwap(nil, why)
 	c.closeBoth(reset)
 }
 
