@@ -1,0 +1,40 @@
+# bench.mk: `make bench`, included from the top-level Makefile.
+#
+# Compares lbctl with a direct connection, HAProxy and nginx on this machine
+# (see docs/benchmarks.md). Not part of `make test`; the load generator's own
+# unit tests are (go test ./cmd/lbbench/...).
+#
+#   make bench                                  # full run, about 5 minutes on 2 cores
+#   BENCH_TIME=1s BENCH_ROUNDS=1 make bench     # quick look
+#   BENCH_TARGETS=direct,lbctl,haproxy make bench
+#
+# Results: bench/results/<timestamp>/{table.md,results.json,chart.svg,configs/};
+# the latest table and chart are copied to docs/bench-table.md and
+# docs/bench-chart.svg.
+
+BENCH_GO      ?= go
+BENCH_OUT     ?= bench/results
+BENCH_PKGS    := haproxy nginx libnginx-mod-stream
+BENCH_SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: bench bench-deps bench-build
+
+bench: bench-deps bench-build
+	bin/lbbench run -lbctl bin/lbctl -out $(BENCH_OUT) -docs docs
+
+# Installs HAProxy and nginx with its stream module from Debian when missing.
+# Only the binaries are used: lbbench starts its own instances on free
+# loopback ports with generated configs.
+bench-deps:
+	@if ! command -v haproxy >/dev/null 2>&1 || ! command -v nginx >/dev/null 2>&1 || \
+	   [ ! -f /usr/lib/nginx/modules/ngx_stream_module.so ]; then \
+		echo "bench: installing $(BENCH_PKGS)"; \
+		$(BENCH_SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(BENCH_PKGS); \
+	fi
+
+# lbctl failing to build does not stop the run: the table then says
+# "lbctl not run" and the other columns are still measured.
+bench-build:
+	@mkdir -p bin
+	$(BENCH_GO) build -o bin/lbbench ./cmd/lbbench
+	@$(MAKE) --no-print-directory build || { echo "bench: WARNING: lbctl does not build; benchmarking the others only"; rm -f bin/lbctl; }
