@@ -59,10 +59,7 @@ func (b *UDPBackend) serve() {
 	for {
 		n, from, err := b.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				continue
-			}
-			return
+			return // closed
 		}
 		b.received.Add(1)
 		b.mu.Lock()

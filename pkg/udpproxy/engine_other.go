@@ -1,0 +1,145 @@
+//go:build !linux
+
+package udpproxy
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+)
+
+// The portable engine: the reader goroutine reads one datagram at a time
+// and each session has a goroutine blocked reading its backend socket, with
+// a pooled buffer, and a read deadline for idle expiry. Linux has a faster
+// one (engine_linux.go).
+
+type engine struct {
+	wg sync.WaitGroup // one per session goroutine
+}
+
+type sock struct {
+	conn *net.UDPConn
+}
+
+func enablePktinfo(*net.UDPConn) (int, error) {
+	return 0, errors.New("packet info is supported on Linux only")
+}
+
+func replyOOB(int, netip.Addr) []byte { return nil }
+
+func (l *Listener) run() {
+	buf := make([]byte, MaxDatagram)
+	var backoff time.Duration
+	for {
+		n, from, err := l.Conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				break
+			}
+			backoff = l.backoff(backoff, err)
+			continue
+		}
+		backoff = 0
+		l.forward(buf[:n], from, netip.Addr{}, nanotime())
+	}
+	l.shutdown()
+}
+
+func (l *Listener) connect(s *session, t *target) error {
+	conn, err := net.DialUDP("udp", nil, t.udpAddr)
+	if err != nil {
+		return err
+	}
+	s.conn = conn
+	return nil
+}
+
+func (l *Listener) start(s *session) {
+	l.wg.Add(1)
+	go s.run()
+}
+
+func (s *session) send(data []byte) error {
+	s.sending(len(data))
+	if _, err := s.conn.Write(data); err != nil {
+		s.unsent(len(data))
+		return err
+	}
+	s.sent(len(data))
+	return nil
+}
+
+// retire ends s from the reader goroutine; the session goroutine then
+// finishes it.
+func (l *Listener) retire(s *session, end End) {
+	l.mu.Lock()
+	l.endLocked(s, end)
+	l.mu.Unlock()
+	s.conn.Close()
+}
+
+func (l *Listener) shutdown() {
+	l.mu.Lock()
+	dying := make([]*session, 0, len(l.table))
+	for _, s := range l.table {
+		dying = append(dying, s)
+	}
+	for _, s := range dying {
+		l.endLocked(s, EndShutdown)
+	}
+	l.mu.Unlock()
+	for _, s := range dying {
+		s.conn.Close()
+	}
+	l.wg.Wait()
+}
+
+// run is the session goroutine: it moves replies until the session ends.
+func (s *session) run() {
+	defer s.l.wg.Done()
+	end := s.serve()
+	s.conn.Close()
+	s.finish(end)
+}
+
+func (s *session) serve() End {
+	if _, d := s.idle(nanotime()); d > 0 {
+		s.conn.SetReadDeadline(time.Now().Add(d))
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	for {
+		n, err := s.conn.Read(*bp)
+		switch {
+		case err == nil:
+			if _, err := s.l.Conn.WriteToUDPAddrPort((*bp)[:n], s.client); err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return s.stop(EndShutdown)
+				}
+				continue // the client is unreachable: the reply is lost
+			}
+			if s.replied(n, nanotime()) {
+				return EndResponses
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			s.l.mu.Lock()
+			idle, d := s.idle(nanotime())
+			if idle {
+				s.l.endLocked(s, EndIdle)
+			}
+			s.l.mu.Unlock()
+			if idle {
+				return s.stop(EndIdle)
+			}
+			s.conn.SetReadDeadline(time.Now().Add(d))
+		case isRefused(err):
+			s.rerr = err
+			return s.stop(EndBackendError)
+		default:
+			return s.stop(EndShutdown) // closed by someone else, who recorded why
+		}
+	}
+}

@@ -1,0 +1,266 @@
+package udpproxy
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lbctl/lbctl/balancer"
+	"go.uber.org/zap"
+)
+
+// Listener serves one bound UDP socket: it reads every client datagram,
+// keeps the session table and opens sessions with the Proxy generation in
+// force. Set the exported fields, then call Serve once.
+type Listener struct {
+	// Conn is the bound listener socket. Serve reads from it until it is
+	// closed; replies are written to it. The caller closes it.
+	Conn *net.UDPConn
+	// Proxy returns the generation that new sessions use; open sessions
+	// keep the one they started with. It is called once per new session.
+	Proxy func() *Proxy
+	// Sessions, when not nil, is kept equal to the number of open sessions
+	// (a listener's "active" count in status).
+	Sessions *atomic.Int64
+	// Admit, when not nil, decides whether a new session from client may
+	// open (access lists, per-client limits): it returns the function to
+	// call once that session has ended, or nil to refuse it, having
+	// counted the refusal. The reader goroutine calls it once per new
+	// session, never per datagram.
+	Admit func(client netip.Addr) (release func())
+
+	mu    sync.Mutex
+	table map[netip.AddrPort]*session // open sessions by client; guarded by mu
+
+	// Owned by the reader goroutine.
+	pktinfo int   // family whose packet info is enabled (wildcard bind), 0 = off
+	starved bool  // new sessions refused for lack of descriptors
+	refused int64 // sessions refused in the current starvation episode
+
+	engine // how datagrams move: engine_linux.go, engine_other.go
+}
+
+// epoch anchors the monotonic clock used for idle tracking.
+var epoch = time.Now()
+
+func nanotime() int64 { return int64(time.Since(epoch)) }
+
+// Serve reads client datagrams until Conn is closed, then ends every open
+// session and returns once all of them are accounted for. Transient read
+// errors are retried after a short back-off.
+func (l *Listener) Serve() {
+	l.table = make(map[netip.AddrPort]*session)
+	if la, ok := l.Conn.LocalAddr().(*net.UDPAddr); ok && la.IP.IsUnspecified() {
+		// A wildcard bind: replies must leave from the address each client
+		// sent to, not whatever the routing table prefers.
+		fam, err := enablePktinfo(l.Conn)
+		if err != nil {
+			l.log().Warn("udp: no packet info on wildcard listener; replies take the routed source address",
+				zap.Stringer("bind", la), zap.Error(err))
+		}
+		l.pktinfo = fam
+	}
+	l.run()
+}
+
+func (l *Listener) log() *zap.Logger {
+	if p := l.Proxy(); p != nil {
+		return p.cfg.Log
+	}
+	return zap.NewNop()
+}
+
+// backoff sleeps after a failed read so that a persistent error does not
+// spin the reader; it returns the next back-off.
+func (l *Listener) backoff(d time.Duration, err error) time.Duration {
+	if d == 0 {
+		l.log().Debug("udp: read failed", zap.Error(err))
+	}
+	d = min(max(2*d, time.Millisecond), 100*time.Millisecond)
+	time.Sleep(d)
+	return d
+}
+
+// forward sends one client datagram to the client's session, opening one
+// if needed. It never waits for a session: the write goes straight into the
+// session's backend socket.
+func (l *Listener) forward(data []byte, from netip.AddrPort, dst netip.Addr, now int64) {
+	l.mu.Lock()
+	s := l.table[from]
+	if s != nil {
+		// Under mu, so that a session deciding to end (responses, idle)
+		// sees this datagram coming and stays.
+		s.requests.Add(1)
+		s.last.Store(now)
+	}
+	l.mu.Unlock()
+	var avoid *balancer.Backend
+	for range 2 {
+		if s == nil {
+			if s = l.open(from, dst, now, avoid); s == nil {
+				return
+			}
+		}
+		err := s.send(data)
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, net.ErrClosed):
+			// The session ended between the lookup and the write: the
+			// datagram opens a new one.
+		case isRefused(err):
+			// An ICMP error from an earlier datagram: the backend is gone.
+			// Open a session on another one for this datagram.
+			l.retire(s, EndBackendError)
+			avoid = s.b
+		default:
+			s.p.cfg.Log.Debug("udp: datagram to backend dropped", zap.String("listener", s.p.cfg.Listener),
+				zap.String("backend", s.b.Address()), zap.Error(err))
+			return
+		}
+		s = nil
+	}
+}
+
+// isRefused reports the errors a connected UDP socket returns after an ICMP
+// error from its peer.
+func isRefused(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
+		errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTDOWN)
+}
+
+// isResourceErr reports errors that mean the process or the system is out
+// of descriptors, memory or local ports.
+func isResourceErr(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) ||
+		errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) ||
+		errors.Is(err, syscall.EAGAIN)
+}
+
+// open starts a session for a client's first datagram, or returns nil when
+// the datagram is dropped (and counted as rejected).
+func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *balancer.Backend) *session {
+	p := l.Proxy()
+	if p == nil {
+		return nil
+	}
+	cfg := &p.cfg
+	release := noRelease
+	if l.Admit != nil {
+		if release = l.Admit(from.Addr().Unmap()); release == nil {
+			return nil
+		}
+	}
+	l.mu.Lock()
+	full := cfg.MaxSessions > 0 && len(l.table) >= cfg.MaxSessions
+	l.mu.Unlock()
+	if full {
+		cfg.Rejections.MaxConnections.Inc()
+		release()
+		return nil
+	}
+	s := &session{l: l, p: p, client: from, start: time.Now(), release: release}
+	if l.pktinfo != 0 && dst.IsValid() {
+		s.oob = replyOOB(l.pktinfo, dst)
+	}
+	if !l.dial(s, avoid) {
+		release()
+		return nil
+	}
+	s.last.Store(now)
+	s.requests.Store(1)
+	s.b.Acquire()
+	s.t.Metrics.UDPSessionsActive.Inc()
+	if l.Sessions != nil {
+		l.Sessions.Add(1)
+	}
+	l.mu.Lock()
+	l.table[from] = s
+	l.mu.Unlock()
+	l.start(s)
+	return s
+}
+
+// dial picks a backend for s and opens the session's connected socket to
+// it, trying the other backends when that fails. It reports false when the
+// datagram must be dropped, having counted why.
+func (l *Listener) dial(s *session, avoid *balancer.Backend) bool {
+	cfg := &s.p.cfg
+	var tried balancer.Tried
+	tried.Add(avoid)
+	for {
+		b := cfg.Pool.Pick(s.client.Addr().Unmap(), &tried)
+		if b == nil {
+			if tried.Len() == 0 {
+				cfg.Rejections.NoBackend.Inc()
+			} else {
+				cfg.Rejections.BackendUnavailable.Inc()
+			}
+			return false
+		}
+		tried.Add(b)
+		t := s.p.targets[b]
+		s.b, s.t = b, t
+		if err := l.connect(s, t); err != nil {
+			if isResourceErr(err) {
+				l.starve(cfg, err)
+				return false
+			}
+			t.Metrics.ConnectErrors.Inc()
+			b.AddFailure()
+			if cfg.Passive != nil {
+				cfg.Passive.ConnectFailed(b)
+			}
+			cfg.Log.Debug("udp: backend socket failed", zap.String("pool", cfg.PoolName),
+				zap.String("backend", b.Address()), zap.Error(err))
+			continue
+		}
+		if l.starved {
+			cfg.Log.Info("udp: new sessions accepted again", zap.String("listener", cfg.Listener),
+				zap.Int64("refused", l.refused))
+			l.starved, l.refused = false, 0
+		}
+		return true
+	}
+}
+
+// starve counts a session refused because the process is out of
+// descriptors (or the system out of buffers or ports). Open sessions keep
+// working; the first refusal of an episode is logged.
+func (l *Listener) starve(cfg *Config, err error) {
+	cfg.Rejections.MaxConnections.Inc()
+	l.refused++
+	if !l.starved {
+		l.starved = true
+		cfg.Log.Warn("udp: cannot open a backend socket, new sessions are refused until one can",
+			zap.String("listener", cfg.Listener), zap.Error(err))
+	}
+}
+
+// noRelease is the release of a session no Admit counted.
+func noRelease() {}
+
+// endLocked records end as the reason s ends, unless it has already ended,
+// and takes it out of the table. It reports whether this call ended it.
+func (l *Listener) endLocked(s *session, end End) bool {
+	if s.dead {
+		return false
+	}
+	s.dead, s.end = true, end
+	if l.table[s.client] == s {
+		delete(l.table, s.client)
+	}
+	return true
+}
+
+// Len returns the number of open sessions.
+func (l *Listener) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.table)
+}

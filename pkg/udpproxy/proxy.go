@@ -1,0 +1,176 @@
+// Package udpproxy load-balances UDP datagrams in sessions: the session
+// table of one listener socket, the per-session backend sockets, batched
+// reads and writes, and idle expiry.
+//
+// A session is one client address and port, pinned to one backend for its
+// life. The first datagram from a client opens it: the pool picks a backend
+// (ip-hash keeps a client's IP on one backend across sessions) and the
+// session dials a connected UDP socket of its own to it, so the backend sees
+// lbctl's address and an ICMP port unreachable surfaces as ECONNREFUSED.
+// Replies are sent back to the client through the listener socket, so they
+// come from the address and port the client sent to (on a wildcard bind the
+// destination address of the client's datagram is used as the reply's
+// source address, on Linux).
+//
+// A session ends when
+//   - no datagram went either way for IdleTimeout;
+//   - Responses is not 0 and the backend has sent Responses replies per
+//     datagram the client sent in the session (nginx's proxy_responses: with
+//     1, a DNS query and its answer make a session, and a client that sends
+//     two queries from one port before the first answer gets both answers);
+//   - the backend socket fails to read (ICMP port unreachable): this counts
+//     as a passive health failure, and the client's next datagram opens a
+//     session on a backend picked afresh;
+//   - the listener socket is closed (shutdown, or the listener left the
+//     configuration): replies could no longer leave from its address.
+//
+// Typical use, one Listener per bound socket, and one Proxy per listener
+// configuration generation:
+//
+//	p, err := udpproxy.New(udpproxy.Config{Listener: "dns", Pool: pool, ...})
+//	...
+//	var cur atomic.Pointer[udpproxy.Proxy]
+//	cur.Store(p)
+//	l := &udpproxy.Listener{Conn: conn, Proxy: cur.Load}
+//	go l.Serve()      // returns once conn is closed and every session ended
+//	cur.Store(p2)     // a reload: new sessions use p2, open ones keep p
+//	conn.Close()
+//
+// Cost per datagram. On Linux (engine_linux.go) a listener has two
+// goroutines whatever its number of sessions: a reader that takes client
+// datagrams in batches with recvmmsg(2) and writes each straight into its
+// session's backend socket, and a replier that waits on an epoll set of all
+// backend sockets and sends the replies of every ready session in one
+// sendmmsg(2). A busy listener pays one goroutine wake-up per batch, no
+// allocation per datagram, and a quiet session costs one descriptor and a
+// few hundred bytes (no goroutine, no buffer). Idle expiry needs no timer
+// per datagram: each side stores the time of its last datagram in an
+// atomic, and a sweep every idle_timeout/8 (at most every second) ends the
+// sessions that have been quiet long enough. Other systems
+// (engine_other.go) use a goroutine per session with a pooled buffer and a
+// read deadline.
+//
+// What it does not do: it does not bind sockets, resolve names, run health
+// checks or read configuration files; pkg/server does, and swaps Proxy
+// generations on reload.
+package udpproxy
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/pkg/metrics"
+	"go.uber.org/zap"
+)
+
+// MaxDatagram is the largest UDP payload (IPv4: 65,535 - 8 - 20 = 65,507;
+// IPv6 without jumbograms: 65,527). Buffers are this large, so no datagram
+// is ever truncated.
+const MaxDatagram = 65535
+
+// Target is how to reach one backend of the pool, and its metric handles.
+type Target struct {
+	Addr    string // resolved "ip:port"
+	Metrics *metrics.Backend
+}
+
+// target is a Target with its address parsed once.
+type target struct {
+	*Target
+	udpAddr *net.UDPAddr
+}
+
+// PassiveObserver learns of every backend that refused a session's
+// datagrams (ICMP port unreachable), for passive health checks.
+type PassiveObserver interface {
+	ConnectFailed(b *balancer.Backend)
+}
+
+// Config is what a Proxy needs. Listener, Pool, Targets and Rejections are
+// required.
+type Config struct {
+	Listener string
+	PoolName string
+	Pool     *balancer.Pool
+	Targets  map[*balancer.Backend]*Target // one for every backend of Pool
+
+	// IdleTimeout ends a session with no datagram either way for this long;
+	// 0 = never (sessions then end only by Responses or errors).
+	IdleTimeout time.Duration
+	// Responses ends a session once the backend has sent this many replies
+	// per client datagram of the session; 0 = until idle.
+	Responses int
+	// MaxSessions bounds the listener's concurrent sessions (all
+	// generations together); 0 = no limit.
+	MaxSessions int
+
+	Rejections *metrics.Rejections
+	Passive    PassiveObserver // optional
+	Log        *zap.Logger     // errors and debug; nil = none
+	Access     *zap.Logger     // one line per finished session; nil = off
+}
+
+// Proxy is one listener generation's forwarding configuration. It is
+// immutable and shared by every session it opened.
+type Proxy struct {
+	cfg     Config
+	targets map[*balancer.Backend]*target
+}
+
+// New returns a Proxy for cfg. It fails when a target address is not a
+// literal IP and port.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.Pool == nil || cfg.Rejections == nil {
+		return nil, fmt.Errorf("udpproxy %s: Pool and Rejections are required", cfg.Listener)
+	}
+	p := &Proxy{cfg: cfg, targets: make(map[*balancer.Backend]*target, len(cfg.Targets))}
+	for _, b := range cfg.Pool.Backends() {
+		t := cfg.Targets[b]
+		if t == nil || t.Metrics == nil {
+			return nil, fmt.Errorf("udpproxy %s: no target for backend %s", cfg.Listener, b.Address())
+		}
+		ap, err := netip.ParseAddrPort(t.Addr)
+		if err != nil {
+			return nil, fmt.Errorf("udpproxy %s: backend %s: %w", cfg.Listener, b.Address(), err)
+		}
+		p.targets[b] = &target{Target: t, udpAddr: net.UDPAddrFromAddrPort(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))}
+	}
+	return p, nil
+}
+
+// Config returns the configuration p was built with.
+func (p *Proxy) Config() *Config { return &p.cfg }
+
+// End says how a session ended: the access log's "end" field.
+type End string
+
+const (
+	EndIdle         End = "idle_timeout"  // no datagram either way for IdleTimeout
+	EndResponses    End = "responses"     // the expected replies were sent back
+	EndBackendError End = "backend_error" // the backend socket failed (ICMP port unreachable)
+	EndShutdown     End = "shutdown"      // the listener socket was closed
+)
+
+func (p *Proxy) logAccess(s *session, end End) {
+	if p.cfg.Access == nil {
+		return
+	}
+	p.cfg.Access.Info("session",
+		zap.String("listener", p.cfg.Listener),
+		zap.String("protocol", "udp"),
+		zap.Stringer("client", s.clientLog()),
+		zap.String("backend", s.b.Address()),
+		zap.Int64("bytes_in", s.bytesIn.Load()),
+		zap.Int64("bytes_out", s.bytesOut),
+		zap.Int64("datagrams_in", s.dgIn.Load()),
+		zap.Int64("datagrams_out", s.dgOut),
+		zap.Duration("duration", time.Since(s.start)),
+		zap.String("end", string(end)),
+	)
+}

@@ -1,0 +1,141 @@
+package udpproxy
+
+import (
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lbctl/lbctl/balancer"
+	"go.uber.org/zap"
+)
+
+// session is one client address and port joined to one backend through a
+// connected socket of its own.
+type session struct {
+	l       *Listener
+	p       *Proxy // the generation that opened it
+	b       *balancer.Backend
+	t       *target
+	client  netip.AddrPort // as read from the listener socket (maybe IPv4-mapped)
+	oob     []byte         // packet info for replies (wildcard bind), else nil
+	start   time.Time
+	release func() // from Listener.Admit, called once the session has ended
+
+	last     atomic.Int64 // nanotime of the last datagram either way
+	requests atomic.Int64 // client datagrams; written with l.mu held
+	bytesIn  atomic.Int64 // written by the reader goroutine
+	dgIn     atomic.Int64
+
+	// Owned by the goroutine that moves replies.
+	bytesOut, dgOut, replies int64
+	rerr                     error // why the backend socket failed
+
+	// Guarded by l.mu.
+	dead bool
+	end  End
+
+	sock // the backend socket: engine_linux.go, engine_other.go
+}
+
+// bufPool holds reply buffers of the portable engine, borrowed only while
+// datagrams are moving.
+var bufPool = sync.Pool{New: func() any {
+	b := make([]byte, MaxDatagram)
+	return &b
+}}
+
+// sending counts one client datagram in the session before it is written
+// to the backend (so the reply, which may come back at once, finds it
+// counted); unsent takes it back when the write fails. Called by the reader
+// goroutine.
+func (s *session) sending(n int) {
+	s.dgIn.Add(1)
+	s.bytesIn.Add(int64(n))
+}
+
+func (s *session) unsent(n int) {
+	s.dgIn.Add(-1)
+	s.bytesIn.Add(-int64(n))
+}
+
+// sent counts a client datagram written to the backend in the metrics.
+func (s *session) sent(n int) {
+	s.t.Metrics.DatagramsIn.Inc()
+	s.t.Metrics.BytesIn.Add(float64(n))
+}
+
+// replied accounts for one reply sent to the client at now, and reports
+// whether it was the last one the session expects (responses): the session
+// has then ended.
+func (s *session) replied(n int, now int64) (ended bool) {
+	s.last.Store(now)
+	s.dgOut++
+	s.bytesOut += int64(n)
+	s.t.Metrics.DatagramsOut.Inc()
+	s.t.Metrics.BytesOut.Add(float64(n))
+	r := int64(s.p.cfg.Responses)
+	if r == 0 {
+		return false
+	}
+	s.replies++
+	if s.replies < r*s.requests.Load() {
+		return false
+	}
+	s.l.mu.Lock()
+	defer s.l.mu.Unlock()
+	// Checked again under mu: a datagram forwarded meanwhile raised
+	// requests, and the session then stays.
+	return s.replies >= r*s.requests.Load() && s.l.endLocked(s, EndResponses)
+}
+
+// stop ends the session with end unless it has ended already, and returns
+// the reason that stands.
+func (s *session) stop(end End) End {
+	s.l.mu.Lock()
+	s.l.endLocked(s, end)
+	end = s.end
+	s.l.mu.Unlock()
+	return end
+}
+
+// idle reports whether the session has had no datagram either way for its
+// idle timeout at now, and if not, how long until it would.
+func (s *session) idle(now int64) (bool, time.Duration) {
+	idle := s.p.cfg.IdleTimeout
+	if idle <= 0 {
+		return false, time.Hour
+	}
+	quiet := time.Duration(now - s.last.Load())
+	if quiet >= idle {
+		return true, 0
+	}
+	return false, idle - quiet
+}
+
+// finish accounts for an ended session whose socket is closed.
+func (s *session) finish(end End) {
+	cfg := &s.p.cfg
+	if end == EndBackendError {
+		s.t.Metrics.ConnectErrors.Inc()
+		s.b.AddFailure()
+		if cfg.Passive != nil {
+			cfg.Passive.ConnectFailed(s.b)
+		}
+		cfg.Log.Debug("udp: backend refused datagrams", zap.String("pool", cfg.PoolName),
+			zap.String("backend", s.b.Address()), zap.Error(s.rerr))
+	}
+	s.p.logAccess(s, end)
+	s.release()
+	s.b.Release()
+	s.t.Metrics.UDPSessionsActive.Dec()
+	if s.l.Sessions != nil {
+		s.l.Sessions.Add(-1)
+	}
+}
+
+// clientLog is the client address for logs: IPv4 clients of a dual-stack
+// socket are shown as IPv4.
+func (s *session) clientLog() netip.AddrPort {
+	return netip.AddrPortFrom(s.client.Addr().Unmap(), s.client.Port())
+}
