@@ -16,9 +16,32 @@ all: build
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/lbctl ./cmd/lbctl
 
-## test: go vet, then every test with the race detector
+## test: go vet, then every test with the race detector, then a short run of each fuzz target
 test: vet
 	$(GO) test -race -count=1 -timeout 10m $(PKGS)
+	$(MAKE) --no-print-directory fuzz-short
+
+## fuzz: run each fuzz target for FUZZTIME (default 3m); a failing input is
+## written to the package's testdata/fuzz/ and stays there as a seed
+## fuzz-short: the same for 10s each (part of make test)
+FUZZ_TARGETS ?= pkg/config:FuzzParse pkg/proxyheader:FuzzParse pkg/proxyheader:FuzzAppend
+FUZZTIME     ?= 3m
+.PHONY: fuzz fuzz-short
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz: $${t#*:} in ./$${t%%:*} for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$${t#*:}\$$" -fuzztime $(FUZZTIME) ./$${t%%:*}; \
+	done
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=10s
+
+## soak: DURATION (default 10m) of mixed load on a real lbctl, with backends
+## killed and configs reloaded; prints failures and resource use (not in CI)
+DURATION ?= 10m
+.PHONY: soak
+soak: build
+	$(GO) build -o bin/lbsoak ./cmd/lbsoak
+	bin/lbsoak -lbctl bin/lbctl -duration $(DURATION)
 
 vet:
 	$(GO) vet $(PKGS)
@@ -35,6 +58,33 @@ lint: vet
 demo: build
 	$(GO) build -o bin/lbdemo ./cmd/lbdemo
 	./bin/lbdemo --lbctl ./bin/lbctl --config examples/demo.toml
+
+## install: binary, systemd units and (unless present) /etc/lbctl/lbctl.toml, under
+## $(DESTDIR); LBCTL_BIN=FILE installs that binary instead of building one
+BINDIR     ?= $(PREFIX)/bin
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSCONFDIR ?= /etc
+LBCTL_BIN  ?=
+.PHONY: install uninstall
+install: $(if $(LBCTL_BIN),,build)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/lbctl
+	install -m 0755 $(or $(LBCTL_BIN),bin/lbctl) $(DESTDIR)$(BINDIR)/lbctl
+	sed -e 's|/usr/local/bin/lbctl|$(BINDIR)/lbctl|g' -e 's|/etc/lbctl/|$(SYSCONFDIR)/lbctl/|g' \
+		examples/lbctl.service > $(DESTDIR)$(UNITDIR)/lbctl.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/lbctl.service
+	install -m 0644 examples/lbctl.socket $(DESTDIR)$(UNITDIR)/lbctl.socket
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/lbctl/lbctl.toml ]; then \
+		echo "kept $(DESTDIR)$(SYSCONFDIR)/lbctl/lbctl.toml (it exists)"; \
+	else \
+		install -m 0644 examples/lbctl.default.toml $(DESTDIR)$(SYSCONFDIR)/lbctl/lbctl.toml && \
+		echo "installed $(DESTDIR)$(SYSCONFDIR)/lbctl/lbctl.toml"; \
+	fi
+	@echo "next: sudo systemctl daemon-reload && sudo systemctl enable --now lbctl"
+
+## uninstall: remove what install put in place, except the configuration
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/lbctl $(DESTDIR)$(UNITDIR)/lbctl.service $(DESTDIR)$(UNITDIR)/lbctl.socket
+	@echo "kept $(DESTDIR)$(SYSCONFDIR)/lbctl/ (your configuration): remove it by hand if you wish"
 
 clean:
 	rm -rf bin

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -49,7 +50,7 @@ func (f *clientFlags) client() (*adminClient, error) {
 	if admin == "" {
 		admin = defaultAdmin
 	}
-	c := &adminClient{base: "http://" + admin, http: &http.Client{Timeout: 30 * time.Second}}
+	c := &adminClient{base: adminBase(admin), http: &http.Client{Timeout: 30 * time.Second}}
 	if tokenFile != "" {
 		b, err := os.ReadFile(tokenFile)
 		if err != nil {
@@ -58,6 +59,23 @@ func (f *clientFlags) client() (*adminClient, error) {
 		c.token = strings.TrimSpace(string(b))
 	}
 	return c, nil
+}
+
+// adminBase turns --admin (host:port, or a URL) into the API's base URL.
+// An unspecified host (a bind of 0.0.0.0 or [::]) means this machine.
+func adminBase(admin string) string {
+	if strings.Contains(admin, "://") {
+		return strings.TrimSuffix(admin, "/")
+	}
+	if host, port, err := net.SplitHostPort(admin); err == nil {
+		switch host {
+		case "", "0.0.0.0":
+			admin = net.JoinHostPort("127.0.0.1", port)
+		case "::":
+			admin = net.JoinHostPort("::1", port)
+		}
+	}
+	return "http://" + admin
 }
 
 type adminClient struct {
@@ -140,19 +158,24 @@ func newStatusCmd() *cobra.Command {
 	return cmd
 }
 
+// printStatus writes the status as two tables, listeners then backends by
+// pool.
 func printStatus(out io.Writer, st server.Status) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "LISTENER\tPROTOCOL\tBIND\tPOOL\tACTIVE")
 	for _, l := range st.Listeners {
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", l.Name, l.Protocol, l.Bind, l.Pool, l.Active)
 	}
+	if len(st.Listeners) == 0 {
+		fmt.Fprintln(w, "(none)")
+	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "POOL\tALGORITHM\tBACKEND\tHEALTH\tADMIN\tWEIGHT\tBACKUP\tACTIVE\tTOTAL\tFAILURES")
 	for _, p := range st.Pools {
 		for _, b := range p.Backends {
-			backup := ""
+			backup := "-"
 			if b.Backup {
-				backup = "backup"
+				backup = "yes"
 			}
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\n",
 				p.Name, p.Algorithm, b.Address, b.Health, b.Admin, b.Weight, backup, b.Active, b.Total, b.Failures)
@@ -186,7 +209,7 @@ func newBackendCmd() *cobra.Command {
 				if err := c.do(http.MethodPost, path, &b); err != nil {
 					return withCode(exitFailure, err)
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "pool %s backend %s: admin %s, health %s, %d active\n", args[0], b.Address, b.Admin, b.Health, b.Active)
+				fmt.Fprintln(cmd.OutOrStdout(), backendMessage(args[0], b))
 				return nil
 			},
 		}
@@ -194,6 +217,15 @@ func newBackendCmd() *cobra.Command {
 		cmd.AddCommand(sub)
 	}
 	return cmd
+}
+
+// backendMessage says what a backend's new admin state means.
+func backendMessage(pool string, b server.BackendStatus) string {
+	msg := fmt.Sprintf("pool %s backend %s: %s (health %s)", pool, b.Address, b.Admin, b.Health)
+	if b.Admin != "enabled" {
+		msg += fmt.Sprintf(", takes no new connections; %d established continue", b.Active)
+	}
+	return msg
 }
 
 func newReloadCmd() *cobra.Command {

@@ -131,12 +131,23 @@ type proc struct {
 // one TCP listener in front of backends.
 func startProc(t *testing.T, prefix []string, extra string, backends ...string) *proc {
 	t.Helper()
+	return startProcWith(t, nil, prefix, extra, backends...)
+}
+
+// startProcWith is startProc with setup, when not nil, run before the
+// config is written and the process started: it may change d.front or
+// d.cmd (environment, inherited files).
+func startProcWith(t *testing.T, setup func(d *proc), prefix []string, extra string, backends ...string) *proc {
+	t.Helper()
 	d := &proc{t: t, admin: freePort(t), front: freePort(t), logs: &bytes.Buffer{}, exited: make(chan error, 1)}
 	d.config = filepath.Join(t.TempDir(), "lbctl.toml")
-	d.writeConfig(extra, backends...)
 	args := append(append([]string{}, prefix...), lbctlBin, "serve", "--config", d.config)
 	d.cmd = exec.Command(args[0], args[1:]...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
+	if setup != nil {
+		setup(d)
+	}
+	d.writeConfig(extra, backends...)
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -3,15 +3,18 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"github.com/lbctl/lbctl/pkg/admin"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/lbctl/lbctl/pkg/server"
+	"github.com/lbctl/lbctl/pkg/systemd"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -35,14 +38,18 @@ func newServeCmd() *cobra.Command {
 	return cmd
 }
 
-// daemon is a running lbctl: the server, its admin API and the file its
-// configuration comes from.
+// daemon is a running lbctl: the server, its admin API, the file its
+// configuration comes from and the service manager it reports to.
 type daemon struct {
-	path  string
-	log   *zap.Logger
-	level zap.AtomicLevel
-	m     *metrics.Metrics
-	srv   *server.Server
+	path   string
+	log    *zap.Logger
+	level  zap.AtomicLevel
+	m      *metrics.Metrics
+	srv    *server.Server
+	notify *systemd.Notifier // a no-op outside systemd (systemd.go)
+
+	reloadMu sync.Mutex // one reload at a time: SIGHUP and the admin API
+	running  bool       // guarded by reloadMu: between READY=1 and STOPPING=1
 }
 
 func serve(cfg *config.Config, path string) error {
@@ -54,11 +61,11 @@ func serve(cfg *config.Config, path string) error {
 
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
-	srv, err := server.New(cfg, server.Options{Log: log, Metrics: m})
+	srv, err := server.New(cfg, server.Options{Log: log, Metrics: m, Inherited: inheritedSockets(log, cfg)})
 	if err != nil {
 		return withCode(exitFailure, err)
 	}
-	d := &daemon{path: path, log: log, level: level, m: m, srv: srv}
+	d := &daemon{path: path, log: log, level: level, m: m, srv: srv, notify: systemd.NewNotifier(log)}
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -88,6 +95,12 @@ func serve(cfg *config.Config, path string) error {
 	}
 	log.Info("lbctl started", zap.String("version", version), zap.String("config", path),
 		zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)))
+	// Every listener is bound: tell systemd, then feed its watchdog while
+	// the accept loops and health checkers are alive.
+	d.setRunning(true)
+	d.notify.Ready(d.summary())
+	stopKeepalive := d.notify.Keepalive(srv.Alive, d.summary)
+	defer stopKeepalive()
 
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
@@ -95,6 +108,9 @@ func serve(cfg *config.Config, path string) error {
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()), zap.Duration("shutdown_timeout", srv.Config().ShutdownTimeout))
+		stopKeepalive()
+		d.setRunning(false)
+		d.notify.Stopping(fmt.Sprintf("stopping: draining connections for up to %s", srv.Config().ShutdownTimeout))
 		ctx, cancel := context.WithTimeout(context.Background(), srv.Config().ShutdownTimeout)
 		srv.Shutdown(ctx)
 		cancel()
@@ -107,9 +123,39 @@ func serve(cfg *config.Config, path string) error {
 	return nil
 }
 
-// reload loads the config file again and applies it. An invalid file
-// changes nothing; its problems are logged and returned.
+// reload loads the config file again and applies it: the one reload path,
+// for SIGHUP and the admin API alike. An invalid file changes nothing; its
+// problems are logged and returned. The service manager sees RELOADING=1
+// before and READY=1 after, whatever the outcome.
 func (d *daemon) reload() error {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
+	if !d.running {
+		// Before READY=1 or after STOPPING=1 (the admin API answers
+		// then too): the service manager hears nothing of it.
+		return d.load()
+	}
+	d.notify.Reloading()
+	err := d.load()
+	status := d.summary()
+	if err != nil {
+		status = "reload rejected, the previous configuration keeps running; " + status
+	}
+	d.notify.Ready(status)
+	return err
+}
+
+// setRunning marks the span in which reloads are reported to the service
+// manager; it waits for a reload in progress, so its READY=1 never follows
+// STOPPING=1.
+func (d *daemon) setRunning(running bool) {
+	d.reloadMu.Lock()
+	d.running = running
+	d.reloadMu.Unlock()
+}
+
+// load reads the config file and applies it.
+func (d *daemon) load() error {
 	cfg, err := config.Load(d.path)
 	if err != nil {
 		d.m.ConfigReloads.WithLabelValues("failure").Inc()

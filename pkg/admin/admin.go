@@ -8,8 +8,9 @@
 //
 // Clients outside Allow get 403; with a token file, /api/ needs
 // "Authorization: Bearer <token>" (401 otherwise). Errors are JSON
-// {"error": "..."}. The package holds no state of its own: it asks the
-// server through the small Runtime interface.
+// {"error": "..."}: 404 for an unknown path, pool or backend, 405 for a
+// known path asked with the wrong method. The package holds no state of its
+// own: it asks the server through the small Runtime interface.
 package admin
 
 import (
@@ -115,14 +116,35 @@ func (s *Server) Handler() http.Handler {
 	})
 	api.HandleFunc("POST /api/v1/pools/{pool}/backends/{address}/{action}", s.backendAction)
 	api.HandleFunc("POST /api/v1/reload", s.reload)
-	api.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
+	api.HandleFunc("/api/", noRoute(api, "/api/"))
 	mux.Handle("/api/", s.authenticate(api))
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
+	mux.HandleFunc("/", noRoute(mux, "/"))
 	return s.allow(mux)
+}
+
+// noRoute answers the requests that no endpoint of mux takes (its catch-all
+// pattern): 405 with an Allow header when the path exists for another
+// method, else 404.
+func noRoute(mux *http.ServeMux, catchAll string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var allowed []string
+		for _, m := range []string{http.MethodGet, http.MethodPost} {
+			if m == r.Method {
+				continue
+			}
+			probe := r.Clone(r.Context())
+			probe.Method = m
+			if _, pattern := mux.Handler(probe); pattern != catchAll {
+				allowed = append(allowed, m)
+			}
+		}
+		if len(allowed) > 0 {
+			w.Header().Set("Allow", strings.Join(allowed, ", "))
+			writeError(w, http.StatusMethodNotAllowed, r.Method+" "+r.URL.Path+" not allowed (use "+strings.Join(allowed, " or ")+")")
+			return
+		}
+		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
+	}
 }
 
 // allow refuses clients outside the Allow list.

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -33,6 +34,13 @@ type harness struct {
 // and shuts it down in t.Cleanup.
 func startServer(t testing.TB, toml string) *harness {
 	t.Helper()
+	return startServerLog(t, toml, nil)
+}
+
+// startServerLog is startServer whose log entries also go to core when it
+// is not nil (a zaptest/observer core, to assert on what is logged).
+func startServerLog(t testing.TB, toml string, core zapcore.Core) *harness {
+	t.Helper()
 	cfg, err := config.Parse("test.toml", []byte(toml))
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -42,6 +50,9 @@ func startServer(t testing.TB, toml string) *harness {
 	log := zap.NewNop()
 	if tt, ok := t.(*testing.T); ok && testing.Verbose() {
 		log = zaptest.NewLogger(tt, zaptest.Level(zap.InfoLevel))
+	}
+	if core != nil {
+		log = zap.New(zapcore.NewTee(log.Core(), core))
 	}
 	h.srv, err = New(cfg, Options{Log: log, Metrics: h.m})
 	if err != nil {
@@ -118,3 +129,5 @@ func closedPort(t testing.TB) string {
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
+
+func contextBackground() context.Context { return context.Background() }

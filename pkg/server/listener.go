@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,8 +25,10 @@ type listener struct {
 	udp      *net.UDPConn // protocol "udp"; served by serveUDP (udp.go)
 	state    atomic.Pointer[listenerState]
 	active   atomic.Int64 // open connections, across generations
+	clients  clientTable  // per-client limits (acl.go); survive reloads
 	closing  chan struct{}
 	once     sync.Once
+	served   bool          // serve was called (under Server.mu)
 	done     chan struct{} // closed when the accept loop has returned
 }
 
@@ -36,8 +39,8 @@ type listenerState struct {
 	pool     *pool
 	maxConns int64
 	rej      *metrics.Rejections
-	proxy    *tcpproxy.Proxy  // protocol "tcp"
-	udp      *udpproxy.Proxy  // protocol "udp"
+	proxy    *tcpproxy.Proxy // protocol "tcp"
+	udp      *udpproxy.Proxy // protocol "udp"
 }
 
 func (s *Server) buildListenerState(lc *config.Listener, p *pool) (*listenerState, error) {
@@ -71,6 +74,7 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool) (*listenerStat
 			IdleTimeout:    lc.IdleTimeout,
 			Rejections:     st.rej,
 			Passive:        p,
+			HeaderFunc:     proxyHeaderFunc(p.cfg.ProxyProtocol),
 			Log:            s.log,
 			Access:         access,
 		})
@@ -129,11 +133,15 @@ func (l *listener) close() {
 		} else {
 			l.tcp.Close()
 		}
+		if !l.served {
+			close(l.done) // bound, but a later step failed before it served
+		}
 	})
 	<-l.done
 }
 
 func (s *Server) serve(l *listener) {
+	l.served = true
 	if l.udp != nil {
 		go s.serveUDP(l)
 		return
@@ -182,24 +190,42 @@ func (s *Server) acceptLoop(l *listener) {
 			backoff, failures = 0, 0
 		}
 		st := l.state.Load()
+		peer, release, ok := s.gateTCP(l, st, c) // ACL, per-client limits (proxyproto.go)
+		if !ok {
+			continue
+		}
 		if st.maxConns > 0 && l.active.Load() >= st.maxConns {
 			st.rej.MaxConnections.Inc()
 			c.Close()
+			if release != nil {
+				release()
+			}
 			continue
 		}
 		l.active.Add(1)
 		s.conns.Add(1)
-		go s.handleTCP(l, st, c)
+		go s.handleTCP(l, st, c, peer, release)
 	}
 }
 
-func (s *Server) handleTCP(l *listener, st *listenerState, c *net.TCPConn) {
-	defer s.conns.Done()
-	defer l.active.Add(-1)
-	ra, _ := c.RemoteAddr().(*net.TCPAddr)
-	if ra == nil {
-		c.Close()
-		return
+// handleTCP sets up one connection. It returns once the bytes are
+// flowing (tcpproxy's goroutines carry on), so the stack it grew while
+// dialing is not kept for the life of the connection.
+//
+// client is the peer; release is nil when the listener takes PROXY
+// headers: the header is read first, and the client it names admitted.
+func (s *Server) handleTCP(l *listener, st *listenerState, c *net.TCPConn, client netip.AddrPort, release func()) {
+	if release == nil {
+		if client, release = s.admitProxied(l, st, c, client); release == nil {
+			c.Close()
+			l.active.Add(-1)
+			s.conns.Done()
+			return
+		}
 	}
-	st.proxy.Serve(s.killCtx, c, ra.AddrPort())
+	st.proxy.Start(s.killCtx, c, client, func(tcpproxy.End) {
+		release()
+		l.active.Add(-1)
+		s.conns.Done()
+	})
 }

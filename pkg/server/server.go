@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -69,6 +70,7 @@ type Server struct {
 	kill     context.CancelFunc //
 	health   *healthMonitor
 	reloadMu sync.Mutex
+	alive    aliveState // what Alive remembers between calls (alive.go)
 }
 
 // New prepares a server for cfg. It binds nothing yet.
@@ -122,11 +124,13 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	old := s.cfg.Load()
 	if err := s.apply(cfg); err != nil {
+		s.forgetSeries(cfg, old) // what the failed build created
 		s.m.ConfigReloads.WithLabelValues("failure").Inc()
 		s.log.Error("reload failed, the old configuration keeps running", zap.Error(err))
 		return err
 	}
 	s.cfg.Store(cfg)
+	s.forgetSeries(old, cfg)
 	s.m.ConfigReloads.WithLabelValues("success").Inc()
 	s.log.Info("configuration reloaded", zap.String("file", cfg.File), zap.Strings("changes", diff(old, cfg)))
 	return nil
@@ -135,14 +139,18 @@ func (s *Server) Reload(cfg *config.Config) error {
 // Shutdown closes every listener (new connections are refused), lets open
 // connections finish until ctx is done, then closes the rest. It returns
 // once every connection goroutine has ended.
+//
+// The lock is held only while the listeners close and when the pools stop,
+// not during the drain, so Status and SetBackendAdmin keep answering (the
+// admin API stays usable while connections finish).
 func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.stopping.Store(true)
 	for k, l := range s.listeners {
 		l.close()
 		delete(s.listeners, k)
 	}
+	s.mu.Unlock()
 	s.health.stop()
 
 	drained := make(chan struct{})
@@ -158,6 +166,8 @@ func (s *Server) Shutdown(ctx context.Context) {
 		<-drained
 	}
 	s.kill()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, p := range s.pools {
 		p.stop()
 	}
@@ -268,6 +278,8 @@ func diff(old, cur *config.Config) []string {
 			out = append(out, "listener "+l.Name+" added")
 		case o.Bind != l.Bind || o.Protocol != l.Protocol:
 			out = append(out, "listener "+l.Name+" rebound")
+		case !reflect.DeepEqual(o, l):
+			out = append(out, "listener "+l.Name+" changed")
 		}
 		delete(ol, l.Name)
 	}
@@ -279,6 +291,9 @@ func diff(old, cur *config.Config) []string {
 		if !ok {
 			out = append(out, "pool "+name+" added")
 			continue
+		}
+		if poolSettingsChanged(o, p) {
+			out = append(out, "pool "+name+" changed")
 		}
 		ob := map[string]config.Backend{}
 		for _, b := range o.Backends {
@@ -303,8 +318,25 @@ func diff(old, cur *config.Config) []string {
 			out = append(out, "pool "+name+" removed")
 		}
 	}
+	if old.ShutdownTimeout != cur.ShutdownTimeout {
+		out = append(out, "shutdown_timeout changed")
+	}
+	if old.Log != cur.Log {
+		out = append(out, "log changed")
+	}
+	if !reflect.DeepEqual(old.Admin, cur.Admin) {
+		// The admin API is set up once per process.
+		out = append(out, "admin changed (takes effect at the next restart)")
+	}
 	sort.Strings(out)
 	return out
+}
+
+// poolSettingsChanged compares two pools but for their backends.
+func poolSettingsChanged(old, cur *config.Pool) bool {
+	o, c := *old, *cur
+	o.Backends, c.Backends = nil, nil
+	return !reflect.DeepEqual(o, c)
 }
 
 // resolve turns a backend address ("host:port") into "ip:port".

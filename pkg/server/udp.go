@@ -1,19 +1,89 @@
 package server
 
 import (
-	"errors"
+	"context"
+	"fmt"
 	"net"
+	"net/netip"
 
+	"github.com/lbctl/lbctl/balancer"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/udpproxy"
+	"go.uber.org/zap"
 )
 
+// UDP listeners. The listener socket is read by one goroutine
+// (udpproxy.Listener) that keeps the session table across reloads; each new
+// session takes the udpproxy.Proxy of the listenerState in force, and open
+// sessions keep theirs.
+
+// udpSocketBuffer is the receive and send buffer asked for the listener
+// socket, so bursts are not dropped; the kernel caps it (net.core.rmem_max).
+const udpSocketBuffer = 4 << 20
+
 func (s *Server) buildUDPProxy(lc *config.Listener, p *pool, st *listenerState) (*udpproxy.Proxy, error) {
-	return nil, errors.New("udp listeners are not served yet")
+	targets := make(map[*balancer.Backend]*udpproxy.Target, len(p.backends))
+	for _, be := range p.backends {
+		targets[be.b] = &udpproxy.Target{Addr: be.addr, Metrics: s.m.ForBackend(lc.Name, p.name, be.b.Address())}
+	}
+	var access *zap.Logger
+	if s.cfg.Load().Log.Access {
+		access = s.log.Named("access")
+	}
+	u, err := udpproxy.New(udpproxy.Config{
+		Listener:    lc.Name,
+		PoolName:    p.name,
+		Pool:        p.bal,
+		Targets:     targets,
+		IdleTimeout: lc.IdleTimeout,
+		Responses:   lc.Responses,
+		MaxSessions: lc.MaxConnections,
+		Rejections:  st.rej,
+		Passive:     p,
+		Log:         s.log,
+		Access:      access,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("udp proxy: %w", err)
+	}
+	return u, nil
 }
 
 func (s *Server) bindUDP(lc *config.Listener) (*net.UDPConn, error) {
-	return nil, errors.New("udp listeners are not served yet")
+	if inh, ok := s.opts.Inherited[listenerKey("udp", lc.Bind)].(*net.UDPConn); ok {
+		return inh, nil
+	}
+	var lcfg net.ListenConfig
+	pc, err := lcfg.ListenPacket(context.Background(), "udp", lc.Bind)
+	if err != nil {
+		return nil, err
+	}
+	uc := pc.(*net.UDPConn)
+	// Best effort: the kernel caps the sizes, and a smaller buffer works.
+	_ = uc.SetReadBuffer(udpSocketBuffer)
+	_ = uc.SetWriteBuffer(udpSocketBuffer)
+	return uc, nil
 }
 
-func (s *Server) serveUDP(l *listener) { close(l.done) }
+// serveUDP reads the listener socket until l.close() closes it; it returns,
+// and closes l.done, once every session of the listener has ended.
+func (s *Server) serveUDP(l *listener) {
+	defer close(l.done)
+	ul := &udpproxy.Listener{
+		Conn: l.udp,
+		Proxy: func() *udpproxy.Proxy {
+			if st := l.state.Load(); st != nil {
+				return st.udp
+			}
+			return nil
+		},
+		Sessions: &l.active,
+		// Access list and per-client limits (acl.go), once per new
+		// session, with the generation in force.
+		Admit: func(client netip.Addr) func() {
+			release, _ := s.admit(l, l.state.Load(), client)
+			return release
+		},
+	}
+	ul.Serve()
+}

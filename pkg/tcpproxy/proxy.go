@@ -178,10 +178,15 @@ func (p *Proxy) dial(ctx context.Context, client netip.Addr) (*net.TCPConn, *bal
 		start := time.Now()
 		nc, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
 		if err != nil {
-			t.Metrics.ConnectErrors.Inc()
-			b.AddFailure()
-			if p.cfg.Passive != nil {
-				p.cfg.Passive.ConnectFailed(b)
+			// Out of descriptors, buffers or ports here is not the
+			// backend's fault (local.go), nor is a dial cut short by the
+			// end of a shutdown drain: no failure is held against it.
+			if !isLocalResourceErr(err) && ctx.Err() == nil {
+				t.Metrics.ConnectErrors.Inc()
+				b.AddFailure()
+				if p.cfg.Passive != nil {
+					p.cfg.Passive.ConnectFailed(b)
+				}
 			}
 			// Debug only: a dead backend is reported once, by the health
 			// state change, not once per connection.
