@@ -43,7 +43,7 @@ type listenerState struct {
 	udp      *udpproxy.Proxy // protocol "udp"
 }
 
-func (s *Server) buildListenerState(lc *config.Listener, p *pool) (*listenerState, error) {
+func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool) (*listenerState, error) {
 	if p == nil {
 		return nil, errors.New("unknown pool " + lc.Pool)
 	}
@@ -57,11 +57,11 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool) (*listenerStat
 	switch lc.Protocol {
 	case "tcp":
 		tm := make(map[*balancer.Backend]*tcpproxy.Target, len(p.backends))
-		for _, be := range p.backends {
-			tm[be.b] = &tcpproxy.Target{Addr: be.addr, Metrics: s.m.ForBackend(lc.Name, p.name, be.b.Address())}
+		for i, be := range p.backends {
+			tm[be.b] = &tcpproxy.Target{Addr: p.addrs[i], Metrics: s.m.ForBackend(lc.Name, p.name, be.b.Address())}
 		}
 		var access *zap.Logger
-		if s.cfg.Load().Log.Access {
+		if accessLog {
 			access = s.log.Named("access")
 		}
 		st.proxy = tcpproxy.New(tcpproxy.Config{
@@ -79,7 +79,7 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool) (*listenerStat
 			Access:         access,
 		})
 	case "udp":
-		u, err := s.buildUDPProxy(lc, p, st)
+		u, err := s.buildUDPProxy(lc, p, st, accessLog)
 		if err != nil {
 			return nil, err
 		}
@@ -94,9 +94,9 @@ func (s *Server) bind(lc *config.Listener) (*listener, error) {
 	l := &listener{protocol: lc.Protocol, closing: make(chan struct{}), done: make(chan struct{})}
 	switch lc.Protocol {
 	case "tcp":
-		if inh, ok := s.opts.Inherited[listenerKey("tcp", lc.Bind)].(*net.TCPListener); ok {
+		if inh, err := s.inheritedTCP(lc.Bind); err != nil || inh != nil {
 			l.tcp = inh
-			return l, nil
+			return l, err
 		}
 		lcfg := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: true}}
 		ln, err := lcfg.Listen(context.Background(), "tcp", lc.Bind)

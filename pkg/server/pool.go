@@ -42,6 +42,7 @@ type pool struct {
 	protocol string // "tcp" or "udp": the protocol of the listeners using it
 	bal      *balancer.Pool
 	backends []*backend // configured order
+	addrs    []string   // resolved ip:port of each backend, committed to backend.addr by start
 	byBal    map[*balancer.Backend]*backend
 	health   *healthMonitor
 }
@@ -106,8 +107,8 @@ func (s *Server) buildPools(cfg *config.Config) (map[string]*pool, error) {
 					activeUp: true,
 				}
 			}
-			be.addr = addr
 			p.backends = append(p.backends, be)
+			p.addrs = append(p.addrs, addr)
 			p.byBal[be.b] = be
 			bals = append(bals, be.b)
 		}
@@ -138,6 +139,7 @@ func (p *pool) start(old *pool) {
 	kept := map[*backend]bool{}
 	for i, be := range p.backends {
 		bc := p.cfg.Backends[i]
+		be.addr = p.addrs[i]
 		be.b.SetWeight(bc.Weight)
 		be.b.SetBackup(bc.Backup)
 		be.mu.Lock()

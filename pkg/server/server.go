@@ -65,12 +65,11 @@ type Server struct {
 	stopping  atomic.Bool
 	ready     atomic.Bool
 
-	conns    sync.WaitGroup     // every proxied connection and UDP session
-	killCtx  context.Context    // canceled when the shutdown drain time is over
-	kill     context.CancelFunc //
-	health   *healthMonitor
-	reloadMu sync.Mutex
-	alive    aliveState // what Alive remembers between calls (alive.go)
+	conns   sync.WaitGroup     // every proxied connection and UDP session
+	killCtx context.Context    // canceled when the shutdown drain time is over
+	kill    context.CancelFunc //
+	health  *healthMonitor
+	alive   aliveState // what Alive remembers between calls (alive.go)
 }
 
 // New prepares a server for cfg. It binds nothing yet.
@@ -182,7 +181,7 @@ func (s *Server) apply(cfg *config.Config) error {
 	}
 	states := make(map[string]*listenerState, len(cfg.Listeners))
 	for _, lc := range cfg.Listeners {
-		st, err := s.buildListenerState(lc, pools[lc.Pool])
+		st, err := s.buildListenerState(lc, pools[lc.Pool], cfg.Log.Access)
 		if err != nil {
 			return fmt.Errorf("listener %s: %w", lc.Name, err)
 		}

@@ -21,13 +21,13 @@ import (
 // socket, so bursts are not dropped; the kernel caps it (net.core.rmem_max).
 const udpSocketBuffer = 4 << 20
 
-func (s *Server) buildUDPProxy(lc *config.Listener, p *pool, st *listenerState) (*udpproxy.Proxy, error) {
+func (s *Server) buildUDPProxy(lc *config.Listener, p *pool, st *listenerState, accessLog bool) (*udpproxy.Proxy, error) {
 	targets := make(map[*balancer.Backend]*udpproxy.Target, len(p.backends))
-	for _, be := range p.backends {
-		targets[be.b] = &udpproxy.Target{Addr: be.addr, Metrics: s.m.ForBackend(lc.Name, p.name, be.b.Address())}
+	for i, be := range p.backends {
+		targets[be.b] = &udpproxy.Target{Addr: p.addrs[i], Metrics: s.m.ForBackend(lc.Name, p.name, be.b.Address())}
 	}
 	var access *zap.Logger
-	if s.cfg.Load().Log.Access {
+	if accessLog {
 		access = s.log.Named("access")
 	}
 	u, err := udpproxy.New(udpproxy.Config{
@@ -50,8 +50,8 @@ func (s *Server) buildUDPProxy(lc *config.Listener, p *pool, st *listenerState) 
 }
 
 func (s *Server) bindUDP(lc *config.Listener) (*net.UDPConn, error) {
-	if inh, ok := s.opts.Inherited[listenerKey("udp", lc.Bind)].(*net.UDPConn); ok {
-		return inh, nil
+	if inh, err := s.inheritedUDP(lc.Bind); err != nil || inh != nil {
+		return inh, err
 	}
 	var lcfg net.ListenConfig
 	pc, err := lcfg.ListenPacket(context.Background(), "udp", lc.Bind)

@@ -31,10 +31,6 @@ import (
 // Every step reports its byte count, so metrics and the idle clock advance
 // while data flows.
 
-// smallBufSize is the read buffer for step 2. A read that fills it switches
-// the direction to splicing.
-const smallBufSize = 16 << 10
-
 // spliceMin is the least number of queued bytes worth a splice; below it a
 // read and a write are cheaper than two splices through a pipe.
 const spliceMin = smallBufSize

@@ -221,6 +221,10 @@ func (p *Proxy) logAccess(client netip.AddrPort, backend string, in, out int64, 
 	)
 }
 
+// smallBufSize is the read buffer of the copy loop. On Linux a read that
+// fills it switches the direction to splicing (copy_linux.go).
+const smallBufSize = 16 << 10
+
 var bufPool = sync.Pool{New: func() any {
 	b := make([]byte, smallBufSize)
 	return &b
