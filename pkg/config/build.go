@@ -78,6 +78,9 @@ func (d *decoder) config(raw map[string]any) *Config {
 				proto = "udp"
 			}
 			cfg.Pools[n.name] = d.pool(n.name, n.t, proto)
+			if usage[n.name]["udp"] && cfg.Pools[n.name].ProxyProtocol == "v1" {
+				n.t.errf("proxy_protocol", `v1 cannot carry UDP and a udp listener uses this pool: use "v2"`)
+			}
 		}
 	}
 

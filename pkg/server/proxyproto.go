@@ -84,6 +84,18 @@ func (s *Server) admitProxied(l *listener, st *listenerState, c *net.TCPConn, pe
 
 // proxyHeaderFunc is tcpproxy's HeaderFunc for a pool's proxy_protocol
 // setting: nil for "none" (or anything else).
+// udpProxyHeaderFunc is proxyHeaderFunc for UDP pools: only v2 can carry
+// UDP (the config rejects v1 on a pool a udp listener uses). The header is
+// built once per session and sent in front of every datagram.
+func udpProxyHeaderFunc(version string) func(client, local netip.AddrPort) []byte {
+	if version != "v2" {
+		return nil
+	}
+	return func(client, local netip.AddrPort) []byte {
+		return proxyheader.AppendV2(make([]byte, 0, 52), client, local, true)
+	}
+}
+
 func proxyHeaderFunc(version string) func(client, local netip.AddrPort) []byte {
 	switch version {
 	case "v1":

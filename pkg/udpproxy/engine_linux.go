@@ -65,6 +65,7 @@ type sock struct {
 	ref     fdRef
 	name    [unix.SizeofSockaddrInet6]byte // the client, as a sockaddr of the listener's family
 	namelen uint32
+	iov     [2]unix.Iovec // header and payload, for sessions with a header
 }
 
 // run serves the listener until its socket is closed.
@@ -292,6 +293,28 @@ func (l *Listener) connect(s *session, t *target) error {
 	return nil
 }
 
+// write sends one datagram: data, after the session's header if it has one
+// (one writev, so header and payload stay one datagram, without a copy).
+func (s *session) write(data []byte) error {
+	if len(s.hdr) == 0 {
+		_, err := unix.Write(s.fd, data)
+		return err
+	}
+	s.iov[0].Base = &s.hdr[0]
+	s.iov[0].SetLen(len(s.hdr))
+	n := 1
+	if len(data) > 0 {
+		s.iov[1].Base = &data[0]
+		s.iov[1].SetLen(len(data))
+		n = 2
+	}
+	_, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(s.fd), uintptr(unsafe.Pointer(&s.iov[0])), uintptr(n))
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
 // start is a no-op: the session is in the epoll set since connect.
 func (l *Listener) start(*session) {}
 
@@ -301,9 +324,9 @@ func (s *session) send(data []byte) error {
 		return net.ErrClosed
 	}
 	s.sending(len(data))
-	_, err := unix.Write(s.fd, data)
+	err := s.write(data)
 	for err == unix.EINTR {
-		_, err = unix.Write(s.fd, data)
+		err = s.write(data)
 	}
 	if s.ref.release() {
 		unix.Close(s.fd)

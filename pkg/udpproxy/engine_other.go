@@ -64,7 +64,11 @@ func (l *Listener) start(s *session) {
 
 func (s *session) send(data []byte) error {
 	s.sending(len(data))
-	if _, err := s.conn.Write(data); err != nil {
+	out := data
+	if len(s.hdr) > 0 {
+		out = append(append(make([]byte, 0, len(s.hdr)+len(data)), s.hdr...), data...)
+	}
+	if _, err := s.conn.Write(out); err != nil {
 		s.unsent(len(data))
 		return err
 	}

@@ -168,6 +168,14 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 	if l.pktinfo != 0 && dst.IsValid() {
 		s.oob = replyOOB(l.pktinfo, dst)
 	}
+	if cfg.Header != nil {
+		local := l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
+		if dst.IsValid() {
+			local = netip.AddrPortFrom(dst, local.Port())
+		}
+		s.hdr = cfg.Header(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()),
+			netip.AddrPortFrom(local.Addr().Unmap(), local.Port()))
+	}
 	if !l.dial(s, avoid) {
 		release()
 		return nil

@@ -107,6 +107,11 @@ type Config struct {
 	// generations together); 0 = no limit.
 	MaxSessions int
 
+	// Header, when set, returns the bytes put in front of every datagram
+	// sent to the backend (a PROXY protocol v2 header). It is called once
+	// per session; byte metrics count payload only.
+	Header func(client, local netip.AddrPort) []byte
+
 	Rejections *metrics.Rejections
 	Passive    PassiveObserver // optional
 	Log        *zap.Logger     // errors and debug; nil = none

@@ -21,6 +21,7 @@ type session struct {
 	oob     []byte         // packet info for replies (wildcard bind), else nil
 	start   time.Time
 	release func() // from Listener.Admit, called once the session has ended
+	hdr     []byte // put in front of every datagram to the backend (Config.Header), or nil
 
 	last     atomic.Int64 // nanotime of the last datagram either way
 	requests atomic.Int64 // client datagrams; written with l.mu held
