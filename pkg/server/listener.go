@@ -190,16 +190,16 @@ func (s *Server) acceptLoop(l *listener) {
 			backoff, failures = 0, 0
 		}
 		st := l.state.Load()
-		peer, release, ok := s.gateTCP(l, st, c) // ACL, per-client limits (proxyproto.go)
-		if !ok {
-			continue
-		}
+		// The listener-wide limit first: it does not depend on the client,
+		// and a connection refused here must not spend a client's rate
+		// token.
 		if st.maxConns > 0 && l.active.Load() >= st.maxConns {
 			st.rej.MaxConnections.Inc()
 			c.Close()
-			if release != nil {
-				release()
-			}
+			continue
+		}
+		peer, release, ok := s.gateTCP(l, st, c) // ACL, per-client limits (proxyproto.go)
+		if !ok {
 			continue
 		}
 		l.active.Add(1)

@@ -70,7 +70,7 @@ type backend struct {
 	stopped     bool          // left the configuration: no more changes
 }
 
-func (s *Server) buildPools(cfg *config.Config) (map[string]*pool, error) {
+func (s *Server) buildPools(cfg *config.Config, resolved map[string]string) (map[string]*pool, error) {
 	protocols := map[string]string{}
 	for _, l := range cfg.Listeners {
 		if _, ok := protocols[l.Pool]; !ok || l.Protocol == "tcp" {
@@ -91,9 +91,9 @@ func (s *Server) buildPools(cfg *config.Config) (map[string]*pool, error) {
 		}
 		var bals []*balancer.Backend
 		for _, bc := range pc.Backends {
-			addr, err := s.resolve(bc.Address)
-			if err != nil {
-				return nil, fmt.Errorf("pool %s backend %s: %w", name, bc.Address, err)
+			addr, ok := resolved[bc.Address]
+			if !ok {
+				return nil, fmt.Errorf("pool %s backend %s: not resolved", name, bc.Address)
 			}
 			be := kept[bc.Address]
 			if be == nil {

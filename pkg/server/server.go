@@ -58,6 +58,7 @@ type Server struct {
 	opts   Options
 
 	mu        sync.Mutex // serialises Start, Reload and Shutdown
+	reloadMu  sync.Mutex // serialises Start and Reload, held while resolving host names outside mu
 	cfg       atomic.Pointer[config.Config]
 	listeners map[string]*listener // by key(protocol, bind)
 	pools     map[string]*pool     // by pool name
@@ -100,12 +101,18 @@ func (s *Server) Ready() bool { return s.ready.Load() && !s.stopping.Load() }
 // Start binds every listener of the configuration and starts serving. On
 // error nothing is left bound.
 func (s *Server) Start() error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	resolved, err := s.resolveAll(s.cfg.Load())
+	if err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.started {
 		return errors.New("server: already started")
 	}
-	if err := s.apply(s.cfg.Load()); err != nil {
+	if err := s.apply(s.cfg.Load(), resolved); err != nil {
 		return err
 	}
 	s.started = true
@@ -116,13 +123,23 @@ func (s *Server) Start() error {
 // Reload replaces the running configuration by cfg, which must already be
 // validated. On error the old configuration keeps running untouched.
 func (s *Server) Reload(cfg *config.Config) error {
+	// Host names are resolved before the server lock is taken, so a slow
+	// resolver delays this reload but never the admin API (Status,
+	// SetBackendAdmin) or the watchdog. reloadMu keeps reloads in order.
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	resolved, rerr := s.resolveAll(cfg)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.started || s.stopping.Load() {
 		return errors.New("server: not running")
 	}
 	old := s.cfg.Load()
-	if err := s.apply(cfg); err != nil {
+	err := rerr
+	if err == nil {
+		err = s.apply(cfg, resolved)
+	}
+	if err != nil {
 		s.forgetSeries(cfg, old) // what the failed build created
 		s.m.ConfigReloads.WithLabelValues("failure").Inc()
 		s.log.Error("reload failed, the old configuration keeps running", zap.Error(err))
@@ -174,8 +191,8 @@ func (s *Server) Shutdown(ctx context.Context) {
 
 // apply builds the runtime for cfg and swaps it in. Everything that can
 // fail happens before the first change.
-func (s *Server) apply(cfg *config.Config) error {
-	pools, err := s.buildPools(cfg)
+func (s *Server) apply(cfg *config.Config, resolved map[string]string) error {
+	pools, err := s.buildPools(cfg, resolved)
 	if err != nil {
 		return err
 	}
@@ -336,6 +353,25 @@ func poolSettingsChanged(old, cur *config.Pool) bool {
 	o, c := *old, *cur
 	o.Backends, c.Backends = nil, nil
 	return !reflect.DeepEqual(o, c)
+}
+
+// resolveAll resolves every backend address of cfg: configured address to
+// "ip:port".
+func (s *Server) resolveAll(cfg *config.Config) (map[string]string, error) {
+	out := map[string]string{}
+	for name, pc := range cfg.Pools {
+		for _, bc := range pc.Backends {
+			if _, ok := out[bc.Address]; ok {
+				continue
+			}
+			addr, err := s.resolve(bc.Address)
+			if err != nil {
+				return nil, fmt.Errorf("pool %s backend %s: %w", name, bc.Address, err)
+			}
+			out[bc.Address] = addr
+		}
+	}
+	return out, nil
 }
 
 // resolve turns a backend address ("host:port") into "ip:port".

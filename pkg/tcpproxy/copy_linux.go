@@ -35,6 +35,11 @@ import (
 // read and a write are cheaper than two splices through a pipe.
 const spliceMin = smallBufSize
 
+// spliceMax bounds one splice call, so that byte counters and the idle
+// clock advance during a long transfer to a slow reader (one splice of a
+// full receive queue could otherwise take many seconds).
+const spliceMax = 256 << 10
+
 type platformCopier struct {
 	srcRaw  syscall.RawConn
 	readFn  func(fd uintptr) bool // bound once, so no closure is allocated per read
@@ -113,7 +118,7 @@ func (d *direction) run() error {
 		}
 		d.account(d.n)
 		for d.queued >= spliceMin {
-			if err := d.splice(int64(d.queued)); err != nil {
+			if err := d.splice(int64(min(d.queued, spliceMax))); err != nil {
 				return err
 			}
 			if err := d.srcRaw.Control(d.inqFn); err != nil {

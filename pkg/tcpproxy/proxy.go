@@ -200,7 +200,10 @@ func (p *Proxy) dial(ctx context.Context, client netip.Addr) (*net.TCPConn, *bal
 		t.Metrics.ConnectDuration.Observe(time.Since(start).Seconds())
 		return nc.(*net.TCPConn), b, t, ""
 	}
-	if tried.Len() == 0 {
+	switch {
+	case ctx.Err() != nil:
+		return nil, nil, nil, EndShutdown // the drain ended: not a rejection
+	case tried.Len() == 0:
 		return nil, nil, nil, EndNoBackend
 	}
 	return nil, nil, nil, EndBackendUnavailable
@@ -246,6 +249,7 @@ type conn struct {
 	closeOnce       sync.Once
 	running         atomic.Int32 // directions still copying
 	eofs            atomic.Int32 // directions that ended with a clean EOF
+	ended           atomic.Bool  // end() has run
 	stopCtx         func() bool  // unregisters the shutdown callback
 	onEnd           func(End)
 }
@@ -313,6 +317,7 @@ func (d *direction) copy(srcFailed, dstFailed *End) {
 
 // end runs once both directions are over.
 func (c *conn) end() {
+	c.ended.Store(true)
 	if c.stopCtx != nil {
 		c.stopCtx()
 	}
@@ -354,7 +359,9 @@ func (d *direction) finish(err error, srcFailed, dstFailed *End) {
 func isWriteErr(err error) bool {
 	var op *net.OpError
 	if errors.As(err, &op) {
-		return op.Op == "write" || op.Op == "readfrom" && errors.Is(err, syscall.EPIPE)
+		// readfrom is the splice into dst: it moves only bytes already
+		// queued in src, so its failures are dst's.
+		return op.Op == "write" || op.Op == "readfrom"
 	}
 	return errors.Is(err, syscall.EPIPE)
 }
@@ -380,6 +387,9 @@ func (c *conn) closeBoth(reset bool) {
 }
 
 func (c *conn) checkIdle() {
+	if c.ended.Load() {
+		return // end() stopped the timer while this ran: do not re-arm it
+	}
 	quiet := time.Duration(nanotime() - c.last.Load())
 	if quiet >= c.idleTimeout {
 		c.abort(&endIdle, false)

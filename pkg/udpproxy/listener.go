@@ -98,10 +98,13 @@ func (l *Listener) forward(data []byte, from netip.AddrPort, dst netip.Addr, now
 		s.last.Store(now)
 	}
 	l.mu.Unlock()
-	var avoid *balancer.Backend
+	var (
+		avoid    *balancer.Backend
+		admitted func() // the admission a failed-over session handed on
+	)
 	for range 2 {
 		if s == nil {
-			if s = l.open(from, dst, now, avoid); s == nil {
+			if s = l.open(from, dst, now, avoid, admitted); s == nil {
 				return
 			}
 		}
@@ -114,7 +117,9 @@ func (l *Listener) forward(data []byte, from netip.AddrPort, dst netip.Addr, now
 			// datagram opens a new one.
 		case isRefused(err):
 			// An ICMP error from an earlier datagram: the backend is gone.
-			// Open a session on another one for this datagram.
+			// Open a session on another one for this datagram; it takes
+			// over the client's admission, which must not be counted twice.
+			admitted = l.handOver(s)
 			l.retire(s, EndBackendError)
 			avoid = s.b
 		default:
@@ -144,25 +149,35 @@ func isResourceErr(err error) bool {
 
 // open starts a session for a client's first datagram, or returns nil when
 // the datagram is dropped (and counted as rejected).
-func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *balancer.Backend) *session {
+func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *balancer.Backend, admitted func()) *session {
 	p := l.Proxy()
 	if p == nil {
+		if admitted != nil {
+			admitted()
+		}
 		return nil
 	}
 	cfg := &p.cfg
-	release := noRelease
-	if l.Admit != nil {
-		if release = l.Admit(from.Addr().Unmap()); release == nil {
-			return nil
-		}
-	}
+	// The listener-wide limit first: a datagram refused here must not
+	// spend the client's rate token.
 	l.mu.Lock()
 	full := cfg.MaxSessions > 0 && len(l.table) >= cfg.MaxSessions
 	l.mu.Unlock()
 	if full {
 		cfg.Rejections.MaxConnections.Inc()
-		release()
+		if admitted != nil {
+			admitted()
+		}
 		return nil
+	}
+	release := noRelease
+	switch {
+	case admitted != nil:
+		release = admitted
+	case l.Admit != nil:
+		if release = l.Admit(from.Addr().Unmap()); release == nil {
+			return nil
+		}
 	}
 	s := &session{l: l, p: p, client: from, start: time.Now(), release: release}
 	if l.pktinfo != 0 && dst.IsValid() {
@@ -248,6 +263,16 @@ func (l *Listener) starve(cfg *Config, err error) {
 		cfg.Log.Warn("udp: cannot open a backend socket, new sessions are refused until one can",
 			zap.String("listener", cfg.Listener), zap.Error(err))
 	}
+}
+
+// handOver takes s's admission away from it, for the session that replaces
+// it after a backend failure; s then releases nothing when it ends.
+func (l *Listener) handOver(s *session) func() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	rel := s.release
+	s.release = noRelease
+	return rel
 }
 
 // noRelease is the release of a session no Admit counted.

@@ -588,15 +588,20 @@ func TestAdmitHook(t *testing.T) {
 	}
 	lbtest.Eventually(t, 2*time.Second, func() bool { return testutil.ToFloat64(r.rej.MaxConnections) == 1 },
 		"third session not refused by max_connections")
-	if n := released.Load(); n != 1 {
-		t.Errorf("%d releases before any session ended, want 1 (the session over max_connections)", n)
+	// max_connections is checked before Admit: the refused session never
+	// took (and so never spends) the client's admission.
+	if n := askedOf("127.0.0.4"); n != 0 {
+		t.Errorf("Admit asked %d times for a session over max_connections, want 0", n)
+	}
+	if n := released.Load(); n != 0 {
+		t.Errorf("%d releases before any session ended, want 0", n)
 	}
 	if got := be.Received(); got != 4 {
 		t.Errorf("backend received %d datagrams, want 4", got)
 	}
 	r.close()
-	if n := released.Load(); n != 3 {
-		t.Errorf("%d releases after close, want 3", n)
+	if n := released.Load(); n != 2 {
+		t.Errorf("%d releases after close, want 2 (one per admitted session)", n)
 	}
 }
 
