@@ -147,6 +147,48 @@ func (m *Metrics) ForBackend(listener, pool, backend string) *Backend {
 	}
 }
 
+// ForTCP resolves the children a TCP listener moves. The UDP ones are
+// placeholders outside the registry, so a TCP listener exports no
+// lbctl_udp_* series.
+func (m *Metrics) ForTCP(listener, pool, backend string) *Backend {
+	return &Backend{
+		ConnectionsActive: m.ConnectionsActive.WithLabelValues(listener, pool, backend),
+		ConnectionsTotal:  m.ConnectionsTotal.WithLabelValues(listener, pool, backend),
+		BytesIn:           m.Bytes.WithLabelValues(listener, pool, backend, "in"),
+		BytesOut:          m.Bytes.WithLabelValues(listener, pool, backend, "out"),
+		ConnectErrors:     m.ConnectErrors.WithLabelValues(pool, backend),
+		ConnectDuration:   m.ConnectDuration.WithLabelValues(pool, backend),
+		UDPSessionsActive: unregisteredGauge(),
+		DatagramsIn:       unregisteredCounter(),
+		DatagramsOut:      unregisteredCounter(),
+	}
+}
+
+// ForUDP resolves the children a UDP listener moves. The TCP connection
+// ones are placeholders outside the registry (a UDP session is not a
+// connection, and no connect is timed).
+func (m *Metrics) ForUDP(listener, pool, backend string) *Backend {
+	return &Backend{
+		ConnectionsActive: unregisteredGauge(),
+		ConnectionsTotal:  unregisteredCounter(),
+		BytesIn:           m.Bytes.WithLabelValues(listener, pool, backend, "in"),
+		BytesOut:          m.Bytes.WithLabelValues(listener, pool, backend, "out"),
+		ConnectErrors:     m.ConnectErrors.WithLabelValues(pool, backend),
+		ConnectDuration:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "unregistered"}),
+		UDPSessionsActive: m.UDPSessionsActive.WithLabelValues(listener, pool, backend),
+		DatagramsIn:       m.UDPDatagrams.WithLabelValues(listener, pool, backend, "in"),
+		DatagramsOut:      m.UDPDatagrams.WithLabelValues(listener, pool, backend, "out"),
+	}
+}
+
+func unregisteredCounter() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: "unregistered"})
+}
+
+func unregisteredGauge() prometheus.Gauge {
+	return prometheus.NewGauge(prometheus.GaugeOpts{Name: "unregistered"})
+}
+
 // Rejections holds the rejected-connection counters of one listener, one
 // per reason.
 type Rejections struct {

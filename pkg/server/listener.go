@@ -58,7 +58,7 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool
 	case "tcp":
 		tm := make(map[*balancer.Backend]*tcpproxy.Target, len(p.backends))
 		for i, be := range p.backends {
-			tm[be.b] = &tcpproxy.Target{Addr: p.addrs[i], Metrics: s.m.ForBackend(lc.Name, p.name, be.b.Address())}
+			tm[be.b] = &tcpproxy.Target{Addr: p.addrs[i], Metrics: s.m.ForTCP(lc.Name, p.name, be.b.Address())}
 		}
 		var access *zap.Logger
 		if accessLog {

@@ -24,7 +24,7 @@ const udpSocketBuffer = 4 << 20
 func (s *Server) buildUDPProxy(lc *config.Listener, p *pool, st *listenerState, accessLog bool) (*udpproxy.Proxy, error) {
 	targets := make(map[*balancer.Backend]*udpproxy.Target, len(p.backends))
 	for i, be := range p.backends {
-		targets[be.b] = &udpproxy.Target{Addr: p.addrs[i], Metrics: s.m.ForBackend(lc.Name, p.name, be.b.Address())}
+		targets[be.b] = &udpproxy.Target{Addr: p.addrs[i], Metrics: s.m.ForUDP(lc.Name, p.name, be.b.Address())}
 	}
 	var access *zap.Logger
 	if accessLog {
