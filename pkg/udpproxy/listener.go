@@ -139,12 +139,13 @@ func isRefused(err error) bool {
 }
 
 // isResourceErr reports errors that mean the process or the system is out
-// of descriptors, memory or local ports.
+// of descriptors, memory, local ports or epoll watches.
 func isResourceErr(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
 		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) ||
 		errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) ||
-		errors.Is(err, syscall.EAGAIN)
+		errors.Is(err, syscall.EAGAIN) ||
+		errors.Is(err, syscall.ENOSPC) // epoll: the user's watch limit (max_user_watches)
 }
 
 // open starts a session for a client's first datagram, or returns nil when
