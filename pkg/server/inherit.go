@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"net"
+	"os"
 )
 
 // Sockets inherited from the service manager (socket activation) are kept
@@ -11,16 +12,26 @@ import (
 // duplicate, and a later reload that brings the listener back gets a
 // working socket again.
 
-// inheritedTCP returns a listener on a duplicate of the inherited TCP socket
-// for bind, or nil when none was inherited.
-func (s *Server) inheritedTCP(bind string) (*net.TCPListener, error) {
-	inh, ok := s.opts.Inherited[listenerKey("tcp", bind)].(*net.TCPListener)
+// inheritedFile returns a duplicate of the socket inherited for protocol
+// and bind, or nil when none was inherited. The caller closes it.
+func (s *Server) inheritedFile(protocol, bind string) (*os.File, error) {
+	c, ok := s.opts.Inherited[listenerKey(protocol, bind)].(interface{ File() (*os.File, error) })
 	if !ok {
 		return nil, nil
 	}
-	f, err := inh.File()
+	f, err := c.File()
 	if err != nil {
 		return nil, fmt.Errorf("duplicate inherited socket %s: %w", bind, err)
+	}
+	return f, nil
+}
+
+// inheritedTCP returns a listener on a duplicate of the inherited TCP socket
+// for bind, or nil when none was inherited.
+func (s *Server) inheritedTCP(bind string) (*net.TCPListener, error) {
+	f, err := s.inheritedFile("tcp", bind)
+	if f == nil {
+		return nil, err
 	}
 	defer f.Close()
 	ln, err := net.FileListener(f)
@@ -32,13 +43,9 @@ func (s *Server) inheritedTCP(bind string) (*net.TCPListener, error) {
 
 // inheritedUDP is inheritedTCP for UDP sockets.
 func (s *Server) inheritedUDP(bind string) (*net.UDPConn, error) {
-	inh, ok := s.opts.Inherited[listenerKey("udp", bind)].(*net.UDPConn)
-	if !ok {
-		return nil, nil
-	}
-	f, err := inh.File()
-	if err != nil {
-		return nil, fmt.Errorf("duplicate inherited socket %s: %w", bind, err)
+	f, err := s.inheritedFile("udp", bind)
+	if f == nil {
+		return nil, err
 	}
 	defer f.Close()
 	pc, err := net.FilePacketConn(f)
