@@ -98,7 +98,7 @@ func (s *Server) bind(lc *config.Listener) (*listener, error) {
 			l.tcp = inh
 			return l, err
 		}
-		lcfg := net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: true}}
+		lcfg := tcpListenConfig()
 		ln, err := lcfg.Listen(context.Background(), "tcp", lc.Bind)
 		if err != nil {
 			return nil, err
