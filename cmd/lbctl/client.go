@@ -36,13 +36,16 @@ func (f *clientFlags) register(cmd *cobra.Command) {
 func (f *clientFlags) client() (*adminClient, error) {
 	admin, tokenFile := f.admin, f.tokenFile
 	if admin == "" || tokenFile == "" {
+		// Read leniently: the file may have just been edited into an
+		// invalid state, and `lbctl reload` must still reach the server to
+		// report what is wrong with it.
 		if path, err := findConfig(f.config); err == nil {
-			if cfg, err := config.Load(path); err == nil && cfg.Admin != nil {
+			if bind, tf, ok := config.AdminDefaults(path); ok {
 				if admin == "" {
-					admin = cfg.Admin.Bind
+					admin = bind
 				}
 				if tokenFile == "" {
-					tokenFile = cfg.Admin.TokenFile
+					tokenFile = tf
 				}
 			}
 		}
@@ -186,8 +189,13 @@ func printStatus(out io.Writer, st server.Status) {
 
 func newBackendCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "backend",
+		Use:   "backend drain|enable|disable POOL ADDRESS",
 		Short: "Change a backend's administrative state at run time",
+		// Reached only without a known action: a usage error (exit 2).
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withCode(exitUsage, fmt.Errorf("missing or unknown action %q: want drain, enable or disable\n%s",
+				strings.Join(args, " "), cmd.UsageString()))
+		},
 	}
 	for _, action := range []struct{ name, short string }{
 		{"drain", "Stop new connections to a backend; established ones continue"},

@@ -100,6 +100,9 @@ func TestExitCodes(t *testing.T) {
 		{"unknown flag", []string{"validate", "--nope"}, 2, []string{"unknown flag"}},
 		{"unknown command", []string{"frobnicate"}, 2, []string{"unknown command"}},
 		{"missing argument", []string{"backend", "drain", "web"}, 2, []string{"accepts 2 arg"}},
+		{"missing action", []string{"backend"}, 2, []string{"missing or unknown action"}},
+		{"unknown action", []string{"backend", "frob", "web", "1.2.3.4:80"}, 2, []string{"missing or unknown action"}},
+		{"missing command", nil, 2, []string{"missing command"}},
 		{"admin API unreachable", []string{"status", "--admin", freePort(t)}, 1, []string{"cannot reach the admin API"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -16,6 +16,10 @@ func newRootCmd() *cobra.Command {
 		Short:         "A Layer-4 (TCP and UDP) load balancer",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// Reached only without a command: a usage error (exit 2).
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withCode(exitUsage, fmt.Errorf("missing command\n%s", cmd.UsageString()))
+		},
 	}
 	root.AddCommand(newServeCmd(), newValidateCmd(), newVersionCmd())
 	root.AddCommand(newClientCmds()...)

@@ -19,6 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
@@ -171,7 +172,9 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 				return
 			}
 			token := strings.TrimSpace(string(want))
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			// The scheme name is case-insensitive (RFC 9110, 11.1).
+			scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+			ok = ok && strings.EqualFold(scheme, "Bearer")
 			if !ok || token == "" || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(token)) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="lbctl"`)
 				writeError(w, http.StatusUnauthorized, "missing or wrong bearer token")
@@ -215,9 +218,14 @@ func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, map[string]string{"status": "reloaded"})
-	case errors.As(err, &errs):
+	case errors.As(err, &errs), errors.Is(err, fs.ErrNotExist), errors.Is(err, fs.ErrPermission):
+		// The new file is invalid, missing or unreadable: the caller's to fix.
 		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, server.ErrNotRunning):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:
+		// Valid, but it could not be applied (a bind in use, a name that does
+		// not resolve); the old configuration keeps running.
 		writeError(w, http.StatusInternalServerError, err.Error())
 	}
 }

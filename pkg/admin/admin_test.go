@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -645,5 +646,41 @@ func TestUnreadableTokenFile(t *testing.T) {
 	s.Handler().ServeHTTP(rec, req)
 	if rec.Code != 500 || !strings.Contains(rec.Body.String(), "boom") {
 		t.Errorf("runtime failure: %d %s", rec.Code, rec.Body.String())
+	}
+}
+
+// TestReloadErrorCodes: a missing or unreadable file is the caller's to fix
+// (400); a reload while the server is starting or stopping is 503.
+func TestReloadErrorCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		code int
+	}{
+		{"missing file", fmt.Errorf("read config: %w", fs.ErrNotExist), http.StatusBadRequest},
+		{"unreadable file", fmt.Errorf("read config: %w", fs.ErrPermission), http.StatusBadRequest},
+		{"stopping", server.ErrNotRunning, http.StatusServiceUnavailable},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{reloadErr: tc.err})
+			if code, body := e.do(http.MethodPost, "/api/v1/reload"); code != tc.code {
+				t.Fatalf("reload: %d %s, want %d", code, body, tc.code)
+			}
+		})
+	}
+}
+
+// TestBearerSchemeCaseInsensitive: "bearer" works as well as "Bearer".
+func TestBearerSchemeCaseInsensitive(t *testing.T) {
+	e := newEnv(t, envOptions{token: "s3cret"})
+	req, _ := http.NewRequest(http.MethodGet, e.base+"/api/v1/status", nil)
+	req.Header.Set("Authorization", "bearer s3cret")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("lower-case scheme: %d, want 200", resp.StatusCode)
 	}
 }

@@ -473,10 +473,23 @@ func (d *decoder) health(t *table, present bool, proto string) Health {
 				t.errf("expect", `required (non-empty) with check = "send-expect"`)
 			}
 		}
+		if h.Check == "send-expect" && len(h.Expect) > maxExpect {
+			t.errf("expect", "at most %d bytes (the check reads no more than that)", maxExpect)
+		}
+		if h.Check == "send-expect" && proto == "udp" && len(h.Send) == 0 && !t.has("send") {
+			// Over UDP there is nothing to read until a datagram is sent.
+			t.errf("", `send is required (non-empty) for check = "send-expect" on a udp pool`)
+		} else if h.Check == "send-expect" && proto == "udp" && len(h.Send) == 0 {
+			t.errf("send", `required (non-empty) for check = "send-expect" on a udp pool`)
+		}
 	}
 	t.finish()
 	return h
 }
+
+// maxExpect is the most a send-expect check reads before giving up (the
+// health package's bound).
+const maxExpect = 64 << 10
 
 func hasSpaceOrControl(s string) bool {
 	for i := 0; i < len(s); i++ {

@@ -132,7 +132,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.started || s.stopping.Load() {
-		return errors.New("server: not running")
+		return ErrNotRunning
 	}
 	old := s.cfg.Load()
 	err := rerr
@@ -162,9 +162,10 @@ func (s *Server) Reload(cfg *config.Config) error {
 func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Lock()
 	s.stopping.Store(true)
-	for k, l := range s.listeners {
+	for _, l := range s.listeners {
+		// Closed, but kept in the table so that Status shows each listener
+		// and its open connections while the drain runs.
 		l.close()
-		delete(s.listeners, k)
 	}
 	s.mu.Unlock()
 	s.health.stop()

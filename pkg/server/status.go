@@ -46,6 +46,9 @@ type BackendStatus struct {
 var (
 	ErrUnknownPool    = errors.New("unknown pool")
 	ErrUnknownBackend = errors.New("unknown backend")
+	// ErrNotRunning is returned by Reload before Start and once Shutdown
+	// has begun.
+	ErrNotRunning = errors.New("server not running (starting or stopping)")
 )
 
 // Status returns a snapshot of listeners, pools and backends.

@@ -24,6 +24,7 @@ package tcpproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -123,7 +124,7 @@ func (p *Proxy) Serve(ctx context.Context, client *net.TCPConn, clientAddr netip
 // goroutines and nothing more.
 func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, done func(End)) {
 	start := time.Now()
-	backend, b, t, end := p.dial(ctx, clientAddr.Addr())
+	backend, b, t, end := p.dial(ctx, client, clientAddr)
 	if backend == nil {
 		client.Close()
 		switch end {
@@ -136,21 +137,6 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 		done(end)
 		return
 	}
-	if p.cfg.HeaderFunc != nil {
-		local, _ := client.LocalAddr().(*net.TCPAddr)
-		hdr := p.cfg.HeaderFunc(clientAddr, local.AddrPort())
-		if _, err := backend.Write(hdr); err != nil {
-			p.cfg.Log.Debug("write PROXY header", zap.String("backend", b.Address()), zap.Error(err))
-			client.SetLinger(0)
-			client.Close()
-			backend.Close()
-			t.Metrics.ConnectErrors.Inc()
-			p.logAccess(clientAddr, b.Address(), 0, 0, start, EndBackendError)
-			done(EndBackendError)
-			return
-		}
-	}
-
 	b.Acquire()
 	t.Metrics.ConnectionsActive.Inc()
 	t.Metrics.ConnectionsTotal.Inc()
@@ -166,10 +152,16 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 
 // dial connects to a backend, trying up to Retries others when a connect
 // fails.
-func (p *Proxy) dial(ctx context.Context, client netip.Addr) (*net.TCPConn, *balancer.Backend, *Target, End) {
-	var tried balancer.Tried
+// With HeaderFunc set, a connect counts as made once the PROXY header is
+// written: a backend that accepts and then fails the write is one more
+// failed connect, retried on another backend.
+func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort) (*net.TCPConn, *balancer.Backend, *Target, End) {
+	var (
+		tried balancer.Tried
+		hdr   []byte
+	)
 	for attempt := 0; attempt <= p.cfg.Retries; attempt++ {
-		b := p.cfg.Pool.Pick(client, &tried)
+		b := p.cfg.Pool.Pick(clientAddr.Addr(), &tried)
 		if b == nil {
 			break
 		}
@@ -177,6 +169,16 @@ func (p *Proxy) dial(ctx context.Context, client netip.Addr) (*net.TCPConn, *bal
 		t := p.cfg.Targets[b]
 		start := time.Now()
 		nc, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
+		if err == nil && p.cfg.HeaderFunc != nil {
+			if hdr == nil {
+				local, _ := client.LocalAddr().(*net.TCPAddr)
+				hdr = p.cfg.HeaderFunc(clientAddr, local.AddrPort())
+			}
+			if _, err = nc.Write(hdr); err != nil {
+				nc.Close()
+				err = fmt.Errorf("write PROXY header: %w", err)
+			}
+		}
 		if err != nil {
 			// Out of descriptors, buffers or ports here is not the
 			// backend's fault (local.go), nor is a dial cut short by the
