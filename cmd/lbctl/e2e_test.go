@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/pkg/lbtest"
+	"go.uber.org/goleak"
 )
 
 // The tests here run the real binary, built once.
@@ -36,6 +37,15 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if code == 0 {
+		// The tests start goroutines too (readers of child output, notify
+		// sockets, HTTP clients): none may outlive them.
+		http.DefaultClient.CloseIdleConnections()
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines left behind:", err)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 
@@ -293,6 +303,12 @@ func TestSplicePath(t *testing.T) {
 	if err := st.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { // on a failure below: never leave strace attached
+		if st.ProcessState == nil {
+			st.Process.Kill()
+			st.Wait()
+		}
+	})
 	attached := make(chan bool, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)

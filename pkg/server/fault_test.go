@@ -215,7 +215,7 @@ func TestBackendFaults(t *testing.T) {
 				}
 				// Prompt: a failed connect costs one connect_timeout before
 				// the failover; anything else is immediate.
-				if r.d > connectTimeout+time.Second {
+				if r.d > connectTimeout+3*time.Second {
 					t.Errorf("request %d took %v (ok %v, %s)", i, r.d, r.ok, r.err)
 				}
 			}
@@ -236,7 +236,7 @@ func TestBackendFaults(t *testing.T) {
 		if r.ok || r.d < connectTimeout || r.d > 2*connectTimeout+time.Second {
 			t.Fatalf("outcome %+v, want a close after the connect timeout", r)
 		}
-		lbtest.Eventually(t, time.Second, func() bool { return counter(h.m.ForListener("l").BackendUnavailable) == 1 })
+		lbtest.Eventually(t, 3*time.Second, func() bool { return counter(h.m.ForListener("l").BackendUnavailable) == 1 })
 	})
 }
 
@@ -447,9 +447,8 @@ func TestFDExhaustion(t *testing.T) {
 			t.Fatalf("connection %d waiting in the backlog was not served once descriptors freed up: %q %v\n%s", i, b, err, stderr.String())
 		}
 	}
-	if !strings.Contains(stderr.String(), "accepting again") {
-		t.Errorf("the recovery was not logged:\n%s", stderr.String())
-	}
+	lbtest.Eventually(t, 5*time.Second, func() bool { return strings.Contains(stderr.String(), "accepting again") },
+		"the recovery was not logged:\n%s", stderr.String())
 	t.Logf("child CPU during 1s of exhaustion: %d ticks", used)
 }
 

@@ -15,13 +15,13 @@ import (
 // idle_timeout, but bytes move all the time, so the connection must not be
 // cut, and the byte counter must advance while it runs.
 func TestSlowReaderKeepsFlowing(t *testing.T) {
-	const size = 32 << 20 // more than every socket buffer on the way
+	const size = 24 << 20 // more than every socket buffer on the way
 	be := lbtest.NewTCP(t, func(c *net.TCPConn) {
 		c.Write(bytes.Repeat([]byte("z"), size))
 		c.CloseWrite()
 		io.Copy(io.Discard, c)
 	})
-	h := startServer(t, listenerTOML("l", "p", `idle_timeout = "250ms"`)+poolTOML("p", "", be.Addr)+noHealth)
+	h := startServer(t, listenerTOML("l", "p", `idle_timeout = "600ms"`)+poolTOML("p", "", be.Addr)+noHealth)
 	c := h.dial("l")
 	out := h.m.ForBackend("l", "p", be.Addr).BytesOut
 	buf := make([]byte, 64<<10)
@@ -38,7 +38,7 @@ func TestSlowReaderKeepsFlowing(t *testing.T) {
 		if midway < 0 && got >= size/2 {
 			midway = counter(out)
 		}
-		time.Sleep(4 * time.Millisecond) // a slow reader: about 16 MiB/s
+		time.Sleep(8 * time.Millisecond) // a slow reader: about 8 MiB/s
 	}
 	if got != size {
 		t.Fatalf("slow reader got %d of %d bytes: the connection was cut while bytes flowed", got, size)

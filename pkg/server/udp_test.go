@@ -175,7 +175,7 @@ func TestUDPAdmission(t *testing.T) {
 	a := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
 	h := startServer(t, udpListenerTOML("u", "p", `deny = ["127.0.0.2/32"]
 max_connections_per_client = 1
-idle_timeout = "100ms"`)+poolTOML("p", "", a.Addr))
+idle_timeout = "1s"`)+poolTOML("p", "", a.Addr))
 	to := h.udpAddr("u")
 	rejected := func(reason string) float64 { return counter(h.m.Rejected.WithLabelValues("u", reason)) }
 
@@ -199,7 +199,7 @@ idle_timeout = "100ms"`)+poolTOML("p", "", a.Addr))
 	lbtest.Eventually(t, 2*time.Second, func() bool { return rejected("client_limit") == 1 },
 		"second session of one client not refused")
 	// Once the first session has expired, the client may open another.
-	lbtest.Eventually(t, 3*time.Second, func() bool { return h.udpActive("u", "p", a.Addr) == 0 }, "session did not expire")
+	lbtest.Eventually(t, 5*time.Second, func() bool { return h.udpActive("u", "p", a.Addr) == 0 }, "session did not expire")
 	if reply := udpExchange(second, to, []byte("3"), time.Second); string(reply) != "a|3" {
 		t.Errorf("after the first session ended: reply %q", reply)
 	}
@@ -382,10 +382,11 @@ func tryDnsmasq(t *testing.T, bin, a, txt string, out *bytes.Buffer) (string, bo
 		cmd.Wait()
 		close(exited)
 	}()
-	stop := func() {
+	stop := sync.OnceFunc(func() {
 		cmd.Process.Kill() // this process only, by its PID
 		<-exited
-	}
+	})
+	t.Cleanup(stop) // also when the test fails before dnsmasq answers
 	addr := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
 	c := udpClient(t)
 	deadline := time.Now().Add(5 * time.Second)
@@ -396,7 +397,6 @@ func tryDnsmasq(t *testing.T, bin, a, txt string, out *bytes.Buffer) (string, bo
 		default:
 		}
 		if r := udpExchange(c, addr, dnsQuery(1, "svc.test", dnsTypeA), 100*time.Millisecond); r != nil {
-			t.Cleanup(stop)
 			return addr.String(), true
 		}
 	}

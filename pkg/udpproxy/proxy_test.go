@@ -169,15 +169,17 @@ func TestWildcardRepliesFromDestinationAddress(t *testing.T) {
 // A session ends after idle_timeout without a datagram either way, and the
 // client's next datagram opens a new one; traffic either way keeps it.
 func TestIdleTimeout(t *testing.T) {
-	const idle = 150 * time.Millisecond
+	// Long enough that a loaded CI machine's stalls (GC under -race, a busy
+	// core) stay well inside the keep-alive margins below.
+	const idle = 600 * time.Millisecond
 	tweak := func(c *udpproxy.Config) { c.IdleTimeout = idle }
 
 	t.Run("expires", func(t *testing.T) {
 		be := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
 		r := newRig(t, rigOpts{tweak: tweak}, be.Addr)
 		c := client(t, "127.0.0.1")
+		last := time.Now() // before the exchange: the session's clock starts inside it
 		r.exchange(c, []byte("one"))
-		last := time.Now()
 		if r.active() != 1 {
 			t.Fatalf("sessions active = %v, want 1", r.active())
 		}
