@@ -74,7 +74,7 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool
 			IdleTimeout:    lc.IdleTimeout,
 			Rejections:     st.rej,
 			Passive:        p,
-			HeaderFunc:     proxyHeaderFunc(p.cfg.ProxyProtocol),
+			HeaderFunc:     proxyHeaderFunc(p.cfg.ProxyProtocol, false),
 			Log:            s.log,
 			Access:         access,
 		})

@@ -82,29 +82,19 @@ func (s *Server) admitProxied(l *listener, st *listenerState, c *net.TCPConn, pe
 	return client, release
 }
 
-// proxyHeaderFunc is tcpproxy's HeaderFunc for a pool's proxy_protocol
-// setting: nil for "none" (or anything else).
-// udpProxyHeaderFunc is proxyHeaderFunc for UDP pools: only v2 can carry
-// UDP (the config rejects v1 on a pool a udp listener uses). The header is
-// built once per session and sent in front of every datagram.
-func udpProxyHeaderFunc(version string) func(client, local netip.AddrPort) []byte {
-	if version != "v2" {
-		return nil
-	}
-	return func(client, local netip.AddrPort) []byte {
-		return proxyheader.AppendV2(make([]byte, 0, 52), client, local, true)
-	}
-}
-
-func proxyHeaderFunc(version string) func(client, local netip.AddrPort) []byte {
-	switch version {
-	case "v1":
+// proxyHeaderFunc returns the PROXY header builder for a pool's
+// proxy_protocol setting, nil for "none": tcpproxy writes the header once
+// before the data, udpproxy in front of every datagram of a session. Only
+// v2 can carry UDP (the config rejects v1 on a pool a udp listener uses).
+func proxyHeaderFunc(version string, udp bool) func(client, local netip.AddrPort) []byte {
+	switch {
+	case version == "v1" && !udp:
 		return func(client, local netip.AddrPort) []byte {
 			return proxyheader.AppendV1(make([]byte, 0, proxyheader.MaxV1Length), client, local)
 		}
-	case "v2":
+	case version == "v2":
 		return func(client, local netip.AddrPort) []byte {
-			return proxyheader.AppendV2(make([]byte, 0, 52), client, local, false)
+			return proxyheader.AppendV2(make([]byte, 0, 52), client, local, udp)
 		}
 	}
 	return nil

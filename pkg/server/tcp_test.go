@@ -387,6 +387,10 @@ func TestGracefulShutdown(t *testing.T) {
 	if h.srv.Ready() {
 		t.Fatal("Ready() during shutdown")
 	}
+	// Status still lists the listener and its open connection.
+	if st := h.srv.Status(); len(st.Listeners) != 1 || st.Listeners[0].Name != "l" || st.Listeners[0].Active != 1 {
+		t.Fatalf("status during the drain: %+v, want listener l with 1 active connection", st.Listeners)
+	}
 
 	// The established connection still works both ways.
 	c.Write([]byte("during"))
@@ -463,36 +467,4 @@ func TestNoLeaks(t *testing.T) {
 		}
 		return active == 0 && lbtest.OpenFDs(t) <= base
 	}, "connections or descriptors left: fds %d, baseline %d", lbtest.OpenFDs(t), base)
-}
-
-// TestStatusDuringDrain: while shutdown drains, Status still lists the
-// listener with its open connection.
-func TestStatusDuringDrain(t *testing.T) {
-	be := lbtest.NewTCP(t, lbtest.Echo)
-	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "", be.Addr)+noHealth)
-	c := h.dial("l")
-	c.Write([]byte("x"))
-	buf := make([]byte, 1)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(c, buf); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		ctx, cancel := contextWithTimeout(10 * time.Second)
-		defer cancel()
-		h.srv.Shutdown(ctx)
-		close(done)
-	}()
-	lbtest.Eventually(t, 2*time.Second, func() bool { return !h.srv.Ready() })
-	st := h.srv.Status()
-	if len(st.Listeners) != 1 || st.Listeners[0].Name != "l" || st.Listeners[0].Active != 1 {
-		t.Fatalf("status during the drain: %+v, want listener l with 1 active connection", st.Listeners)
-	}
-	c.Close()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not return after the last connection closed")
-	}
 }

@@ -2,13 +2,12 @@ package server
 
 import (
 	"fmt"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/lbctl/lbctl/pkg/config"
+	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/lbctl/lbctl/pkg/proxyheader"
 )
 
@@ -16,32 +15,19 @@ import (
 // the backend behind a PROXY v2 header (DGRAM) naming the real client and
 // the address it sent to, and the reply carries no header.
 func TestUDPSendsProxyV2(t *testing.T) {
-	be, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 65536)
-		for {
-			n, from, err := be.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
+	// The backend answers with what the PROXY header in front of the
+	// datagram says.
+	be := lbtest.NewUDP(t, "be", func(req []byte) [][]byte {
+		reply := "no header"
+		if hl, err := proxyheader.Length(req); err == nil {
+			if h, err := proxyheader.Parse(req[:hl]); err == nil {
+				reply = fmt.Sprintf("v%d udp=%v src=%s dst=%s payload=%s", h.Version, h.UDP, h.Source, h.Destination, req[hl:])
 			}
-			reply := "no header"
-			if hl, err := proxyheader.Length(buf[:n]); err == nil {
-				if h, err := proxyheader.Parse(buf[:hl]); err == nil {
-					reply = fmt.Sprintf("v%d udp=%v src=%s dst=%s payload=%s", h.Version, h.UDP, h.Source, h.Destination, buf[hl:n])
-				}
-			}
-			be.WriteToUDPAddrPort([]byte(reply), from)
 		}
-	}()
-	t.Cleanup(func() { be.Close(); wg.Wait() })
+		return [][]byte{[]byte(reply)}
+	})
 
-	h := startServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", `proxy_protocol = "v2"`, be.LocalAddr().String()))
+	h := startServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", `proxy_protocol = "v2"`, be.Addr))
 	c := udpClient(t)
 	lb := h.udpAddr("u")
 	for i, payload := range []string{"first", "second"} {
