@@ -151,6 +151,7 @@ func (d *decoder) listener(name string, t *table) *listenerDef {
 		Name:                 name,
 		Protocol:             DefaultProtocol,
 		IdleTimeout:          DefaultIdleTimeout,
+		UnrepliedTimeout:     DefaultUnrepliedTimeout,
 		ProxyProtocolTimeout: DefaultProxyProtocolTimeout,
 	}
 	def := &listenerDef{l: l, t: t}
@@ -189,6 +190,12 @@ func (d *decoder) listener(name string, t *table) *listenerDef {
 	if v, ok := t.duration("idle_timeout", true); ok {
 		l.IdleTimeout = v
 	}
+	if v, ok := t.duration("half_close_timeout", false); ok {
+		l.HalfCloseTimeout = v
+	}
+	if v, ok := t.duration("unreplied_timeout", true); ok {
+		l.UnrepliedTimeout = v
+	}
 	l.Allow, _ = t.prefixes("allow")
 	l.Deny, _ = t.prefixes("deny")
 	if v, ok := t.integer("max_connections_per_client", 0); ok {
@@ -217,6 +224,12 @@ func (d *decoder) listener(name string, t *table) *listenerDef {
 		// reference block sets it on a tcp listener).
 		if l.Protocol == "tcp" && l.Responses != 0 {
 			t.errf("responses", `only valid with protocol = "udp" (0 = off is allowed)`)
+		}
+		if l.Protocol == "tcp" && t.has("unreplied_timeout") {
+			t.errf("unreplied_timeout", `only valid with protocol = "udp"`)
+		}
+		if l.Protocol == "udp" && t.has("half_close_timeout") {
+			t.errf("half_close_timeout", `only valid with protocol = "tcp"`)
 		}
 		if l.Protocol == "udp" && l.AcceptProxyProtocol {
 			t.errf("accept_proxy_protocol", `only valid with protocol = "tcp"`)

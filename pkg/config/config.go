@@ -44,6 +44,7 @@ const (
 	DefaultProtocol             = "tcp"
 	DefaultIdleTimeout          = 10 * time.Minute
 	DefaultProxyProtocolTimeout = 5 * time.Second
+	DefaultUnrepliedTimeout     = 30 * time.Second
 	DefaultAlgorithm            = "round-robin"
 	DefaultConnectTimeout       = 3 * time.Second
 	DefaultRetries              = 2
@@ -92,6 +93,13 @@ type Listener struct {
 	Pool           string        // key of Config.Pools
 	MaxConnections int           // tcp: connections, udp: sessions; 0 = no limit
 	IdleTimeout    time.Duration // > 0
+	// HalfCloseTimeout (tcp): once one side has finished sending, the
+	// connection is closed when this passes without the other side
+	// finishing too; 0 = only IdleTimeout applies.
+	HalfCloseTimeout time.Duration
+	// UnrepliedTimeout (udp): a session whose backend has never replied
+	// ends after this, whatever IdleTimeout says. > 0.
+	UnrepliedTimeout time.Duration
 
 	Allow, Deny []netip.Prefix // empty Allow = everyone; Deny wins; see Match
 

@@ -666,6 +666,28 @@ t.toml:4: listeners.web.responses: only valid with protocol = "udp" (0 = off is 
 `,
 		},
 		{
+			name: "timeouts of the other protocol",
+			src: `
+[listeners.web]
+bind = "127.0.0.1:8080"
+pool = "web"
+unreplied_timeout = "5s"
+[listeners.dns]
+protocol = "udp"
+bind = "127.0.0.1:5353"
+pool = "web"
+half_close_timeout = "5s"
+unreplied_timeout = "0s"
+[[pools.web.backends]]
+address = "127.0.0.1:9001"
+`,
+			want: `
+t.toml:4: listeners.web.unreplied_timeout: only valid with protocol = "udp"
+t.toml:9: listeners.dns.half_close_timeout: only valid with protocol = "tcp"
+t.toml:10: listeners.dns.unreplied_timeout: must be greater than 0, got "0s"
+`,
+		},
+		{
 			name: "accept_proxy_protocol on udp",
 			src: `
 [listeners.dns]
@@ -838,11 +860,11 @@ address = "127.0.0.1:9009"
 		Listeners: []*Listener{
 			{
 				Name: "dns", Protocol: "udp", Bind: "127.0.0.1:5353", BindTemplate: "127.0.0.1:5353", Pool: "dns",
-				IdleTimeout: 10 * time.Minute, ProxyProtocolTimeout: 5 * time.Second,
+				IdleTimeout: 10 * time.Minute, UnrepliedTimeout: 30 * time.Second, ProxyProtocolTimeout: 5 * time.Second,
 			},
 			{
 				Name: "web", Protocol: "tcp", Bind: "127.0.0.1:8080", BindTemplate: "127.0.0.1:8080", Pool: "web",
-				IdleTimeout: 10 * time.Minute, ProxyProtocolTimeout: 5 * time.Second,
+				IdleTimeout: 10 * time.Minute, UnrepliedTimeout: 30 * time.Second, ProxyProtocolTimeout: 5 * time.Second,
 			},
 		},
 		Pools: map[string]*Pool{
@@ -926,12 +948,14 @@ connection_burst_per_client = 3
 accept_proxy_protocol = true
 trusted_proxies = ["10.0.0.5/32"]
 proxy_protocol_timeout = "250ms"
+half_close_timeout = "15s"
 
 [listeners.dns] # a udp listener may share a tcp listener's port
 protocol = "udp"
 bind = "0.0.0.0:53"
 pool = "dns"
 responses = 1
+unreplied_timeout = "5s"
 
 [pools.web]
 algorithm = "least-connections"
@@ -978,11 +1002,11 @@ expect = "+PONG\r\n\\x01"
 	wantListeners := []*Listener{
 		{
 			Name: "dns", Protocol: "udp", Bind: "0.0.0.0:53", BindTemplate: "0.0.0.0:53", Pool: "dns",
-			IdleTimeout: 10 * time.Minute, ProxyProtocolTimeout: 5 * time.Second, Responses: 1,
+			IdleTimeout: 10 * time.Minute, UnrepliedTimeout: 5 * time.Second, ProxyProtocolTimeout: 5 * time.Second, Responses: 1,
 		},
 		{
 			Name: "web", Protocol: "tcp", Bind: "0.0.0.0:53", BindTemplate: "0.0.0.0:53", Pool: "web",
-			MaxConnections: 100, IdleTimeout: 90 * time.Second,
+			MaxConnections: 100, IdleTimeout: 90 * time.Second, HalfCloseTimeout: 15 * time.Second, UnrepliedTimeout: 30 * time.Second,
 			Allow: pfx("10.0.0.0/8"), Deny: pfx("10.0.13.0/24", "2001:db8::1/128"),
 			MaxConnectionsPerClient: 5, ConnectionRatePerClient: 0.5, ConnectionBurstPerClient: 3,
 			AcceptProxyProtocol: true, TrustedProxies: pfx("10.0.0.5/32"), ProxyProtocolTimeout: 250 * time.Millisecond,
