@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/localerr"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -181,9 +182,9 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 		}
 		if err != nil {
 			// Out of descriptors, buffers or ports here is not the
-			// backend's fault (local.go), nor is a dial cut short by the
+			// backend's fault (package localerr), nor is a dial cut short by the
 			// end of a shutdown drain: no failure is held against it.
-			if !isLocalResourceErr(err) && ctx.Err() == nil {
+			if !localerr.Is(err) && ctx.Err() == nil {
 				t.Metrics.ConnectErrors.Inc()
 				b.AddFailure()
 				if p.cfg.Passive != nil {
