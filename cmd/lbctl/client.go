@@ -3,12 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -39,8 +39,14 @@ func (f *clientFlags) client() (*adminClient, error) {
 		// Read leniently: the file may have just been edited into an
 		// invalid state, and `lbctl reload` must still reach the server to
 		// report what is wrong with it.
+		// A config another user could have written is refused (see
+		// trust.go); one that cannot be read gives no defaults.
 		if path, err := findConfig(f.config); err == nil {
-			if bind, tf, ok := config.AdminDefaults(path); ok {
+			data, err := readTrusted("config file", path)
+			if unsafe := asUnsafe(err); unsafe != nil {
+				return nil, unsafe
+			}
+			if bind, tf, ok := config.AdminDefaults(data); err == nil && ok {
 				if admin == "" {
 					admin = bind
 				}
@@ -55,13 +61,26 @@ func (f *clientFlags) client() (*adminClient, error) {
 	}
 	c := &adminClient{base: adminBase(admin), http: &http.Client{Timeout: 30 * time.Second}}
 	if tokenFile != "" {
-		b, err := os.ReadFile(tokenFile)
+		b, err := readTrusted("token file", tokenFile)
+		if unsafe := asUnsafe(err); unsafe != nil {
+			return nil, unsafe
+		}
 		if err != nil {
 			return nil, withCode(exitFailure, fmt.Errorf("token file: %w", err))
 		}
 		c.token = strings.TrimSpace(string(b))
 	}
 	return c, nil
+}
+
+// asUnsafe turns the refusal of a file another user could have written
+// into a config problem (exit 2), and returns nil for any other err.
+func asUnsafe(err error) error {
+	var unsafe *unsafeFileError
+	if errors.As(err, &unsafe) {
+		return withCode(exitUsage, err)
+	}
+	return nil
 }
 
 // adminBase turns --admin (host:port, or a URL) into the API's base URL.

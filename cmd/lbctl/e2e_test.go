@@ -53,7 +53,16 @@ func TestMain(m *testing.M) {
 // status.
 func runLbctl(t *testing.T, args ...string) (string, int) {
 	t.Helper()
+	return runLbctlIn(t, "", nil, args...)
+}
+
+// runLbctlIn runs the binary in dir ("": here) with env added to
+// the test's, $LBCTL_CONFIG cleared, and returns its output and exit status.
+func runLbctlIn(t *testing.T, dir string, env []string, args ...string) (string, int) {
+	t.Helper()
 	cmd := exec.Command(lbctlBin, args...)
+	cmd.Dir = dir
+	cmd.Env = append(append(os.Environ(), "LBCTL_CONFIG="), env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

@@ -1,22 +1,15 @@
 package config
 
-import (
-	"os"
+import "github.com/BurntSushi/toml"
 
-	"github.com/BurntSushi/toml"
-)
-
-// AdminDefaults reads only the [admin] bind and token_file of the file at
-// path, leniently: the rest of the file may be invalid. The client
+// AdminDefaults reads only the [admin] bind and token_file of a config
+// file's content, leniently: the rest of the file may be invalid. The client
 // commands (status, backend, reload) use it when the file does not load,
 // which is exactly when an operator has just edited it and runs `lbctl
 // reload` to learn what is wrong. ok is false when the file has no [admin]
-// table or it cannot be read even so.
-func AdminDefaults(path string) (bind, tokenFile string, ok bool) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", "", false
-	}
+// table or it cannot be parsed even so. The caller reads the file: the
+// client commands check who may have written it first.
+func AdminDefaults(data []byte) (bind, tokenFile string, ok bool) {
 	var f struct {
 		Admin *struct {
 			Bind      string `toml:"bind"`
