@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/lbctl/lbctl/localerr"
 )
 
 // ErrStopped is returned by Checker.Set after Checker.Stop.
@@ -25,6 +27,47 @@ const (
 	// that happen to line up drift apart again.
 	jitterFraction = 10
 )
+
+// Outcome is what one completed check says about its target.
+type Outcome uint8
+
+const (
+	// Success: the target answered as the check expects.
+	Success Outcome = iota
+	// Failure: it did not (refused, timed out, wrong answer); a verdict
+	// against the target, counted toward Spec.Fall.
+	Failure
+	// NoVerdict: the check could not be made for a local reason, lbctl
+	// being out of descriptors, buffers or ports (localerr.Is). It says
+	// nothing about the target, so it is neither a success nor a failure:
+	// the target's state and its consecutive-result counters stay as they
+	// were.
+	NoVerdict
+)
+
+// String returns "success", "failure" or "no_verdict".
+func (o Outcome) String() string {
+	switch o {
+	case Success:
+		return "success"
+	case Failure:
+		return "failure"
+	case NoVerdict:
+		return "no_verdict"
+	}
+	return "Outcome(" + strconv.Itoa(int(o)) + ")"
+}
+
+// outcomeOf classifies a check's error.
+func outcomeOf(err error) Outcome {
+	switch {
+	case err == nil:
+		return Success
+	case localerr.Is(err):
+		return NoVerdict
+	}
+	return Failure
+}
 
 // Event is a state transition of one target.
 type Event struct {
@@ -45,7 +88,7 @@ type Event struct {
 // NewChecker. The zero value is not usable; the methods are safe for
 // concurrent use.
 type Checker struct {
-	onResult func(target string, err error)
+	onResult func(target string, o Outcome, err error)
 	onChange func(Event)
 	// newProber builds a target's Prober and pickFirstDelay draws the wait
 	// before a target's first check; tests replace them.
@@ -77,15 +120,17 @@ type target struct {
 }
 
 // NewChecker returns a Checker with no targets. onResult is called after
-// every completed check with its error (nil: success); when that check
-// changed the target's state, onChange is called just before, so whoever
-// has seen a result has seen its transition. Either may be nil. A check cut
+// every completed check with its outcome and error (nil for a Success); a
+// NoVerdict outcome changes nothing but is reported too, so a caller can
+// tell a running checker from a stuck one. When a check changed the
+// target's state, onChange is called just before onResult, so whoever has
+// seen a result has seen its transition. Either may be nil. A check cut
 // short by Remove or Stop is not reported.
 //
 // The callbacks run on the targets' goroutines: concurrently for different
 // targets, in order for one target. They must be quick and must not call
 // Set, Remove or Stop, which wait for those goroutines (State is fine).
-func NewChecker(onResult func(target string, err error), onChange func(Event)) *Checker {
+func NewChecker(onResult func(target string, o Outcome, err error), onChange func(Event)) *Checker {
 	return &Checker{
 		onResult:       onResult,
 		onChange:       onChange,
@@ -249,19 +294,27 @@ func probe(ctx context.Context, p Prober, addr string, timeout time.Duration) er
 
 // report records one result and runs the callbacks outside the lock.
 func (c *Checker) report(t *target, err error) {
-	c.mu.Lock()
-	ev, changed := t.observe(err)
-	c.mu.Unlock()
+	o := outcomeOf(err)
+	var (
+		ev      Event
+		changed bool
+	)
+	if o != NoVerdict {
+		c.mu.Lock()
+		ev, changed = t.observe(err)
+		c.mu.Unlock()
+	}
 	if changed && c.onChange != nil {
 		c.onChange(ev)
 	}
 	if c.onResult != nil {
-		c.onResult(t.key, err)
+		c.onResult(t.key, o, err)
 	}
 }
 
-// observe applies one result to the counters and the rise/fall rules and
-// returns the transition it caused, if any. The caller holds Checker.mu.
+// observe applies one verdict (a Success or a Failure, never a NoVerdict)
+// to the counters and the rise/fall rules and returns the transition it
+// caused, if any. The caller holds Checker.mu.
 func (t *target) observe(err error) (Event, bool) {
 	ok := err == nil
 	first := !t.known

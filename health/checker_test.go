@@ -33,11 +33,16 @@ func wantState(t *testing.T, c *Checker, key string, wantUp, wantKnown bool) {
 func failures(res []result) int {
 	n := 0
 	for _, r := range res {
-		if r.err != nil {
+		if r.outcome == Failure {
 			n++
 		}
 	}
 	return n
+}
+
+// localFailure is what a dial returns when the process is out of descriptors.
+func localFailure(errno syscall.Errno) error {
+	return fmt.Errorf("health check: %w", &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", errno)})
 }
 
 // TestCheckerTCPBackendDiesAndReturns: a killed backend is marked down within
@@ -239,7 +244,7 @@ func TestCheckerRiseFall(t *testing.T) {
 		name       string
 		initialUp  bool
 		rise, fall int
-		script     string // S = success, F = failure
+		script     string // S = success, F = failure, L = local failure (EMFILE)
 		want       []transition
 	}{
 		{"first failure marks down at once", true, 2, 3, "F", []transition{{1, false}}},
@@ -251,6 +256,10 @@ func TestCheckerRiseFall(t *testing.T) {
 		{"alternating while down never flaps", true, 2, 2, "FSFSFSFSFS", []transition{{1, false}}},
 		{"rise 1 fall 1 follows every result", true, 1, 1, "SFSF", []transition{{2, false}, {3, true}, {4, false}}},
 		{"rise 3", false, 3, 1, "FSSFSSS", []transition{{7, true}}},
+		{"local failures are no verdict", true, 2, 3, "SFFLLLLLF", []transition{{9, false}}},
+		{"local failures keep a rise streak", true, 2, 1, "FSLLLS", []transition{{1, false}, {6, true}}},
+		{"local failures keep a fall streak", true, 2, 2, "SFLLLS", nil},
+		{"a first local failure leaves the target unknown", true, 2, 3, "LLLF", []transition{{4, false}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -265,8 +274,11 @@ func TestCheckerRiseFall(t *testing.T) {
 			var got []transition
 			for i, r := range tt.script {
 				var err error
-				if r == 'F' {
+				switch r {
+				case 'F':
 					err = fmt.Errorf("scripted failure %d", i+1)
+				case 'L':
+					err = localFailure(syscall.EMFILE)
 				}
 				p.next <- err
 				rec.waitResults(t, 2*time.Second, "p/x", i+1)
@@ -277,6 +289,63 @@ func TestCheckerRiseFall(t *testing.T) {
 			}
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("transitions %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestCheckerLocalFailureIsNoVerdict: a check that fails because this
+// process is out of descriptors, buffers or local ports is reported as
+// NoVerdict and changes nothing: no transition, no failure, the state and
+// whether it is known stay as they were.
+func TestCheckerLocalFailureIsNoVerdict(t *testing.T) {
+	for _, errno := range []syscall.Errno{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.EADDRNOTAVAIL} {
+		t.Run(errno.Error(), func(t *testing.T) {
+			rec := newRecorder()
+			c := rec.checker()
+			defer c.Stop()
+			p := scriptProber{next: make(chan error)}
+			c.newProber = func(Spec) (Prober, error) { return p, nil }
+			// Fall = 1: one real failure marks the target down.
+			spec := Spec{Kind: KindTCP, Interval: time.Millisecond, Timeout: time.Minute, Rise: 1, Fall: 1}
+			mustSet(t, c, "p/x", "127.0.0.1:1", spec, true)
+			checks := 0
+			feed := func(err error, times int) {
+				t.Helper()
+				for range times {
+					p.next <- err
+					checks++
+					rec.waitResults(t, 2*time.Second, "p/x", checks)
+				}
+			}
+
+			feed(localFailure(errno), 3) // before any verdict: still unknown
+			wantState(t, c, "p/x", true, false)
+			feed(nil, 1)
+			wantState(t, c, "p/x", true, true)
+			feed(localFailure(errno), 5) // known and up: stays so
+			wantState(t, c, "p/x", true, true)
+
+			res, evs := rec.snapshot("p/x")
+			if len(evs) != 0 {
+				t.Errorf("events %+v after local failures only, want none", evs)
+			}
+			if f := failures(res); f != 0 {
+				t.Errorf("%d failures counted, want 0", f)
+			}
+			for i, r := range res {
+				if i == 3 {
+					continue // the success
+				}
+				if r.outcome != NoVerdict || !errors.Is(r.err, errno) {
+					t.Errorf("check %d: outcome %v err %v, want no_verdict with %v", i+1, r.outcome, r.err, errno)
+				}
+			}
+
+			// The same target does go down on a real failure.
+			feed(errors.New("connection refused"), 1)
+			if evs := rec.waitEvents(t, 2*time.Second, "p/x", 1); evs[0].Up {
+				t.Errorf("event %+v after a real failure, want down", evs[0])
 			}
 		})
 	}

@@ -20,7 +20,7 @@
 // Typical use, with the composition root owning the wiring:
 //
 //	c := health.NewChecker(
-//		func(target string, err error) { countCheck(target, err == nil) },
+//		func(target string, o health.Outcome, err error) { countCheck(target, o) },
 //		func(ev health.Event) { log(ev); setBackendUp(ev.Target, ev.Up) },
 //	)
 //	defer c.Stop()
@@ -40,6 +40,13 @@
 // other check never flaps when Fall and Rise are at least 2. Later checks run
 // every Interval minus a small random amount (at most 10%), which keeps
 // targets from drifting back into lock-step.
+//
+// Local failures. A check that fails because lbctl itself is out of
+// descriptors, buffers or local ports (the errors localerr.Is names, the
+// same list the proxies use) is no verdict on the backend: it is reported
+// as [NoVerdict] and changes neither the state nor the counters, so a
+// process that runs out of descriptors does not mark its healthy backends
+// down and then turn clients away until Rise checks pass again.
 //
 // Reloads. Calling [Checker.Set] again for a target with the same address
 // keeps its state and its rhythm and makes the next check use the new spec;

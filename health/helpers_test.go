@@ -193,16 +193,17 @@ type recorder struct {
 }
 
 type result struct {
-	target string
-	err    error
-	at     time.Time
+	target  string
+	outcome Outcome
+	err     error
+	at      time.Time
 }
 
 func newRecorder() *recorder { return &recorder{signal: make(chan struct{}, 1)} }
 
-func (r *recorder) onResult(target string, err error) {
+func (r *recorder) onResult(target string, o Outcome, err error) {
 	r.mu.Lock()
-	r.results = append(r.results, result{target, err, time.Now()})
+	r.results = append(r.results, result{target, o, err, time.Now()})
 	r.mu.Unlock()
 	r.notify()
 }

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/health"
-	dto "github.com/prometheus/client_model/go"
 )
 
 // Liveness, for a service manager's watchdog (systemd WatchdogSec=): Alive
@@ -28,12 +27,13 @@ import (
 //     ended while its listener is still in service has died.
 //   - Every backend with active checks completed a check recently. A check
 //     starts at most one interval after the previous one and is bounded by
-//     its timeout, so its lbctl_health_checks_total series (success plus
-//     failure) must move within interval + timeout; Alive allows twice the
-//     interval plus aliveSlack, and only calls a checker dead when a series
-//     stood still for longer than that (a hung checker goroutine, a probe
-//     that ignores its deadline). The counters are the checker's heartbeat:
-//     reading them needs no hook in the health package.
+//     its timeout, so the checker glue's heartbeat for the backend (the
+//     time its last check completed, whatever the outcome, checks.go) must
+//     move within interval + timeout; Alive allows twice the interval plus
+//     the timeout plus aliveSlack, and only calls a checker dead when its
+//     heartbeat is older than that (a hung checker goroutine, a probe that
+//     ignores its deadline). A check without a verdict (lbctl out of
+//     descriptors) still beats: the checker works, the host is short.
 
 // aliveSlack is added to the longest gap expected between two completed
 // checks of one backend before its checker is called dead.
@@ -44,18 +44,11 @@ const aliveSlack = 5 * time.Second
 // names against a dead DNS server (5s each) stays well within it.
 const lockBusyLimit = time.Minute
 
-// aliveState remembers, per health target, the last completed-check count
-// Alive saw and when it first saw it, and since when Alive has found the
-// server lock taken. The zero value is ready to use.
+// aliveState remembers since when Alive has found the server lock taken.
+// The zero value is ready to use.
 type aliveState struct {
 	mu        sync.Mutex
-	seen      map[string]checkProgress // by backend key
-	busySince time.Time                // zero: the last call took the lock
-}
-
-type checkProgress struct {
-	checks float64   // success + failure
-	since  time.Time // when Alive first saw this count
+	busySince time.Time // zero: the last call took the lock
 }
 
 // Alive returns nil while the server runs and its accept loops and health
@@ -117,16 +110,9 @@ func (a *aliveState) lockFree() {
 	a.mu.Unlock()
 }
 
-// staleChecks returns a line per backend whose active checks stood still
-// for too long. s.mu is held.
+// staleChecks returns a line per backend whose checker's heartbeat is
+// older than its bound. s.mu is held.
 func (s *Server) staleChecks(now time.Time) []string {
-	a := &s.alive
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.seen == nil {
-		a.seen = map[string]checkProgress{}
-	}
-	current := map[string]bool{}
 	var stale []string
 	for _, p := range s.pools {
 		spec := healthSpec(p)
@@ -135,48 +121,15 @@ func (s *Server) staleChecks(now time.Time) []string {
 		}
 		bound := 2*spec.Interval + spec.Timeout + aliveSlack
 		for _, be := range p.backends {
-			k := be.key()
-			n, ok := s.health.completedChecks(k)
+			last, ok := s.health.lastCheck(be.key())
 			if !ok {
 				continue
 			}
-			current[k] = true
-			prev, seen := a.seen[k]
-			if !seen || n != prev.checks {
-				a.seen[k] = checkProgress{checks: n, since: now}
-				continue
-			}
-			if idle := now.Sub(prev.since); idle > bound {
+			if idle := now.Sub(last); idle > bound {
 				stale = append(stale, fmt.Sprintf("pool %s backend %s: no health check completed for %s (interval %s)",
 					p.name, be.b.Address(), idle.Round(time.Second), spec.Interval))
 			}
 		}
 	}
-	for k := range a.seen {
-		if !current[k] {
-			delete(a.seen, k)
-		}
-	}
 	return stale
-}
-
-// completedChecks returns how many checks of the target have completed
-// (its lbctl_health_checks_total series, success plus failure), and false
-// for a target the monitor does not know.
-func (h *healthMonitor) completedChecks(key string) (float64, bool) {
-	h.mu.Lock()
-	c, ok := h.results[key]
-	h.mu.Unlock()
-	if !ok {
-		return 0, false
-	}
-	var total float64
-	for _, counter := range c {
-		var m dto.Metric
-		if err := counter.Write(&m); err != nil {
-			return 0, false
-		}
-		total += m.GetCounter().GetValue()
-	}
-	return total, true
 }

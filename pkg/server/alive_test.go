@@ -2,10 +2,14 @@ package server
 
 import (
 	"context"
+	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/lbctl/lbctl/health"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/lbctl/lbctl/pkg/metrics"
@@ -68,8 +72,9 @@ func TestAliveDeadAcceptLoop(t *testing.T) {
 	}
 }
 
-// Health checkers count as alive while each checked backend's completed
-// checks keep moving within two intervals plus the timeout and aliveSlack.
+// Health checkers count as alive while each checked backend's heartbeat
+// (its last completed check) is within two intervals plus the timeout and
+// aliveSlack.
 func TestAliveHealthProgress(t *testing.T) {
 	be := lbtest.NewTCP(t, lbtest.Echo)
 	checked := "[pools.p.health]\ncheck = \"tcp\"\ninterval = \"1h\"\ntimeout = \"1s\"\n"
@@ -78,18 +83,23 @@ func TestAliveHealthProgress(t *testing.T) {
 	key := h.srv.pools["p"].backends[0].key()
 	// The first check runs at once; the next one in an hour.
 	lbtest.Eventually(t, 5*time.Second, func() bool {
-		n, ok := h.srv.health.completedChecks(key)
-		return ok && n >= 1
+		return counter(h.m.HealthChecks.WithLabelValues("p", be.Addr, "success")) >= 1
 	}, "first health check not completed")
+	t0, ok := h.srv.health.lastCheck(key)
+	if !ok {
+		t.Fatal("no heartbeat for a checked backend")
+	}
+	if _, ok := h.srv.health.lastCheck(h.srv.pools["q"].backends[0].key()); ok {
+		t.Error("a heartbeat for a backend with check = none")
+	}
 
 	bound := 2*time.Hour + time.Second + aliveSlack
-	t0 := time.Now()
 	for _, tc := range []struct {
 		name  string
 		at    time.Time
 		stale bool
 	}{
-		{"first look", t0, false},
+		{"at the last check", t0, false},
 		{"one interval later", t0.Add(time.Hour), false},
 		{"just within the bound", t0.Add(bound), false},
 		{"past the bound", t0.Add(bound + time.Second), true},
@@ -108,6 +118,23 @@ func TestAliveHealthProgress(t *testing.T) {
 				t.Fatalf("aliveAt(+%s) = %v, want pool p's backend reported stale", tc.at.Sub(t0), err)
 			}
 		})
+	}
+
+	// A check without a verdict (lbctl out of descriptors) is a completed
+	// check: the checker works, so its heartbeat moves, though no counter
+	// does.
+	before := time.Now()
+	h.srv.health.onResult(key, health.NoVerdict, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EMFILE)})
+	t1, _ := h.srv.health.lastCheck(key)
+	if t1.Before(before) {
+		t.Errorf("heartbeat %v did not move with a check without verdict at %v", t1, before)
+	}
+	if err := h.srv.aliveAt(t1.Add(bound)); err != nil {
+		t.Errorf("aliveAt(bound after the check without verdict) = %v, want nil", err)
+	}
+	if s, f := counter(h.m.HealthChecks.WithLabelValues("p", be.Addr, "success")),
+		counter(h.m.HealthChecks.WithLabelValues("p", be.Addr, "failure")); s != 1 || f != 0 {
+		t.Errorf("checks counted: %v successes, %v failures; want 1 and 0", s, f)
 	}
 }
 

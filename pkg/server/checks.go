@@ -8,6 +8,7 @@ package server
 import (
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/lbctl/lbctl/health"
 	"github.com/lbctl/lbctl/pkg/metrics"
@@ -17,18 +18,41 @@ import (
 
 // healthMonitor connects the health package's checker to backends, metrics
 // and logs.
+//
+// A check that fails because lbctl itself is short of descriptors, buffers
+// or local ports comes back as health.NoVerdict: the checker leaves the
+// backend's state alone, it is not counted in lbctl_health_checks_total,
+// and the shortage is logged once per episode (its first such check, at
+// warn, with the error), not once per check: an episode lasts while the
+// last check of at least one backend gave no verdict.
 type healthMonitor struct {
 	log     *zap.Logger
 	m       *metrics.Metrics
 	checker *health.Checker
 
-	mu       sync.Mutex
-	backends map[string]*backend // by key
-	results  map[string][2]prometheus.Counter
+	mu      sync.Mutex
+	targets map[string]*checkTarget // by backend key
+	// the current local-shortage episode
+	noVerdict    int       // targets whose last check gave no verdict; 0: no episode
+	skipped      int       // checks without a verdict in this episode
+	episodeStart time.Time // first check without a verdict
+}
+
+// checkTarget is the monitor's record of one backend. Guarded by
+// healthMonitor.mu.
+type checkTarget struct {
+	be               *backend
+	success, failure prometheus.Counter // lbctl_health_checks_total
+	checked          bool               // active checks are on
+	noVerdict        bool               // its last check gave no verdict
+	// beat is the checker's heartbeat for this backend: when its last check
+	// completed, whatever the outcome, or when its checks were turned on.
+	// Alive reads it.
+	beat time.Time
 }
 
 func newHealthMonitor(log *zap.Logger, m *metrics.Metrics) *healthMonitor {
-	h := &healthMonitor{log: log, m: m, backends: map[string]*backend{}, results: map[string][2]prometheus.Counter{}}
+	h := &healthMonitor{log: log, m: m, targets: map[string]*checkTarget{}}
 	h.checker = health.NewChecker(h.onResult, h.onChange)
 	return h
 }
@@ -40,17 +64,27 @@ func newHealthMonitor(log *zap.Logger, m *metrics.Metrics) *healthMonitor {
 func (h *healthMonitor) set(p *pool, be *backend) {
 	k := be.key()
 	spec := healthSpec(p)
+	on := spec.Kind != health.KindNone
 	h.mu.Lock()
-	h.backends[k] = be
-	if _, ok := h.results[k]; !ok {
-		h.results[k] = [2]prometheus.Counter{
-			h.m.HealthChecks.WithLabelValues(be.pool, be.b.Address(), "success"),
-			h.m.HealthChecks.WithLabelValues(be.pool, be.b.Address(), "failure"),
+	t := h.targets[k]
+	if t == nil {
+		t = &checkTarget{
+			be:      be,
+			success: h.m.HealthChecks.WithLabelValues(be.pool, be.b.Address(), "success"),
+			failure: h.m.HealthChecks.WithLabelValues(be.pool, be.b.Address(), "failure"),
 		}
+		h.targets[k] = t
 	}
+	if on && !t.checked {
+		t.beat = time.Now()
+	}
+	t.checked = on
 	h.mu.Unlock()
-	if spec.Kind == health.KindNone {
+	if !on {
 		h.checker.Remove(k)
+		h.mu.Lock()
+		h.clearNoVerdictLocked(t)
+		h.mu.Unlock()
 		be.mu.Lock()
 		if !be.activeUp {
 			be.activeUp = true
@@ -76,11 +110,13 @@ func (h *healthMonitor) remove(be *backend) {
 	k := be.key()
 	h.checker.Remove(k)
 	h.mu.Lock()
-	_, had := h.results[k]
-	delete(h.backends, k)
-	delete(h.results, k)
+	t := h.targets[k]
+	if t != nil {
+		h.clearNoVerdictLocked(t)
+		delete(h.targets, k)
+	}
 	h.mu.Unlock()
-	if had {
+	if t != nil {
 		h.m.HealthChecks.DeleteLabelValues(be.pool, be.b.Address(), "success")
 		h.m.HealthChecks.DeleteLabelValues(be.pool, be.b.Address(), "failure")
 	}
@@ -88,23 +124,72 @@ func (h *healthMonitor) remove(be *backend) {
 
 func (h *healthMonitor) stop() { h.checker.Stop() }
 
-func (h *healthMonitor) onResult(key string, err error) {
+// lastCheck returns the heartbeat of the backend's checker: when its last
+// check completed (a success, a failure or no verdict), or when its checks
+// were turned on if none has completed since. It returns false for a
+// backend without active checks.
+func (h *healthMonitor) lastCheck(key string) (time.Time, bool) {
 	h.mu.Lock()
-	c, ok := h.results[key]
-	h.mu.Unlock()
-	if !ok {
+	defer h.mu.Unlock()
+	t := h.targets[key]
+	if t == nil || !t.checked {
+		return time.Time{}, false
+	}
+	return t.beat, true
+}
+
+func (h *healthMonitor) onResult(key string, o health.Outcome, err error) {
+	now := time.Now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	t := h.targets[key]
+	if t == nil {
 		return
 	}
-	if err == nil {
-		c[0].Inc()
-	} else {
-		c[1].Inc()
+	t.beat = now
+	switch o {
+	case health.Success:
+		t.success.Inc()
+	case health.Failure:
+		t.failure.Inc()
+	case health.NoVerdict:
+		h.skipped++
+		if t.noVerdict {
+			return
+		}
+		t.noVerdict = true
+		h.noVerdict++
+		if h.noVerdict == 1 {
+			h.skipped, h.episodeStart = 1, now
+			h.log.Warn("health checks give no verdict: lbctl is short of descriptors, buffers or ports; backends keep their state",
+				zap.String("pool", t.be.pool), zap.String("backend", t.be.b.Address()), zap.Error(err))
+		}
+		return
+	}
+	h.clearNoVerdictLocked(t)
+}
+
+// clearNoVerdictLocked records that t's last check is no longer one without
+// a verdict, and logs the end of the episode when it was the last such
+// target. The caller holds h.mu.
+func (h *healthMonitor) clearNoVerdictLocked(t *checkTarget) {
+	if !t.noVerdict {
+		return
+	}
+	t.noVerdict = false
+	h.noVerdict--
+	if h.noVerdict == 0 {
+		h.log.Info("health checks give verdicts again",
+			zap.Int("checks_without_verdict", h.skipped), zap.Duration("after", time.Since(h.episodeStart)))
 	}
 }
 
 func (h *healthMonitor) onChange(ev health.Event) {
 	h.mu.Lock()
-	be := h.backends[ev.Target]
+	var be *backend
+	if t := h.targets[ev.Target]; t != nil {
+		be = t.be
+	}
 	h.mu.Unlock()
 	if be == nil {
 		return

@@ -1,11 +1,26 @@
 package server
 
 import (
+	"bufio"
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strconv"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/lbctl/lbctl/pkg/config"
+	"github.com/lbctl/lbctl/pkg/lbtest"
+	"github.com/lbctl/lbctl/pkg/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // listenBacklog0 listens on 127.0.0.1 with an accept queue of one
@@ -33,4 +48,238 @@ func listenBacklog0(t *testing.T) string {
 		t.Fatalf("getsockname: %T", sa)
 	}
 	return net.JoinHostPort(netip.AddrFrom4(in4.Addr).String(), strconv.Itoa(in4.Port))
+}
+
+// healthFDChildEnv names the backends of the child process of
+// TestHealthOutOfDescriptors (this test binary, re-executed).
+const healthFDChildEnv = "LBCTL_TEST_HEALTH_FD_CHILD"
+
+// healthFDChild serves listener l in front of the comma-separated backends
+// with active tcp checks (rise 3, fall 2), under a descriptor limit of 256,
+// prints "listening ADDR" and obeys stdin:
+//
+//   - "state" prints "state UP SUCCESS FAILURE SKIPPED": backends up, the
+//     sums of lbctl_health_checks_total by result, and the checks without a
+//     verdict in the current shortage episode;
+//   - "exhaust" takes every free descriptor, and keeps taking those that
+//     come free, until "release" gives them all back;
+//   - EOF exits.
+func healthFDChild(backends string) {
+	fail := func(err error) {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		os.Exit(3)
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: 256, Max: 256}); err != nil {
+		fail(err)
+	}
+	addrs := strings.Split(backends, ",")
+	cfg, err := config.Parse("child.toml", []byte(listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", addrs...)+
+		healthTOML(`check = "tcp"`, `interval = "200ms"`, `timeout = "1s"`, "rise = 3", "fall = 2")))
+	if err != nil {
+		fail(err)
+	}
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(os.Stderr), zap.InfoLevel))
+	m := metrics.New(prometheus.NewRegistry())
+	srv, err := New(cfg, Options{Log: log, Metrics: m})
+	if err != nil {
+		fail(err)
+	}
+	if err := srv.Start(); err != nil {
+		fail(err)
+	}
+	fmt.Printf("listening %s\n", srv.Listeners()["l"])
+
+	var (
+		mu   sync.Mutex
+		fill []*os.File
+		stop chan struct{}
+		done chan struct{}
+	)
+	// take opens descriptors until none is left.
+	take := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for {
+			f, err := os.Open(os.DevNull)
+			if err != nil {
+				if !errors.Is(err, syscall.EMFILE) {
+					fail(err)
+				}
+				return
+			}
+			fill = append(fill, f)
+		}
+	}
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		switch in.Text() {
+		case "state":
+			up := 0
+			for _, p := range srv.Status().Pools {
+				for _, b := range p.Backends {
+					if b.Health == "up" {
+						up++
+					}
+				}
+			}
+			var success, failure float64
+			for _, a := range addrs {
+				success += counter(m.HealthChecks.WithLabelValues("p", a, "success"))
+				failure += counter(m.HealthChecks.WithLabelValues("p", a, "failure"))
+			}
+			srv.health.mu.Lock()
+			skipped := 0
+			if srv.health.noVerdict > 0 {
+				skipped = srv.health.skipped
+			}
+			srv.health.mu.Unlock()
+			fmt.Printf("state %d %v %v %d\n", up, success, failure, skipped)
+		case "exhaust":
+			take()
+			// A check that held a socket meanwhile gives it back when it
+			// ends: take that one too, until "release" (bounded by the
+			// parent's deadline: it closes stdin).
+			stop, done = make(chan struct{}), make(chan struct{})
+			go func(stop, done chan struct{}) {
+				defer close(done)
+				tick := time.NewTicker(time.Millisecond)
+				defer tick.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+						take()
+					}
+				}
+			}(stop, done)
+			fmt.Println("exhausted")
+		case "release":
+			close(stop)
+			<-done
+			mu.Lock()
+			for _, f := range fill {
+				f.Close()
+			}
+			fill = nil
+			mu.Unlock()
+			fmt.Println("released")
+		}
+	}
+	os.Exit(0)
+}
+
+// TestHealthOutOfDescriptors (defect 3): while lbctl is out of file
+// descriptors its health checks cannot dial; that is no verdict on the
+// backends. They stay up, no failure is counted, the shortage is logged
+// once, and once descriptors come back clients are served at once, with
+// no wait for rise checks.
+func TestHealthOutOfDescriptors(t *testing.T) {
+	if be := os.Getenv(healthFDChildEnv); be != "" {
+		healthFDChild(be)
+		return
+	}
+	a := lbtest.NewTCP(t, lbtest.Named("a"))
+	b := lbtest.NewTCP(t, lbtest.Named("b"))
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHealthOutOfDescriptors$")
+	cmd.Env = append(os.Environ(), healthFDChildEnv+"="+a.Addr+","+b.Addr)
+	var stderr lockedBuffer
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	t.Cleanup(func() {
+		stdin.Close()
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	out := make(chan string, 16)
+	go func() {
+		lines := bufio.NewScanner(stdout)
+		for lines.Scan() {
+			out <- lines.Text()
+		}
+		close(out)
+		exited <- cmd.Wait()
+	}()
+	addr := strings.TrimPrefix(waitLine(t, out, "listening ", &stderr), "listening ")
+
+	type state struct {
+		up                int
+		success, failures float64
+		skipped           int
+	}
+	read := func() state {
+		t.Helper()
+		fmt.Fprintln(stdin, "state")
+		var s state
+		l := waitLine(t, out, "state ", &stderr)
+		if _, err := fmt.Sscanf(l, "state %d %v %v %d", &s.up, &s.success, &s.failures, &s.skipped); err != nil {
+			t.Fatalf("child said %q: %v", l, err)
+		}
+		return s
+	}
+	var st state
+	lbtest.Eventually(t, 10*time.Second, func() bool { st = read(); return st.success >= 2 },
+		"first checks not passed: %+v\n%s", &st, &stderr)
+	if st.up != 2 || st.failures != 0 {
+		t.Fatalf("before the shortage: %+v, want both up and no failure\n%s", st, stderr.String())
+	}
+
+	fmt.Fprintln(stdin, "exhaust")
+	waitLine(t, out, "exhausted", &stderr)
+	// Several intervals without descriptors: three checks of each backend
+	// without a verdict (fall = 2 would have marked both down), or, before
+	// the fix, backends marked down.
+	lbtest.Eventually(t, 20*time.Second, func() bool {
+		st = read()
+		return st.skipped >= 6 || st.up < 2
+	}, "no check ran while out of descriptors: %+v\n%s", &st, &stderr)
+	if st.up != 2 || st.failures != 0 {
+		t.Errorf("out of descriptors: %d backends up, %v failed checks counted; want 2 and 0\n%s", st.up, st.failures, stderr.String())
+	}
+
+	fmt.Fprintln(stdin, "release")
+	waitLine(t, out, "released", &stderr)
+	// Served at once: a backend marked down would need rise = 3 passing
+	// checks (over 400ms) first.
+	for i := range 2 {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := lbtest.ReadAllTimeout(t, c, 5*time.Second)
+		c.Close()
+		if err != nil || (string(got) != "a" && string(got) != "b") {
+			t.Errorf("connection %d right after descriptors came back: %q %v, want served by a or b\n%s", i, got, err, stderr.String())
+		}
+	}
+	lbtest.Eventually(t, 10*time.Second, func() bool { return strings.Contains(stderr.String(), "health checks give verdicts again") },
+		"the end of the shortage was not logged:\n%s", &stderr)
+	logs := stderr.String()
+	if n := strings.Count(logs, "health checks give no verdict"); n != 1 {
+		t.Errorf("the shortage was logged %d times, want once:\n%s", n, logs)
+	}
+	if !strings.Contains(logs, "too many open files") {
+		t.Errorf("the shortage was logged without its error:\n%s", logs)
+	}
+	if strings.Contains(logs, "backend down") {
+		t.Errorf("a backend was marked down:\n%s", logs)
+	}
+	if st = read(); st.up != 2 || st.failures != 0 {
+		t.Errorf("after the shortage: %+v, want both up and no failure", st)
+	}
 }
