@@ -3,13 +3,24 @@
 // injects (never the global one, so tests and reloads never collide).
 //
 // The data path never looks a metric up by label: the runtime resolves the
-// children it needs once per backend with ForBackend and keeps the handles,
-// so counting a connection or a chunk of bytes is one atomic add.
+// children it needs once per listener and backend and keeps the handles, so
+// counting a connection, a datagram or a chunk of bytes is one atomic add.
+// A TCP listener's handle (ForTCP) holds only TCP series and a UDP
+// listener's (ForUDP) only UDP series, so neither exports the other's; the
+// rejection counters of a listener (ForListener) hold the reasons its
+// protocol can produce, each shown at zero from the start.
 //
 //	reg := prometheus.NewRegistry()
 //	m := metrics.New(reg)
-//	h := m.ForBackend("web", "web", "10.0.0.11:80")
-//	h.ConnectionsTotal.Inc()
+//	h := m.ForTCP("web", "web", "10.0.0.11:80")
+//	h.ConnOpened()
+//	h.AddBytes(metrics.In, n)
+//	rej := m.ForListener("tcp", "web")
+//	rej.Inc(metrics.ReasonACL)
+//
+// Every handle is a nil-safe recorder: its methods do nothing on a nil
+// handle, so a caller without metrics (a unit test, a tool) passes nil
+// rather than placeholder collectors.
 //
 // It does not serve HTTP; pkg/admin exposes the registry.
 package metrics
@@ -17,18 +28,6 @@ package metrics
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-)
-
-// Rejection reasons, the values of the reason label of
-// lbctl_connections_rejected_total.
-const (
-	ReasonMaxConnections     = "max_connections"
-	ReasonACL                = "acl"
-	ReasonNoBackend          = "no_backend"
-	ReasonBackendUnavailable = "backend_unavailable"
-	ReasonClientLimit        = "client_limit"
-	ReasonRateLimit          = "rate_limit"
-	ReasonProxyProtocol      = "proxy_protocol"
 )
 
 // Metrics holds the metric vectors. Create it once per process with New.
@@ -116,97 +115,4 @@ func New(reg prometheus.Registerer) *Metrics {
 	m.ConfigReloads.WithLabelValues("success")
 	m.ConfigReloads.WithLabelValues("failure")
 	return m
-}
-
-// Backend holds the children of one (listener, pool, backend) triple.
-type Backend struct {
-	ConnectionsActive prometheus.Gauge
-	ConnectionsTotal  prometheus.Counter
-	BytesIn           prometheus.Counter
-	BytesOut          prometheus.Counter
-	ConnectErrors     prometheus.Counter
-	ConnectDuration   prometheus.Observer
-	UDPSessionsActive prometheus.Gauge
-	DatagramsIn       prometheus.Counter
-	DatagramsOut      prometheus.Counter
-}
-
-// ForBackend resolves the children for one backend as seen from one
-// listener. Call it when building the runtime, not per connection.
-func (m *Metrics) ForBackend(listener, pool, backend string) *Backend {
-	return &Backend{
-		ConnectionsActive: m.ConnectionsActive.WithLabelValues(listener, pool, backend),
-		ConnectionsTotal:  m.ConnectionsTotal.WithLabelValues(listener, pool, backend),
-		BytesIn:           m.Bytes.WithLabelValues(listener, pool, backend, "in"),
-		BytesOut:          m.Bytes.WithLabelValues(listener, pool, backend, "out"),
-		ConnectErrors:     m.ConnectErrors.WithLabelValues(pool, backend),
-		ConnectDuration:   m.ConnectDuration.WithLabelValues(pool, backend),
-		UDPSessionsActive: m.UDPSessionsActive.WithLabelValues(listener, pool, backend),
-		DatagramsIn:       m.UDPDatagrams.WithLabelValues(listener, pool, backend, "in"),
-		DatagramsOut:      m.UDPDatagrams.WithLabelValues(listener, pool, backend, "out"),
-	}
-}
-
-// ForTCP resolves the children a TCP listener moves. The UDP ones are
-// placeholders outside the registry, so a TCP listener exports no
-// lbctl_udp_* series.
-func (m *Metrics) ForTCP(listener, pool, backend string) *Backend {
-	return &Backend{
-		ConnectionsActive: m.ConnectionsActive.WithLabelValues(listener, pool, backend),
-		ConnectionsTotal:  m.ConnectionsTotal.WithLabelValues(listener, pool, backend),
-		BytesIn:           m.Bytes.WithLabelValues(listener, pool, backend, "in"),
-		BytesOut:          m.Bytes.WithLabelValues(listener, pool, backend, "out"),
-		ConnectErrors:     m.ConnectErrors.WithLabelValues(pool, backend),
-		ConnectDuration:   m.ConnectDuration.WithLabelValues(pool, backend),
-		UDPSessionsActive: unregisteredGauge(),
-		DatagramsIn:       unregisteredCounter(),
-		DatagramsOut:      unregisteredCounter(),
-	}
-}
-
-// ForUDP resolves the children a UDP listener moves. The TCP connection
-// ones are placeholders outside the registry (a UDP session is not a
-// connection, and no connect is timed).
-func (m *Metrics) ForUDP(listener, pool, backend string) *Backend {
-	return &Backend{
-		ConnectionsActive: unregisteredGauge(),
-		ConnectionsTotal:  unregisteredCounter(),
-		BytesIn:           m.Bytes.WithLabelValues(listener, pool, backend, "in"),
-		BytesOut:          m.Bytes.WithLabelValues(listener, pool, backend, "out"),
-		ConnectErrors:     m.ConnectErrors.WithLabelValues(pool, backend),
-		ConnectDuration:   prometheus.NewHistogram(prometheus.HistogramOpts{Name: "unregistered"}),
-		UDPSessionsActive: m.UDPSessionsActive.WithLabelValues(listener, pool, backend),
-		DatagramsIn:       m.UDPDatagrams.WithLabelValues(listener, pool, backend, "in"),
-		DatagramsOut:      m.UDPDatagrams.WithLabelValues(listener, pool, backend, "out"),
-	}
-}
-
-func unregisteredCounter() prometheus.Counter {
-	return prometheus.NewCounter(prometheus.CounterOpts{Name: "unregistered"})
-}
-
-func unregisteredGauge() prometheus.Gauge {
-	return prometheus.NewGauge(prometheus.GaugeOpts{Name: "unregistered"})
-}
-
-// Rejections holds the rejected-connection counters of one listener, one
-// per reason.
-type Rejections struct {
-	MaxConnections, ACL, NoBackend, BackendUnavailable,
-	ClientLimit, RateLimit, ProxyProtocol prometheus.Counter
-}
-
-// ForListener resolves the rejection counters of one listener. Every reason
-// is created, so each shows at zero before the first rejection.
-func (m *Metrics) ForListener(listener string) *Rejections {
-	c := func(reason string) prometheus.Counter { return m.Rejected.WithLabelValues(listener, reason) }
-	return &Rejections{
-		MaxConnections:     c(ReasonMaxConnections),
-		ACL:                c(ReasonACL),
-		NoBackend:          c(ReasonNoBackend),
-		BackendUnavailable: c(ReasonBackendUnavailable),
-		ClientLimit:        c(ReasonClientLimit),
-		RateLimit:          c(ReasonRateLimit),
-		ProxyProtocol:      c(ReasonProxyProtocol),
-	}
 }

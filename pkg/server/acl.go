@@ -55,22 +55,6 @@ func admits(lc *config.Listener, addr netip.Addr) bool {
 	return len(lc.Allow) == 0 || config.Match(lc.Allow, addr)
 }
 
-// countRejection counts one rejection under reason.
-func countRejection(rej *metrics.Rejections, reason string) {
-	switch reason {
-	case metrics.ReasonACL:
-		rej.ACL.Inc()
-	case metrics.ReasonClientLimit:
-		rej.ClientLimit.Inc()
-	case metrics.ReasonRateLimit:
-		rej.RateLimit.Inc()
-	case metrics.ReasonProxyProtocol:
-		rej.ProxyProtocol.Inc()
-	case metrics.ReasonMaxConnections:
-		rej.MaxConnections.Inc()
-	}
-}
-
 // noRelease is the release of a client that no limit tracks.
 func noRelease() {}
 
@@ -78,19 +62,19 @@ func noRelease() {}
 // under the configuration generation st (l.state.Load() at accept time).
 // When refused, the rejection is counted and reason is one of
 // metrics.ReasonACL, ReasonClientLimit or ReasonRateLimit. When admitted,
-// reason is "" and release must be called when that connection or session
+// reason is 0 and release must be called when that connection or session
 // ends (calls after the first do nothing).
 //
 // TCP calls it from the accept loop, or after the PROXY header
 // (proxyproto.go); UDP once per new session, never per datagram (udp.go).
-func (s *Server) admit(l *listener, st *listenerState, client netip.Addr) (release func(), reason string) {
+func (s *Server) admit(l *listener, st *listenerState, client netip.Addr) (release func(), reason metrics.Reason) {
 	client = client.Unmap().WithZone("")
 	if !admits(st.cfg, client) {
 		reason = metrics.ReasonACL
-	} else if release, reason = l.clients.admit(st.cfg, client); reason == "" {
-		return release, ""
+	} else if release, reason = l.clients.admit(st.cfg, client); reason == 0 {
+		return release, 0
 	}
-	countRejection(st.rej, reason)
+	st.rej.Inc(reason)
 	if reason == metrics.ReasonClientLimit && l.clients.takeFullNotice() {
 		s.log.Warn("client table full: new clients refused until some leave",
 			zap.String("listener", st.name), zap.Int("clients", l.clients.capacity()))
@@ -159,10 +143,10 @@ func (t *clientTable) now() int64 {
 
 // admit applies lc's per-client limits to one new connection of client
 // (already unmapped).
-func (t *clientTable) admit(lc *config.Listener, client netip.Addr) (release func(), reason string) {
+func (t *clientTable) admit(lc *config.Listener, client netip.Addr) (release func(), reason metrics.Reason) {
 	maxConns, rate := lc.MaxConnectionsPerClient, lc.ConnectionRatePerClient
 	if maxConns <= 0 && rate <= 0 {
-		return noRelease, ""
+		return noRelease, 0
 	}
 	burst := burstOf(lc)
 	t.mu.Lock()
@@ -197,7 +181,7 @@ func (t *clientTable) admit(lc *config.Listener, client netip.Addr) (release fun
 	e.active++
 	t.clients[client] = e
 	var once sync.Once
-	return func() { once.Do(func() { t.release(client) }) }, ""
+	return func() { once.Do(func() { t.release(client) }) }, 0
 }
 
 func (t *clientTable) release(client netip.Addr) {

@@ -77,7 +77,7 @@ func admitN(t *testing.T, tab *clientTable, lc *config.Listener, client netip.Ad
 	var rel []func()
 	for i := 0; i < n; i++ {
 		r, reason := tab.admit(lc, client)
-		if reason != "" {
+		if reason != 0 {
 			t.Fatalf("connection %d of %s refused: %s", i+1, client, reason)
 		}
 		rel = append(rel, r)
@@ -85,7 +85,7 @@ func admitN(t *testing.T, tab *clientTable, lc *config.Listener, client netip.Ad
 	return rel
 }
 
-func wantRefused(t *testing.T, tab *clientTable, lc *config.Listener, client netip.Addr, want string) {
+func wantRefused(t *testing.T, tab *clientTable, lc *config.Listener, client netip.Addr, want metrics.Reason) {
 	t.Helper()
 	if r, reason := tab.admit(lc, client); reason != want {
 		if r != nil {
@@ -200,7 +200,7 @@ func TestClientTableBounded(t *testing.T) {
 		client := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
 		r, reason := tab.admit(lc, client)
 		switch reason {
-		case "":
+		case 0:
 			admitted++
 			r()
 		case metrics.ReasonClientLimit:
@@ -251,7 +251,7 @@ func TestClientTableConcurrent(t *testing.T) {
 			for i := 0; i < 500; i++ {
 				client := netip.MustParseAddr(fmt.Sprintf("10.0.%d.%d", g, i%7))
 				r, reason := tab.admit(lc, client)
-				if reason != "" {
+				if reason != 0 {
 					t.Errorf("refused: %s", reason)
 					return
 				}

@@ -136,7 +136,7 @@ func TestSlowloris(t *testing.T) {
 		defer c.Close()
 		return served(t, c)
 	}, "the slots of the silent connections were not freed")
-	if got := counter(h.m.ForListener("l").ClientLimit); got != 3 {
+	if got := h.rejected("l", "client_limit"); got != 3 {
 		t.Fatalf("client_limit rejections %v, want 3", got)
 	}
 }
@@ -236,7 +236,7 @@ func TestBackendFaults(t *testing.T) {
 		if r.ok || r.d < connectTimeout || r.d > 2*connectTimeout+time.Second {
 			t.Fatalf("outcome %+v, want a close after the connect timeout", r)
 		}
-		lbtest.Eventually(t, 3*time.Second, func() bool { return counter(h.m.ForListener("l").BackendUnavailable) == 1 })
+		lbtest.Eventually(t, 3*time.Second, func() bool { return h.rejected("l", "backend_unavailable") == 1 })
 	})
 }
 

@@ -52,7 +52,7 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool
 		cfg:      lc,
 		pool:     p,
 		maxConns: int64(lc.MaxConnections),
-		rej:      s.m.ForListener(lc.Name),
+		rej:      s.m.ForListener(lc.Protocol, lc.Name),
 	}
 	switch lc.Protocol {
 	case "tcp":
@@ -194,7 +194,7 @@ func (s *Server) acceptLoop(l *listener) {
 		// and a connection refused here must not spend a client's rate
 		// token.
 		if st.maxConns > 0 && l.active.Load() >= st.maxConns {
-			st.rej.MaxConnections.Inc()
+			st.rej.Inc(metrics.ReasonMaxConnections)
 			c.Close()
 			continue
 		}

@@ -80,6 +80,30 @@ func value(t testing.TB, reg prometheus.Gatherer, name string, labels ...string)
 	return v
 }
 
+// tcpSeries are the series of one listener, pool and backend of a TCP
+// listener.
+type tcpSeries struct {
+	BytesIn, BytesOut, ConnectionsActive prometheus.Collector
+}
+
+func (h *harness) tcpSeries(listener, pool, backend string) tcpSeries {
+	return tcpSeries{
+		BytesIn:           h.m.Bytes.WithLabelValues(listener, pool, backend, "in"),
+		BytesOut:          h.m.Bytes.WithLabelValues(listener, pool, backend, "out"),
+		ConnectionsActive: h.m.ConnectionsActive.WithLabelValues(listener, pool, backend),
+	}
+}
+
+// rejected reads lbctl_connections_rejected_total{listener, reason}.
+func (h *harness) rejected(listener, reason string) float64 {
+	return counter(h.m.Rejected.WithLabelValues(listener, reason))
+}
+
+// rejections is rejected for one listener.
+func (h *harness) rejections(listener string) func(reason string) float64 {
+	return func(reason string) float64 { return h.rejected(listener, reason) }
+}
+
 // seriesWith lists the lbctl_ series that carry label=val.
 func seriesWith(t testing.TB, reg prometheus.Gatherer, label, val string) []string {
 	t.Helper()
@@ -292,7 +316,7 @@ func TestByteCountersAdvanceWhileOpen(t *testing.T) {
 	be := lbtest.NewTCP(t, lbtest.Echo)
 	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "", be.Addr)+noHealth)
 	c := h.dial("l")
-	in := h.m.ForBackend("l", "p", be.Addr)
+	in := h.tcpSeries("l", "p", be.Addr)
 
 	var total int64
 	for _, n := range []int{10, 5000, 4<<20 + 3, 1} {

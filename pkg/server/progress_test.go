@@ -23,7 +23,7 @@ func TestSlowReaderKeepsFlowing(t *testing.T) {
 	})
 	h := startServer(t, listenerTOML("l", "p", `idle_timeout = "600ms"`)+poolTOML("p", "", be.Addr)+noHealth)
 	c := h.dial("l")
-	out := h.m.ForBackend("l", "p", be.Addr).BytesOut
+	out := h.tcpSeries("l", "p", be.Addr).BytesOut
 	buf := make([]byte, 64<<10)
 	var got int
 	midway := -1.0

@@ -44,7 +44,7 @@ func (s *Server) gateTCP(l *listener, st *listenerState, c *net.TCPConn) (peer n
 	peer = ra.AddrPort()
 	if st.cfg.AcceptProxyProtocol {
 		if !config.Match(st.cfg.TrustedProxies, peer.Addr()) {
-			st.rej.ProxyProtocol.Inc()
+			st.rej.Inc(metrics.ReasonProxyProtocol)
 			s.log.Debug("connection from an untrusted peer refused: PROXY headers are accepted only from trusted_proxies",
 				zap.String("listener", st.name), zap.Stringer("peer", peer))
 			c.Close()
@@ -53,7 +53,7 @@ func (s *Server) gateTCP(l *listener, st *listenerState, c *net.TCPConn) (peer n
 		return peer, nil, true
 	}
 	release, reason := s.admit(l, st, peer.Addr())
-	if reason != "" {
+	if reason != 0 {
 		c.Close()
 		return peer, nil, false
 	}
@@ -66,7 +66,7 @@ func (s *Server) gateTCP(l *listener, st *listenerState, c *net.TCPConn) (peer n
 func (s *Server) admitProxied(l *listener, st *listenerState, c *net.TCPConn, peer netip.AddrPort) (client netip.AddrPort, release func()) {
 	h, err := proxyheader.ReadContext(s.killCtx, c, time.Now().Add(st.cfg.ProxyProtocolTimeout))
 	if err != nil {
-		countRejection(st.rej, metrics.ReasonProxyProtocol)
+		st.rej.Inc(metrics.ReasonProxyProtocol)
 		s.log.Debug("connection without a valid PROXY header refused",
 			zap.String("listener", st.name), zap.Stringer("peer", peer), zap.Error(err))
 		return peer, nil
@@ -76,7 +76,7 @@ func (s *Server) admitProxied(l *listener, st *listenerState, c *net.TCPConn, pe
 		client = h.Source
 	}
 	release, reason := s.admit(l, st, client.Addr())
-	if reason != "" {
+	if reason != 0 {
 		return client, nil
 	}
 	return client, release

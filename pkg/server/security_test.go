@@ -104,9 +104,9 @@ func TestACL(t *testing.T) {
 			for _, src := range tc.refused {
 				closedAtOnce(t, dialFrom(t, src, h.addr("l")))
 			}
-			rej := h.m.ForListener("l")
-			lbtest.Eventually(t, 2*time.Second, func() bool { return counter(rej.ACL) == float64(len(tc.refused)) },
-				"acl rejections %v, want %d", counter(rej.ACL), len(tc.refused))
+			rej := h.rejections("l")
+			lbtest.Eventually(t, 2*time.Second, func() bool { return rej("acl") == float64(len(tc.refused)) },
+				"acl rejections %v, want %d", rej("acl"), len(tc.refused))
 			if got := be.Accepted() - before; got != int64(len(tc.admitted)) {
 				t.Fatalf("backend dialed %d times for %d admitted clients: refused clients must not reach it", got, len(tc.admitted))
 			}
@@ -126,8 +126,8 @@ func TestPerClientConnectionLimit(t *testing.T) {
 	if !served(t, dialFrom(t, "127.0.0.3", addr)) {
 		t.Fatal("another client must not be limited by the first one's connections")
 	}
-	rej := h.m.ForListener("l")
-	lbtest.Eventually(t, 2*time.Second, func() bool { return counter(rej.ClientLimit) == 1 })
+	rej := h.rejections("l")
+	lbtest.Eventually(t, 2*time.Second, func() bool { return rej("client_limit") == 1 })
 
 	a1.Close() // frees one slot of 127.0.0.2, once lbctl sees the close
 	lbtest.Eventually(t, 3*time.Second, func() bool {
@@ -161,9 +161,9 @@ func TestPerClientRateLimit(t *testing.T) {
 	if !served(t, dialFrom(t, "127.0.0.5", addr)) {
 		t.Fatal("another client must have its own bucket")
 	}
-	rej := h.m.ForListener("l")
-	lbtest.Eventually(t, 2*time.Second, func() bool { return counter(rej.RateLimit) == 2 })
-	if counter(rej.ClientLimit) != 0 || counter(rej.ACL) != 0 {
+	rej := h.rejections("l")
+	lbtest.Eventually(t, 2*time.Second, func() bool { return rej("rate_limit") == 2 })
+	if rej("client_limit") != 0 || rej("acl") != 0 {
 		t.Fatal("rate rejections counted under another reason")
 	}
 }
@@ -247,7 +247,7 @@ func TestAcceptProxyProtocol(t *testing.T) {
 			}
 		}
 		// Byte metrics count payload only, not the header.
-		if in := counter(h.m.ForBackend("l", "p", be.Addr).BytesIn); in != 2<<20 {
+		if in := counter(h.tcpSeries("l", "p", be.Addr).BytesIn); in != 2<<20 {
 			t.Fatalf("bytes in = %v, want %d", in, 2<<20)
 		}
 	})
@@ -298,9 +298,9 @@ func TestAcceptProxyProtocol(t *testing.T) {
 		if !served(t, withHeader("10.1.3.5:5000")) {
 			t.Fatal("another header client was limited")
 		}
-		rej := h.m.ForListener("l")
-		lbtest.Eventually(t, 2*time.Second, func() bool { return counter(rej.ACL) == 2 && counter(rej.ClientLimit) == 1 },
-			"acl %v client_limit %v", counter(rej.ACL), counter(rej.ClientLimit))
+		rej := h.rejections("l")
+		lbtest.Eventually(t, 2*time.Second, func() bool { return rej("acl") == 2 && rej("client_limit") == 1 },
+			"acl %v client_limit %v", rej("acl"), rej("client_limit"))
 		if be.Accepted() != 2 {
 			t.Fatalf("backend accepted %d, want 2", be.Accepted())
 		}
@@ -344,8 +344,8 @@ func TestAcceptProxyProtocol(t *testing.T) {
 				c.CloseWrite()
 			}
 			closedAtOnce(t, c)
-			rej := h.m.ForListener("l")
-			lbtest.Eventually(t, 2*time.Second, func() bool { return counter(rej.ProxyProtocol) == 1 })
+			rej := h.rejections("l")
+			lbtest.Eventually(t, 2*time.Second, func() bool { return rej("proxy_protocol") == 1 })
 			if be.Accepted() != 0 {
 				t.Fatal("the backend was dialed for a refused connection")
 			}
@@ -378,7 +378,7 @@ func TestProxyHeaderTimeout(t *testing.T) {
 	if !served(t, c) {
 		t.Fatal("a client with a header was not served after the slots were freed")
 	}
-	if got := counter(h.m.ForListener("l").ProxyProtocol); got != 3 {
+	if got := h.rejected("l", "proxy_protocol"); got != 3 {
 		t.Fatalf("proxy_protocol rejections %v, want 3", got)
 	}
 }
@@ -419,7 +419,7 @@ func TestSendProxyProtocol(t *testing.T) {
 			if want := local + "\npayload"; got != want {
 				t.Fatalf("backend answered %q, want %q", got, want)
 			}
-			if in := counter(h.m.ForBackend("l", "p", be.Addr).BytesIn); in != 7 {
+			if in := counter(h.tcpSeries("l", "p", be.Addr).BytesIn); in != 7 {
 				t.Fatalf("bytes in = %v, want 7 (payload only)", in)
 			}
 		})

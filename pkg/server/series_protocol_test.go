@@ -1,6 +1,7 @@
 package server
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -36,5 +37,35 @@ func TestSeriesFollowProtocol(t *testing.T) {
 		if c.n != c.want {
 			t.Errorf("%s: %d series, want %d", name, c.n, c.want)
 		}
+	}
+	// Rejection reasons: each listener shows those its protocol can produce,
+	// at zero from the start; a UDP listener never reads a PROXY header.
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	byListener := map[string][]string{}
+	for _, mf := range mfs {
+		if mf.GetName() != "lbctl_connections_rejected_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			byListener[l["listener"]] = append(byListener[l["listener"]], l["reason"])
+		}
+	}
+	reasons := func(listener string) []string {
+		slices.Sort(byListener[listener])
+		return byListener[listener]
+	}
+	all := []string{"acl", "backend_unavailable", "client_limit", "max_connections", "no_backend", "proxy_protocol", "rate_limit"}
+	if got := reasons("l"); !slices.Equal(got, all) {
+		t.Errorf("tcp listener rejection reasons %v, want %v", got, all)
+	}
+	if got, want := reasons("u"), slices.DeleteFunc(slices.Clone(all), func(r string) bool { return r == "proxy_protocol" }); !slices.Equal(got, want) {
+		t.Errorf("udp listener rejection reasons %v, want %v", got, want)
 	}
 }

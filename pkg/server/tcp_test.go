@@ -69,7 +69,7 @@ func TestBulkBothWays(t *testing.T) {
 		t.Fatalf("backend received %d bytes (sha match %v), want %d matching", s.N, s.SHA256 == sent, size)
 	}
 	// Byte metrics are payload only and exact.
-	tm := h.m.ForBackend("l", "p", be.Addr)
+	tm := h.tcpSeries("l", "p", be.Addr)
 	lbtest.Eventually(t, 2*time.Second, func() bool {
 		return counter(tm.BytesIn) == size && counter(tm.BytesOut) == size
 	}, "bytes in %v out %v", counter(tm.BytesIn), counter(tm.BytesOut))
@@ -258,8 +258,7 @@ func TestAllBackendsDown(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("client closed after %v, want promptly", d)
 	}
-	rej := h.m.ForListener("l")
-	lbtest.Eventually(t, 3*time.Second, func() bool { return counter(rej.BackendUnavailable) == 1 })
+	lbtest.Eventually(t, 3*time.Second, func() bool { return h.rejected("l", "backend_unavailable") == 1 })
 }
 
 // TestNoEligibleBackend: every backend disabled -> closed with no_backend,
@@ -275,7 +274,7 @@ func TestNoEligibleBackend(t *testing.T) {
 	if len(b) != 0 {
 		t.Fatalf("disabled backend served %q", b)
 	}
-	lbtest.Eventually(t, 3*time.Second, func() bool { return counter(h.m.ForListener("l").NoBackend) == 1 })
+	lbtest.Eventually(t, 3*time.Second, func() bool { return h.rejected("l", "no_backend") == 1 })
 	if be.Accepted() != 0 {
 		t.Fatalf("disabled backend was dialed")
 	}
@@ -303,7 +302,7 @@ func TestMaxConnections(t *testing.T) {
 			t.Fatalf("third connection got data")
 		}
 	}
-	lbtest.Eventually(t, 3*time.Second, func() bool { return counter(h.m.ForListener("l").MaxConnections) == 1 })
+	lbtest.Eventually(t, 3*time.Second, func() bool { return h.rejected("l", "max_connections") == 1 })
 	if be.Accepted() != 2 {
 		t.Fatalf("backend accepted %d connections, want 2 (the third must not be dialed)", be.Accepted())
 	}

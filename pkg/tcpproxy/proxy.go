@@ -1,6 +1,6 @@
 // Package tcpproxy runs one proxied TCP connection's life: pick a backend,
 // dial it (failing over to others), move bytes both ways, honour half-close,
-// enforce the idle timeout, and close both sides.
+// enforce the idle and half-close timeouts, and close both sides.
 //
 // A Proxy is immutable and shared by every connection of one listener
 // generation; a config reload builds a new Proxy while connections served by
@@ -10,15 +10,43 @@
 //	for {
 //		c, err := ln.AcceptTCP()
 //		...
-//		go p.Serve(ctx, c, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+//		p.Start(ctx, c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), func(e tcpproxy.End) { ... })
 //	}
 //
-// Serve owns the client connection from the call on and closes it. It does
+// Start owns the client connection from the call on and closes it. It does
 // not accept connections, apply access lists or count listener limits: that
 // is the listener's job (pkg/server).
 //
 // Bytes move between the two *net.TCPConn directly, never through a
 // wrapper, so Linux splices bulk data (see copy_linux.go).
+//
+// # How a connection ends
+//
+// Every way out goes through one function (conn.end), which records the
+// first reason (an [End]) and closes both sockets, either with FIN or with a
+// reset (RST):
+//
+//   - both sides finished sending (EndDone): FIN, the stream is complete;
+//   - a side failed (EndClientError, EndBackendError): the other side gets a
+//     reset, so that it cannot mistake a truncated stream for a complete one;
+//   - lbctl ends it (idle_timeout, half_close_timeout, the shutdown
+//     deadline): a reset on both sides when any byte is still unsent, FIN
+//     otherwise. Unsent means: a direction is in the middle of moving bytes
+//     (in lbctl's buffer or pipe), or a socket still holds bytes, received
+//     and not read by lbctl (SIOCINQ), or written by lbctl and not yet
+//     acknowledged by the peer (SIOCOUTQ). A connection with nothing pending
+//     anywhere ends with FIN, as a quiet one always did.
+//
+// Idle means no byte moved either way: every chunk the destination socket
+// accepts moves the idle clock and the byte counters; a direction stalled
+// on a slow reader retries every second (progressTick), so both advance at
+// least every second while the reader drains anything. A reader so slow that
+// the kernel accepts nothing new for idle_timeout is checked once more
+// before the connection is declared idle: if the sockets' TCP_INFO shows
+// bytes acknowledged or received within a second, the kernel is still
+// delivering what lbctl handed it and the connection lives on. Only
+// connections with unsent bytes pay for this check, and only when the idle
+// timer fires.
 package tcpproxy
 
 import (
@@ -36,14 +64,13 @@ import (
 	"github.com/lbctl/lbctl/balancer"
 	"github.com/lbctl/lbctl/localerr"
 	"github.com/lbctl/lbctl/pkg/metrics"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
 
 // Target is how to reach one backend of the pool, and its metric handles.
 type Target struct {
-	Addr    string // resolved "ip:port" to dial
-	Metrics *metrics.Backend
+	Addr    string       // resolved "ip:port" to dial
+	Metrics *metrics.TCP // nil records nothing
 }
 
 // PassiveObserver learns of every failed connect, for passive health checks.
@@ -130,20 +157,19 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 		client.Close()
 		switch end {
 		case EndNoBackend:
-			p.cfg.Rejections.NoBackend.Inc()
+			p.cfg.Rejections.Inc(metrics.ReasonNoBackend)
 		case EndBackendUnavailable:
-			p.cfg.Rejections.BackendUnavailable.Inc()
+			p.cfg.Rejections.Inc(metrics.ReasonBackendUnavailable)
 		}
 		p.logAccess(clientAddr, "", 0, 0, start, end)
 		done(end)
 		return
 	}
 	b.Acquire()
-	t.Metrics.ConnectionsActive.Inc()
-	t.Metrics.ConnectionsTotal.Inc()
+	t.Metrics.ConnOpened()
 	c := newConn(p, client, backend, t)
 	c.onEnd = func(end End) {
-		t.Metrics.ConnectionsActive.Dec()
+		t.Metrics.ConnClosed()
 		b.Release()
 		p.logAccess(clientAddr, b.Address(), c.in.bytes, c.out.bytes, start, end)
 		done(end)
@@ -185,7 +211,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 			// backend's fault (package localerr), nor is a dial cut short by the
 			// end of a shutdown drain: no failure is held against it.
 			if !localerr.Is(err) && ctx.Err() == nil {
-				t.Metrics.ConnectErrors.Inc()
+				t.Metrics.ConnectFailed()
 				b.AddFailure()
 				if p.cfg.Passive != nil {
 					p.cfg.Passive.ConnectFailed(b)
@@ -200,7 +226,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 			}
 			continue
 		}
-		t.Metrics.ConnectDuration.Observe(time.Since(start).Seconds())
+		t.Metrics.ConnectSucceeded(time.Since(start))
 		return nc.(*net.TCPConn), b, t, ""
 	}
 	switch {
@@ -262,20 +288,21 @@ type direction struct {
 	c        *conn
 	src, dst *net.TCPConn
 	bytes    int64 // moved so far; owned by the direction's goroutine until it ends
-	counter  prometheus.Counter
+	m        *metrics.TCP
+	dir      metrics.Direction
 	platformCopier
 }
 
 func newConn(p *Proxy, client, backend *net.TCPConn, t *Target) *conn {
 	c := &conn{client: client, backend: backend, idleTimeout: p.cfg.IdleTimeout}
-	c.in = direction{c: c, src: client, dst: backend, counter: t.Metrics.BytesIn}
-	c.out = direction{c: c, src: backend, dst: client, counter: t.Metrics.BytesOut}
+	c.in = direction{c: c, src: client, dst: backend, m: t.Metrics, dir: metrics.In}
+	c.out = direction{c: c, src: backend, dst: client, m: t.Metrics, dir: metrics.Out}
 	return c
 }
 
 func (d *direction) account(n int) {
 	d.bytes += int64(n)
-	d.counter.Add(float64(n))
+	d.m.AddBytes(d.dir, n)
 	d.c.last.Store(nanotime())
 }
 

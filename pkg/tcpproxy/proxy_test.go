@@ -59,7 +59,7 @@ func newProxy(tb testing.TB, idle time.Duration, addrs ...string) *tcpproxy.Prox
 	for _, a := range addrs {
 		b := balancer.NewBackend(a, 1, false)
 		bs = append(bs, b)
-		targets[b] = &tcpproxy.Target{Addr: a, Metrics: m.ForBackend("l", "p", a)}
+		targets[b] = &tcpproxy.Target{Addr: a, Metrics: m.ForTCP("l", "p", a)}
 	}
 	pool, err := balancer.New("round-robin", bs)
 	if err != nil {
@@ -68,7 +68,7 @@ func newProxy(tb testing.TB, idle time.Duration, addrs ...string) *tcpproxy.Prox
 	return tcpproxy.New(tcpproxy.Config{
 		Listener: "l", PoolName: "p", Pool: pool, Targets: targets,
 		ConnectTimeout: time.Second, Retries: 1, IdleTimeout: idle,
-		Rejections: m.ForListener("l"),
+		Rejections: m.ForListener("tcp", "l"),
 	})
 }
 

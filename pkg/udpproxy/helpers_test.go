@@ -66,11 +66,11 @@ func newRig(t testing.TB, o rigOpts, addrs ...string) *rig {
 	core, logs := observer.New(zap.DebugLevel)
 	r := &rig{t: t, m: metrics.New(prometheus.NewRegistry()), passive: &passive{}, done: make(chan struct{}),
 		log: zap.New(core), logs: logs, targets: map[*balancer.Backend]*udpproxy.Target{}}
-	r.rej = r.m.ForListener("udp")
+	r.rej = r.m.ForListener("udp", "udp")
 	for _, a := range addrs {
 		b := balancer.NewBackend(a, 1, false)
 		r.backends = append(r.backends, b)
-		r.targets[b] = &udpproxy.Target{Addr: a, Metrics: r.m.ForBackend("udp", "pool", a)}
+		r.targets[b] = &udpproxy.Target{Addr: a, Metrics: r.m.ForUDP("udp", "pool", a)}
 	}
 	r.cur.Store(r.proxy(o.algorithm, o.tweak))
 	ua, err := net.ResolveUDPAddr("udp", o.bind)
@@ -141,21 +141,37 @@ func (r *rig) close() {
 	}
 }
 
-func (r *rig) target(addr string) *metrics.Backend {
-	for b, t := range r.targets {
+// series are the metric series of one backend of the rig.
+type series struct {
+	DatagramsIn, DatagramsOut, BytesIn, BytesOut, ConnectErrors prometheus.Collector
+}
+
+func (r *rig) target(addr string) series {
+	for b := range r.targets {
 		if b.Address() == addr {
-			return t.Metrics
+			return series{
+				DatagramsIn:   r.m.UDPDatagrams.WithLabelValues("udp", "pool", addr, "in"),
+				DatagramsOut:  r.m.UDPDatagrams.WithLabelValues("udp", "pool", addr, "out"),
+				BytesIn:       r.m.Bytes.WithLabelValues("udp", "pool", addr, "in"),
+				BytesOut:      r.m.Bytes.WithLabelValues("udp", "pool", addr, "out"),
+				ConnectErrors: r.m.ConnectErrors.WithLabelValues("pool", addr),
+			}
 		}
 	}
 	r.t.Fatalf("no backend %s", addr)
-	return nil
+	return series{}
+}
+
+// rejected reads lbctl_connections_rejected_total of the rig's listener.
+func (r *rig) rejected(reason string) float64 {
+	return testutil.ToFloat64(r.m.Rejected.WithLabelValues("udp", reason))
 }
 
 // active is lbctl_udp_sessions_active summed over the backends.
 func (r *rig) active() float64 {
 	var n float64
-	for _, t := range r.targets {
-		n += testutil.ToFloat64(t.Metrics.UDPSessionsActive)
+	for b := range r.targets {
+		n += testutil.ToFloat64(r.m.UDPSessionsActive.WithLabelValues("udp", "pool", b.Address()))
 	}
 	return n
 }

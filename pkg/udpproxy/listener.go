@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/pkg/metrics"
 	"go.uber.org/zap"
 )
 
@@ -165,7 +166,7 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 	full := cfg.MaxSessions > 0 && len(l.table) >= cfg.MaxSessions
 	l.mu.Unlock()
 	if full {
-		cfg.Rejections.MaxConnections.Inc()
+		cfg.Rejections.Inc(metrics.ReasonMaxConnections)
 		if admitted != nil {
 			admitted()
 		}
@@ -199,7 +200,7 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 	s.last.Store(now)
 	s.requests.Store(1)
 	s.b.Acquire()
-	s.t.Metrics.UDPSessionsActive.Inc()
+	s.t.Metrics.SessionOpened()
 	if l.Sessions != nil {
 		l.Sessions.Add(1)
 	}
@@ -221,9 +222,9 @@ func (l *Listener) dial(s *session, avoid *balancer.Backend) bool {
 		b := cfg.Pool.Pick(s.client.Addr().Unmap(), &tried)
 		if b == nil {
 			if tried.Len() == 0 {
-				cfg.Rejections.NoBackend.Inc()
+				cfg.Rejections.Inc(metrics.ReasonNoBackend)
 			} else {
-				cfg.Rejections.BackendUnavailable.Inc()
+				cfg.Rejections.Inc(metrics.ReasonBackendUnavailable)
 			}
 			return false
 		}
@@ -235,7 +236,7 @@ func (l *Listener) dial(s *session, avoid *balancer.Backend) bool {
 				l.starve(cfg, err)
 				return false
 			}
-			t.Metrics.ConnectErrors.Inc()
+			t.Metrics.ConnectFailed()
 			b.AddFailure()
 			if cfg.Passive != nil {
 				cfg.Passive.ConnectFailed(b)
@@ -257,7 +258,7 @@ func (l *Listener) dial(s *session, avoid *balancer.Backend) bool {
 // descriptors (or the system out of buffers or ports). Open sessions keep
 // working; the first refusal of an episode is logged.
 func (l *Listener) starve(cfg *Config, err error) {
-	cfg.Rejections.MaxConnections.Inc()
+	cfg.Rejections.Inc(metrics.ReasonMaxConnections)
 	l.refused++
 	if !l.starved {
 		l.starved = true

@@ -73,8 +73,8 @@ const MaxDatagram = 65535
 
 // Target is how to reach one backend of the pool, and its metric handles.
 type Target struct {
-	Addr    string // resolved "ip:port"
-	Metrics *metrics.Backend
+	Addr    string       // resolved "ip:port"
+	Metrics *metrics.UDP // nil records nothing
 }
 
 // target is a Target with its address parsed once.

@@ -392,7 +392,7 @@ func TestMaxSessions(t *testing.T) {
 	if _, err := c3.WriteToUDPAddrPort([]byte("3"), r.addr); err != nil {
 		t.Fatal(err)
 	}
-	lbtest.Eventually(t, 2*time.Second, func() bool { return testutil.ToFloat64(r.rej.MaxConnections) == 1 },
+	lbtest.Eventually(t, 2*time.Second, func() bool { return r.rejected("max_connections") == 1 },
 		"the third session was not rejected")
 	if got := be.Received(); got != 2 {
 		t.Errorf("backend received %d datagrams, want 2", got)
@@ -588,7 +588,7 @@ func TestAdmitHook(t *testing.T) {
 	if _, err := client(t, "127.0.0.4").WriteToUDPAddrPort([]byte("one too many"), r.addr); err != nil {
 		t.Fatal(err)
 	}
-	lbtest.Eventually(t, 2*time.Second, func() bool { return testutil.ToFloat64(r.rej.MaxConnections) == 1 },
+	lbtest.Eventually(t, 2*time.Second, func() bool { return r.rejected("max_connections") == 1 },
 		"third session not refused by max_connections")
 	// max_connections is checked before Admit: the refused session never
 	// took (and so never spends) the client's admission.
@@ -684,8 +684,8 @@ func TestOutOfDescriptors(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	lbtest.Eventually(t, 2*time.Second, func() bool { return testutil.ToFloat64(r.rej.MaxConnections) == refused },
-		"refused sessions counted: %v, want %d", testutil.ToFloat64(r.rej.MaxConnections), refused)
+	lbtest.Eventually(t, 2*time.Second, func() bool { return r.rejected("max_connections") == refused },
+		"refused sessions counted: %v, want %d", r.rejected("max_connections"), refused)
 	if reply, _ := r.exchange(open, []byte("during")); string(reply) != "a|during" {
 		t.Errorf("open session while starved: %q", reply)
 	}

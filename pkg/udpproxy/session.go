@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/pkg/metrics"
 	"go.uber.org/zap"
 )
 
@@ -62,8 +63,7 @@ func (s *session) unsent(n int) {
 
 // sent counts a client datagram written to the backend in the metrics.
 func (s *session) sent(n int) {
-	s.t.Metrics.DatagramsIn.Inc()
-	s.t.Metrics.BytesIn.Add(float64(n))
+	s.t.Metrics.Datagram(metrics.In, n)
 }
 
 // replied accounts for one reply sent to the client at now, and reports
@@ -73,8 +73,7 @@ func (s *session) replied(n int, now int64) (ended bool) {
 	s.last.Store(now)
 	s.dgOut++
 	s.bytesOut += int64(n)
-	s.t.Metrics.DatagramsOut.Inc()
-	s.t.Metrics.BytesOut.Add(float64(n))
+	s.t.Metrics.Datagram(metrics.Out, n)
 	r := int64(s.p.cfg.Responses)
 	if r == 0 {
 		return false
@@ -118,7 +117,7 @@ func (s *session) idle(now int64) (bool, time.Duration) {
 func (s *session) finish(end End) {
 	cfg := &s.p.cfg
 	if end == EndBackendError {
-		s.t.Metrics.ConnectErrors.Inc()
+		s.t.Metrics.ConnectFailed()
 		s.b.AddFailure()
 		if cfg.Passive != nil {
 			cfg.Passive.ConnectFailed(s.b)
@@ -129,7 +128,7 @@ func (s *session) finish(end End) {
 	s.p.logAccess(s, end)
 	s.release()
 	s.b.Release()
-	s.t.Metrics.UDPSessionsActive.Dec()
+	s.t.Metrics.SessionClosed()
 	if s.l.Sessions != nil {
 		s.l.Sessions.Add(-1)
 	}
