@@ -171,16 +171,51 @@ type Sum struct {
 }
 
 // Eventually polls cond every few milliseconds until it is true or timeout
-// passes, then fails the test.
+// passes, then fails the test. msgAndArgs, a format and its arguments, are
+// formatted only then, but the arguments were evaluated when Eventually
+// was called: to report values read while polling, use Until.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msgAndArgs ...any) {
 	t.Helper()
+	if poll(timeout, cond) {
+		return
+	}
+	if len(msgAndArgs) > 0 {
+		t.Fatalf("condition not met within %v: "+msgAndArgs[0].(string), append([]any{timeout}, msgAndArgs[1:]...)...)
+	}
+	t.Fatalf("condition not met within %v", timeout)
+}
+
+// Until polls check every few milliseconds until it reports done or
+// timeout passes, then fails the test with the state the last check
+// described: the values seen at the end of the wait, not at its start.
+//
+//	lbtest.Until(t, 2*time.Second, func() (bool, string) {
+//		in, out := counter(m.BytesIn), counter(m.BytesOut)
+//		return in == 5 && out == 5, fmt.Sprintf("bytes in %v out %v, want 5 each way", in, out)
+//	})
+func Until(t testing.TB, timeout time.Duration, check func() (done bool, state string)) {
+	t.Helper()
+	var last string
+	if !poll(timeout, func() (done bool) {
+		done, last = check()
+		return done
+	}) {
+		t.Fatalf("condition not met within %v: %s", timeout, last)
+	}
+}
+
+// poll calls cond until it is true (then returns true) or timeout has
+// passed (false). cond runs at least once, and once at or after the
+// deadline, so a test descheduled during the wait still gets a last look.
+func poll(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			if len(msgAndArgs) > 0 {
-				t.Fatalf("condition not met within %v: "+msgAndArgs[0].(string), append([]any{timeout}, msgAndArgs[1:]...)...)
-			}
-			t.Fatalf("condition not met within %v", timeout)
+	for {
+		late := time.Now().After(deadline)
+		if cond() {
+			return true
+		}
+		if late {
+			return false
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
