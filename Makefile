@@ -21,6 +21,26 @@ test: vet
 	$(GO) test -race -count=1 -timeout 10m $(PKGS)
 	$(MAKE) --no-print-directory fuzz-short
 
+## test-stress: the suite of make test (without fuzzing) STRESS_ROUNDS times
+## (default 3), each round beside two CPU-burning processes, as on a loaded CI
+## machine; fails naming the first round that failed. PKGS narrows it
+STRESS_ROUNDS ?= 3
+# Burners also end by themselves after STRESS_BURN: a make killed with
+# SIGKILL never runs the trap that stops them.
+STRESS_BURN   ?= 30m
+.PHONY: test-stress
+test-stress:
+	@burners=""; \
+	stop() { [ -z "$$burners" ] || { kill $$burners 2>/dev/null; wait $$burners 2>/dev/null; }; burners=""; }; \
+	trap stop EXIT; trap 'exit 130' INT TERM HUP; \
+	round=1; while [ $$round -le $(STRESS_ROUNDS) ]; do \
+		for i in 1 2; do timeout $(STRESS_BURN) sh -c 'while :; do :; done' & burners="$$burners $$!"; done; \
+		echo "test-stress: round $$round of $(STRESS_ROUNDS), CPU burners (pids$$burners) beside the suite"; \
+		$(GO) test -race -count=1 -timeout 10m $(PKGS) || { echo "test-stress: round $$round of $(STRESS_ROUNDS) failed"; exit 1; }; \
+		stop; round=$$((round + 1)); \
+	done; \
+	echo "test-stress: $(STRESS_ROUNDS) rounds passed"
+
 ## fuzz: run each fuzz target for FUZZTIME (default 3m); a failing input is
 ## written to the package's testdata/fuzz/ and stays there as a seed
 ## fuzz-short: the same for 10s each (part of make test)
