@@ -73,8 +73,8 @@ func (s *AdminState) UnmarshalText(text []byte) error {
 	return nil
 }
 
-// MaxWeight is the largest weight a backend can have; [NewBackend] and
-// [Backend.SetWeight] clamp larger values to it (and negative ones to 0).
+// MaxWeight is the largest weight a backend can have in a pool; [New]
+// clamps larger values to it (and negative ones to 0).
 const MaxWeight = 1_000_000
 
 // fullScale is the slow-start scale of a backend at full weight, in permille.
@@ -85,14 +85,14 @@ const fullScale = 1000
 //
 // The same *Backend is meant to be reused across config reloads while its
 // address stays in the pool, so health, admin state and counters survive.
+// Its weight and whether it is a backup are not run-time state: they belong
+// to each [Pool] it is a [Member] of.
 type Backend struct {
 	address string
 	seed    uint64 // hash of address, the per-backend key of ip-hash
 
-	weight  atomic.Int32 // configured weight, 0..MaxWeight
 	scale   atomic.Int32 // slow-start scale in permille, 0..1000
 	healthy atomic.Bool
-	backup  atomic.Bool
 	admin   atomic.Int32 // AdminState
 
 	active   atomic.Int64
@@ -104,34 +104,15 @@ type Backend struct {
 // address is kept as given (it is the backend's name in status and metrics)
 // and is the key ip-hash hashes, so it must be the same in every process
 // that should agree on a client's backend.
-func NewBackend(address string, weight int, backup bool) *Backend {
+func NewBackend(address string) *Backend {
 	b := &Backend{address: address, seed: hashString(address)}
-	b.SetWeight(weight)
 	b.scale.Store(fullScale)
 	b.healthy.Store(true)
-	b.backup.Store(backup)
 	return b
 }
 
 // Address returns the address given to NewBackend.
 func (b *Backend) Address() string { return b.address }
-
-// Weight returns the configured weight. 0 means the backend takes no new connections.
-func (b *Backend) Weight() int { return int(b.weight.Load()) }
-
-// SetWeight sets the configured weight, clamped to 0..MaxWeight.
-func (b *Backend) SetWeight(w int) {
-	b.weight.Store(int32(min(max(w, 0), MaxWeight)))
-}
-
-// Backup reports whether this is a backup backend.
-//
-// A [Pool] reads this flag once, in [New]: to move a backend between
-// primaries and backups, set the flag and build a new Pool (a reload does).
-func (b *Backend) Backup() bool { return b.backup.Load() }
-
-// SetBackup sets the backup flag; see [Backend.Backup].
-func (b *Backend) SetBackup(backup bool) { b.backup.Store(backup) }
 
 // Healthy reports whether the backend is up. A new backend starts up.
 func (b *Backend) Healthy() bool { return b.healthy.Load() }
@@ -151,6 +132,7 @@ func (b *Backend) SetAdmin(s AdminState) { b.admin.Store(int32(s)) }
 // SetWeightScale sets the slow-start ramp in permille, clamped to 0..1000;
 // 1000 (full weight) is the initial value. The caller owns the clock and
 // raises the scale over the slow-start period after the backend comes back up.
+// The scale applies to the backend's weight in every pool.
 func (b *Backend) SetWeightScale(permille int) {
 	b.scale.Store(int32(min(max(permille, 0), fullScale)))
 }
@@ -158,34 +140,19 @@ func (b *Backend) SetWeightScale(permille int) {
 // WeightScale returns the slow-start scale in permille.
 func (b *Backend) WeightScale() int { return int(b.scale.Load()) }
 
-// EffectiveWeight returns the weight scaled by the slow-start factor, in whole
-// units: max(1, weight*scale/1000) for weight > 0, and 0 for weight 0.
-//
-// The algorithms work at finer, permille precision (weight*scale), so a
-// slow-starting backend of weight 1 at scale 100 really gets a tenth of a
-// peer's share, although EffectiveWeight reports 1 for it.
-func (b *Backend) EffectiveWeight() int {
-	w := int64(b.weight.Load())
-	if w <= 0 {
-		return 0
-	}
-	return int(max(1, w*int64(b.scale.Load())/fullScale))
-}
-
-// Eligible reports whether the backend may take a new connection: healthy,
-// admin state Enabled and weight above 0. The backup flag does not matter here.
+// Eligible reports whether the backend may take a new connection: healthy
+// and admin state Enabled. A pool also skips its members of weight 0.
 func (b *Backend) Eligible() bool {
-	return b.healthy.Load() && b.Admin() == Enabled && b.weight.Load() > 0
+	return b.healthy.Load() && b.Admin() == Enabled
 }
 
-// pickWeight is the weight the algorithms use: 0 when the backend is not
-// eligible, else weight*scale (permille precision), at least 1.
-func (b *Backend) pickWeight() uint64 {
-	if !b.healthy.Load() || AdminState(b.admin.Load()) != Enabled {
-		return 0
-	}
-	w := b.weight.Load()
-	if w <= 0 {
+// pickWeight is the weight the algorithms use for a member of weight w: 0
+// when the backend is not eligible or w is 0, else w*scale (permille
+// precision), at least 1. The slow-start scale works at that finer
+// precision, so a member of weight 1 at scale 100 really gets a tenth of a
+// peer's share.
+func (b *Backend) pickWeight(w uint32) uint64 {
+	if w == 0 || !b.healthy.Load() || AdminState(b.admin.Load()) != Enabled {
 		return 0
 	}
 	return max(1, uint64(w)*uint64(b.scale.Load()))

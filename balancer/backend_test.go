@@ -53,26 +53,22 @@ func TestParseAdminStateRejects(t *testing.T) {
 	}
 }
 
-func TestNewBackendStartsUpEnabledAtFullWeight(t *testing.T) {
-	b := NewBackend("[::1]:8080", 3, true)
-	if b.Address() != "[::1]:8080" || b.Weight() != 3 || !b.Backup() {
-		t.Errorf("got address %q weight %d backup %v", b.Address(), b.Weight(), b.Backup())
+func TestNewBackendStartsUpEnabledAtFullScale(t *testing.T) {
+	b := NewBackend("[::1]:8080")
+	if b.Address() != "[::1]:8080" || b.String() != "[::1]:8080" {
+		t.Errorf("got address %q, string %q", b.Address(), b)
 	}
 	if !b.Healthy() || b.Admin() != Enabled || b.WeightScale() != 1000 || !b.Eligible() {
 		t.Errorf("got healthy %v admin %v scale %d eligible %v; want up, enabled, 1000, eligible",
 			b.Healthy(), b.Admin(), b.WeightScale(), b.Eligible())
 	}
-	if b.EffectiveWeight() != 3 || b.Active() != 0 || b.Total() != 0 || b.Failures() != 0 {
-		t.Errorf("got effective %d active %d total %d failures %d", b.EffectiveWeight(), b.Active(), b.Total(), b.Failures())
-	}
-	b.SetBackup(false)
-	if b.Backup() {
-		t.Error("SetBackup(false) did not clear the flag")
+	if b.Active() != 0 || b.Total() != 0 || b.Failures() != 0 {
+		t.Errorf("got active %d total %d failures %d", b.Active(), b.Total(), b.Failures())
 	}
 }
 
 func TestSetHealthyReportsTransitions(t *testing.T) {
-	b := NewBackend("a:1", 1, false)
+	b := NewBackend("a:1")
 	steps := []struct {
 		up, changed bool
 	}{
@@ -94,37 +90,31 @@ func TestSetHealthyReportsTransitions(t *testing.T) {
 
 func TestWeights(t *testing.T) {
 	for _, tc := range []struct {
-		name          string
-		weight, scale int
-		wantWeight    int
-		wantScale     int
-		wantEffective int
-		wantPick      uint64
+		name      string
+		weight    uint32
+		scale     int
+		wantScale int
+		wantPick  uint64
 	}{
-		{"full", 5, 1000, 5, 1000, 5, 5000},
-		{"zero weight", 0, 1000, 0, 1000, 0, 0},
-		{"zero weight ramping", 0, 100, 0, 100, 0, 0},
-		{"half", 7, 500, 7, 500, 3, 3500},
-		{"tenth of 10", 10, 100, 10, 100, 1, 1000},
-		{"tenth of 1 keeps fine share", 1, 100, 1, 100, 1, 100},
-		{"scale 0 still eligible", 4, 0, 4, 0, 1, 1},
-		{"scale clamped high", 2, 5000, 2, 1000, 2, 2000},
-		{"scale clamped low", 2, -5, 2, 0, 1, 1},
-		{"negative weight", -3, 1000, 0, 1000, 0, 0},
-		{"huge weight", 1 << 40, 1000, MaxWeight, 1000, MaxWeight, MaxWeight * 1000},
+		{"full", 5, 1000, 1000, 5000},
+		{"zero weight", 0, 1000, 1000, 0},
+		{"zero weight ramping", 0, 100, 100, 0},
+		{"half", 7, 500, 500, 3500},
+		{"tenth of 10", 10, 100, 100, 1000},
+		{"tenth of 1 keeps fine share", 1, 100, 100, 100},
+		{"scale 0 still eligible", 4, 0, 0, 1},
+		{"scale clamped high", 2, 5000, 1000, 2000},
+		{"scale clamped low", 2, -5, 0, 1},
+		{"max weight", MaxWeight, 1000, 1000, MaxWeight * 1000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := NewBackend("a:1", 1, false)
-			b.SetWeight(tc.weight)
+			b := NewBackend("a:1")
 			b.SetWeightScale(tc.scale)
-			if b.Weight() != tc.wantWeight || b.WeightScale() != tc.wantScale {
-				t.Errorf("Weight() = %d, WeightScale() = %d; want %d, %d", b.Weight(), b.WeightScale(), tc.wantWeight, tc.wantScale)
+			if b.WeightScale() != tc.wantScale {
+				t.Errorf("WeightScale() = %d, want %d", b.WeightScale(), tc.wantScale)
 			}
-			if got := b.EffectiveWeight(); got != tc.wantEffective {
-				t.Errorf("EffectiveWeight() = %d, want %d", got, tc.wantEffective)
-			}
-			if got := b.pickWeight(); got != tc.wantPick {
-				t.Errorf("pickWeight() = %d, want %d", got, tc.wantPick)
+			if got := b.pickWeight(tc.weight); got != tc.wantPick {
+				t.Errorf("pickWeight(%d) = %d, want %d", tc.weight, got, tc.wantPick)
 			}
 		})
 	}
@@ -140,26 +130,24 @@ func TestEligible(t *testing.T) {
 		{"down", func(b *Backend) { b.SetHealthy(false) }, false},
 		{"draining", func(b *Backend) { b.SetAdmin(Draining) }, false},
 		{"disabled", func(b *Backend) { b.SetAdmin(Disabled) }, false},
-		{"weight 0", func(b *Backend) { b.SetWeight(0) }, false},
 		{"re-enabled", func(b *Backend) { b.SetAdmin(Disabled); b.SetAdmin(Enabled) }, true},
 		{"slow start", func(b *Backend) { b.SetWeightScale(0) }, true},
-		{"backup", func(b *Backend) { b.SetBackup(true) }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := NewBackend("a:1", 2, false)
+			b := NewBackend("a:1")
 			tc.setup(b)
 			if got := b.Eligible(); got != tc.allowed {
 				t.Errorf("Eligible() = %v, want %v", got, tc.allowed)
 			}
-			if got := b.pickWeight() > 0; got != tc.allowed {
-				t.Errorf("pickWeight() > 0 = %v, want %v", got, tc.allowed)
+			if got := b.pickWeight(2) > 0; got != tc.allowed {
+				t.Errorf("pickWeight(2) > 0 = %v, want %v", got, tc.allowed)
 			}
 		})
 	}
 }
 
 func TestCounters(t *testing.T) {
-	b := NewBackend("a:1", 1, false)
+	b := NewBackend("a:1")
 	for range 5 {
 		b.Acquire()
 	}

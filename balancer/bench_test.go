@@ -7,9 +7,9 @@ import (
 
 // benchPool is 8 primaries of mixed weight and one backup: a realistic pool.
 func benchPool(b *testing.B, alg string) *Pool {
-	bs := backends(5, 1, 1, 3, 2, 1, 1, 2, 1)
-	bs[8].SetBackup(true)
-	return mustPool(b, alg, bs)
+	ms := members(5, 1, 1, 3, 2, 1, 1, 2, 1)
+	ms[8].Backup = true
+	return mustPool(b, alg, ms)
 }
 
 // BenchmarkPick measures one pick the way a connection handler makes it:

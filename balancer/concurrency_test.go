@@ -7,19 +7,20 @@ import (
 )
 
 // TestConcurrentPicksAndStateChanges runs pickers (Pick, Acquire, Release,
-// retry with Tried) against goroutines that flip health, admin state, weight
-// and slow-start scale. Run with -race. Whatever the interleaving, a pick is
+// retry with Tried) against goroutines that flip health, admin state and
+// slow-start scale. Run with -race. Whatever the interleaving, a pick is
 // never a tried backend nor the one that stays disabled, and the counters add
 // up at the end.
 func TestConcurrentPicksAndStateChanges(t *testing.T) {
 	for _, alg := range algorithms {
 		t.Run(alg, func(t *testing.T) {
-			bs := backends(3, 2, 1, 1, 1, 1)
-			bs[4].SetBackup(true)
+			ms := members(3, 2, 1, 1, 1, 1)
+			ms[4].Backup = true
+			bs := backendsOf(ms)
 			fixed := bs[5] // stays disabled; the flippers leave it alone
 			fixed.SetAdmin(Disabled)
 			flipped := bs[:5]
-			p := mustPool(t, alg, bs)
+			p := mustPool(t, alg, ms)
 			ips := clientIPs(256)
 
 			const pickers, picksEach, flippers, flipsMax = 8, 1500, 2, 200_000
@@ -38,15 +39,13 @@ func TestConcurrentPicksAndStateChanges(t *testing.T) {
 						default:
 						}
 						b := flipped[(i+f)%len(flipped)]
-						switch i % 4 {
+						switch i % 3 {
 						case 0:
 							b.SetHealthy(!b.Healthy())
 						case 1:
-							b.SetAdmin(AdminState(i / 4 % 3))
+							b.SetAdmin(AdminState(i / 3 % 3))
 						case 2:
 							b.SetWeightScale(i % 1001)
-						case 3:
-							b.SetWeight(i % 4)
 						}
 					}
 				})
@@ -95,11 +94,10 @@ func TestConcurrentPicksAndStateChanges(t *testing.T) {
 			for _, b := range flipped {
 				b.SetHealthy(true)
 				b.SetAdmin(Enabled)
-				b.SetWeight(1)
 				b.SetWeightScale(1000)
 			}
-			c := pickN(t, p, 400, false)
-			wantShares(t, c, bs, []float64{1, 1, 1, 1, 0, 0}, 0.1)
+			c := pickN(t, p, 700, false)
+			wantShares(t, c, bs, []float64{3, 2, 1, 1, 0, 0}, 0.1)
 		})
 	}
 }

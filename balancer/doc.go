@@ -4,15 +4,25 @@
 //
 //   - A [Backend] is one upstream server together with its run-time state:
 //     health (up/down), administrative state ([Enabled], [Draining],
-//     [Disabled]), configured weight, slow-start scale and connection
-//     counters. Every method is safe for concurrent use; the state lives in
-//     atomics. The server keeps one *Backend per pool and address for the life
-//     of the process and hands the same pointer to every [Pool] it builds, so
-//     health, admin state and counters survive a config reload.
-//   - A [Pool] is an immutable list of backends plus a selection algorithm
-//     ("round-robin", "least-connections" or "ip-hash"). A reload builds a new
-//     Pool from the (reused) backends and swaps it in; the old Pool keeps
-//     working for whoever still holds it.
+//     [Disabled]), slow-start scale and connection counters. Every method is
+//     safe for concurrent use; the state lives in atomics. The server keeps
+//     one *Backend per pool and address for the life of the process and
+//     hands the same pointer to every [Pool] it builds, so health, admin
+//     state and counters survive a config reload.
+//   - A [Pool] is an immutable list of [Member] values (a backend, its
+//     weight and whether it is a backup) plus a selection algorithm
+//     ("round-robin", "least-connections" or "ip-hash"). A reload builds a
+//     new Pool from the (reused) backends and their new weights and swaps it
+//     in; the old Pool keeps working, with the old weights, for whoever
+//     still holds it.
+//
+// Building a pool:
+//
+//	pool, err := balancer.New(balancer.RoundRobin, []balancer.Member{
+//		{Backend: web1, Weight: 3},
+//		{Backend: web2, Weight: 1},
+//		{Backend: spare, Weight: 1, Backup: true},
+//	})
 //
 // A typical connection handler, with retries on connect failure:
 //
@@ -38,11 +48,11 @@
 // [Backend.SetAdmin], and a slow-start ramp driven by the caller's clock calls
 // [Backend.SetWeightScale]. Pick sees every such change at once.
 //
-// Selection rules. A backend is eligible while it is healthy, its admin state
-// is Enabled and its weight is above 0. [Pool.Pick] chooses among the eligible,
-// untried primary backends; only when there is none does it choose among the
-// eligible, untried backups. Every algorithm honours weights, scaled by the
-// slow-start factor:
+// Selection rules. A member is eligible while its backend is healthy and
+// its admin state is Enabled, and its weight is above 0. [Pool.Pick]
+// chooses among the eligible, untried primaries; only when there is none
+// does it choose among the eligible, untried backups. Every algorithm
+// honours weights, scaled by the backend's slow-start factor:
 //
 //   - round-robin is nginx's smooth weighted round-robin: with weights 5,1,1
 //     the sequence is a a b a c a a, never five in a row to the first backend.

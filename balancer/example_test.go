@@ -11,10 +11,14 @@ import (
 // A connection handler picks a backend, and on a failed connect retries with
 // another one until the retries are used up or nothing is left.
 func Example() {
-	web1 := balancer.NewBackend("10.0.0.11:80", 3, false)
-	web2 := balancer.NewBackend("10.0.0.12:80", 1, false)
-	spare := balancer.NewBackend("10.0.0.99:80", 1, true)
-	pool, err := balancer.New(balancer.RoundRobin, []*balancer.Backend{web1, web2, spare})
+	web1 := balancer.NewBackend("10.0.0.11:80")
+	web2 := balancer.NewBackend("10.0.0.12:80")
+	spare := balancer.NewBackend("10.0.0.99:80")
+	pool, err := balancer.New(balancer.RoundRobin, []balancer.Member{
+		{Backend: web1, Weight: 3},
+		{Backend: web2, Weight: 1},
+		{Backend: spare, Weight: 1, Backup: true},
+	})
 	if err != nil {
 		panic(err)
 	}
@@ -55,9 +59,12 @@ func Example() {
 // When every primary is out of service, backups take the connections; when a
 // primary returns it takes them back.
 func ExamplePool_Pick_backups() {
-	primary := balancer.NewBackend("10.0.0.11:80", 1, false)
-	backup := balancer.NewBackend("10.0.0.99:80", 1, true)
-	pool, _ := balancer.New(balancer.LeastConnections, []*balancer.Backend{primary, backup})
+	primary := balancer.NewBackend("10.0.0.11:80")
+	backup := balancer.NewBackend("10.0.0.99:80")
+	pool, _ := balancer.New(balancer.LeastConnections, []balancer.Member{
+		{Backend: primary, Weight: 1},
+		{Backend: backup, Weight: 1, Backup: true},
+	})
 	client := netip.MustParseAddr("192.0.2.10")
 
 	fmt.Println(pool.Pick(client, nil).Address())

@@ -9,18 +9,28 @@ import (
 // algorithms lists every algorithm, for tests that must hold for all of them.
 var algorithms = []string{RoundRobin, LeastConnections, IPHash}
 
-// backends returns one primary backend per weight, at 10.0.0.1:80, 10.0.0.2:80, ...
-func backends(weights ...int) []*Backend {
-	bs := make([]*Backend, len(weights))
+// members returns one primary member per weight, at 10.0.0.1:80,
+// 10.0.0.2:80, ...
+func members(weights ...int) []Member {
+	ms := make([]Member, len(weights))
 	for i, w := range weights {
-		bs[i] = NewBackend(fmt.Sprintf("10.0.0.%d:80", i+1), w, false)
+		ms[i] = Member{Backend: NewBackend(fmt.Sprintf("10.0.0.%d:80", i+1)), Weight: w}
+	}
+	return ms
+}
+
+// backendsOf returns the members' backends, in order.
+func backendsOf(ms []Member) []*Backend {
+	bs := make([]*Backend, len(ms))
+	for i, m := range ms {
+		bs[i] = m.Backend
 	}
 	return bs
 }
 
-func mustPool(t testing.TB, algorithm string, bs []*Backend) *Pool {
+func mustPool(t testing.TB, algorithm string, ms []Member) *Pool {
 	t.Helper()
-	p, err := New(algorithm, bs)
+	p, err := New(algorithm, ms)
 	if err != nil {
 		t.Fatalf("New(%q): %v", algorithm, err)
 	}

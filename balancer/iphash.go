@@ -22,15 +22,14 @@ import (
 // Candidates of equal weight are compared by their hashes alone (the score is
 // monotonic in u), which is exact integer arithmetic and skips the logarithm.
 type ipHash struct {
-	backends []*Backend
+	cands []candidate
 }
 
-func newIPHash(candidates []*Backend) *ipHash {
-	return &ipHash{backends: append([]*Backend(nil), candidates...)}
+func newIPHash(candidates []candidate) *ipHash {
+	return &ipHash{cands: candidates}
 }
 
-// Pick implements [Policy].
-func (p *ipHash) Pick(client netip.Addr, tried *Tried) *Backend {
+func (p *ipHash) pick(client netip.Addr, tried *Tried) *Backend {
 	// As16 maps IPv4 to ::ffff:a.b.c.d, so an IPv4 client and its
 	// IPv4-mapped IPv6 form hash alike; the zero Addr gives all zeros.
 	ip := client.Unmap().As16()
@@ -43,8 +42,8 @@ func (p *ipHash) Pick(client netip.Addr, tried *Tried) *Backend {
 		bestH   uint64
 		bestNLn float64 // -ln(u) of best, or 0 if not computed yet
 	)
-	for _, b := range p.backends {
-		w := b.pickWeight()
+	for _, c := range p.cands {
+		b, w := c.b, c.pickWeight()
 		if w == 0 || tried.Has(b) {
 			continue
 		}

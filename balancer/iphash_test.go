@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -33,27 +34,28 @@ func TestIPHashMovesOnlyTheLeavingBackendsClients(t *testing.T) {
 		{"drained",
 			func(p *Pool, b *Backend) *Pool { b.SetAdmin(Draining); return p },
 			func(p *Pool, b *Backend) *Pool { b.SetAdmin(Enabled); return p }},
-		{"weight 0",
-			func(p *Pool, b *Backend) *Pool { b.SetWeight(0); return p },
-			func(p *Pool, b *Backend) *Pool { b.SetWeight(1); return p }},
+		{"weight 0 by reload",
+			func(p *Pool, b *Backend) *Pool { return reweighted(t, p, b, 0) },
+			func(p *Pool, b *Backend) *Pool { return reweighted(t, p, b, 1) }},
 		{"removed by reload",
 			func(p *Pool, b *Backend) *Pool {
-				var rest []*Backend
-				for _, x := range p.Backends() {
-					if x != b {
-						rest = append(rest, x)
+				var rest []Member
+				for _, m := range p.Members() {
+					if m.Backend != b {
+						rest = append(rest, m)
 					}
 				}
 				return mustPool(t, IPHash, rest)
 			},
 			func(p *Pool, b *Backend) *Pool {
-				return mustPool(t, IPHash, append([]*Backend{b}, p.Backends()...)) // order does not matter
+				return mustPool(t, IPHash, append([]Member{{Backend: b, Weight: 1}}, p.Members()...)) // order does not matter
 			}},
 	} {
 		for leaving := range 5 {
 			t.Run(fmt.Sprintf("%s/%d", tc.name, leaving), func(t *testing.T) {
-				bs := backends(1, 1, 1, 1, 1)
-				p := mustPool(t, IPHash, bs)
+				ms := members(1, 1, 1, 1, 1)
+				bs := backendsOf(ms)
+				p := mustPool(t, IPHash, ms)
 				before := assignments(p, ips)
 				gone := bs[leaving]
 
@@ -100,14 +102,26 @@ func TestIPHashMovesOnlyTheLeavingBackendsClients(t *testing.T) {
 	}
 }
 
+// reweighted rebuilds p (as a reload would) with b's weight set to w.
+func reweighted(t *testing.T, p *Pool, b *Backend, w int) *Pool {
+	t.Helper()
+	ms := slices.Clone(p.Members())
+	for i := range ms {
+		if ms[i].Backend == b {
+			ms[i].Weight = w
+		}
+	}
+	return mustPool(t, p.Algorithm(), ms)
+}
+
 // TestIPHashSameInEveryProcess: two pools built from separate backends (as
 // two processes would), in different orders, agree on every client.
 func TestIPHashSameInEveryProcess(t *testing.T) {
 	ips := clientIPs(10_000)
-	a := backends(3, 1, 2, 1)
-	b := backends(3, 1, 2, 1)
+	a := members(3, 1, 2, 1)
+	b := members(3, 1, 2, 1)
 	p1 := mustPool(t, IPHash, a)
-	p2 := mustPool(t, IPHash, []*Backend{b[3], b[1], b[0], b[2]})
+	p2 := mustPool(t, IPHash, []Member{b[3], b[1], b[0], b[2]})
 	for i, ip := range ips {
 		x, y := p1.Pick(ip, nil), p2.Pick(ip, nil)
 		if x.Address() != y.Address() {
@@ -124,10 +138,10 @@ func TestIPHashSameInEveryProcess(t *testing.T) {
 // TestIPHashGolden pins the mapping itself: changing the hash would move
 // clients when lbctl is upgraded, and two versions would disagree.
 func TestIPHashGolden(t *testing.T) {
-	p := mustPool(t, IPHash, []*Backend{
-		NewBackend("10.0.0.11:80", 1, false),
-		NewBackend("10.0.0.12:80", 1, false),
-		NewBackend("[2001:db8::1]:80", 2, false),
+	p := mustPool(t, IPHash, []Member{
+		{Backend: NewBackend("10.0.0.11:80"), Weight: 1},
+		{Backend: NewBackend("10.0.0.12:80"), Weight: 1},
+		{Backend: NewBackend("[2001:db8::1]:80"), Weight: 2},
 	})
 	for _, tc := range []struct{ client, want string }{
 		{"192.0.2.1", "10.0.0.11:80"},
@@ -152,19 +166,19 @@ func TestIPHashGolden(t *testing.T) {
 func TestIPHashHonoursWeights(t *testing.T) {
 	for _, weights := range [][]int{{3, 2, 1}, {5, 1, 1}, {1, 1, 1, 1, 1}, {10, 1}} {
 		t.Run(fmt.Sprint(weights), func(t *testing.T) {
-			bs := backends(weights...)
+			ms := members(weights...)
 			want := make([]float64, len(weights))
 			for i, w := range weights {
 				want[i] = float64(w)
 			}
 			// 10,000 clients: one standard deviation of a share is at most 0.5%.
-			wantShares(t, pickN(t, mustPool(t, IPHash, bs), 10_000, false), bs, want, 0.02)
+			wantShares(t, pickN(t, mustPool(t, IPHash, ms), 10_000, false), backendsOf(ms), want, 0.02)
 		})
 	}
 }
 
 func TestIPHashClientForms(t *testing.T) {
-	p := mustPool(t, IPHash, backends(1, 1, 1, 1, 1, 1, 1))
+	p := mustPool(t, IPHash, members(1, 1, 1, 1, 1, 1, 1))
 	for _, s := range []string{"10.1.2.3", "192.0.2.44", "127.0.0.1", "0.0.0.0", "255.255.255.255"} {
 		v4 := netip.MustParseAddr(s)
 		mapped := netip.AddrFrom16(v4.As16())
@@ -189,8 +203,7 @@ func TestIPHashClientForms(t *testing.T) {
 // TestIPHashRetryIsTheNextChoice: with its backend tried, a client gets the
 // backend it would get if that one were down, so retries are consistent too.
 func TestIPHashRetryIsTheNextChoice(t *testing.T) {
-	bs := backends(2, 1, 1, 3)
-	p := mustPool(t, IPHash, bs)
+	p := mustPool(t, IPHash, members(2, 1, 1, 3))
 	for _, ip := range clientIPs(2000) {
 		first := p.Pick(ip, nil)
 		var tried Tried

@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"math/bits"
-	"net/netip"
 	"sync/atomic"
 )
 
@@ -17,24 +16,23 @@ import (
 // picks spread evenly over the tied candidates and the first one is not
 // favoured.
 type leastConn struct {
-	backends []*Backend
-	ties     atomic.Uint64
+	cands []candidate
+	ties  atomic.Uint64
 }
 
-func newLeastConn(candidates []*Backend) *leastConn {
-	return &leastConn{backends: append([]*Backend(nil), candidates...)}
+func newLeastConn(candidates []candidate) *leastConn {
+	return &leastConn{cands: candidates}
 }
 
-// Pick implements [Policy].
-func (l *leastConn) Pick(_ netip.Addr, tried *Tried) *Backend {
+func (l *leastConn) pick(tried *Tried) *Backend {
 	var (
 		best         *Backend
 		bestA, bestW uint64
 		tiedW        uint64 // sum of the weights tied with best
 		tied         int
 	)
-	for _, b := range l.backends {
-		w := b.pickWeight()
+	for _, cand := range l.cands {
+		b, w := cand.b, cand.pickWeight()
 		if w == 0 || tried.Has(b) {
 			continue
 		}
@@ -58,8 +56,8 @@ func (l *leastConn) Pick(_ netip.Addr, tried *Tried) *Backend {
 	// The counters may have moved since the first pass; if the tie is gone,
 	// the first pass's choice stands.
 	k := weyl(l.ties.Add(1), tiedW)
-	for _, b := range l.backends {
-		w := b.pickWeight()
+	for _, cand := range l.cands {
+		b, w := cand.b, cand.pickWeight()
 		if w == 0 || tried.Has(b) || compareLoad(activeCount(b), w, bestA, bestW) != 0 {
 			continue
 		}

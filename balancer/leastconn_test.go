@@ -19,7 +19,8 @@ func TestLeastConnectionsPicksLowestLoad(t *testing.T) {
 		{"unpaired release counts as 0", []int{1, 1}, []int{-2, 1}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			bs := backends(tc.weights...)
+			ms := members(tc.weights...)
+			bs := backendsOf(ms)
 			for i, n := range tc.active {
 				for range max(n, 0) {
 					bs[i].Acquire()
@@ -28,7 +29,7 @@ func TestLeastConnectionsPicksLowestLoad(t *testing.T) {
 					bs[i].Release()
 				}
 			}
-			p := mustPool(t, LeastConnections, bs)
+			p := mustPool(t, LeastConnections, ms)
 			for range 10 {
 				if got := p.Pick(netip.Addr{}, nil); got != bs[tc.want] {
 					t.Fatalf("Pick = %s, want %s", got, bs[tc.want])
@@ -41,12 +42,13 @@ func TestLeastConnectionsPicksLowestLoad(t *testing.T) {
 // TestLeastConnectionsFillsByWeight: picks that Acquire and never Release
 // fill the backends in proportion to weight, within one connection.
 func TestLeastConnectionsFillsByWeight(t *testing.T) {
-	bs := backends(3, 2, 1)
-	p := mustPool(t, LeastConnections, bs)
+	ms := members(3, 2, 1)
+	bs := backendsOf(ms)
+	p := mustPool(t, LeastConnections, ms)
 	for i := 1; i <= 600; i++ {
 		p.Pick(netip.Addr{}, nil).Acquire()
 		for j, b := range bs {
-			exact := float64(i) * float64(b.Weight()) / 6
+			exact := float64(i) * float64(ms[j].Weight) / 6
 			if d := float64(b.Active()) - exact; d > 1 || d < -1 {
 				t.Fatalf("after %d picks backend %d has %d active, want %.1f ± 1", i, j, b.Active(), exact)
 			}
@@ -89,11 +91,12 @@ func TestLeastConnectionsTiesAreShared(t *testing.T) {
 		{"first of two", []int{1, 1}, -1, []float64{1, 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			bs := backends(tc.weights...)
+			ms := members(tc.weights...)
+			bs := backendsOf(ms)
 			if tc.down >= 0 {
 				bs[tc.down].SetHealthy(false)
 			}
-			p := mustPool(t, LeastConnections, bs)
+			p := mustPool(t, LeastConnections, ms)
 			wantShares(t, pickN(t, p, 6000, false), bs, tc.want, 0.005)
 			// Short runs are fair too: the first backend is not favoured.
 			wantShares(t, pickN(t, p, 60, false), bs, tc.want, 0.05)

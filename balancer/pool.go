@@ -18,114 +18,139 @@ func Algorithms() []string {
 	return []string{RoundRobin, LeastConnections, IPHash}
 }
 
-// Policy is one selection algorithm over a fixed list of candidates, fixed
-// when the policy is built. Pick returns an eligible candidate that is not in
-// tried (a nil tried is empty), or nil if there is none. Pick never changes
-// tried; the caller adds the backend it attempts. Policies are safe for
-// concurrent use.
-//
-// Calling Pick through this interface makes tried escape to the heap;
-// [Pool.Pick] calls the built-in policies directly and does not allocate.
-type Policy interface {
-	Pick(client netip.Addr, tried *Tried) *Backend
+// Member is a backend as one [Pool] sees it. Its weight and whether it is a
+// backup belong to the pool (to the configuration that built it), not to
+// the Backend, whose run-time state every pool that holds it shares.
+type Member struct {
+	Backend *Backend
+	// Weight is the member's share of new connections, 0..MaxWeight (New
+	// clamps); 0 takes none.
+	Weight int
+	// Backup members take connections only while no primary is eligible.
+	Backup bool
 }
 
-// NewPolicy returns the policy for algorithm over candidates. Unlike a [Pool],
-// a policy makes no difference between primaries and backups.
-func NewPolicy(algorithm string, candidates []*Backend) (Policy, error) {
-	switch algorithm {
-	case RoundRobin:
-		return newRoundRobin(candidates), nil
-	case LeastConnections:
-		return newLeastConn(candidates), nil
-	case IPHash:
-		return newIPHash(candidates), nil
-	}
-	return nil, fmt.Errorf("%w %q (want round-robin, least-connections or ip-hash)", ErrUnknownAlgorithm, algorithm)
-}
-
-// Pool is an immutable set of backends with a selection algorithm. It is
-// safe for concurrent use. Build a new Pool to change the list, the algorithm
-// or which backends are backups; the backends' own state (health, admin,
-// weight, scale, counters) may change at any time and Pick sees it at once.
+// Pool is an immutable set of members with a selection algorithm. It is
+// safe for concurrent use. Build a new Pool to change the members, their
+// weights, which are backups or the algorithm; the backends' own state
+// (health, admin, slow-start scale, counters) may change at any time and
+// Pick sees it at once.
 type Pool struct {
 	algorithm string
-	backends  []*Backend // configured order
-	primary   Policy     // over the primaries, nil if none
-	backup    Policy     // over the backups, nil if none
+	members   []Member   // configured order, weights clamped
+	backends  []*Backend // the members' backends, same order
+	primary   tier
+	backup    tier
 }
 
-// New builds a pool over backends, in configured order, with algorithm
-// "round-robin", "least-connections" or "ip-hash" (see [Algorithms]).
-// It reads each backend's Backup flag now, and keeps its own copy of the
-// slice. Backends must be non-nil with distinct addresses. An empty list is
-// allowed; Pick then always returns nil.
-func New(algorithm string, backends []*Backend) (*Pool, error) {
-	seen := make(map[string]struct{}, len(backends))
-	var primaries, backups []*Backend
-	for i, b := range backends {
-		if b == nil {
+// New builds a pool over members, in configured order, with algorithm
+// "round-robin", "least-connections" or "ip-hash" (see [Algorithms]). It
+// keeps its own copy of the slice. Backends must be non-nil with distinct
+// addresses. An empty list is allowed; Pick then always returns nil.
+func New(algorithm string, members []Member) (*Pool, error) {
+	if !knownAlgorithm(algorithm) {
+		return nil, fmt.Errorf("new pool: %w %q (want round-robin, least-connections or ip-hash)", ErrUnknownAlgorithm, algorithm)
+	}
+	p := &Pool{
+		algorithm: algorithm,
+		members:   make([]Member, len(members)),
+		backends:  make([]*Backend, len(members)),
+	}
+	seen := make(map[string]struct{}, len(members))
+	var primaries, backups []candidate
+	for i, m := range members {
+		if m.Backend == nil {
 			return nil, fmt.Errorf("new %s pool: backend %d is nil", algorithm, i)
 		}
-		if _, dup := seen[b.Address()]; dup {
-			return nil, fmt.Errorf("new %s pool: duplicate backend address %q", algorithm, b.Address())
+		if _, dup := seen[m.Backend.Address()]; dup {
+			return nil, fmt.Errorf("new %s pool: duplicate backend address %q", algorithm, m.Backend.Address())
 		}
-		seen[b.Address()] = struct{}{}
-		if b.Backup() {
-			backups = append(backups, b)
+		seen[m.Backend.Address()] = struct{}{}
+		m.Weight = min(max(m.Weight, 0), MaxWeight)
+		p.members[i], p.backends[i] = m, m.Backend
+		c := candidate{b: m.Backend, weight: uint32(m.Weight)}
+		if m.Backup {
+			backups = append(backups, c)
 		} else {
-			primaries = append(primaries, b)
+			primaries = append(primaries, c)
 		}
 	}
-	p := &Pool{algorithm: algorithm, backends: append([]*Backend(nil), backends...)}
-	var err error
-	if p.primary, err = newPolicyOrNil(algorithm, primaries); err != nil {
-		return nil, fmt.Errorf("new pool: %w", err)
-	}
-	if p.backup, err = newPolicyOrNil(algorithm, backups); err != nil {
-		return nil, fmt.Errorf("new pool: %w", err)
-	}
+	p.primary = newTier(algorithm, primaries)
+	p.backup = newTier(algorithm, backups)
 	return p, nil
 }
 
-// newPolicyOrNil checks the algorithm name always and builds a policy only
-// for a non-empty candidate list.
-func newPolicyOrNil(algorithm string, candidates []*Backend) (Policy, error) {
-	pol, err := NewPolicy(algorithm, candidates)
-	if err != nil || len(candidates) == 0 {
-		return nil, err
+func knownAlgorithm(algorithm string) bool {
+	switch algorithm {
+	case RoundRobin, LeastConnections, IPHash:
+		return true
 	}
-	return pol, nil
+	return false
+}
+
+// candidate is one member in a tier: the backend and its weight in this pool.
+type candidate struct {
+	b      *Backend
+	weight uint32
+}
+
+// pickWeight is the weight the algorithms use; see Backend.pickWeight.
+func (c candidate) pickWeight() uint64 { return c.b.pickWeight(c.weight) }
+
+// tier is one rank of a pool's members, its primaries or its backups, and
+// the state of the pool's algorithm over them: exactly one field is set, or
+// none for an empty rank. Pick calls the algorithms by their concrete
+// types, so the compiler can see that tried does not escape and callers
+// keep it on the stack.
+type tier struct {
+	rr *roundRobin
+	lc *leastConn
+	ih *ipHash
+}
+
+func newTier(algorithm string, candidates []candidate) tier {
+	if len(candidates) == 0 {
+		return tier{}
+	}
+	switch algorithm {
+	case RoundRobin:
+		return tier{rr: newRoundRobin(candidates)}
+	case LeastConnections:
+		return tier{lc: newLeastConn(candidates)}
+	}
+	return tier{ih: newIPHash(candidates)}
+}
+
+func (t *tier) pick(client netip.Addr, tried *Tried) *Backend {
+	switch {
+	case t.rr != nil:
+		return t.rr.pick(tried)
+	case t.lc != nil:
+		return t.lc.pick(tried)
+	case t.ih != nil:
+		return t.ih.pick(client, tried)
+	}
+	return nil
 }
 
 // Pick chooses the backend for a new connection from client. It chooses
 // among the eligible primaries not in tried; if there is none, among the
 // eligible backups not in tried. It returns nil when nothing is left. A nil
 // tried is an empty set. client is used by ip-hash only; the zero Addr is
-// hashed as all-zero bytes.
+// hashed as all-zero bytes. Pick does not allocate.
 func (p *Pool) Pick(client netip.Addr, tried *Tried) *Backend {
-	if b := pick(p.primary, client, tried); b != nil {
+	if b := p.primary.pick(client, tried); b != nil {
 		return b
 	}
-	return pick(p.backup, client, tried)
+	return p.backup.pick(client, tried)
 }
 
-// pick calls the built-in policies by their concrete types, so the compiler
-// can see that tried does not escape and callers keep it on the stack. A Pool
-// holds nothing else (nil means no candidates).
-func pick(pol Policy, client netip.Addr, tried *Tried) *Backend {
-	switch pol := pol.(type) {
-	case *roundRobin:
-		return pol.Pick(client, tried)
-	case *leastConn:
-		return pol.Pick(client, tried)
-	case *ipHash:
-		return pol.Pick(client, tried)
-	}
-	return nil
-}
+// Members returns the members in configured order, with their weights
+// clamped to 0..MaxWeight. Do not modify the slice.
+func (p *Pool) Members() []Member { return p.members }
 
-// Backends returns the backends in configured order. Do not modify the slice.
+// Backends returns the members' backends in configured order. Do not
+// modify the slice.
 func (p *Pool) Backends() []*Backend { return p.backends }
 
 // Algorithm returns the algorithm name given to New.

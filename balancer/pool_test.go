@@ -13,17 +13,18 @@ func TestNewRejects(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
 		algorithm string
-		backends  []*Backend
+		members   []Member
 		wantIs    error
 		wantText  string
 	}{
-		{"unknown algorithm", "random", backends(1), ErrUnknownAlgorithm, `"random"`},
+		{"unknown algorithm", "random", members(1), ErrUnknownAlgorithm, `"random"`},
 		{"unknown algorithm, no backends", "weighted", nil, ErrUnknownAlgorithm, `"weighted"`},
-		{"nil backend", RoundRobin, []*Backend{NewBackend("a:1", 1, false), nil}, nil, "backend 1 is nil"},
-		{"duplicate address", IPHash, []*Backend{NewBackend("a:1", 1, false), NewBackend("a:1", 2, true)}, nil, `duplicate backend address "a:1"`},
+		{"nil backend", RoundRobin, []Member{{Backend: NewBackend("a:1"), Weight: 1}, {Weight: 1}}, nil, "backend 1 is nil"},
+		{"duplicate address", IPHash, []Member{{Backend: NewBackend("a:1"), Weight: 1}, {Backend: NewBackend("a:1"), Weight: 2, Backup: true}},
+			nil, `duplicate backend address "a:1"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := New(tc.algorithm, tc.backends)
+			p, err := New(tc.algorithm, tc.members)
 			if err == nil {
 				t.Fatalf("New = %v, nil; want an error", p)
 			}
@@ -40,18 +41,21 @@ func TestNewRejects(t *testing.T) {
 func TestPoolKeepsConfiguredOrderAndAlgorithm(t *testing.T) {
 	for _, alg := range algorithms {
 		t.Run(alg, func(t *testing.T) {
-			bs := []*Backend{
-				NewBackend("c:1", 1, true),
-				NewBackend("a:1", 1, false),
-				NewBackend("b:1", 1, true),
+			ms := []Member{
+				{Backend: NewBackend("c:1"), Weight: 1, Backup: true},
+				{Backend: NewBackend("a:1"), Weight: 2},
+				{Backend: NewBackend("b:1"), Weight: 3, Backup: true},
 			}
-			in := slices.Clone(bs)
+			in := slices.Clone(ms)
 			p := mustPool(t, alg, in)
-			in[0] = nil // the pool keeps its own copy
+			in[0] = Member{} // the pool keeps its own copy
 			if p.Algorithm() != alg {
 				t.Errorf("Algorithm() = %q, want %q", p.Algorithm(), alg)
 			}
-			if !slices.Equal(p.Backends(), bs) {
+			if !slices.Equal(p.Members(), ms) {
+				t.Errorf("Members() = %v, want %v", p.Members(), ms)
+			}
+			if bs := backendsOf(ms); !slices.Equal(p.Backends(), bs) {
 				t.Errorf("Backends() = %v, want %v", p.Backends(), bs)
 			}
 		})
@@ -70,17 +74,59 @@ func TestEmptyPoolPicksNil(t *testing.T) {
 	}
 }
 
+// TestNewClampsWeights: weights outside 0..MaxWeight are clamped, and the
+// pool picks by the clamped weights.
+func TestNewClampsWeights(t *testing.T) {
+	ms := members(-3, 1<<40, 1)
+	p := mustPool(t, RoundRobin, ms)
+	for i, want := range []int{0, MaxWeight, 1} {
+		if got := p.Members()[i].Weight; got != want {
+			t.Errorf("member %d: weight %d, want %d", i, got, want)
+		}
+	}
+	if c := pickN(t, p, 1000, false); c[ms[0].Backend.Address()] != 0 {
+		t.Errorf("picks %v: the member of weight -3 (0) was picked", c)
+	}
+}
+
+// TestWeightsBelongToThePool: one backend in two pools with different
+// weights and ranks; each pool picks by its own, and building the second
+// changed nothing in the first (a reload builds its pool beside the one in
+// service).
+func TestWeightsBelongToThePool(t *testing.T) {
+	for _, alg := range algorithms {
+		t.Run(alg, func(t *testing.T) {
+			a, b := NewBackend("10.0.0.1:80"), NewBackend("10.0.0.2:80")
+			bs := []*Backend{a, b}
+			old := mustPool(t, alg, []Member{{Backend: a, Weight: 3}, {Backend: b, Weight: 1}})
+			next := mustPool(t, alg, []Member{{Backend: a, Weight: 1, Backup: true}, {Backend: b, Weight: 1}})
+			tol := 0.0
+			switch alg {
+			case LeastConnections:
+				tol = 0.005 // ties are shared along a sequence, not exactly
+			case IPHash:
+				tol = 0.02
+			}
+			wantShares(t, pickN(t, old, 4000, false), bs, []float64{3, 1}, tol)
+			wantShares(t, pickN(t, next, 4000, false), bs, []float64{0, 1}, 0)
+			b.SetHealthy(false)
+			wantShares(t, pickN(t, next, 4000, false), bs, []float64{1, 0}, 0)
+			wantShares(t, pickN(t, old, 4000, false), bs, []float64{1, 0}, 0)
+		})
+	}
+}
+
 // TestPickNeverChoosesIneligible: down, draining, disabled and weight-0
 // backends get nothing, whatever the client.
 func TestPickNeverChoosesIneligible(t *testing.T) {
 	for _, alg := range algorithms {
 		t.Run(alg, func(t *testing.T) {
-			bs := backends(1, 2, 3, 1, 2)
+			ms := members(1, 2, 3, 0, 2)
+			bs := backendsOf(ms)
 			bs[0].SetHealthy(false)
 			bs[1].SetAdmin(Draining)
 			bs[2].SetAdmin(Disabled)
-			bs[3].SetWeight(0)
-			p := mustPool(t, alg, bs)
+			p := mustPool(t, alg, ms)
 			c := pickN(t, p, 2000, alg == LeastConnections)
 			if c[bs[4].Address()] != 2000 {
 				t.Errorf("picks %v, want all 2000 on %s", c, bs[4])
@@ -98,11 +144,11 @@ func TestPickNeverChoosesIneligible(t *testing.T) {
 func TestPickTriedThenNil(t *testing.T) {
 	for _, alg := range algorithms {
 		t.Run(alg, func(t *testing.T) {
-			bs := backends(3, 1, 2, 1, 1)
-			bs[3].SetBackup(true)
-			bs[4].SetBackup(true)
+			ms := members(3, 1, 2, 1, 1)
+			ms[3].Backup, ms[4].Backup = true, true
+			bs := backendsOf(ms)
 			bs[2].SetHealthy(false)
-			p := mustPool(t, alg, bs)
+			p := mustPool(t, alg, ms)
 			for _, ip := range clientIPs(50) {
 				var tried Tried
 				var order []*Backend
@@ -121,7 +167,7 @@ func TestPickTriedThenNil(t *testing.T) {
 					t.Fatalf("client %v: picked %v, want the 4 eligible backends", ip, order)
 				}
 				for _, b := range order[:2] {
-					if b.Backup() {
+					if b == bs[3] || b == bs[4] {
 						t.Fatalf("client %v: order %v tries a backup before a primary", ip, order)
 					}
 				}
@@ -138,12 +184,11 @@ func TestPickTriedThenNil(t *testing.T) {
 func TestBackups(t *testing.T) {
 	for _, alg := range algorithms {
 		t.Run(alg, func(t *testing.T) {
-			bs := backends(2, 1, 1, 1)
+			ms := members(2, 1, 1, 1)
+			ms[2].Backup, ms[3].Backup = true, true
+			bs := backendsOf(ms)
 			primaries, backups := bs[:2], bs[2:]
-			for _, b := range backups {
-				b.SetBackup(true)
-			}
-			p := mustPool(t, alg, bs)
+			p := mustPool(t, alg, ms)
 			onlyFrom := func(step string, want ...*Backend) {
 				t.Helper()
 				c := pickN(t, p, 600, false)
@@ -175,9 +220,9 @@ func TestBackups(t *testing.T) {
 func TestPickDoesNotAllocate(t *testing.T) {
 	for _, alg := range algorithms {
 		t.Run(alg, func(t *testing.T) {
-			bs := backends(5, 1, 1, 3)
-			bs[3].SetBackup(true)
-			p := mustPool(t, alg, bs)
+			ms := members(5, 1, 1, 3)
+			ms[3].Backup = true
+			p := mustPool(t, alg, ms)
 			ips := clientIPs(64)
 			i := 0
 			allocs := testing.AllocsPerRun(1000, func() {
@@ -199,14 +244,15 @@ func TestPickDoesNotAllocate(t *testing.T) {
 }
 
 // TestSlowStart: a backend at scale 100 (a tenth) gets a tenth of its peer's
-// share, also at weight 1, where EffectiveWeight cannot show the difference.
+// share, also at weight 1 (the algorithms work in permille of a weight).
 func TestSlowStart(t *testing.T) {
 	for _, alg := range algorithms {
 		for _, weight := range []int{1, 10} {
 			t.Run(fmt.Sprintf("%s/weight=%d", alg, weight), func(t *testing.T) {
-				bs := backends(weight, weight)
+				ms := members(weight, weight)
+				bs := backendsOf(ms)
 				bs[0].SetWeightScale(100)
-				p := mustPool(t, alg, bs)
+				p := mustPool(t, alg, ms)
 				var c counter
 				tol := 0.0
 				switch alg {

@@ -1,9 +1,6 @@
 package balancer
 
-import (
-	"net/netip"
-	"sync"
-)
+import "sync"
 
 // roundRobin is nginx's smooth weighted round-robin. On each pick, every
 // eligible untried candidate's current weight grows by its weight; the
@@ -15,27 +12,26 @@ import (
 // unchanged. A short critical section under a mutex is cheaper than any
 // lock-free scheme for this read-modify-write of n values (see BenchmarkPick).
 type roundRobin struct {
-	backends []*Backend
-	mu       sync.Mutex
-	current  []int64 // guarded by mu; current[i] belongs to backends[i]
+	cands   []candidate
+	mu      sync.Mutex
+	current []int64 // guarded by mu; current[i] belongs to cands[i]
 }
 
-func newRoundRobin(candidates []*Backend) *roundRobin {
+func newRoundRobin(candidates []candidate) *roundRobin {
 	return &roundRobin{
-		backends: append([]*Backend(nil), candidates...),
-		current:  make([]int64, len(candidates)),
+		cands:   candidates,
+		current: make([]int64, len(candidates)),
 	}
 }
 
-// Pick implements [Policy].
-func (r *roundRobin) Pick(_ netip.Addr, tried *Tried) *Backend {
+func (r *roundRobin) pick(tried *Tried) *Backend {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	best := -1
 	var total int64
-	for i, b := range r.backends {
-		w := int64(b.pickWeight())
-		if w == 0 || tried.Has(b) {
+	for i, c := range r.cands {
+		w := int64(c.pickWeight())
+		if w == 0 || tried.Has(c.b) {
 			continue
 		}
 		r.current[i] += w
@@ -48,5 +44,5 @@ func (r *roundRobin) Pick(_ netip.Addr, tried *Tried) *Backend {
 		return nil
 	}
 	r.current[best] -= total
-	return r.backends[best]
+	return r.cands[best].b
 }

@@ -18,8 +18,9 @@ func TestRoundRobinExactShares(t *testing.T) {
 		{"with zero", []int{2, 0, 1}, 6000},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			bs := backends(tc.weights...)
-			c := pickN(t, mustPool(t, RoundRobin, bs), tc.picks, false)
+			ms := members(tc.weights...)
+			bs := backendsOf(ms)
+			c := pickN(t, mustPool(t, RoundRobin, ms), tc.picks, false)
 			want := make([]float64, len(tc.weights))
 			for i, w := range tc.weights {
 				want[i] = float64(w)
@@ -32,9 +33,10 @@ func TestRoundRobinExactShares(t *testing.T) {
 // TestRoundRobinIsSmooth: nginx's sequence for 5,1,1, and never five in a
 // row to the first backend over many cycles.
 func TestRoundRobinIsSmooth(t *testing.T) {
-	bs := backends(5, 1, 1)
+	ms := members(5, 1, 1)
+	bs := backendsOf(ms)
 	name := map[*Backend]string{bs[0]: "a", bs[1]: "b", bs[2]: "c"}
-	p := mustPool(t, RoundRobin, bs)
+	p := mustPool(t, RoundRobin, ms)
 	var seq strings.Builder
 	run, longest := 0, 0
 	for range 7000 {
@@ -58,8 +60,9 @@ func TestRoundRobinIsSmooth(t *testing.T) {
 // TestRoundRobinSkipsTried: a retry takes the next backend in the smooth
 // order, and the skipped one keeps its turn for later.
 func TestRoundRobinSkipsTried(t *testing.T) {
-	bs := backends(1, 1, 1)
-	p := mustPool(t, RoundRobin, bs)
+	ms := members(1, 1, 1)
+	bs := backendsOf(ms)
+	p := mustPool(t, RoundRobin, ms)
 	var tried Tried
 	tried.Add(bs[0])
 	c := counter{}

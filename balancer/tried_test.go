@@ -7,13 +7,13 @@ import (
 
 func TestTried(t *testing.T) {
 	var nilTried *Tried
-	if nilTried.Has(NewBackend("a:1", 1, false)) || nilTried.Len() != 0 {
+	if nilTried.Has(NewBackend("a:1")) || nilTried.Len() != 0 {
 		t.Error("a nil *Tried must be an empty set")
 	}
 
 	bs := make([]*Backend, 20)
 	for i := range bs {
-		bs[i] = NewBackend(fmt.Sprintf("b%d:1", i), 1, false)
+		bs[i] = NewBackend(fmt.Sprintf("b%d:1", i))
 	}
 	var tr Tried
 	for i, b := range bs {
@@ -42,7 +42,7 @@ func TestTried(t *testing.T) {
 }
 
 func TestTriedDoesNotAllocateUpToEight(t *testing.T) {
-	bs := backends(1, 1, 1, 1, 1, 1, 1, 1, 1)
+	bs := backendsOf(members(1, 1, 1, 1, 1, 1, 1, 1, 1))
 	allocs := testing.AllocsPerRun(100, func() {
 		var tr Tried
 		for _, b := range bs[:8] {

@@ -46,7 +46,7 @@ func (s *Server) buildPools(cfg *config.Config, resolved map[string]string) (map
 		if p.protocol == "" {
 			p.protocol = "tcp"
 		}
-		var bals []*balancer.Backend
+		var members []balancer.Member
 		for _, bc := range pc.Backends {
 			addr, ok := resolved[bc.Address]
 			if !ok {
@@ -58,7 +58,7 @@ func (s *Server) buildPools(cfg *config.Config, resolved map[string]string) (map
 				// check): a reload that fails later leaves no trace.
 				be = &backend{
 					pool:     name,
-					b:        balancer.NewBackend(bc.Address, bc.Weight, bc.Backup),
+					b:        balancer.NewBackend(bc.Address),
 					log:      s.log,
 					m:        s.m,
 					activeUp: true,
@@ -67,20 +67,11 @@ func (s *Server) buildPools(cfg *config.Config, resolved map[string]string) (map
 			p.backends = append(p.backends, be)
 			p.addrs = append(p.addrs, addr)
 			p.byBal[be.b] = be
-			bals = append(bals, be.b)
+			// Weight and backup belong to this generation: the running one
+			// keeps its own until start commits this one.
+			members = append(members, balancer.Member{Backend: be.b, Weight: bc.Weight, Backup: bc.Backup})
 		}
-		// balancer.New splits primaries from backups by reading the backup
-		// flags now: show it the new ones, then restore the old ones, which
-		// the running generation reports until start commits this one.
-		prev := make([]bool, len(bals))
-		for i, b := range bals {
-			prev[i] = b.Backup()
-			b.SetBackup(pc.Backends[i].Backup)
-		}
-		bal, err := balancer.New(pc.Algorithm, bals)
-		for i, b := range bals {
-			b.SetBackup(prev[i])
-		}
+		bal, err := balancer.New(pc.Algorithm, members)
 		if err != nil {
 			return nil, fmt.Errorf("pool %s: %w", name, err)
 		}
@@ -95,10 +86,7 @@ func (s *Server) buildPools(cfg *config.Config, resolved map[string]string) (map
 func (p *pool) start(old *pool) {
 	kept := map[*backend]bool{}
 	for i, be := range p.backends {
-		bc := p.cfg.Backends[i]
 		be.addr = p.addrs[i]
-		be.b.SetWeight(bc.Weight)
-		be.b.SetBackup(bc.Backup)
 		be.mu.Lock()
 		be.maxFails, be.failTimeout, be.slowStart = p.cfg.MaxFails, p.cfg.FailTimeout, p.cfg.SlowStart
 		if be.maxFails <= 0 {

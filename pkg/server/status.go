@@ -68,8 +68,8 @@ func (s *Server) Status() Status {
 	sort.Slice(st.Listeners, func(i, j int) bool { return st.Listeners[i].Name < st.Listeners[j].Name })
 	for _, p := range s.pools {
 		ps := PoolStatus{Name: p.name, Algorithm: p.cfg.Algorithm, Backends: []BackendStatus{}}
-		for _, be := range p.backends {
-			ps.Backends = append(ps.Backends, backendStatus(be.b))
+		for _, m := range p.bal.Members() {
+			ps.Backends = append(ps.Backends, backendStatus(m))
 		}
 		st.Pools = append(st.Pools, ps)
 	}
@@ -77,13 +77,16 @@ func (s *Server) Status() Status {
 	return st
 }
 
-func backendStatus(b *balancer.Backend) BackendStatus {
+// backendStatus describes member m of the pool in service: its weight and
+// backup flag are that pool's.
+func backendStatus(m balancer.Member) BackendStatus {
+	b := m.Backend
 	h := "down"
 	if b.Healthy() {
 		h = "up"
 	}
 	return BackendStatus{
-		Address: b.Address(), Weight: b.Weight(), Backup: b.Backup(), Health: h, Admin: b.Admin().String(),
+		Address: b.Address(), Weight: m.Weight, Backup: m.Backup, Health: h, Admin: b.Admin().String(),
 		Active: b.Active(), Total: b.Total(), Failures: b.Failures(),
 	}
 }
@@ -97,15 +100,15 @@ func (s *Server) SetBackendAdmin(pool, address string, state balancer.AdminState
 	if !ok {
 		return BackendStatus{}, ErrUnknownPool
 	}
-	for _, be := range p.backends {
-		if be.b.Address() == address {
-			prev := be.b.Admin()
-			be.b.SetAdmin(state)
+	for _, m := range p.bal.Members() {
+		if m.Backend.Address() == address {
+			prev := m.Backend.Admin()
+			m.Backend.SetAdmin(state)
 			if prev != state {
 				s.log.Info("backend admin state changed", zapPool(pool), zapBackend(address),
 					zapString("from", prev.String()), zapString("to", state.String()))
 			}
-			return backendStatus(be.b), nil
+			return backendStatus(m), nil
 		}
 	}
 	return BackendStatus{}, ErrUnknownBackend

@@ -54,14 +54,14 @@ func frontend(tb testing.TB, addr string, p *tcpproxy.Proxy) string {
 func newProxy(tb testing.TB, idle time.Duration, addrs ...string) *tcpproxy.Proxy {
 	tb.Helper()
 	m := metrics.New(prometheus.NewRegistry())
-	var bs []*balancer.Backend
+	var members []balancer.Member
 	targets := map[*balancer.Backend]*tcpproxy.Target{}
 	for _, a := range addrs {
-		b := balancer.NewBackend(a, 1, false)
-		bs = append(bs, b)
+		b := balancer.NewBackend(a)
+		members = append(members, balancer.Member{Backend: b, Weight: 1})
 		targets[b] = &tcpproxy.Target{Addr: a, Metrics: m.ForTCP("l", "p", a)}
 	}
-	pool, err := balancer.New("round-robin", bs)
+	pool, err := balancer.New("round-robin", members)
 	if err != nil {
 		tb.Fatal(err)
 	}

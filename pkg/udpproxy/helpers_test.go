@@ -68,7 +68,7 @@ func newRig(t testing.TB, o rigOpts, addrs ...string) *rig {
 		log: zap.New(core), logs: logs, targets: map[*balancer.Backend]*udpproxy.Target{}}
 	r.rej = r.m.ForListener("udp", "udp")
 	for _, a := range addrs {
-		b := balancer.NewBackend(a, 1, false)
+		b := balancer.NewBackend(a)
 		r.backends = append(r.backends, b)
 		r.targets[b] = &udpproxy.Target{Addr: a, Metrics: r.m.ForUDP("udp", "pool", a)}
 	}
@@ -106,7 +106,11 @@ func (r *rig) proxyOver(backends []*balancer.Backend, algorithm string, tweak fu
 	if algorithm == "" {
 		algorithm = balancer.RoundRobin
 	}
-	pool, err := balancer.New(algorithm, backends)
+	members := make([]balancer.Member, len(backends))
+	for i, b := range backends {
+		members[i] = balancer.Member{Backend: b, Weight: 1}
+	}
+	pool, err := balancer.New(algorithm, members)
 	if err != nil {
 		r.t.Fatal(err)
 	}
