@@ -23,7 +23,9 @@ import (
 // Health checking end to end (issue 4): real backends on loopback, real
 // connections through the proxy, states read from the admin status, the
 // metrics and the log. Intervals are tens of milliseconds; every wait polls
-// with a deadline.
+// with a deadline of seconds, and every window that must outlast test setup
+// (a check's timeout, a passive ejection, a slow-start ramp) is seconds long
+// or is measured rather than assumed, so the tests hold on a loaded machine.
 
 // healthTOML renders the [pools.p.health] table from key = value lines.
 func healthTOML(lines ...string) string {
@@ -230,7 +232,7 @@ func TestHealthFirstCheckDecides(t *testing.T) {
 	if d := time.Since(begin); d < timeout {
 		t.Errorf("silent backend down after %v, before its check's timeout %v", d, timeout)
 	}
-	lbtest.Eventually(t, 3*time.Second, func() bool { return checksCounted(h, liveBE.Addr, "success") >= 1 })
+	lbtest.Eventually(t, 10*time.Second, func() bool { return checksCounted(h, liveBE.Addr, "success") >= 1 })
 	if got := healthOf(h, liveBE.Addr); got != "up" {
 		t.Errorf("live backend is %s", got)
 	}
@@ -287,21 +289,21 @@ func TestHealthBackendKilledAndRestarted(t *testing.T) {
 		timeout    = 200 * time.Millisecond
 		rise, fall = 2, 3
 		// slack covers polling and scheduling on a loaded CI machine.
-		slack = 1500 * time.Millisecond
+		slack = 3 * time.Second
 	)
 	a := lbtest.NewTCP(t, lbtest.Named("a"))
 	b := lbtest.NewTCP(t, lbtest.Named("b"))
 	logs, start := observed()
 	h := start(t, listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", a.Addr, b.Addr)+
 		healthTOML(`check = "tcp"`, `interval = "100ms"`, `timeout = "200ms"`, "rise = 2", "fall = 3"))
-	lbtest.Eventually(t, 2*time.Second, func() bool { return checksCounted(h, a.Addr, "success") >= 1 })
+	lbtest.Eventually(t, 10*time.Second, func() bool { return checksCounted(h, a.Addr, "success") >= 1 })
 	if got := whoServed(t, h, 4); got["a"] != 2 || got["b"] != 2 {
 		t.Fatalf("before the kill: served %v, want a:2 b:2", got)
 	}
 
 	addr := a.Addr
 	a.Close()
-	down := waitHealth(h, addr, "down", 5*time.Second)
+	down := waitHealth(h, addr, "down", 10*time.Second)
 	if bound := interval*fall + timeout; down > bound+slack {
 		t.Errorf("marked down %v after the kill, want within interval*fall+timeout = %v (+%v slack)", down, bound, slack)
 	}
@@ -322,7 +324,7 @@ func TestHealthBackendKilledAndRestarted(t *testing.T) {
 	}
 
 	lbtest.NewTCPAt(t, addr, lbtest.Named("a"))
-	up := waitHealth(h, addr, "up", 5*time.Second)
+	up := waitHealth(h, addr, "up", 10*time.Second)
 	if bound := interval*rise + timeout; up > bound+slack {
 		t.Errorf("marked up %v after the restart, want within interval*rise+timeout = %v (+%v slack)", up, bound, slack)
 	}
@@ -347,7 +349,9 @@ func TestHealthBackendKilledAndRestarted(t *testing.T) {
 // its probe fails and up once it passes again. Every backend starts
 // unhealthy, so the first check marks it down.
 func TestHealthCheckKinds(t *testing.T) {
-	common := []string{`interval = "30ms"`, `timeout = "300ms"`, "rise = 2", "fall = 2"}
+	// A timeout of seconds: a check slowed down by a loaded machine must not
+	// fail for it, or the states would not follow the switch.
+	common := []string{`interval = "30ms"`, `timeout = "2s"`, "rise = 2", "fall = 2"}
 	tests := []struct {
 		name string
 		// setup starts the backend, unhealthy; it returns the traffic
@@ -409,11 +413,11 @@ func TestHealthCheckKinds(t *testing.T) {
 			addr, keys, set := tc.setup(t)
 			h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", addr)+
 				healthTOML(append(keys, common...)...))
-			waitHealth(h, addr, "down", 2*time.Second)
+			waitHealth(h, addr, "down", 10*time.Second)
 			set(true)
-			waitHealth(h, addr, "up", 2*time.Second)
+			waitHealth(h, addr, "up", 10*time.Second)
 			set(false)
-			waitHealth(h, addr, "down", 2*time.Second)
+			waitHealth(h, addr, "down", 10*time.Second)
 			if s, f := checksCounted(h, addr, "success"), checksCounted(h, addr, "failure"); s < 2 || f < 3 {
 				t.Errorf("checks counted: %v successes, %v failures; want >= 2 and >= 3", s, f)
 			}
@@ -437,14 +441,19 @@ func TestHealthSilentBackend(t *testing.T) {
 		lbtest.Silent(c)
 		open.Add(-1)
 	})
+	// The timeout is long against the interval, so checks run back to back,
+	// and long against the time the backend may take, on a loaded machine,
+	// to see a connection closed: a third connection could only overlap if
+	// a check outlived its timeout.
+	const timeout = 500 * time.Millisecond
 	begin := time.Now()
 	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", be.Addr)+
-		healthTOML(`check = "http"`, `interval = "20ms"`, `timeout = "100ms"`, "rise = 1", "fall = 2"))
-	waitHealth(h, be.Addr, "down", 2*time.Second)
-	if d := time.Since(begin); d < 100*time.Millisecond {
+		healthTOML(`check = "http"`, `interval = "20ms"`, `timeout = "500ms"`, "rise = 1", "fall = 2"))
+	waitHealth(h, be.Addr, "down", 10*time.Second)
+	if d := time.Since(begin); d < timeout {
 		t.Errorf("down after %v, before one timeout", d)
 	}
-	lbtest.Eventually(t, 3*time.Second, func() bool { return checksCounted(h, be.Addr, "failure") >= 6 })
+	lbtest.Eventually(t, 15*time.Second, func() bool { return checksCounted(h, be.Addr, "failure") >= 4 })
 	// A check holds its connection for its timeout at most; the next starts
 	// one interval after the previous started, so at most two overlap (one
 	// closing while the next dials).
@@ -499,12 +508,14 @@ func TestHealthHysteresis(t *testing.T) {
 // traffic resumes, or the active check keeps it down.
 func TestPassiveEjection(t *testing.T) {
 	t.Run("refused connects, then traffic resumes", func(t *testing.T) {
-		const failTimeout = 400 * time.Millisecond
+		// The ejection must outlast the connections made during it, however
+		// slow the machine.
+		const failTimeout = 3 * time.Second
 		a := lbtest.NewTCP(t, lbtest.Named("a"))
 		d := closedPort(t)
 		logs, start := observed()
 		h := start(t, listenerTOML("l", "p", "")+
-			poolTOML("p", "retries = 1\nmax_fails = 2\nfail_timeout = \"400ms\"", a.Addr, d)+noHealth)
+			poolTOML("p", "retries = 1\nmax_fails = 2\nfail_timeout = \"3s\"", a.Addr, d)+noHealth)
 
 		// Round robin alternates: every other connection tries d, fails and
 		// is retried on a. The second failure ejects d.
@@ -533,7 +544,7 @@ func TestPassiveEjection(t *testing.T) {
 
 		// The backend recovers at once, but the ejection holds for fail_timeout.
 		lbtest.NewTCPAt(t, d, lbtest.Named("d"))
-		waitHealth(h, d, "up", 3*time.Second)
+		waitHealth(h, d, "up", failTimeout+10*time.Second)
 		if held := time.Since(lastDial); held < failTimeout {
 			t.Errorf("back up %v after the ejecting connect, before fail_timeout %v", held, failTimeout)
 		}
@@ -544,22 +555,22 @@ func TestPassiveEjection(t *testing.T) {
 		if len(es) != 2 || es[0].Message != "backend down" || es[1].Message != "backend up" {
 			t.Fatalf("state logs %v, want one down then one up", es)
 		}
-		if ctx := es[0].ContextMap(); ctx["check"] != "passive" || ctx["reason"] != "2 failed connects within 400ms" {
+		if ctx := es[0].ContextMap(); ctx["check"] != "passive" || ctx["reason"] != "2 failed connects within 3s" {
 			t.Errorf("down log fields %v", ctx)
 		}
 	})
 
 	t.Run("holds while active checks pass, then the active check decides", func(t *testing.T) {
-		const failTimeout = 600 * time.Millisecond
+		const failTimeout = 2 * time.Second
 		a := lbtest.NewTCP(t, lbtest.Named("a"))
 		d := closedPort(t) // traffic port: refuses
 		checkAddr := closedPort(t)
 		check := lbtest.NewTCPAt(t, checkAddr, func(*net.TCPConn) {}) // check port: accepts
 		_, port, _ := net.SplitHostPort(checkAddr)
 		h := startServer(t, listenerTOML("l", "p", "")+
-			poolTOML("p", "retries = 1\nmax_fails = 1\nfail_timeout = \"600ms\"", a.Addr, d)+
+			poolTOML("p", "retries = 1\nmax_fails = 1\nfail_timeout = \"2s\"", a.Addr, d)+
 			healthTOML(`check = "tcp"`, "port = "+port, `interval = "20ms"`, `timeout = "1s"`, "rise = 1", "fall = 2"))
-		lbtest.Eventually(t, 2*time.Second, func() bool { return checksCounted(h, d, "success") >= 1 })
+		lbtest.Eventually(t, 10*time.Second, func() bool { return checksCounted(h, d, "success") >= 1 })
 
 		eject := func() time.Time {
 			t.Helper()
@@ -575,13 +586,15 @@ func TestPassiveEjection(t *testing.T) {
 		}
 		ejected := eject()
 		base := checksCounted(h, d, "success")
-		lbtest.Eventually(t, 2*time.Second, func() bool { return checksCounted(h, d, "success") >= base+3 })
-		if time.Since(ejected) < failTimeout {
-			if got := healthOf(h, d); got != "down" {
-				t.Errorf("passing active checks ended the passive ejection after %v (fail_timeout %v)", time.Since(ejected), failTimeout)
+		lbtest.Eventually(t, 10*time.Second, func() bool { return checksCounted(h, d, "success") >= base+3 })
+		// Read the state first, then the clock: the ejection began after
+		// ejected, so it cannot be over before ejected+failTimeout.
+		if got := healthOf(h, d); got != "down" {
+			if held := time.Since(ejected); held < failTimeout {
+				t.Errorf("passing active checks ended the passive ejection after %v (fail_timeout %v)", held, failTimeout)
 			}
 		}
-		waitHealth(h, d, "up", 3*time.Second)
+		waitHealth(h, d, "up", failTimeout+10*time.Second)
 		if held := time.Since(ejected); held < failTimeout {
 			t.Errorf("back up after %v, before fail_timeout %v", held, failTimeout)
 		}
@@ -591,7 +604,7 @@ func TestPassiveEjection(t *testing.T) {
 		eject()
 		check.Close()
 		be := runtimeBackend(h, d)
-		lbtest.Eventually(t, 3*time.Second, func() bool {
+		lbtest.Eventually(t, failTimeout+10*time.Second, func() bool {
 			be.mu.Lock()
 			defer be.mu.Unlock()
 			return !be.passiveDown && !be.activeUp
@@ -600,7 +613,7 @@ func TestPassiveEjection(t *testing.T) {
 			t.Errorf("after the ejection with the active check failing: %s, want down", got)
 		}
 		lbtest.NewTCPAt(t, checkAddr, func(*net.TCPConn) {})
-		waitHealth(h, d, "up", 2*time.Second)
+		waitHealth(h, d, "up", 10*time.Second)
 	})
 
 	t.Run("connect timeouts", func(t *testing.T) {
@@ -677,7 +690,7 @@ func TestBackupTakeoverAndHandBack(t *testing.T) {
 	}
 	addr1 := p1.Addr
 	p1.Close()
-	waitHealth(h, addr1, "down", 2*time.Second)
+	waitHealth(h, addr1, "down", 10*time.Second)
 	if got := whoServed(t, h, 4); got["p2"] != 4 {
 		t.Fatalf("one primary down: served %v, want p2 only", got)
 	}
@@ -688,7 +701,7 @@ func TestBackupTakeoverAndHandBack(t *testing.T) {
 		t.Fatalf("no primary eligible: served %v, want bk only", got)
 	}
 	lbtest.NewTCPAt(t, addr1, lbtest.Named("p1"))
-	waitHealth(h, addr1, "up", 2*time.Second)
+	waitHealth(h, addr1, "up", 10*time.Second)
 	if got := whoServed(t, h, 4); got["p1"] != 4 {
 		t.Fatalf("primary back: served %v, want p1 only", got)
 	}
@@ -725,15 +738,18 @@ func reload(t *testing.T, h *harness, toml string) {
 
 // TestSlowStart: a backend that comes back ramps from 10% of its weight to
 // full over slow_start; the share of new connections it gets right after
-// its return is well below its fair share, and reaches it later.
+// its return is well below its fair share, and reaches it later. The scale
+// is read, never assumed from the time a step took, so a loaded machine
+// makes the test weaker, not wrong.
 func TestSlowStart(t *testing.T) {
+	const slowStart = 4 * time.Second
 	for _, algo := range []string{"round-robin", "least-connections"} {
 		t.Run(algo, func(t *testing.T) {
 			t.Parallel()
 			a := lbtest.NewTCP(t, lbtest.Named("a"))
 			b := lbtest.NewTCP(t, lbtest.Named("b"))
 			h := startServer(t, listenerTOML("l", "p", "")+
-				poolTOML("p", fmt.Sprintf("algorithm = %q\nmax_fails = 0\nslow_start = \"2s\"", algo), a.Addr, b.Addr)+
+				poolTOML("p", fmt.Sprintf("algorithm = %q\nmax_fails = 0\nslow_start = %q", algo, slowStart), a.Addr, b.Addr)+
 				healthTOML(`check = "tcp"`, `interval = "20ms"`, `timeout = "1s"`, "rise = 1", "fall = 2"))
 			be := runtimeBackend(h, b.Addr)
 			const n = 30
@@ -746,11 +762,16 @@ func TestSlowStart(t *testing.T) {
 
 			addr := b.Addr
 			b.Close()
-			waitHealth(h, addr, "down", 2*time.Second)
+			waitHealth(h, addr, "down", 10*time.Second)
+			restarted := time.Now()
 			lbtest.NewTCPAt(t, addr, lbtest.Named("b"))
-			waitHealth(h, addr, "up", 2*time.Second)
-			if sc := be.b.WeightScale(); sc > 500 {
-				t.Errorf("weight scale %d‰ right after the comeback, want it to start near 100‰", sc)
+			waitHealth(h, addr, "up", 10*time.Second)
+			// The ramp started after the restart: read the scale, then the
+			// clock, which bounds how far the ramp can have gone (one step
+			// of slow_start/20 = 45‰ of rounding).
+			sc := be.b.WeightScale()
+			if most := 100 + 900*time.Since(restarted).Seconds()/slowStart.Seconds() + 45; float64(sc) > most {
+				t.Errorf("weight scale %d‰ %v after the restart, want at most %.0f‰: the ramp starts at 100‰", sc, time.Since(restarted), most)
 			}
 			early := slowStartShare(t, h, n)
 			// The scale only grows during the window: at its end it bounds
@@ -758,7 +779,7 @@ func TestSlowStart(t *testing.T) {
 			// carried-over state and rounding).
 			scale := be.b.WeightScale()
 			bound := float64(scale)/float64(1000+scale) + 0.12
-			lbtest.Eventually(t, 5*time.Second, func() bool { return be.b.WeightScale() == 1000 }, "ramp not finished")
+			lbtest.Eventually(t, slowStart+10*time.Second, func() bool { return be.b.WeightScale() == 1000 }, "ramp not finished")
 			late := slowStartShare(t, h, n)
 			t.Logf("b's share: %.0f%% just after its return (scale at most %d‰), %.0f%% after slow_start", 100*early, scale, 100*late)
 			if early > bound {
@@ -825,8 +846,8 @@ func TestHealthReload(t *testing.T) {
 	// interval 5s: any verdict seen sooner comes from a first check.
 	hc := healthTOML(`check = "http"`, `interval = "5s"`, `timeout = "300ms"`, "rise = 2", "fall = 2")
 	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", a.Addr, b.Addr, d)+hc)
-	waitHealth(h, d, "down", time.Second)
-	lbtest.Eventually(t, 3*time.Second, func() bool { return checksCounted(h, b.Addr, "success") >= 1 })
+	waitHealth(h, d, "down", 10*time.Second)
+	lbtest.Eventually(t, 10*time.Second, func() bool { return checksCounted(h, b.Addr, "success") >= 1 })
 	if _, err := h.srv.SetBackendAdmin("p", b.Addr, balancer.Disabled); err != nil {
 		t.Fatal(err)
 	}
@@ -851,7 +872,7 @@ func TestHealthReload(t *testing.T) {
 	if runtimeBackend(h, a.Addr) != aBefore {
 		t.Error("kept backend's runtime state was replaced by the reload")
 	}
-	if d := waitHealth(h, n.Addr, "down", 3*time.Second); d > 2500*time.Millisecond {
+	if d := waitHealth(h, n.Addr, "down", 10*time.Second); d > 2500*time.Millisecond {
 		t.Errorf("new backend down %v after the reload, want its first check at once (interval 5s)", d)
 	}
 
@@ -900,7 +921,7 @@ func TestHealthReload(t *testing.T) {
 			t.Errorf("backend %s of the removed pool keeps its lbctl_backend_up series", gone)
 		}
 	}
-	lbtest.Eventually(t, 2*time.Second, func() bool {
+	lbtest.Eventually(t, 10*time.Second, func() bool {
 		_, known := h.srv.health.checker.State("q|" + a.Addr)
 		return known
 	}, "the new pool's backend is not checked")
@@ -913,13 +934,13 @@ func TestHealthReloadCheckChange(t *testing.T) {
 	a := lbtest.NewTCP(t, lbtest.Named("a"))
 	hc := healthTOML(`check = "tcp"`, `interval = "20ms"`, `timeout = "1s"`, "rise = 1", "fall = 1")
 	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", a.Addr, d)+hc)
-	waitHealth(h, d, "down", 2*time.Second)
+	waitHealth(h, d, "down", 10*time.Second)
 	reload(t, h, listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", a.Addr, d)+noHealth)
 	if got := healthOf(h, d); got != "up" {
 		t.Errorf("with check = none the backend is %s, want up", got)
 	}
 	reload(t, h, listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", a.Addr, d)+hc)
-	waitHealth(h, d, "down", time.Second)
+	waitHealth(h, d, "down", 10*time.Second)
 }
 
 // TestHealthReloadChecksOnDuringEjection: active checks turned on while a
@@ -929,7 +950,8 @@ func TestHealthReloadCheckChange(t *testing.T) {
 func TestHealthReloadChecksOnDuringEjection(t *testing.T) {
 	a := lbtest.NewTCP(t, lbtest.Named("a"))
 	d := closedPort(t)
-	pool := poolTOML("p", "retries = 1\nmax_fails = 1\nfail_timeout = \"300ms\"", a.Addr, d)
+	// The ejection must outlast the reload below, however slow the machine.
+	pool := poolTOML("p", "retries = 1\nmax_fails = 1\nfail_timeout = \"2s\"", a.Addr, d)
 	h := startServer(t, listenerTOML("l", "p", "")+pool+noHealth)
 	for i := 0; i < 4 && healthOf(h, d) == "up"; i++ {
 		whoServed(t, h, 1)
@@ -940,7 +962,7 @@ func TestHealthReloadChecksOnDuringEjection(t *testing.T) {
 	reload(t, h, listenerTOML("l", "p", "")+pool+
 		healthTOML(`check = "tcp"`, `interval = "20ms"`, `timeout = "1s"`, "rise = 2", "fall = 2"))
 	be := runtimeBackend(h, d)
-	lbtest.Eventually(t, 2*time.Second, func() bool {
+	lbtest.Eventually(t, 15*time.Second, func() bool {
 		be.mu.Lock()
 		defer be.mu.Unlock()
 		return !be.passiveDown && checksCounted(h, d, "failure") >= 1
@@ -961,7 +983,7 @@ func TestHealthLogsOncePerChange(t *testing.T) {
 	if got := whoServed(t, h, 10); got["a"] != 10 {
 		t.Errorf("served %v, want a only", got)
 	}
-	lbtest.Eventually(t, 3*time.Second, func() bool { return checksCounted(h, d, "failure") >= 15 })
+	lbtest.Eventually(t, 10*time.Second, func() bool { return checksCounted(h, d, "failure") >= 15 })
 	var about []string
 	for _, e := range logs.FilterField(zap.String("backend", d)).All() {
 		about = append(about, e.Message)
