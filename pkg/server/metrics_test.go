@@ -220,9 +220,10 @@ func TestMetricsExact(t *testing.T) {
 		recv *atomic.Int64
 	}{{a, &recvA}, {b, &recvB}} {
 		addr := be.b.Addr
-		lbtest.Eventually(t, 2*time.Second, func() bool {
-			return value(t, reg, "lbctl_connections_active", "listener", "l", "backend", addr) == 0
-		}, "connections_active of %s not back to 0", addr)
+		lbtest.Until(t, 10*time.Second, func() (bool, string) {
+			got := value(t, reg, "lbctl_connections_active", "listener", "l", "backend", addr)
+			return got == 0, fmt.Sprintf("connections_active of %s is %v, want 0", addr, got)
+		})
 		for _, c := range []struct {
 			name   string
 			labels []string
@@ -248,9 +249,10 @@ func TestMetricsExact(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		refused(t, h.addr("dead"))
 	}
-	lbtest.Eventually(t, 2*time.Second, func() bool {
-		return value(t, reg, "lbctl_connections_rejected_total", "listener", "dead", "reason", "backend_unavailable") == 3
-	}, "backend_unavailable rejections")
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		got := value(t, reg, "lbctl_connections_rejected_total", "listener", "dead", "reason", "backend_unavailable")
+		return got == 3, fmt.Sprintf("backend_unavailable rejections %v, want 3", got)
+	})
 	if got := value(t, reg, "lbctl_backend_connect_errors_total", "pool", "dead", "backend", dead); got != 3 {
 		t.Errorf("connect errors to the dead backend = %v, want 3", got)
 	}
@@ -267,9 +269,10 @@ func TestMetricsExact(t *testing.T) {
 	}
 	refused(t, h.addr("none"))
 	refused(t, h.addr("none"))
-	lbtest.Eventually(t, 2*time.Second, func() bool {
-		return value(t, reg, "lbctl_connections_rejected_total", "listener", "none", "reason", "no_backend") == 2
-	}, "no_backend rejections")
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		got := value(t, reg, "lbctl_connections_rejected_total", "listener", "none", "reason", "no_backend")
+		return got == 2, fmt.Sprintf("no_backend rejections %v, want 2", got)
+	})
 	if drained.Accepted() != 0 {
 		t.Errorf("a drained backend accepted %d connections", drained.Accepted())
 	}
@@ -288,9 +291,10 @@ func TestMetricsExact(t *testing.T) {
 		t.Errorf("connections_active while one is held = %v, want 1", got)
 	}
 	held.Close()
-	lbtest.Eventually(t, 2*time.Second, func() bool {
-		return value(t, reg, "lbctl_connections_active", "listener", "max", "backend", d.Addr) == 0
-	}, "connections_active after close")
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		got := value(t, reg, "lbctl_connections_active", "listener", "max", "backend", d.Addr)
+		return got == 0, fmt.Sprintf("connections_active after close %v, want 0", got)
+	})
 	echoRoundTrip(t, h.addr("max"), []byte("again"))
 	if d.Accepted() != 2 {
 		t.Errorf("backend of the limited listener accepted %d, want 2", d.Accepted())
@@ -338,15 +342,16 @@ func TestByteCountersAdvanceWhileOpen(t *testing.T) {
 			t.Fatalf("echo of %d bytes differs", n)
 		}
 		total += int64(n)
-		lbtest.Eventually(t, 3*time.Second, func() bool {
-			return counter(in.BytesIn) == float64(total) && counter(in.BytesOut) == float64(total)
-		}, "while open: bytes in %v out %v, want %d", counter(in.BytesIn), counter(in.BytesOut), total)
+		lbtest.Until(t, 10*time.Second, func() (bool, string) {
+			bin, bout := counter(in.BytesIn), counter(in.BytesOut)
+			return bin == float64(total) && bout == float64(total), fmt.Sprintf("while open: bytes in %v out %v, want %d", bin, bout, total)
+		})
 		if got := counter(in.ConnectionsActive); got != 1 {
 			t.Fatalf("connections_active = %v while open, want 1", got)
 		}
 	}
 	c.Close()
-	lbtest.Eventually(t, 2*time.Second, func() bool { return counter(in.ConnectionsActive) == 0 }, "active after close")
+	lbtest.Eventually(t, 10*time.Second, func() bool { return counter(in.ConnectionsActive) == 0 }, "active after close")
 	if counter(in.BytesIn) != float64(total) || counter(in.BytesOut) != float64(total) {
 		t.Fatalf("after close: bytes in %v out %v, want %d", counter(in.BytesIn), counter(in.BytesOut), total)
 	}
@@ -440,10 +445,10 @@ func TestEverySpecMetric(t *testing.T) {
 		"[listeners.u]\nprotocol = \"udp\"\nbind = \"127.0.0.1:0\"\npool = \"u\"\n"+
 		poolTOML("u", "", "127.0.0.1:9")+"[pools.u.health]\ncheck = \"none\"\n")
 	echoRoundTrip(t, h.addr("l"), []byte("hello"))
-	lbtest.Eventually(t, 5*time.Second, func() bool {
+	lbtest.Eventually(t, 10*time.Second, func() bool {
 		v, _ := sample(t, h.reg, "lbctl_health_checks_total", map[string]string{"result": "success"})
 		return v > 0
-	}, "no health check ran")
+	}, "no successful health check")
 
 	lpb := "backend listener pool"
 	spec := []struct{ name, typ, labels string }{

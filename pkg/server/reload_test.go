@@ -638,9 +638,12 @@ func TestAdminStateSurvivesReload(t *testing.T) {
 func TestHealthSurvivesReload(t *testing.T) {
 	a := lbtest.NewTCP(t, tagEcho("a"))
 	dead := closedPort(t)
+	// fall = 1 marks the dead backend down at its first refused check; the
+	// timeout is long so that no check of the live one ever times out,
+	// which would mark it down as well.
 	pool := func(wa, wd int) string {
 		return listenerTOML("l", "p", "") + poolTOML("p", "max_fails = 0", fmt.Sprintf("%s=%d", a.Addr, wa), fmt.Sprintf("%s=%d", dead, wd)) +
-			"[pools.p.health]\ncheck = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 1\n"
+			"[pools.p.health]\ncheck = \"tcp\"\ninterval = \"50ms\"\ntimeout = \"10s\"\nrise = 1\nfall = 1\n"
 	}
 	h := startServer(t, pool(1, 1))
 	health := func(addr string) string {
@@ -653,7 +656,7 @@ func TestHealthSurvivesReload(t *testing.T) {
 		}
 		return "absent"
 	}
-	lbtest.Eventually(t, 5*time.Second, func() bool { return health(dead) == "down" }, "dead backend never marked down")
+	lbtest.Eventually(t, 10*time.Second, func() bool { return health(dead) == "down" }, "dead backend never marked down")
 	cfg, err := config.Parse("test.toml", []byte(pool(2, 5)))
 	if err != nil {
 		t.Fatal(err)
