@@ -2,9 +2,10 @@ package main
 
 import (
 	"fmt"
-	"sort"
+	"net/netip"
 
 	"github.com/lbctl/lbctl/pkg/config"
+	"github.com/lbctl/lbctl/pkg/server"
 	"github.com/lbctl/lbctl/pkg/systemd"
 	"go.uber.org/zap"
 )
@@ -45,30 +46,30 @@ func plural(n int, noun string) string {
 // found, and warns about an inherited socket that no listener of cfg binds:
 // it stays open, for a reload that adds such a listener. Without socket
 // activation it returns nil and logs nothing.
-func inheritedSockets(log *zap.Logger, cfg *config.Config) map[string]any {
-	inherited, err := systemd.Inherited()
+func inheritedSockets(log *zap.Logger, cfg *config.Config) map[server.SocketKey]server.InheritedSocket {
+	socks, err := systemd.Inherited()
 	if err != nil {
 		log.Warn("socket activation: unusable file descriptors closed", zap.Error(err))
 	}
-	if len(inherited) == 0 {
+	if len(socks) == 0 {
 		return nil
 	}
-	binds := map[string]string{}
+	binds := map[server.SocketKey]string{}
 	for _, l := range cfg.Listeners {
-		binds[l.Protocol+"|"+l.Bind] = l.Name
-	}
-	keys := make([]string, 0, len(inherited))
-	for k := range inherited {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if name, ok := binds[k]; ok {
-			log.Info("socket activation: listener takes the inherited socket", zap.String("listener", name), zap.String("socket", k))
-		} else {
-			log.Warn("socket activation: no listener binds this inherited socket; it stays unused (the listener's bind must be the same IP:port)",
-				zap.String("socket", k))
+		if ap, err := netip.ParseAddrPort(l.Bind); err == nil {
+			binds[server.NewSocketKey(l.Protocol, ap)] = l.Name
 		}
 	}
-	return inherited
+	out := make(map[server.SocketKey]server.InheritedSocket, len(socks))
+	for _, s := range socks { // in descriptor order
+		k := server.NewSocketKey(s.Protocol, s.Addr)
+		out[k] = s.Conn
+		if name, ok := binds[k]; ok {
+			log.Info("socket activation: listener takes the inherited socket", zap.String("listener", name), zap.Stringer("socket", k))
+		} else {
+			log.Warn("socket activation: no listener binds this inherited socket; it stays unused (the listener's bind must be the same IP:port)",
+				zap.Stringer("socket", k))
+		}
+	}
+	return out
 }

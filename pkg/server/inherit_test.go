@@ -39,7 +39,7 @@ pool = "p"
 	}
 	srv, err := New(parse(withAct+other), Options{
 		Log: zap.NewNop(), Metrics: metrics.New(prometheus.NewRegistry()),
-		Inherited: map[string]any{listenerKey("tcp", bind): inh},
+		Inherited: map[SocketKey]InheritedSocket{NewSocketKey("tcp", inh.Addr().(*net.TCPAddr).AddrPort()): inh},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -42,10 +42,10 @@ import (
 type Options struct {
 	Log     *zap.Logger      // required
 	Metrics *metrics.Metrics // required
-	// Inherited maps "tcp|ip:port" / "udp|ip:port" to sockets inherited from
-	// the service manager (socket activation). Matching listeners use them
-	// instead of binding.
-	Inherited map[string]any
+	// Inherited holds sockets inherited from the service manager (socket
+	// activation), by protocol and address. A listener whose bind matches a
+	// key uses a duplicate of that socket instead of binding one.
+	Inherited map[SocketKey]InheritedSocket
 	// Resolver resolves backend host names; nil means net.DefaultResolver.
 	Resolver *net.Resolver
 }
@@ -253,13 +253,11 @@ func (s *Server) apply(cfg *config.Config, resolved map[string]string) error {
 	return nil
 }
 
-func listenerKey(protocol, bind string) string { return protocol + "|" + bind }
-
 // listenerKeyOf identifies a listener's socket across reloads: protocol and
 // bind address, plus the name for an ephemeral port (several listeners may
 // bind port 0, each getting its own socket).
 func listenerKeyOf(lc *config.Listener) string {
-	k := listenerKey(lc.Protocol, lc.Bind)
+	k := lc.Protocol + "|" + lc.Bind
 	if strings.HasSuffix(lc.Bind, ":0") {
 		k += "|" + lc.Name
 	}

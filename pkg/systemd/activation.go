@@ -10,82 +10,90 @@ import (
 	"github.com/coreos/go-systemd/v22/activation"
 )
 
+// Socket is one socket the service manager passed, open and owned by the
+// caller.
+type Socket struct {
+	Protocol string         // "tcp": a listening TCP socket; "udp": a UDP socket
+	Addr     netip.AddrPort // its local address; an IPv4 address never in its IPv6-mapped form
+	// Conn is a *net.TCPListener ("tcp") or a *net.UDPConn ("udp"), with
+	// its own copy of the descriptor.
+	Conn interface {
+		File() (*os.File, error)
+		Close() error
+	}
+}
+
+// String returns "tcp|127.0.0.1:8080", as logs show a socket.
+func (s Socket) String() string { return s.Protocol + "|" + s.Addr.String() }
+
 // Inherited returns the sockets the service manager passed to this process
 // (socket activation, sd_listen_fds(3)): the descriptors from 3 on, when
-// $LISTEN_PID is this process and $LISTEN_FDS counts them. It unsets
-// $LISTEN_PID, $LISTEN_FDS and $LISTEN_FDNAMES, so nothing started later
-// inherits them.
+// $LISTEN_PID is this process and $LISTEN_FDS counts them, in that order.
+// It unsets $LISTEN_PID, $LISTEN_FDS and $LISTEN_FDNAMES, so nothing
+// started later inherits them.
 //
-// The map is keyed as server.Options.Inherited wants: "tcp|IP:PORT" for a
-// listening TCP socket (*net.TCPListener), "udp|IP:PORT" for a UDP socket
-// (*net.UDPConn), the address written as config.Listener.Bind writes it
-// (netip.AddrPort.String: "127.0.0.1:8080", "[::]:53"). A listener whose
-// bind is that address uses the socket instead of binding one.
+// Each socket carries the protocol and address a listener's bind must
+// match to use it instead of binding one (config.Listener.Bind writes the
+// address as netip.AddrPort.String does: "127.0.0.1:8080", "[::]:53").
 //
-// A descriptor that is neither (a connected socket from Accept=yes, a unix
-// socket, a FIFO) is closed and named in the error, which is returned along
-// with the usable sockets: the caller decides whether that is fatal. The map
-// is empty, never nil, without socket activation.
-func Inherited() (map[string]any, error) {
-	out := map[string]any{}
+// A descriptor that is neither a listening TCP socket nor a UDP socket (a
+// connected socket from Accept=yes, a unix socket, a FIFO), or a second
+// socket for the same protocol and address, is closed and named in the
+// error, which is returned along with the usable sockets: the caller
+// decides whether that is fatal. Without socket activation there are none.
+func Inherited() ([]Socket, error) {
+	var out []Socket
+	seen := map[string]bool{}
 	var errs []error
 	for _, f := range activation.Files(true) {
-		key, sock, err := adopt(f)
+		sock, err := adopt(f)
 		f.Close() // adopt made its own copy
 		if err != nil {
 			errs = append(errs, fmt.Errorf("inherited %s: %w", f.Name(), err))
 			continue
 		}
-		if _, dup := out[key]; dup {
-			closeSocket(sock)
-			errs = append(errs, fmt.Errorf("inherited %s: a second socket for %s", f.Name(), key))
+		if seen[sock.String()] {
+			sock.Conn.Close()
+			errs = append(errs, fmt.Errorf("inherited %s: a second socket for %s", f.Name(), sock))
 			continue
 		}
-		out[key] = sock
+		seen[sock.String()] = true
+		out = append(out, sock)
 	}
 	return out, errors.Join(errs...)
 }
 
-// adopt turns an inherited descriptor into a *net.TCPListener or a
-// *net.UDPConn (each with its own copy of the descriptor) and its key.
-func adopt(f *os.File) (string, any, error) {
+// adopt turns an inherited descriptor into a Socket with its own copy of
+// the descriptor.
+func adopt(f *os.File) (Socket, error) {
 	listening, err := isListening(f)
 	if err != nil {
-		return "", nil, err
+		return Socket{}, err
 	}
 	if listening {
 		ln, err := net.FileListener(f)
 		if err != nil {
-			return "", nil, err
+			return Socket{}, err
 		}
 		if tl, ok := ln.(*net.TCPListener); ok {
-			return "tcp|" + canonical(tl.Addr().(*net.TCPAddr).AddrPort()), tl, nil
+			return Socket{Protocol: "tcp", Addr: canonical(tl.Addr().(*net.TCPAddr).AddrPort()), Conn: tl}, nil
 		}
 		ln.Close()
-		return "", nil, fmt.Errorf("a listening %s socket, want TCP", ln.Addr().Network())
+		return Socket{}, fmt.Errorf("a listening %s socket, want TCP", ln.Addr().Network())
 	}
 	pc, err := net.FilePacketConn(f)
 	if err != nil {
-		return "", nil, errors.New("neither a listening TCP socket nor a UDP socket (Accept=yes in the .socket unit?)")
+		return Socket{}, errors.New("neither a listening TCP socket nor a UDP socket (Accept=yes in the .socket unit?)")
 	}
 	if uc, ok := pc.(*net.UDPConn); ok {
-		return "udp|" + canonical(uc.LocalAddr().(*net.UDPAddr).AddrPort()), uc, nil
+		return Socket{Protocol: "udp", Addr: canonical(uc.LocalAddr().(*net.UDPAddr).AddrPort()), Conn: uc}, nil
 	}
 	pc.Close()
-	return "", nil, fmt.Errorf("a %s datagram socket, want UDP", pc.LocalAddr().Network())
+	return Socket{}, fmt.Errorf("a %s datagram socket, want UDP", pc.LocalAddr().Network())
 }
 
-// canonical writes a socket address as config.Listener.Bind does; an IPv4
-// address seen through an IPv6-mapped form is written as IPv4.
-func canonical(ap netip.AddrPort) string {
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
-}
-
-func closeSocket(sock any) {
-	switch s := sock.(type) {
-	case *net.TCPListener:
-		s.Close()
-	case *net.UDPConn:
-		s.Close()
-	}
+// canonical writes an IPv4 address seen through an IPv6-mapped form as
+// IPv4, as config.Listener.Bind does.
+func canonical(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

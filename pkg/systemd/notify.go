@@ -6,12 +6,14 @@
 // Outside systemd all of it is a no-op: without $NOTIFY_SOCKET a Notifier
 // sends nothing, starts no goroutine and logs nothing, and without
 // $LISTEN_FDS (or when $LISTEN_PID names another process) Inherited returns
-// an empty map.
+// no socket.
 //
 // Typical use in a daemon's serve command:
 //
 //	n := systemd.NewNotifier(log)
-//	inherited, err := systemd.Inherited() // err: some fds were unusable (logged, not fatal)
+//	socks, err := systemd.Inherited() // err: some fds were unusable (logged, not fatal)
+//	inherited := map[server.SocketKey]server.InheritedSocket{}
+//	for _, s := range socks { inherited[server.NewSocketKey(s.Protocol, s.Addr)] = s.Conn }
 //	srv, _ := server.New(cfg, server.Options{Inherited: inherited, ...})
 //	if err := srv.Start(); err != nil { ... }     // every listener bound
 //	n.Ready("1 listener, 3/3 backends up")        // READY=1 + STATUS=
@@ -26,7 +28,7 @@
 // long-running daemon needs on top: a STATUS= line sent only when it changes,
 // MONOTONIC_USEC= with RELOADING=1 (systemd 253 and later want it), a
 // watchdog loop at half $WATCHDOG_USEC that skips the keep-alive while the
-// caller's liveness check fails, and socket-activation fds keyed by
+// caller's liveness check fails, and socket-activation fds named by
 // protocol and address so a listener finds its socket by its bind.
 //
 // What it does not do: parse unit files, talk D-Bus, or write to the journal

@@ -284,7 +284,7 @@ func TestAdopt(t *testing.T) {
 		{"pipe", pr, "", "not a socket"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			key, sock, err := adopt(tc.f)
+			sock, err := adopt(tc.f)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("adopt: %v, want an error about %q", err, tc.wantErr)
@@ -294,8 +294,8 @@ func TestAdopt(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer closeSocket(sock)
-			if key != tc.key {
+			defer sock.Conn.Close()
+			if key := sock.String(); key != tc.key {
 				t.Fatalf("key %q, want %q", key, tc.key)
 			}
 		})
@@ -309,21 +309,21 @@ func TestCanonical(t *testing.T) {
 		"[::]:53":               "[::]:53",
 		"[2001:db8::1]:8080":    "[2001:db8::1]:8080",
 	} {
-		if got := canonical(netip.MustParseAddrPort(in)); got != want {
+		if got := canonical(netip.MustParseAddrPort(in)).String(); got != want {
 			t.Errorf("canonical(%s) = %s, want %s", in, got, want)
 		}
 	}
 }
 
-// Without socket activation Inherited returns an empty map and no error,
+// Without socket activation Inherited returns no socket and no error,
 // and a LISTEN_PID for another process is not ours to take.
 func TestInheritedNone(t *testing.T) {
 	for _, env := range [][2]string{{"", ""}, {"1", "1"}} {
 		t.Setenv("LISTEN_PID", env[0])
 		t.Setenv("LISTEN_FDS", env[1])
 		got, err := Inherited()
-		if err != nil || got == nil || len(got) != 0 {
-			t.Fatalf("LISTEN_PID=%q: Inherited() = %v, %v; want an empty map", env[0], got, err)
+		if err != nil || len(got) != 0 {
+			t.Fatalf("LISTEN_PID=%q: Inherited() = %v, %v; want none", env[0], got, err)
 		}
 	}
 }

@@ -137,7 +137,7 @@ func New(cfg Config) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, targets: make(map[*balancer.Backend]*target, len(cfg.Targets))}
 	for _, b := range cfg.Pool.Backends() {
 		t := cfg.Targets[b]
-		if t == nil || t.Metrics == nil {
+		if t == nil {
 			return nil, fmt.Errorf("udpproxy %s: no target for backend %s", cfg.Listener, b.Address())
 		}
 		ap, err := netip.ParseAddrPort(t.Addr)
