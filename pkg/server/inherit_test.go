@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -72,5 +73,20 @@ pool = "p"
 	}
 	if got := served(); got != "be" {
 		t.Fatalf("after removal and return: %q", got)
+	}
+}
+
+// TestSocketKey: a socket seen through its IPv4-mapped form keys as the
+// IPv4 bind a listener writes, and logs as "proto|ip:port".
+func TestSocketKey(t *testing.T) {
+	mapped := NewSocketKey("tcp", netip.MustParseAddrPort("[::ffff:127.0.0.1]:8080"))
+	if want := NewSocketKey("tcp", netip.MustParseAddrPort("127.0.0.1:8080")); mapped != want {
+		t.Errorf("%v != %v", mapped, want)
+	}
+	if got := mapped.String(); got != "tcp|127.0.0.1:8080" {
+		t.Errorf("String() = %q", got)
+	}
+	if a, b := NewSocketKey("tcp", netip.MustParseAddrPort("[::]:53")), NewSocketKey("udp", netip.MustParseAddrPort("[::]:53")); a == b {
+		t.Errorf("tcp and udp keys of one address are equal")
 	}
 }
