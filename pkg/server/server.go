@@ -69,8 +69,11 @@ type Server struct {
 	conns   sync.WaitGroup     // every proxied connection and UDP session
 	killCtx context.Context    // canceled when the shutdown drain time is over
 	kill    context.CancelFunc //
-	health  *healthMonitor
-	alive   aliveState // what Alive remembers between calls (alive.go)
+	// udpDrain is closed when Shutdown begins: UDP listeners stop opening
+	// sessions and close once theirs have ended (udp.go).
+	udpDrain chan struct{}
+	health   *healthMonitor
+	alive    aliveState // what Alive remembers between calls (alive.go)
 }
 
 // New prepares a server for cfg. It binds nothing yet.
@@ -84,6 +87,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		opts:      opts,
 		listeners: map[string]*listener{},
 		pools:     map[string]*pool{},
+		udpDrain:  make(chan struct{}),
 	}
 	s.killCtx, s.kill = context.WithCancel(context.Background())
 	s.health = newHealthMonitor(s.log, s.m)
@@ -154,17 +158,28 @@ func (s *Server) Reload(cfg *config.Config) error {
 
 // Shutdown closes every listener (new connections are refused), lets open
 // connections finish until ctx is done, then closes the rest. It returns
-// once every connection goroutine has ended.
+// once every connection goroutine has ended. A UDP listener refuses new
+// sessions at once but keeps its socket until its open sessions end or ctx
+// is done, since their replies leave through it.
 //
 // The lock is held only while the listeners close and when the pools stop,
 // not during the drain, so Status and SetBackendAdmin keep answering (the
 // admin API stays usable while connections finish).
 func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Lock()
-	s.stopping.Store(true)
+	if !s.stopping.Swap(true) {
+		close(s.udpDrain)
+	}
+	var udp []*listener
 	for _, l := range s.listeners {
 		// Closed, but kept in the table so that Status shows each listener
-		// and its open connections while the drain runs.
+		// and its open connections while the drain runs. A UDP listener's
+		// socket stays open until its sessions end: their replies leave
+		// through it (udp.go).
+		if l.udp != nil {
+			udp = append(udp, l)
+			continue
+		}
 		l.close()
 	}
 	s.mu.Unlock()
@@ -173,6 +188,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	drained := make(chan struct{})
 	go func() {
 		s.conns.Wait()
+		for _, l := range udp {
+			<-l.done
+		}
 		close(drained)
 	}()
 	select {
@@ -185,6 +203,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.kill()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for _, l := range udp {
+		l.close() // its socket is closed already: this marks it closed
+	}
 	for _, p := range s.pools {
 		p.stop()
 	}

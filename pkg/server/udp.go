@@ -16,6 +16,18 @@ import (
 // (udpproxy.Listener) that keeps the session table across reloads; each new
 // session takes the udpproxy.Proxy of the listenerState in force, and open
 // sessions keep theirs.
+//
+// Admission is the same gate as TCP's (acl.go), asked once per new session.
+// When the listener's client table is full, the session least worth keeping
+// (udpproxy: never replied to first, then the quietest) is evicted before
+// the new client is asked about, so a flood of source addresses churns
+// through its own sessions instead of locking new clients out until
+// sessions expire.
+//
+// Shutdown drains a UDP listener: it stops opening sessions, but its socket
+// stays open while the open sessions finish, since their replies leave
+// through it; the socket closes once the last session has ended, or at the
+// shutdown deadline, which ends the rest.
 
 // udpSocketBuffer is the receive and send buffer asked for the listener
 // socket, so bursts are not dropped; the kernel caps it (net.core.rmem_max).
@@ -31,18 +43,19 @@ func (s *Server) buildUDPProxy(lc *config.Listener, p *pool, st *listenerState, 
 		access = s.log.Named("access")
 	}
 	u, err := udpproxy.New(udpproxy.Config{
-		Listener:    lc.Name,
-		PoolName:    p.name,
-		Pool:        p.bal,
-		Targets:     targets,
-		IdleTimeout: lc.IdleTimeout,
-		Responses:   lc.Responses,
-		MaxSessions: lc.MaxConnections,
-		Header:      proxyHeaderFunc(p.cfg.ProxyProtocol, true),
-		Rejections:  st.rej,
-		Passive:     p,
-		Log:         s.log,
-		Access:      access,
+		Listener:         lc.Name,
+		PoolName:         p.name,
+		Pool:             p.bal,
+		Targets:          targets,
+		IdleTimeout:      lc.IdleTimeout,
+		UnrepliedTimeout: lc.UnrepliedTimeout,
+		Responses:        lc.Responses,
+		MaxSessions:      lc.MaxConnections,
+		Header:           proxyHeaderFunc(p.cfg.ProxyProtocol, true),
+		Rejections:       st.rej,
+		Passive:          p,
+		Log:              s.log,
+		Access:           access,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("udp proxy: %w", err)
@@ -66,8 +79,9 @@ func (s *Server) bindUDP(lc *config.Listener) (*net.UDPConn, error) {
 	return uc, nil
 }
 
-// serveUDP reads the listener socket until l.close() closes it; it returns,
-// and closes l.done, once every session of the listener has ended.
+// serveUDP reads the listener socket until it is closed: by l.close() (a
+// reload removed the listener), or by drainUDP at shutdown. It returns, and
+// closes l.done, once every session of the listener has ended.
 func (s *Server) serveUDP(l *listener) {
 	defer close(l.done)
 	ul := &udpproxy.Listener{
@@ -81,10 +95,49 @@ func (s *Server) serveUDP(l *listener) {
 		Sessions: &l.active,
 		// Access list and per-client limits (acl.go), once per new
 		// session, with the generation in force.
-		Admit: func(client netip.Addr) func() {
-			release, _ := s.admit(l, l.state.Load(), client)
+		Admit: func(client netip.Addr, evict func() bool) func() {
+			st := l.state.Load()
+			if clientTableFull(l, st, client) {
+				evict()
+			}
+			release, _ := s.admit(l, st, client)
 			return release
 		},
 	}
+	served := make(chan struct{})
+	defer close(served)
+	go s.drainUDP(l, ul, served)
 	ul.Serve()
+}
+
+// clientTableFull reports whether a new session of client would find the
+// listener's client table full: the per-client limits are on, the access
+// list lets client in (a refused client must not evict anyone), and the
+// table holds as many clients as it may.
+func clientTableFull(l *listener, st *listenerState, client netip.Addr) bool {
+	lc := st.cfg
+	if lc.MaxConnectionsPerClient <= 0 && lc.ConnectionRatePerClient <= 0 {
+		return false // no per-client state is kept
+	}
+	return admits(lc, client.Unmap().WithZone("")) && l.clients.size() >= l.clients.capacity()
+}
+
+// drainUDP closes a UDP listener's socket at shutdown: once its last
+// session has ended, or at the shutdown deadline (s.killCtx), whichever
+// comes first. Until then new sessions are refused and open ones carry on.
+// It returns without closing anything once served is closed (the socket
+// was closed otherwise).
+func (s *Server) drainUDP(l *listener, ul *udpproxy.Listener, served <-chan struct{}) {
+	select {
+	case <-s.udpDrain:
+	case <-served:
+		return
+	}
+	select {
+	case <-ul.Drain():
+	case <-s.killCtx.Done():
+	case <-served:
+		return
+	}
+	l.udp.Close()
 }

@@ -25,7 +25,8 @@ import (
 //   - the replier waits on an epoll set holding every backend socket, reads
 //     one reply from each ready socket and sends them all to their clients
 //     with one sendmmsg(2) on the listener socket. It also expires idle
-//     sessions, in a sweep every idle_timeout/8 (5ms to 1s).
+//     and unreplied sessions, in a sweep every idle_timeout/8 or
+//     unreplied_timeout/8, whichever is shorter (5ms to 1s).
 //
 // Both goroutines park in Go's poller like any other (the epoll descriptor
 // is itself pollable), so a busy listener costs one wake-up per batch, not
@@ -71,7 +72,9 @@ type sock struct {
 // run serves the listener until its socket is closed.
 func (l *Listener) run() {
 	if err := l.initEngine(); err != nil {
-		l.log().Error("udp: listener cannot serve", zap.Error(err))
+		if !errors.Is(err, net.ErrClosed) { // else closed before it served
+			l.log().Error("udp: listener cannot serve", zap.Error(err))
+		}
 		l.drainUntilClosed()
 		return
 	}
@@ -527,25 +530,28 @@ func (l *Listener) sendBatch(s *sender, n int) {
 	l.lrc.Write(s.send) // fails only once the socket is closed: the replies are lost
 }
 
-// sweep ends the idle sessions and returns when to sweep next.
+// sweep ends the sessions that are idle or unreplied for too long, and
+// returns when to sweep next.
 func (l *Listener) sweep() time.Duration {
 	every := time.Second
-	if p := l.Proxy(); p != nil && p.cfg.IdleTimeout > 0 {
-		every = min(max(p.cfg.IdleTimeout/8, 5*time.Millisecond), time.Second)
-	}
-	now := nanotime()
-	var idle []*session
-	l.mu.Lock()
-	for _, s := range l.table {
-		if ok, _ := s.idle(now); ok {
-			idle = append(idle, s)
+	if p := l.Proxy(); p != nil {
+		for _, d := range []time.Duration{p.cfg.IdleTimeout, p.cfg.UnrepliedTimeout} {
+			if d > 0 {
+				every = min(every, max(d/8, 5*time.Millisecond))
+			}
 		}
 	}
-	for _, s := range idle {
-		l.endLocked(s, EndIdle)
+	now := nanotime()
+	var expired []*session
+	l.mu.Lock()
+	for _, s := range l.table {
+		if end, _ := s.expired(now); end != "" {
+			l.endLocked(s, end) // deleting during range is allowed
+			expired = append(expired, s)
+		}
 	}
 	l.mu.Unlock()
-	l.close(idle, EndIdle)
+	l.close(expired, EndIdle) // each keeps the end recorded above
 	return every
 }
 

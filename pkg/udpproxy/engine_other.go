@@ -110,7 +110,7 @@ func (s *session) run() {
 }
 
 func (s *session) serve() End {
-	if _, d := s.idle(nanotime()); d > 0 {
+	if _, d := s.expired(nanotime()); d > 0 {
 		s.conn.SetReadDeadline(time.Now().Add(d))
 	}
 	bp := bufPool.Get().(*[]byte)
@@ -130,13 +130,13 @@ func (s *session) serve() End {
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			s.l.mu.Lock()
-			idle, d := s.idle(nanotime())
-			if idle {
-				s.l.endLocked(s, EndIdle)
+			end, d := s.expired(nanotime())
+			if end != "" {
+				s.l.endLocked(s, end)
 			}
 			s.l.mu.Unlock()
-			if idle {
-				return s.stop(EndIdle)
+			if end != "" {
+				return s.stop(end)
 			}
 			s.conn.SetReadDeadline(time.Now().Add(d))
 		case isRefused(err):

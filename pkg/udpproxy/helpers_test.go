@@ -53,7 +53,7 @@ type rigOpts struct {
 	bind      string // default 127.0.0.1:0
 	algorithm string // default round-robin
 	tweak     func(*udpproxy.Config)
-	admit     func(netip.Addr) func() // Listener.Admit
+	admit     func(client netip.Addr, evict func() bool) func() // Listener.Admit
 }
 
 // newRig serves a listener on o.bind in front of the backend addresses,

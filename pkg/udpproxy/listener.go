@@ -2,6 +2,7 @@ package udpproxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/localerr"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"go.uber.org/zap"
 )
@@ -30,17 +32,25 @@ type Listener struct {
 	// Admit, when not nil, decides whether a new session from client may
 	// open (access lists, per-client limits): it returns the function to
 	// call once that session has ended, or nil to refuse it, having
-	// counted the refusal. The reader goroutine calls it once per new
-	// session, never per datagram.
-	Admit func(client netip.Addr) (release func())
+	// counted the refusal. When its table of clients is full, Admit may
+	// call evict to make room: evict ends the session least worth keeping
+	// (see the package comment), calls that session's release before it
+	// returns, and reports whether there was one. The reader goroutine
+	// calls Admit once per new session, never per datagram.
+	Admit func(client netip.Addr, evict func() bool) (release func())
 
-	mu    sync.Mutex
-	table map[netip.AddrPort]*session // open sessions by client; guarded by mu
+	mu       sync.Mutex
+	table    map[netip.AddrPort]*session // open sessions by client; guarded by mu
+	live     int                         // sessions opened and not yet finished; guarded by mu
+	draining bool                        // Drain was called; guarded by mu
+	drained  chan struct{}               // closed once draining and live == 0; guarded by mu
+	shut     bool                        // drained is closed; guarded by mu
 
 	// Owned by the reader goroutine.
-	pktinfo int   // family whose packet info is enabled (wildcard bind), 0 = off
-	starved bool  // new sessions refused for lack of descriptors
-	refused int64 // sessions refused in the current starvation episode
+	pktinfo int         // family whose packet info is enabled (wildcard bind), 0 = off
+	starved bool        // new sessions refused for lack of descriptors
+	refused int64       // sessions refused in the current starvation episode
+	evictFn func() bool // l.evict, made once for Admit
 
 	engine // how datagrams move: engine_linux.go, engine_other.go
 }
@@ -55,6 +65,7 @@ func nanotime() int64 { return int64(time.Since(epoch)) }
 // errors are retried after a short back-off.
 func (l *Listener) Serve() {
 	l.table = make(map[netip.AddrPort]*session)
+	l.evictFn = l.evict
 	if la, ok := l.Conn.LocalAddr().(*net.UDPAddr); ok && la.IP.IsUnspecified() {
 		// A wildcard bind: replies must leave from the address each client
 		// sent to, not whatever the routing table prefers.
@@ -105,7 +116,9 @@ func (l *Listener) forward(data []byte, from netip.AddrPort, dst netip.Addr, now
 	)
 	for range 2 {
 		if s == nil {
-			if s = l.open(from, dst, now, avoid, admitted); s == nil {
+			s = l.open(from, dst, now, avoid, admitted)
+			admitted = nil // the new session holds it, or open released it
+			if s == nil {
 				return
 			}
 		}
@@ -119,7 +132,9 @@ func (l *Listener) forward(data []byte, from netip.AddrPort, dst netip.Addr, now
 		case isRefused(err):
 			// An ICMP error from an earlier datagram: the backend is gone.
 			// Open a session on another one for this datagram; it takes
-			// over the client's admission, which must not be counted twice.
+			// over the client's admission, which must not be counted twice
+			// (nil if the replier has already released it: then the new
+			// session is admitted afresh).
 			admitted = l.handOver(s)
 			l.retire(s, EndBackendError)
 			avoid = s.b
@@ -130,6 +145,9 @@ func (l *Listener) forward(data []byte, from netip.AddrPort, dst netip.Addr, now
 		}
 		s = nil
 	}
+	if admitted != nil {
+		admitted() // the datagram is dropped, and no session holds it
+	}
 }
 
 // isRefused reports the errors a connected UDP socket returns after an ICMP
@@ -137,16 +155,6 @@ func (l *Listener) forward(data []byte, from netip.AddrPort, dst netip.Addr, now
 func isRefused(err error) bool {
 	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) ||
 		errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTDOWN)
-}
-
-// isResourceErr reports errors that mean the process or the system is out
-// of descriptors, memory, local ports or epoll watches.
-func isResourceErr(err error) bool {
-	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
-		errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM) ||
-		errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EADDRNOTAVAIL) ||
-		errors.Is(err, syscall.EAGAIN) ||
-		errors.Is(err, syscall.ENOSPC) // epoll: the user's watch limit (max_user_watches)
 }
 
 // open starts a session for a client's first datagram, or returns nil when
@@ -160,28 +168,41 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 		return nil
 	}
 	cfg := &p.cfg
-	// The listener-wide limit first: a datagram refused here must not
+	// The listener-wide limits first: a datagram refused here must not
 	// spend the client's rate token.
 	l.mu.Lock()
+	draining := l.draining
 	full := cfg.MaxSessions > 0 && len(l.table) >= cfg.MaxSessions
 	l.mu.Unlock()
-	if full {
+	switch {
+	case draining:
+		// Shutting down: open sessions finish, none starts. Not a
+		// rejection: the listener is going away.
+		if admitted != nil {
+			admitted()
+		}
+		return nil
+	case full:
 		cfg.Rejections.Inc(metrics.ReasonMaxConnections)
 		if admitted != nil {
 			admitted()
 		}
 		return nil
+	case !takeFD():
+		l.starve(cfg, nil)
+		if admitted != nil {
+			admitted()
+		}
+		return nil
 	}
-	release := noRelease
-	switch {
-	case admitted != nil:
-		release = admitted
-	case l.Admit != nil:
-		if release = l.Admit(from.Addr().Unmap()); release == nil {
+	release := admitted
+	if release == nil && l.Admit != nil {
+		if release = l.Admit(from.Addr().Unmap(), l.evictFn); release == nil {
+			putFD()
 			return nil
 		}
 	}
-	s := &session{l: l, p: p, client: from, start: time.Now(), release: release}
+	s := &session{l: l, p: p, client: from, start: time.Now(), opened: now, release: release}
 	if l.pktinfo != 0 && dst.IsValid() {
 		s.oob = replyOOB(l.pktinfo, dst)
 	}
@@ -194,7 +215,10 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 			netip.AddrPortFrom(local.Addr().Unmap(), local.Port()))
 	}
 	if !l.dial(s, avoid) {
-		release()
+		putFD()
+		if release != nil {
+			release()
+		}
 		return nil
 	}
 	s.last.Store(now)
@@ -206,6 +230,7 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 	}
 	l.mu.Lock()
 	l.table[from] = s
+	l.live++
 	l.mu.Unlock()
 	l.start(s)
 	return s
@@ -232,7 +257,7 @@ func (l *Listener) dial(s *session, avoid *balancer.Backend) bool {
 		t := s.p.targets[b]
 		s.b, s.t = b, t
 		if err := l.connect(s, t); err != nil {
-			if isResourceErr(err) {
+			if localerr.Is(err) {
 				l.starve(cfg, err)
 				return false
 			}
@@ -254,31 +279,113 @@ func (l *Listener) dial(s *session, avoid *balancer.Backend) bool {
 	}
 }
 
-// starve counts a session refused because the process is out of
-// descriptors (or the system out of buffers or ports). Open sessions keep
+// starve counts a session refused because UDP sessions hold their share
+// of descriptors (err nil: fdbudget.go), or because the process is out of
+// descriptors or the system out of buffers or ports. Open sessions keep
 // working; the first refusal of an episode is logged.
 func (l *Listener) starve(cfg *Config, err error) {
 	cfg.Rejections.Inc(metrics.ReasonMaxConnections)
 	l.refused++
 	if !l.starved {
 		l.starved = true
-		cfg.Log.Warn("udp: cannot open a backend socket, new sessions are refused until one can",
+		if err == nil {
+			limit, _ := fdLimit()
+			err = fmt.Errorf("UDP sessions hold %d descriptors, all that RLIMIT_NOFILE %d leaves them (a reserve of %d)",
+				heldFDs.Load(), limit, DescriptorReserve(limit))
+		}
+		cfg.Log.Warn("udp: no descriptor for a new session, new sessions are refused until one frees up",
 			zap.String("listener", cfg.Listener), zap.Error(err))
 	}
 }
 
 // handOver takes s's admission away from it, for the session that replaces
-// it after a backend failure; s then releases nothing when it ends.
+// it after a backend failure; s then releases nothing when it ends. It
+// returns nil when s has released it already.
 func (l *Listener) handOver(s *session) func() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	rel := s.release
-	s.release = noRelease
-	return rel
+	return s.takeRelease()
 }
 
-// noRelease is the release of a session no Admit counted.
-func noRelease() {}
+// evictSample is how many open sessions evict compares: Go's map order
+// starts at random, so they are a random sample, and the cost of making
+// room stays the same whatever the table's size.
+const evictSample = 16
+
+// evict ends the session least worth keeping, to make room for a new
+// client: of evictSample sessions, one whose backend has never replied if
+// there is one, else the one quiet the longest. It releases that session's
+// admission before it returns, and reports whether there was a session to
+// end. It is Admit's evict, called by the reader goroutine.
+func (l *Listener) evict() bool {
+	l.mu.Lock()
+	var victim *session
+	n := 0
+	for _, s := range l.table {
+		if victim == nil || evictFirst(s, victim) {
+			victim = s
+		}
+		if n++; n == evictSample {
+			break
+		}
+	}
+	if victim == nil {
+		l.mu.Unlock()
+		return false
+	}
+	l.endLocked(victim, EndEvicted)
+	rel := victim.takeRelease()
+	l.mu.Unlock()
+	l.retire(victim, EndEvicted) // the socket closes, and the session is accounted for
+	if rel != nil {
+		rel()
+	}
+	return true
+}
+
+// evictFirst reports whether s is less worth keeping than o: it has never
+// heard from its backend and o has, or both alike, it has been quiet
+// longer.
+func evictFirst(s, o *session) bool {
+	if sh, oh := s.heard.Load(), o.heard.Load(); sh != oh {
+		return !sh
+	}
+	return s.last.Load() < o.last.Load()
+}
+
+// Drain makes the listener stop opening sessions: from now on a datagram
+// that would open one is dropped, and not counted as rejected (the
+// listener is going away). Open sessions carry on both ways, their replies
+// leaving through Conn, until they end by themselves. The channel returned
+// is closed once no session is left; the caller then closes Conn, or closes
+// it before (its deadline), which ends the sessions still open. Drain may
+// be called more than once.
+func (l *Listener) Drain() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.draining {
+		l.draining = true
+		l.drained = make(chan struct{})
+		l.drainedLocked()
+	}
+	return l.drained
+}
+
+// left accounts for a session that has finished.
+func (l *Listener) left() {
+	l.mu.Lock()
+	l.live--
+	l.drainedLocked()
+	l.mu.Unlock()
+}
+
+// drainedLocked closes l.drained once draining and no session is left.
+func (l *Listener) drainedLocked() {
+	if l.draining && l.live == 0 && !l.shut {
+		l.shut = true
+		close(l.drained)
+	}
+}
 
 // endLocked records end as the reason s ends, unless it has already ended,
 // and takes it out of the table. It reports whether this call ended it.

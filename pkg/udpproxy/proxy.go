@@ -1,6 +1,6 @@
 // Package udpproxy load-balances UDP datagrams in sessions: the session
 // table of one listener socket, the per-session backend sockets, batched
-// reads and writes, and idle expiry.
+// reads and writes, and session expiry.
 //
 // A session is one client address and port, pinned to one backend for its
 // life. The first datagram from a client opens it: the pool picks a backend
@@ -14,6 +14,9 @@
 //
 // A session ends when
 //   - no datagram went either way for IdleTimeout;
+//   - its backend has not replied once within UnrepliedTimeout of its
+//     start, whatever IdleTimeout says: a datagram from a spoofed source
+//     address holds a socket that long at most;
 //   - Responses is not 0 and the backend has sent Responses replies per
 //     datagram the client sent in the session (nginx's proxy_responses: with
 //     1, a DNS query and its answer make a session, and a client that sends
@@ -21,8 +24,29 @@
 //   - the backend socket fails to read (ICMP port unreachable): this counts
 //     as a passive health failure, and the client's next datagram opens a
 //     session on a backend picked afresh;
-//   - the listener socket is closed (shutdown, or the listener left the
-//     configuration): replies could no longer leave from its address.
+//   - it is evicted to make room in a full table of clients (below);
+//   - the listener socket is closed (the shutdown deadline, or the listener
+//     left the configuration): replies could no longer leave from its
+//     address.
+//
+// Limits. A datagram that would open a session is dropped and counted as
+// rejected (reason max_connections) when the listener holds MaxSessions
+// sessions, or when the sessions of all listeners hold their share of the
+// process's descriptors: every session holds one socket, and sessions leave
+// DescriptorReserve of RLIMIT_NOFILE to TCP accepts, the admin API and
+// health checks (fdbudget.go), so a flood from many source addresses cannot
+// starve them. Open sessions keep working; the refusals are logged once per
+// episode. Listener.Admit adds access lists and per-client limits; when its
+// table of clients is full it may evict one session to make room for a new
+// client: of up to 16 open sessions sampled at random, one whose backend has
+// never replied if there is one, else the one quiet the longest. A flood of
+// new source addresses therefore churns through the sessions nobody answers
+// instead of locking new clients out until sessions expire.
+//
+// Draining. After Listener.Drain, datagrams that would open a session are
+// dropped (not counted); open sessions carry on both ways, replies leaving
+// through the listener socket, until they end by themselves; the caller
+// closes the socket once they have, or at its deadline.
 //
 // Typical use, one Listener per bound socket, and one Proxy per listener
 // configuration generation:
@@ -34,6 +58,7 @@
 //	l := &udpproxy.Listener{Conn: conn, Proxy: cur.Load}
 //	go l.Serve()      // returns once conn is closed and every session ended
 //	cur.Store(p2)     // a reload: new sessions use p2, open ones keep p
+//	<-l.Drain()       // shutdown: no new sessions; wait for the open ones
 //	conn.Close()
 //
 // Cost per datagram. On Linux (engine_linux.go) a listener has two
@@ -43,12 +68,12 @@
 // backend sockets and sends the replies of every ready session in one
 // sendmmsg(2). A busy listener pays one goroutine wake-up per batch, no
 // allocation per datagram, and a quiet session costs one descriptor and a
-// few hundred bytes (no goroutine, no buffer). Idle expiry needs no timer
-// per datagram: each side stores the time of its last datagram in an
-// atomic, and a sweep every idle_timeout/8 (at most every second) ends the
-// sessions that have been quiet long enough. Other systems
-// (engine_other.go) use a goroutine per session with a pooled buffer and a
-// read deadline.
+// few hundred bytes (no goroutine, no buffer). Expiry needs no timer per
+// datagram: each side stores the time of its last datagram in an atomic,
+// and a sweep every idle_timeout/8 (or unreplied_timeout/8, at most every
+// second) ends the sessions that have been quiet or unanswered long enough.
+// Other systems (engine_other.go) use a goroutine per session with a pooled
+// buffer and a read deadline.
 //
 // What it does not do: it does not bind sockets, resolve names, run health
 // checks or read configuration files; pkg/server does, and swaps Proxy
@@ -100,6 +125,9 @@ type Config struct {
 	// IdleTimeout ends a session with no datagram either way for this long;
 	// 0 = never (sessions then end only by Responses or errors).
 	IdleTimeout time.Duration
+	// UnrepliedTimeout ends a session whose backend has not replied once
+	// within this long of its start, whatever IdleTimeout says; 0 = never.
+	UnrepliedTimeout time.Duration
 	// Responses ends a session once the backend has sent this many replies
 	// per client datagram of the session; 0 = until idle.
 	Responses int
@@ -156,10 +184,12 @@ func (p *Proxy) Config() *Config { return &p.cfg }
 type End string
 
 const (
-	EndIdle         End = "idle_timeout"  // no datagram either way for IdleTimeout
-	EndResponses    End = "responses"     // the expected replies were sent back
-	EndBackendError End = "backend_error" // the backend socket failed (ICMP port unreachable)
-	EndShutdown     End = "shutdown"      // the listener socket was closed
+	EndIdle         End = "idle_timeout"      // no datagram either way for IdleTimeout
+	EndUnreplied    End = "unreplied_timeout" // no reply within UnrepliedTimeout of the start
+	EndResponses    End = "responses"         // the expected replies were sent back
+	EndBackendError End = "backend_error"     // the backend socket failed (ICMP port unreachable)
+	EndEvicted      End = "evicted"           // ended to make room for a new client (Listener.Admit)
+	EndShutdown     End = "shutdown"          // the listener socket was closed
 )
 
 func (p *Proxy) logAccess(s *session, end End) {

@@ -553,7 +553,7 @@ func TestAdmitHook(t *testing.T) {
 		asked    = map[netip.Addr]int{}
 		released atomic.Int64
 	)
-	admit := func(a netip.Addr) func() {
+	admit := func(a netip.Addr, _ func() bool) func() {
 		mu.Lock()
 		asked[a]++
 		mu.Unlock()
@@ -701,5 +701,72 @@ func TestOutOfDescriptors(t *testing.T) {
 	}
 	if got := again[0].ContextMap()["refused"]; got != int64(refused) {
 		t.Errorf("recovery line says %v refused, want %d", got, refused)
+	}
+}
+
+// When a backend refuses datagrams, the reader (writing to the session's
+// socket) and the replier (reading from it) may both see the ICMP error of
+// one session. The session's admission must then be released exactly once,
+// and a session that takes over from it must hold an admission of its own
+// or the one handed on: every admission is released once, none twice.
+// (Under -race this also checks who may touch a session's release.)
+func TestRefusedSessionReleasesAdmissionOnce(t *testing.T) {
+	const backends, clients, bursts, burst = 4, 16, 40, 8
+	var dead []string
+	for range backends {
+		dead = append(dead, lbtest.ClosedUDPPort(t, "udp4"))
+	}
+	var (
+		admitted, released atomic.Int64
+		twice              atomic.Int64
+	)
+	admit := func(netip.Addr, func() bool) func() {
+		admitted.Add(1)
+		var once atomic.Bool
+		return func() {
+			if once.Swap(true) {
+				twice.Add(1)
+				return
+			}
+			released.Add(1)
+		}
+	}
+	// No passive ejection: every backend stays eligible, so each
+	// replacement session meets the next ICMP error. The kernel rate-limits
+	// ICMP errors: a session that got none ends unreplied, or idle (a
+	// session socket may get a dead backend's port as its own and hear
+	// itself).
+	r := newRig(t, rigOpts{admit: admit, tweak: func(c *udpproxy.Config) {
+		c.Passive = nil
+		c.UnrepliedTimeout = time.Second
+		c.IdleTimeout = time.Second
+	}}, dead...)
+	conns := make([]*net.UDPConn, clients)
+	for i := range conns {
+		conns[i] = client(t, "127.0.0.1")
+	}
+	payload := []byte("x")
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range bursts {
+				for range burst {
+					c.WriteToUDPAddrPort(payload, r.addr)
+				}
+				time.Sleep(time.Millisecond) // let the replier see errors too
+			}
+		}()
+	}
+	wg.Wait()
+	// The reader may still be opening sessions for datagrams queued on the
+	// socket: wait until every admission is given back.
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		a, rel := admitted.Load(), released.Load()
+		return a == rel && r.sessions.Load() == 0, fmt.Sprintf("%d admissions, %d released, %d sessions open, table %d, gauge %v", a, rel, r.sessions.Load(), r.l.Len(), r.active())
+	})
+	if n := twice.Load(); n != 0 {
+		t.Errorf("%d admissions released twice (a replacement session ran uncounted)", n)
 	}
 }

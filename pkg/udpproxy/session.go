@@ -14,17 +14,18 @@ import (
 // session is one client address and port joined to one backend through a
 // connected socket of its own.
 type session struct {
-	l       *Listener
-	p       *Proxy // the generation that opened it
-	b       *balancer.Backend
-	t       *target
-	client  netip.AddrPort // as read from the listener socket (maybe IPv4-mapped)
-	oob     []byte         // packet info for replies (wildcard bind), else nil
-	start   time.Time
-	release func() // from Listener.Admit, called once the session has ended
-	hdr     []byte // put in front of every datagram to the backend (Config.Header), or nil
+	l      *Listener
+	p      *Proxy // the generation that opened it
+	b      *balancer.Backend
+	t      *target
+	client netip.AddrPort // as read from the listener socket (maybe IPv4-mapped)
+	oob    []byte         // packet info for replies (wildcard bind), else nil
+	start  time.Time
+	opened int64  // nanotime of start
+	hdr    []byte // put in front of every datagram to the backend (Config.Header), or nil
 
 	last     atomic.Int64 // nanotime of the last datagram either way
+	heard    atomic.Bool  // the backend has replied at least once
 	requests atomic.Int64 // client datagrams; written with l.mu held
 	bytesIn  atomic.Int64 // written by the reader goroutine
 	dgIn     atomic.Int64
@@ -36,6 +37,13 @@ type session struct {
 	// Guarded by l.mu.
 	dead bool
 	end  End
+	// release is the client's admission (Listener.Admit), nil when there
+	// is none. One rule: it is read and cleared only under l.mu, by
+	// takeRelease, so exactly one party gets it: finish once the session
+	// is accounted for, evict at once, or handOver for the session that
+	// replaces this one after a backend failure. Whoever takes it calls
+	// it or hands it on.
+	release func()
 
 	sock // the backend socket: engine_linux.go, engine_other.go
 }
@@ -72,6 +80,9 @@ func (s *session) sent(n int) {
 func (s *session) replied(n int, now int64) (ended bool) {
 	s.last.Store(now)
 	s.dgOut++
+	if s.dgOut == 1 {
+		s.heard.Store(true)
+	}
 	s.bytesOut += int64(n)
 	s.t.Metrics.Datagram(metrics.Out, n)
 	r := int64(s.p.cfg.Responses)
@@ -99,18 +110,36 @@ func (s *session) stop(end End) End {
 	return end
 }
 
-// idle reports whether the session has had no datagram either way for its
-// idle timeout at now, and if not, how long until it would.
-func (s *session) idle(now int64) (bool, time.Duration) {
-	idle := s.p.cfg.IdleTimeout
-	if idle <= 0 {
-		return false, time.Hour
+// expired reports why the session has expired at now: no reply within
+// its unreplied timeout, or no datagram either way for its idle timeout;
+// "" if neither, with how long until one of them might end it.
+func (s *session) expired(now int64) (End, time.Duration) {
+	cfg := &s.p.cfg
+	wait := time.Hour
+	if u := cfg.UnrepliedTimeout; u > 0 && !s.heard.Load() {
+		age := time.Duration(now - s.opened)
+		if age >= u {
+			return EndUnreplied, 0
+		}
+		wait = u - age
 	}
-	quiet := time.Duration(now - s.last.Load())
-	if quiet >= idle {
-		return true, 0
+	if idle := cfg.IdleTimeout; idle > 0 {
+		quiet := time.Duration(now - s.last.Load())
+		if quiet >= idle {
+			return EndIdle, 0
+		}
+		wait = min(wait, idle-quiet)
 	}
-	return false, idle - quiet
+	return "", wait
+}
+
+// takeRelease takes the session's admission away from it (see release);
+// it returns nil when another party has taken it, or there is none.
+// Called with l.mu held.
+func (s *session) takeRelease() func() {
+	rel := s.release
+	s.release = nil
+	return rel
 }
 
 // finish accounts for an ended session whose socket is closed.
@@ -126,12 +155,19 @@ func (s *session) finish(end End) {
 			zap.String("backend", s.b.Address()), zap.Error(s.rerr))
 	}
 	s.p.logAccess(s, end)
-	s.release()
+	s.l.mu.Lock()
+	rel := s.takeRelease()
+	s.l.mu.Unlock()
+	if rel != nil {
+		rel()
+	}
+	putFD()
 	s.b.Release()
 	s.t.Metrics.SessionClosed()
 	if s.l.Sessions != nil {
 		s.l.Sessions.Add(-1)
 	}
+	s.l.left()
 }
 
 // clientLog is the client address for logs: IPv4 clients of a dual-stack
