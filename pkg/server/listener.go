@@ -65,18 +65,19 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool
 			access = s.log.Named("access")
 		}
 		st.proxy = tcpproxy.New(tcpproxy.Config{
-			Listener:       lc.Name,
-			PoolName:       p.name,
-			Pool:           p.bal,
-			Targets:        tm,
-			ConnectTimeout: p.cfg.ConnectTimeout,
-			Retries:        p.cfg.Retries,
-			IdleTimeout:    lc.IdleTimeout,
-			Rejections:     st.rej,
-			Passive:        p,
-			HeaderFunc:     proxyHeaderFunc(p.cfg.ProxyProtocol, false),
-			Log:            s.log,
-			Access:         access,
+			Listener:         lc.Name,
+			PoolName:         p.name,
+			Pool:             p.bal,
+			Targets:          tm,
+			ConnectTimeout:   p.cfg.ConnectTimeout,
+			Retries:          p.cfg.Retries,
+			IdleTimeout:      lc.IdleTimeout,
+			HalfCloseTimeout: lc.HalfCloseTimeout,
+			Rejections:       st.rej,
+			Passive:          p,
+			HeaderFunc:       proxyHeaderFunc(p.cfg.ProxyProtocol, false),
+			Log:              s.log,
+			Access:           access,
 		})
 	case "udp":
 		u, err := s.buildUDPProxy(lc, p, st, accessLog)

@@ -16,8 +16,11 @@ import (
 // cut, and the byte counter must advance while it runs.
 func TestSlowReaderKeepsFlowing(t *testing.T) {
 	const size = 24 << 20 // more than every socket buffer on the way
+	// Built before anything starts: with -race on a busy machine this
+	// takes longer than the idle window below.
+	payload := bytes.Repeat([]byte("z"), size)
 	be := lbtest.NewTCP(t, func(c *net.TCPConn) {
-		c.Write(bytes.Repeat([]byte("z"), size))
+		c.Write(payload)
 		c.CloseWrite()
 		io.Copy(io.Discard, c)
 	})

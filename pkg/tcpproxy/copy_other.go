@@ -4,9 +4,10 @@ package tcpproxy
 
 import "io"
 
-// The portable path: a pooled buffer per read, held only while the bytes are
-// in flight is not possible without raw readiness, so the buffer is held
-// while waiting. Linux (copy_linux.go) has the zero-copy path.
+// The portable path: a pooled buffer per direction, held while waiting
+// (without raw readiness it cannot be given back in between), one write per
+// read, counted once the write returns. Linux (copy_linux.go) has the
+// zero-copy path, per-chunk counting and the socket-queue checks.
 
 type platformCopier struct{}
 
@@ -18,8 +19,11 @@ func (d *direction) run() error {
 	for {
 		n, err := d.src.Read(*b)
 		if n > 0 {
-			if _, werr := d.dst.Write((*b)[:n]); werr != nil {
-				return werr
+			d.busy.Add(1)
+			_, werr := d.dst.Write((*b)[:n])
+			d.busy.Add(1)
+			if werr != nil {
+				return writeError{werr}
 			}
 			d.account(n)
 		}
@@ -31,3 +35,10 @@ func (d *direction) run() error {
 		}
 	}
 }
+
+// queued cannot look into the sockets here: only bytes held by a direction
+// count as unsent.
+func (c *conn) queued() bool { return false }
+
+// kernelProgress is not known here.
+func (c *conn) kernelProgress() (uint64, bool) { return 0, false }

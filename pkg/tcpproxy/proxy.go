@@ -51,14 +51,9 @@ package tcpproxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/lbctl/lbctl/balancer"
@@ -80,16 +75,16 @@ type PassiveObserver interface {
 
 // Config is what a Proxy needs. All fields but Passive are required.
 type Config struct {
-	Listener       string
-	PoolName       string
-	Pool           *balancer.Pool
-	Targets        map[*balancer.Backend]*Target // one for every backend of Pool
-	ConnectTimeout time.Duration
-	Retries        int
-	IdleTimeout    time.Duration // 0 = none
-	KeepAlive      time.Duration // TCP keep-alive idle time toward backends; 0 = Go's default (15s)
-	Rejections     *metrics.Rejections
-	Passive        PassiveObserver
+	Listener         string
+	PoolName         string
+	Pool             *balancer.Pool
+	Targets          map[*balancer.Backend]*Target // one for every backend of Pool
+	ConnectTimeout   time.Duration
+	Retries          int
+	IdleTimeout      time.Duration // 0 = none
+	HalfCloseTimeout time.Duration // after one side's EOF, end the connection this much later; 0 = none
+	Rejections       *metrics.Rejections
+	Passive          PassiveObserver
 	// HeaderFunc, when set, returns bytes written to the backend before any
 	// payload (a PROXY protocol header). It does not count in byte metrics.
 	HeaderFunc func(client, local netip.AddrPort) []byte
@@ -112,44 +107,21 @@ func New(cfg Config) *Proxy {
 		cfg: cfg,
 		dialer: net.Dialer{
 			Timeout:         cfg.ConnectTimeout,
-			KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: cfg.KeepAlive},
+			KeepAliveConfig: net.KeepAliveConfig{Enable: true}, // Go's defaults (15s idle)
 		},
 	}
 }
 
-// Config returns the configuration p was built with.
-func (p *Proxy) Config() *Config { return &p.cfg }
-
-// End says how a connection ended: the access log's "end" field.
-type End string
-
-const (
-	EndDone               End = "done"                // both sides finished normally
-	EndClientError        End = "client_error"        // read or write on the client failed (reset)
-	EndBackendError       End = "backend_error"       // read or write on the backend failed (reset)
-	EndIdle               End = "idle_timeout"        // no bytes either way for IdleTimeout
-	EndShutdown           End = "shutdown"            // closed by the shutdown deadline
-	EndNoBackend          End = "no_backend"          // no eligible backend
-	EndBackendUnavailable End = "backend_unavailable" // every connect attempt failed
-)
-
-// Serve proxies client to a backend and returns when the connection is over.
-// clientAddr is the client as the rest of lbctl sees it (the PROXY protocol
-// source when the listener accepts one). Canceling ctx closes the
-// connection at once (the end of a shutdown drain). Serve always closes
-// client.
-func (p *Proxy) Serve(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort) End {
-	ended := make(chan End, 1)
-	p.Start(ctx, client, clientAddr, func(e End) { ended <- e })
-	return <-ended
-}
-
-// Start is Serve without the wait: it dials a backend, starts the two
+// Start proxies client to a backend. It dials a backend, starts the two
 // copying goroutines and returns; done is called once, from whichever
 // goroutine ends the connection (before Start returns when no backend
 // could be reached). The caller's goroutine, whose stack grew while
 // dialing, can then exit, so an idle connection costs two shallow
 // goroutines and nothing more.
+//
+// clientAddr is the client as the rest of lbctl sees it (the PROXY protocol
+// source when the listener accepts one). Canceling ctx ends the connection
+// at once (the end of a shutdown drain). Start always closes client.
 func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, done func(End)) {
 	start := time.Now()
 	backend, b, t, end := p.dial(ctx, client, clientAddr)
@@ -227,7 +199,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 			continue
 		}
 		t.Metrics.ConnectSucceeded(time.Since(start))
-		return nc.(*net.TCPConn), b, t, ""
+		return nc.(*net.TCPConn), b, t, 0
 	}
 	switch {
 	case ctx.Err() != nil:
@@ -249,181 +221,6 @@ func (p *Proxy) logAccess(client netip.AddrPort, backend string, in, out int64, 
 		zap.Int64("bytes_in", in),
 		zap.Int64("bytes_out", out),
 		zap.Duration("duration", time.Since(start)),
-		zap.String("end", string(end)),
+		zap.String("end", end.String()),
 	)
-}
-
-// smallBufSize is the read buffer of the copy loop. On Linux a read that
-// fills it switches the direction to splicing (copy_linux.go).
-const smallBufSize = 16 << 10
-
-var bufPool = sync.Pool{New: func() any {
-	b := make([]byte, smallBufSize)
-	return &b
-}}
-
-// epoch anchors the monotonic clock used for idle tracking.
-var epoch = time.Now()
-
-func nanotime() int64 { return int64(time.Since(epoch)) }
-
-// conn is one client connection joined to one backend connection.
-type conn struct {
-	client, backend *net.TCPConn
-	in, out         direction // in: client to backend; out: backend to client
-	idleTimeout     time.Duration
-	last            atomic.Int64 // nanotime of the last byte moved either way
-	idle            *time.Timer
-	reason          atomic.Pointer[End] // set once, by whoever ends the connection first
-	closeOnce       sync.Once
-	running         atomic.Int32 // directions still copying
-	eofs            atomic.Int32 // directions that ended with a clean EOF
-	ended           atomic.Bool  // end() has run
-	stopCtx         func() bool  // unregisters the shutdown callback
-	onEnd           func(End)
-}
-
-// direction is one half of a connection: bytes from src to dst.
-type direction struct {
-	c        *conn
-	src, dst *net.TCPConn
-	bytes    int64 // moved so far; owned by the direction's goroutine until it ends
-	m        *metrics.TCP
-	dir      metrics.Direction
-	platformCopier
-}
-
-func newConn(p *Proxy, client, backend *net.TCPConn, t *Target) *conn {
-	c := &conn{client: client, backend: backend, idleTimeout: p.cfg.IdleTimeout}
-	c.in = direction{c: c, src: client, dst: backend, m: t.Metrics, dir: metrics.In}
-	c.out = direction{c: c, src: backend, dst: client, m: t.Metrics, dir: metrics.Out}
-	return c
-}
-
-func (d *direction) account(n int) {
-	d.bytes += int64(n)
-	d.m.AddBytes(d.dir, n)
-	d.c.last.Store(nanotime())
-}
-
-var (
-	endDone        = EndDone
-	endClientError = EndClientError
-	endBackendErr  = EndBackendError
-	endIdle        = EndIdle
-	endShutdown    = EndShutdown
-)
-
-// start runs both directions, each on a goroutine of its own; the last one
-// to finish ends the connection.
-func (c *conn) start(ctx context.Context) {
-	if err := c.in.initPlatform(); err != nil {
-		c.abort(&endClientError, true)
-		c.end()
-		return
-	}
-	if err := c.out.initPlatform(); err != nil {
-		c.abort(&endBackendErr, true)
-		c.end()
-		return
-	}
-	c.last.Store(nanotime())
-	if c.idleTimeout > 0 {
-		c.idle = time.AfterFunc(c.idleTimeout, c.checkIdle)
-	}
-	c.stopCtx = context.AfterFunc(ctx, func() { c.abort(&endShutdown, false) })
-	c.running.Store(2)
-	go c.in.copy(&endClientError, &endBackendErr)
-	go c.out.copy(&endBackendErr, &endClientError)
-}
-
-// copy is one direction's goroutine.
-func (d *direction) copy(srcFailed, dstFailed *End) {
-	d.finish(d.run(), srcFailed, dstFailed)
-	if d.c.running.Add(-1) == 0 {
-		d.c.end()
-	}
-}
-
-// end runs once both directions are over.
-func (c *conn) end() {
-	c.ended.Store(true)
-	if c.stopCtx != nil {
-		c.stopCtx()
-	}
-	if c.idle != nil {
-		c.idle.Stop()
-	}
-	c.reason.CompareAndSwap(nil, &endDone)
-	c.closeBoth(false)
-	c.onEnd(*c.reason.Load())
-}
-
-// finish ends one direction. After a clean EOF the peer's write side is shut
-// (half-close) and the other direction goes on. After an error both
-// connections are torn down, so the other direction stops waiting at once.
-func (d *direction) finish(err error, srcFailed, dstFailed *End) {
-	if err == nil {
-		if d.c.eofs.Add(1) == 2 {
-			return // the other direction is over too: closing both follows at once
-		}
-		// If the peer is already gone this fails; the other direction then
-		// sees the failure itself and ends the connection.
-		d.dst.CloseWrite()
-		return
-	}
-	if errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
-		// Closed by abort (idle, shutdown or the other direction's failure).
-		d.c.abort(dstFailed, false)
-		return
-	}
-	end := srcFailed
-	if isWriteErr(err) {
-		end = dstFailed
-	}
-	d.c.abort(end, true)
-}
-
-// isWriteErr reports whether err came from writing (the destination failed)
-// rather than reading.
-func isWriteErr(err error) bool {
-	var op *net.OpError
-	if errors.As(err, &op) {
-		// readfrom is the splice into dst: it moves only bytes already
-		// queued in src, so its failures are dst's.
-		return op.Op == "write" || op.Op == "readfrom"
-	}
-	return errors.Is(err, syscall.EPIPE)
-}
-
-// abort records why the connection ends (the first reason wins) and closes
-// both sides. reset sends RST instead of FIN, so that a peer whose
-// counterpart failed mid-stream cannot mistake a truncated stream for a
-// complete one.
-func (c *conn) abort(why *End, reset bool) {
-	c.reason.CompareAndSwap(nil, why)
-	c.closeBoth(reset)
-}
-
-func (c *conn) closeBoth(reset bool) {
-	c.closeOnce.Do(func() {
-		if reset {
-			c.client.SetLinger(0)
-			c.backend.SetLinger(0)
-		}
-		c.client.Close()
-		c.backend.Close()
-	})
-}
-
-func (c *conn) checkIdle() {
-	if c.ended.Load() {
-		return // end() stopped the timer while this ran: do not re-arm it
-	}
-	quiet := time.Duration(nanotime() - c.last.Load())
-	if quiet >= c.idleTimeout {
-		c.abort(&endIdle, false)
-		return
-	}
-	c.idle.Reset(c.idleTimeout - quiet)
 }

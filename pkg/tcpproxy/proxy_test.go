@@ -39,7 +39,7 @@ func frontend(tb testing.TB, addr string, p *tcpproxy.Proxy) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				p.Serve(context.Background(), c, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+				serve(p, c)
 			}()
 		}
 	}()
@@ -48,6 +48,13 @@ func frontend(tb testing.TB, addr string, p *tcpproxy.Proxy) string {
 		wg.Wait()
 	})
 	return ln.Addr().String()
+}
+
+// serve proxies c through p and returns how the connection ended.
+func serve(p *tcpproxy.Proxy, c *net.TCPConn) tcpproxy.End {
+	ended := make(chan tcpproxy.End, 1)
+	p.Start(context.Background(), c, c.RemoteAddr().(*net.TCPAddr).AddrPort(), func(e tcpproxy.End) { ended <- e })
+	return <-ended
 }
 
 // newProxy builds a round-robin Proxy over backend addresses.
@@ -133,10 +140,10 @@ func TestEndReasons(t *testing.T) {
 			go func() {
 				c, err := ln.AcceptTCP()
 				if err != nil {
-					ends <- ""
+					ends <- 0
 					return
 				}
-				ends <- p.Serve(context.Background(), c, c.RemoteAddr().(*net.TCPAddr).AddrPort())
+				ends <- serve(p, c)
 			}()
 			c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
 			if err != nil {

@@ -1,0 +1,233 @@
+package tcpproxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lbctl/lbctl/pkg/metrics"
+)
+
+// smallBufSize is the read buffer of the copy loop. On Linux a read that
+// fills it switches the direction to splicing (copy_linux.go).
+const smallBufSize = 16 << 10
+
+var bufPool = sync.Pool{New: func() any {
+	b := make([]byte, smallBufSize)
+	return &b
+}}
+
+// progressTick is how long a direction waits for a stalled destination
+// before it tries again: a slow reader drains the socket's queue without
+// the kernel saying it is writable (it wakes writers only once a third of
+// the send buffer is free, megabytes on a fast path), so counters and the
+// idle clock would otherwise stand still for many seconds.
+const progressTick = time.Second
+
+// epoch anchors the monotonic clock used for idle tracking.
+var epoch = time.Now()
+
+func nanotime() int64 { return int64(time.Since(epoch)) }
+
+// conn is one client connection joined to one backend connection.
+type conn struct {
+	client, backend *net.TCPConn
+	in, out         direction // in: client to backend; out: backend to client
+	idleTimeout     time.Duration
+	halfClose       time.Duration
+	last            atomic.Int64 // nanotime of the last byte moved either way
+	idle            *time.Timer
+	probing         bool   // idle timer only: a TCP_INFO look is under way
+	seen            uint64 // idle timer only: kernel progress at the look's start
+	halfTimer       *time.Timer
+	reason          atomic.Int32 // an End, set once by end: the first reason wins
+	running         atomic.Int32 // directions still copying
+	eofs            atomic.Int32 // directions that ended with a clean EOF
+	stopCtx         func() bool  // unregisters the shutdown callback
+	onEnd           func(End)
+}
+
+// direction is one half of a connection: bytes from src to dst.
+type direction struct {
+	c        *conn
+	src, dst *net.TCPConn
+	bytes    int64 // moved so far; owned by the direction's goroutine until it ends
+	m        *metrics.TCP
+	dir      metrics.Direction
+	// busy is odd while the direction may hold bytes that are in no socket
+	// (read, not yet all written): from just before each read attempt until
+	// they are all written or the attempt found nothing. Every change adds
+	// one, so a reader that sees the same even value twice knows nothing
+	// was held in between (see conn.unsent).
+	busy atomic.Uint32
+	platformCopier
+}
+
+func newConn(p *Proxy, client, backend *net.TCPConn, t *Target) *conn {
+	c := &conn{client: client, backend: backend, idleTimeout: p.cfg.IdleTimeout, halfClose: p.cfg.HalfCloseTimeout}
+	c.in = direction{c: c, src: client, dst: backend, m: t.Metrics, dir: metrics.In}
+	c.out = direction{c: c, src: backend, dst: client, m: t.Metrics, dir: metrics.Out}
+	return c
+}
+
+// account counts n bytes accepted by the destination socket.
+func (d *direction) account(n int) {
+	d.bytes += int64(n)
+	d.m.AddBytes(d.dir, n)
+	d.c.last.Store(nanotime())
+}
+
+// start runs both directions, each on a goroutine of its own; the last one
+// to stop reports the end.
+func (c *conn) start(ctx context.Context) {
+	c.running.Store(2)
+	if err := c.in.initPlatform(); err != nil {
+		c.end(EndClientError)
+		c.finished()
+		return
+	}
+	if err := c.out.initPlatform(); err != nil {
+		c.end(EndBackendError)
+		c.finished()
+		return
+	}
+	c.last.Store(nanotime())
+	if c.idleTimeout > 0 {
+		c.idle = time.AfterFunc(c.idleTimeout, c.checkIdle)
+	}
+	c.stopCtx = context.AfterFunc(ctx, func() { c.end(EndShutdown) })
+	go c.in.copy(EndClientError, EndBackendError)
+	go c.out.copy(EndBackendError, EndClientError)
+}
+
+// copy is one direction's goroutine.
+func (d *direction) copy(srcFailed, dstFailed End) {
+	d.finish(d.run(), srcFailed, dstFailed)
+	if d.c.running.Add(-1) == 0 {
+		d.c.finished()
+	}
+}
+
+// finish ends one direction. After a clean EOF the peer's write side is shut
+// (half-close) and the other direction goes on, for at most
+// HalfCloseTimeout. After an error the connection ends, so the other
+// direction stops waiting at once.
+func (d *direction) finish(err error, srcFailed, dstFailed End) {
+	if err == nil {
+		if d.c.eofs.Add(1) == 2 {
+			return // the other direction is over too: the end follows at once
+		}
+		// If the peer is already gone this fails; the other direction then
+		// sees the failure itself and ends the connection.
+		d.dst.CloseWrite()
+		if d.c.halfClose > 0 {
+			d.c.halfTimer = time.AfterFunc(d.c.halfClose, func() { d.c.end(EndHalfClose) })
+		}
+		return
+	}
+	var we writeError
+	if errors.As(err, &we) || errors.Is(err, net.ErrClosed) {
+		// dst failed, or a socket was closed under the direction: by end
+		// (a timeout, shutdown or the other direction's failure), which
+		// recorded why first, so this changes nothing.
+		d.c.end(dstFailed)
+		return
+	}
+	d.c.end(srcFailed)
+}
+
+// writeError is a failure of the destination: writing to it failed.
+type writeError struct{ err error }
+
+func (e writeError) Error() string { return "write: " + e.err.Error() }
+func (e writeError) Unwrap() error { return e.err }
+
+// end ends the connection because of why, unless it has ended already:
+// the one way a connection is closed. It records why, then closes both
+// sockets: with a reset when a side failed or bytes would be lost (see the
+// package comment), else with FIN. The directions then stop, and the last
+// one runs onEnd (finished).
+func (c *conn) end(why End) {
+	if !c.reason.CompareAndSwap(0, int32(why)) {
+		return
+	}
+	reset := false
+	switch {
+	case why == EndDone:
+	case why.failure():
+		reset = true
+	default:
+		reset = c.unsent()
+	}
+	if reset {
+		c.client.SetLinger(0)
+		c.backend.SetLinger(0)
+	}
+	c.client.Close()
+	c.backend.Close()
+}
+
+// finished runs once, when both directions are over.
+func (c *conn) finished() {
+	if c.stopCtx != nil {
+		c.stopCtx()
+	}
+	if c.idle != nil {
+		c.idle.Stop()
+	}
+	if c.halfTimer != nil {
+		c.halfTimer.Stop()
+	}
+	c.end(EndDone) // both sides finished, unless something ended it before
+	c.onEnd(End(c.reason.Load()))
+}
+
+// unsent reports whether closing now would lose bytes: a direction holds
+// some, or a socket queue has some (platform-specific, copy_*.go).
+func (c *conn) unsent() bool {
+	in, out := c.in.busy.Load(), c.out.busy.Load()
+	if in&1 != 0 || out&1 != 0 {
+		return true
+	}
+	if c.queued() {
+		return true
+	}
+	// A read that started while the queues were looked at may have taken
+	// their bytes: count it as holding them.
+	return c.in.busy.Load() != in || c.out.busy.Load() != out
+}
+
+// checkIdle runs when the idle timer fires.
+func (c *conn) checkIdle() {
+	if c.reason.Load() != 0 {
+		return // ended while this ran: do not re-arm
+	}
+	now := nanotime()
+	if quiet := time.Duration(now - c.last.Load()); quiet < c.idleTimeout {
+		c.probing = false
+		c.idle.Reset(c.idleTimeout - quiet)
+		return
+	}
+	// No byte went through lbctl for idleTimeout. With nothing pending
+	// the connection is idle. With bytes pending, the kernel may still be
+	// delivering them to a reader too slow to make its socket writable:
+	// look at the sockets' own counters over one progressTick.
+	if c.probing {
+		c.probing = false
+		if p, _ := c.kernelProgress(); p != c.seen {
+			c.last.Store(now)
+			c.idle.Reset(c.idleTimeout)
+			return
+		}
+	} else if c.unsent() {
+		if p, ok := c.kernelProgress(); ok {
+			c.probing, c.seen = true, p
+			c.idle.Reset(progressTick)
+			return
+		}
+	}
+	c.end(EndIdle)
+}

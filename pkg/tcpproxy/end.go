@@ -1,0 +1,41 @@
+package tcpproxy
+
+import "strconv"
+
+// End says how a connection ended. Its String is the access log's "end"
+// field. The zero value is no End: a connection still running.
+type End int32
+
+const (
+	EndDone               End = iota + 1 // both sides finished normally
+	EndClientError                       // read or write on the client failed (reset)
+	EndBackendError                      // read or write on the backend failed (reset)
+	EndIdle                              // no byte moved either way for IdleTimeout
+	EndHalfClose                         // one side finished, the other did not within HalfCloseTimeout
+	EndShutdown                          // closed by the shutdown deadline
+	EndNoBackend                         // no eligible backend
+	EndBackendUnavailable                // every connect attempt failed
+)
+
+var endNames = [...]string{
+	EndDone:               "done",
+	EndClientError:        "client_error",
+	EndBackendError:       "backend_error",
+	EndIdle:               "idle_timeout",
+	EndHalfClose:          "half_close_timeout",
+	EndShutdown:           "shutdown",
+	EndNoBackend:          "no_backend",
+	EndBackendUnavailable: "backend_unavailable",
+}
+
+// String returns the access log's word for e.
+func (e End) String() string {
+	if e > 0 && int(e) < len(endNames) {
+		return endNames[e]
+	}
+	return "End(" + strconv.Itoa(int(e)) + ")"
+}
+
+// failure reports whether e is a side's failure: the other side then gets
+// a reset whatever is pending, as the peer that failed did.
+func (e End) failure() bool { return e == EndClientError || e == EndBackendError }
