@@ -137,7 +137,7 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 		done(end)
 		return
 	}
-	b.Acquire()
+	// b was acquired by dial.
 	t.Metrics.ConnOpened()
 	c := newConn(p, client, backend, t)
 	c.onEnd = func(end End) {
@@ -150,7 +150,15 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 }
 
 // dial connects to a backend, trying up to Retries others when a connect
-// fails.
+// fails. The backend it returns is acquired (counted as active): the
+// caller releases it when the connection ends.
+//
+// A backend counts as active from the moment it is picked, as in nginx:
+// a backend slow to accept would otherwise keep the lowest count of a
+// least-connections pool while its connects are pending, and draw every new
+// connection for up to connect_timeout. A failed connect releases it.
+// (lbctl_connections_active counts established connections only.)
+//
 // With HeaderFunc set, a connect counts as made once the PROXY header is
 // written: a backend that accepts and then fails the write is one more
 // failed connect, retried on another backend.
@@ -164,6 +172,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 		if b == nil {
 			break
 		}
+		b.Acquire()
 		tried.Add(b)
 		t := p.cfg.Targets[b]
 		start := time.Now()
@@ -179,6 +188,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 			}
 		}
 		if err != nil {
+			b.Release()
 			// Out of descriptors, buffers or ports here is not the
 			// backend's fault (package localerr), nor is a dial cut short by the
 			// end of a shutdown drain: no failure is held against it.
