@@ -205,10 +205,10 @@ func client(t testing.TB, ip string) *net.UDPConn {
 }
 
 // exchange sends req to the rig and returns the first reply and where it
-// came from; it fails the test when none comes within a second.
+// came from; it fails the test when none comes within 5 seconds.
 func (r *rig) exchange(c *net.UDPConn, req []byte) ([]byte, netip.AddrPort) {
 	r.t.Helper()
-	reply, from := exchangeTo(c, r.addr, req, time.Second)
+	reply, from := exchangeTo(c, r.addr, req, 5*time.Second)
 	if reply == nil {
 		r.t.Fatalf("no reply to %.40q from %s", req, c.LocalAddr())
 	}
