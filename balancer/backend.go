@@ -158,20 +158,23 @@ func (b *Backend) pickWeight(w uint32) uint64 {
 	return max(1, uint64(w)*uint64(b.scale.Load()))
 }
 
-// Acquire counts a new connection: call it once the backend connection is
-// established. Every Acquire needs exactly one Release.
-func (b *Backend) Acquire() {
-	b.active.Add(1)
-	b.total.Add(1)
-}
+// Acquire counts a connection to b from the moment b is picked for it,
+// while the connect is still in progress: least-connections then sees a
+// backend slow to accept as busy, as nginx does. Every Acquire needs
+// exactly one Release, whether the connect succeeds or fails.
+func (b *Backend) Acquire() { b.active.Add(1) }
+
+// Established counts a connection (or UDP session) that was made: Total.
+func (b *Backend) Established() { b.total.Add(1) }
 
 // Release counts the end of a connection counted by Acquire.
 func (b *Backend) Release() { b.active.Add(-1) }
 
-// Active returns the number of connections acquired and not yet released.
+// Active returns the number of connections acquired and not yet released:
+// established ones and connects in progress.
 func (b *Backend) Active() int64 { return b.active.Load() }
 
-// Total returns the number of connections ever acquired.
+// Total returns the number of connections ever established.
 func (b *Backend) Total() uint64 { return b.total.Load() }
 
 // AddFailure counts a failed connect attempt.

@@ -149,14 +149,16 @@ func TestEligible(t *testing.T) {
 func TestCounters(t *testing.T) {
 	b := NewBackend("a:1")
 	for range 5 {
-		b.Acquire()
+		b.Acquire() // picked: active while connecting
 	}
 	for range 3 {
-		b.Release()
+		b.Established()
 	}
+	b.AddFailure() // two connects failed...
 	b.AddFailure()
-	b.AddFailure()
-	if b.Active() != 2 || b.Total() != 5 || b.Failures() != 2 {
-		t.Errorf("active %d total %d failures %d; want 2 5 2", b.Active(), b.Total(), b.Failures())
+	b.Release() // ...and were released
+	b.Release()
+	if b.Active() != 3 || b.Total() != 3 || b.Failures() != 2 {
+		t.Errorf("active %d total %d failures %d; want 3 3 2", b.Active(), b.Total(), b.Failures())
 	}
 }

@@ -64,6 +64,7 @@ func TestConcurrentPicksAndStateChanges(t *testing.T) {
 							}
 							tried.Add(b)
 							b.Acquire()
+							b.Established()
 							acquired.Add(1)
 							b.Release()
 						}

@@ -33,12 +33,14 @@
 //			break // nothing eligible and untried is left
 //		}
 //		tried.Add(b)
+//		b.Acquire() // busy from the pick on, for least-connections
 //		conn, err := dial(b.Address())
 //		if err != nil {
+//			b.Release()
 //			b.AddFailure()
 //			continue
 //		}
-//		b.Acquire()
+//		b.Established()
 //		serve(conn)
 //		b.Release()
 //		return

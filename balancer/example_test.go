@@ -41,12 +41,14 @@ func Example() {
 			break
 		}
 		tried.Add(b)
+		b.Acquire() // busy from the pick on
 		if err := dial(b); err != nil {
+			b.Release()
 			b.AddFailure()
 			fmt.Printf("attempt %d: %s: %v\n", attempt, b.Address(), err)
 			continue
 		}
-		b.Acquire()
+		b.Established()
 		fmt.Printf("attempt %d: connected to %s\n", attempt, b.Address())
 		b.Release() // when the connection ends
 		break

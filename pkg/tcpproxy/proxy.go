@@ -209,6 +209,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 			continue
 		}
 		t.Metrics.ConnectSucceeded(time.Since(start))
+		b.Established()
 		return nc.(*net.TCPConn), b, t, 0
 	}
 	switch {
