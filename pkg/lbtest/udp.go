@@ -95,6 +95,10 @@ func (b *UDPBackend) Peers() map[netip.AddrPort]int {
 // UDPEcho sends every datagram back unchanged.
 func UDPEcho(req []byte) [][]byte { return [][]byte{append([]byte(nil), req...)} }
 
+// UDPSilent answers nothing: a backend that never replies (its datagrams
+// are counted, and no ICMP error comes back).
+func UDPSilent([]byte) [][]byte { return nil }
+
 // UDPTagged answers every datagram with name, "|" and the datagram, so a
 // client can tell which backend answered which request.
 func UDPTagged(name string) UDPHandler {

@@ -16,6 +16,9 @@ import (
 
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // udpListenerTOML renders a UDP listener on an ephemeral loopback port.
@@ -27,6 +30,20 @@ func udpListenerTOML(name, pool, extra string) string {
 func (h *harness) udpAddr(name string) netip.AddrPort {
 	h.t.Helper()
 	return netip.MustParseAddrPort(h.addr(name))
+}
+
+// startUDPServer is startServerLog (core may be nil) for tests that leave
+// UDP sessions open: a shutdown lets them run until they end or its
+// deadline passes, and the cleanup need not wait for that.
+func startUDPServer(t testing.TB, toml string, core zapcore.Core) *harness {
+	t.Helper()
+	h := startServerLog(t, toml, core)
+	t.Cleanup(func() { // runs before startServerLog's
+		ctx, cancel := contextWithTimeout(100 * time.Millisecond)
+		defer cancel()
+		h.srv.Shutdown(ctx)
+	})
+	return h
 }
 
 func udpClient(t testing.TB) *net.UDPConn {
@@ -62,7 +79,7 @@ func (h *harness) udpActive(listener, pool, backend string) float64 {
 func TestUDPRequestResponse(t *testing.T) {
 	a := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
 	b := lbtest.NewUDP(t, "b", lbtest.UDPTagged("b"))
-	h := startServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", "", a.Addr, b.Addr))
+	h := startUDPServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", "", a.Addr, b.Addr), nil)
 	to := h.udpAddr("u")
 
 	const clients, requests = 6, 25
@@ -80,7 +97,7 @@ func TestUDPRequestResponse(t *testing.T) {
 			served[i] = map[string]int{}
 			for j := range requests {
 				req := fmt.Appendf(nil, "c%d r%d", i, j)
-				reply := udpExchange(c, to, req, 2*time.Second)
+				reply := udpExchange(c, to, req, 5*time.Second)
 				name, payload, ok := bytes.Cut(reply, []byte("|"))
 				if !ok || !bytes.Equal(payload, req) {
 					errs[i] = append(errs[i], fmt.Sprintf("sent %q, got %q", req, reply))
@@ -112,7 +129,7 @@ func TestUDPRequestResponse(t *testing.T) {
 	for _, be := range []*lbtest.UDPBackend{a, b} {
 		// A datagram is counted once written to the backend, which may be
 		// a moment after its reply left: poll.
-		lbtest.Eventually(t, 2*time.Second, func() bool {
+		lbtest.Eventually(t, 5*time.Second, func() bool {
 			in := counter(h.m.UDPDatagrams.WithLabelValues("u", "p", be.Addr, "in"))
 			out := counter(h.m.UDPDatagrams.WithLabelValues("u", "p", be.Addr, "out"))
 			bytesIn := counter(h.m.Bytes.WithLabelValues("u", "p", be.Addr, "in"))
@@ -127,31 +144,44 @@ func TestUDPRequestResponse(t *testing.T) {
 	}
 }
 
-// Sessions expire after idle_timeout, max_connections drops and counts,
-// and responses ends sessions, all from the TOML keys.
+// Sessions expire after idle_timeout or unreplied_timeout, max_connections
+// drops and counts, and responses ends sessions, all from the TOML keys.
 func TestUDPListenerKeys(t *testing.T) {
 	a := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
-	h := startServer(t,
-		udpListenerTOML("idle", "p", `idle_timeout = "100ms"`)+
+	silent := lbtest.NewUDP(t, "silent", lbtest.UDPSilent)
+	// The idle timeout outlasts the exchange that opens the session by
+	// seconds, even on a loaded machine.
+	h := startUDPServer(t,
+		udpListenerTOML("idle", "p", `idle_timeout = "2s"`)+
+			udpListenerTOML("unreplied", "q", `unreplied_timeout = "1s"`)+
 			udpListenerTOML("max", "p", "max_connections = 1")+
 			udpListenerTOML("dns", "p", "responses = 1")+
-			poolTOML("p", "", a.Addr))
+			poolTOML("p", "", a.Addr)+poolTOML("q", "", silent.Addr), nil)
 
 	t.Run("idle_timeout", func(t *testing.T) {
 		c := udpClient(t)
-		if reply := udpExchange(c, h.udpAddr("idle"), []byte("x"), time.Second); string(reply) != "a|x" {
+		if reply := udpExchange(c, h.udpAddr("idle"), []byte("x"), 5*time.Second); string(reply) != "a|x" {
 			t.Fatalf("reply %q", reply)
 		}
-		lbtest.Eventually(t, 3*time.Second, func() bool { return h.udpActive("idle", "p", a.Addr) == 0 }, "session did not expire")
+		lbtest.Eventually(t, 10*time.Second, func() bool { return h.udpActive("idle", "p", a.Addr) == 0 }, "session did not expire")
+	})
+	t.Run("unreplied_timeout", func(t *testing.T) {
+		if _, err := udpClient(t).WriteToUDPAddrPort([]byte("x"), h.udpAddr("unreplied")); err != nil {
+			t.Fatal(err)
+		}
+		lbtest.Eventually(t, 5*time.Second, func() bool { return silent.Received() == 1 }, "datagram not forwarded")
+		// idle_timeout is 10m: only unreplied_timeout ends it.
+		lbtest.Eventually(t, 10*time.Second, func() bool { return h.udpActive("unreplied", "q", silent.Addr) == 0 },
+			"session without a reply did not expire")
 	})
 	t.Run("max_connections", func(t *testing.T) {
-		if reply := udpExchange(udpClient(t), h.udpAddr("max"), []byte("x"), time.Second); string(reply) != "a|x" {
+		if reply := udpExchange(udpClient(t), h.udpAddr("max"), []byte("x"), 5*time.Second); string(reply) != "a|x" {
 			t.Fatalf("reply %q", reply)
 		}
 		if _, err := udpClient(t).WriteToUDPAddrPort([]byte("y"), h.udpAddr("max")); err != nil {
 			t.Fatal(err)
 		}
-		lbtest.Eventually(t, 2*time.Second, func() bool {
+		lbtest.Eventually(t, 5*time.Second, func() bool {
 			return counter(h.m.Rejected.WithLabelValues("max", "max_connections")) == 1
 		}, "second session not rejected")
 	})
@@ -159,10 +189,10 @@ func TestUDPListenerKeys(t *testing.T) {
 		c := udpClient(t)
 		for i := range 3 {
 			req := fmt.Appendf(nil, "q%d", i)
-			if reply := udpExchange(c, h.udpAddr("dns"), req, time.Second); string(reply) != "a|"+string(req) {
+			if reply := udpExchange(c, h.udpAddr("dns"), req, 5*time.Second); string(reply) != "a|"+string(req) {
 				t.Fatalf("reply %q", reply)
 			}
-			lbtest.Eventually(t, 2*time.Second, func() bool { return h.udpActive("dns", "p", a.Addr) == 0 },
+			lbtest.Eventually(t, 5*time.Second, func() bool { return h.udpActive("dns", "p", a.Addr) == 0 },
 				"session not ended by responses = 1")
 		}
 	})
@@ -170,12 +200,23 @@ func TestUDPListenerKeys(t *testing.T) {
 
 // allow/deny and the per-client limits apply to UDP sessions: a refused
 // client's datagrams are dropped and counted under their reason, and a
-// session's end gives its client slot back.
+// session's end gives its client slot back. The first session stays open
+// until the test lets its backend answer (responses = 1), so no timeout
+// has to outlast the steps in between.
 func TestUDPAdmission(t *testing.T) {
-	a := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
-	h := startServer(t, udpListenerTOML("u", "p", `deny = ["127.0.0.2/32"]
+	// "hold" gets no answer; "release" gets the answers to both.
+	a := lbtest.NewUDP(t, "a", func(req []byte) [][]byte {
+		switch string(req) {
+		case "hold":
+			return nil
+		case "release":
+			return [][]byte{[]byte("a|hold"), []byte("a|release")}
+		}
+		return [][]byte{append([]byte("a|"), req...)}
+	})
+	h := startUDPServer(t, udpListenerTOML("u", "p", `deny = ["127.0.0.2/32"]
 max_connections_per_client = 1
-idle_timeout = "1s"`)+poolTOML("p", "", a.Addr))
+responses = 1`)+poolTOML("p", "", a.Addr), nil)
 	to := h.udpAddr("u")
 	rejected := func(reason string) float64 { return counter(h.m.Rejected.WithLabelValues("u", reason)) }
 
@@ -187,24 +228,227 @@ idle_timeout = "1s"`)+poolTOML("p", "", a.Addr))
 	if _, err := denied.WriteToUDPAddrPort([]byte("x"), to); err != nil {
 		t.Fatal(err)
 	}
-	lbtest.Eventually(t, 2*time.Second, func() bool { return rejected("acl") == 1 }, "denied client not counted")
+	lbtest.Eventually(t, 5*time.Second, func() bool { return rejected("acl") == 1 }, "denied client not counted")
 
 	first, second := udpClient(t), udpClient(t) // one client IP, two ports
-	if reply := udpExchange(first, to, []byte("1"), time.Second); string(reply) != "a|1" {
-		t.Fatalf("reply %q", reply)
+	if _, err := first.WriteToUDPAddrPort([]byte("hold"), to); err != nil {
+		t.Fatal(err)
 	}
+	lbtest.Eventually(t, 5*time.Second, func() bool { return a.Received() == 1 }, "first session not opened")
 	if _, err := second.WriteToUDPAddrPort([]byte("2"), to); err != nil {
 		t.Fatal(err)
 	}
-	lbtest.Eventually(t, 2*time.Second, func() bool { return rejected("client_limit") == 1 },
+	lbtest.Eventually(t, 5*time.Second, func() bool { return rejected("client_limit") == 1 },
 		"second session of one client not refused")
-	// Once the first session has expired, the client may open another.
-	lbtest.Eventually(t, 5*time.Second, func() bool { return h.udpActive("u", "p", a.Addr) == 0 }, "session did not expire")
-	if reply := udpExchange(second, to, []byte("3"), time.Second); string(reply) != "a|3" {
+	// The first session ends with its answers; the client may open another.
+	if reply := udpExchange(first, to, []byte("release"), 5*time.Second); string(reply) != "a|hold" {
+		t.Fatalf("first session: reply %q", reply)
+	}
+	lbtest.Eventually(t, 5*time.Second, func() bool { return h.udpActive("u", "p", a.Addr) == 0 }, "first session did not end")
+	if reply := udpExchange(second, to, []byte("3"), 5*time.Second); string(reply) != "a|3" {
 		t.Errorf("after the first session ended: reply %q", reply)
 	}
-	if got := a.Received(); got != 2 {
-		t.Errorf("backend received %d datagrams, want 2", got)
+	if got := a.Received(); got != 3 {
+		t.Errorf("backend received %d datagrams, want 3", got)
+	}
+}
+
+// udpListener is the server's listener named name.
+func (h *harness) udpListener(name string) *listener {
+	h.t.Helper()
+	h.srv.mu.Lock()
+	defer h.srv.mu.Unlock()
+	for _, l := range h.srv.listeners {
+		if st := l.state.Load(); st != nil && st.name == name {
+			return l
+		}
+	}
+	h.t.Fatalf("no listener %q", name)
+	return nil
+}
+
+// sessionEnds lists the clients of the UDP access log lines with end.
+func sessionEnds(logs *observer.ObservedLogs, end string) []string {
+	var out []string
+	for _, e := range logs.FilterMessage("session").All() {
+		if f := e.ContextMap(); f["end"] == end {
+			out = append(out, fmt.Sprint(f["client"]))
+		}
+	}
+	return out
+}
+
+// pingOnly answers "ping..." datagrams and ignores the others.
+func pingOnly(req []byte) [][]byte {
+	if bytes.HasPrefix(req, []byte("ping")) {
+		return [][]byte{append([]byte("a|"), req...)}
+	}
+	return nil
+}
+
+// TestUDPClientTableFull (issue 11, defect 2): when the per-client table
+// is full of clients holding sessions (a flood of source addresses), a new
+// client still gets in: the session least worth keeping (never answered,
+// then the quietest) is evicted to make room, instead of the new client
+// being refused until sessions expire. The table's size is lowered here;
+// in production it holds 65,536 clients.
+func TestUDPClientTableFull(t *testing.T) {
+	a := lbtest.NewUDP(t, "a", pingOnly)
+	core, logs := observer.New(zap.InfoLevel)
+	h := startUDPServer(t, udpListenerTOML("u", "p", "max_connections_per_client = 1")+poolTOML("p", "", a.Addr), core)
+	l := h.udpListener("u")
+	l.clients.mu.Lock()
+	l.clients.max = 3
+	l.clients.mu.Unlock()
+	to := h.udpAddr("u")
+	clients := map[string]*net.UDPConn{}
+	for i, name := range []string{"A", "B", "C", "D"} {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, byte(i+1))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		clients[name] = c
+	}
+	if reply := udpExchange(clients["A"], to, []byte("ping A"), 5*time.Second); string(reply) != "a|ping A" {
+		t.Fatalf("A: reply %q", reply)
+	}
+	for _, name := range []string{"B", "C"} {
+		if _, err := clients[name].WriteToUDPAddrPort([]byte("hold"), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lbtest.Eventually(t, 5*time.Second, func() bool { return h.udpActive("u", "p", a.Addr) == 3 }, "three sessions not open")
+
+	if reply := udpExchange(clients["D"], to, []byte("ping D"), 5*time.Second); string(reply) != "a|ping D" {
+		t.Fatalf("a new client with the table full: reply %q (client_limit rejections: %v)",
+			reply, counter(h.m.Rejected.WithLabelValues("u", "client_limit")))
+	}
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		ev := sessionEnds(logs, "evicted")
+		return len(ev) == 1, fmt.Sprintf("evicted %v, want B's session", ev)
+	})
+	if ev, b := sessionEnds(logs, "evicted")[0], clients["B"].LocalAddr().String(); ev != b {
+		t.Errorf("evicted %s, want B (%s): the oldest session never answered", ev, b)
+	}
+	if reply := udpExchange(clients["A"], to, []byte("ping A again"), 5*time.Second); string(reply) != "a|ping A again" {
+		t.Errorf("A's session after the eviction: reply %q", reply)
+	}
+	if n := counter(h.m.Rejected.WithLabelValues("u", "client_limit")); n != 0 {
+		t.Errorf("%v clients refused, want none", n)
+	}
+	if n := h.udpActive("u", "p", a.Addr); n != 3 {
+		t.Errorf("%v sessions open, want 3", n)
+	}
+}
+
+// TestUDPShutdownDeliversReplies (issue 11, defect 4): a reply that comes
+// after Shutdown began still reaches its client, while no new session
+// opens; Shutdown returns once the last session has ended, before its
+// deadline.
+func TestUDPShutdownDeliversReplies(t *testing.T) {
+	const delay = time.Second
+	a := lbtest.NewUDP(t, "a", func(req []byte) [][]byte {
+		time.Sleep(delay) // a slow backend
+		return [][]byte{append([]byte("a|"), req...)}
+	})
+	core, logs := observer.New(zap.InfoLevel)
+	h := startServerLog(t, udpListenerTOML("u", "p", "responses = 1")+poolTOML("p", "", a.Addr), core)
+	to := h.udpAddr("u")
+	c, late := udpClient(t), udpClient(t)
+	if _, err := c.WriteToUDPAddrPort([]byte("q"), to); err != nil {
+		t.Fatal(err)
+	}
+	lbtest.Eventually(t, 5*time.Second, func() bool { return a.Received() == 1 }, "datagram not forwarded")
+
+	const deadline = 10 * time.Second
+	ctx, cancel := contextWithTimeout(deadline)
+	defer cancel()
+	start := time.Now()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		h.srv.Shutdown(ctx)
+	}()
+	lbtest.Eventually(t, 5*time.Second, func() bool { return !h.srv.Ready() }, "Shutdown did not begin")
+	if _, err := late.WriteToUDPAddrPort([]byte("late"), to); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(deadline))
+	buf := make([]byte, 100)
+	n, _, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "a|q" {
+		t.Fatalf("reply during shutdown: %q, %v", buf[:n], err)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(deadline):
+		t.Fatal("Shutdown did not return")
+	}
+	if d := time.Since(start); d > deadline-2*time.Second {
+		t.Errorf("Shutdown took %v: it waited for its deadline, not for the last session", d)
+	}
+	if got := a.Received(); got != 1 {
+		t.Errorf("backend received %d datagrams, want 1 (no new session while shutting down)", got)
+	}
+	if ends := sessionEnds(logs, "responses"); len(ends) != 1 {
+		t.Errorf("sessions ended by responses: %v, want the one", ends)
+	}
+}
+
+// TestUDPShutdownDeadline (issue 11, defect 4): a session still open when
+// Shutdown begins keeps delivering replies until the shutdown deadline,
+// and is closed then.
+func TestUDPShutdownDeadline(t *testing.T) {
+	bc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bc.Close()
+	core, logs := observer.New(zap.InfoLevel)
+	h := startServerLog(t, udpListenerTOML("u", "p", "")+poolTOML("p", "", bc.LocalAddr().String()), core)
+	c := udpClient(t)
+	if _, err := c.WriteToUDPAddrPort([]byte("q"), h.udpAddr("u")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 100)
+	bc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, session, err := bc.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const deadline = 2 * time.Second
+	ctx, cancel := contextWithTimeout(deadline)
+	defer cancel()
+	start := time.Now()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		h.srv.Shutdown(ctx)
+	}()
+	lbtest.Eventually(t, 5*time.Second, func() bool { return !h.srv.Ready() }, "Shutdown did not begin")
+	if _, err := bc.WriteToUDPAddrPort([]byte("during"), session); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "during" {
+		t.Fatalf("reply during shutdown: %q, %v", buf[:n], err)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(deadline + 5*time.Second):
+		t.Fatal("Shutdown did not return after its deadline")
+	}
+	if d := time.Since(start); d < deadline-100*time.Millisecond {
+		t.Errorf("Shutdown returned after %v, before its deadline %v, with a session open", d, deadline)
+	}
+	if n := h.udpActive("u", "p", bc.LocalAddr().String()); n != 0 {
+		t.Errorf("%v sessions open after Shutdown", n)
+	}
+	if ends := sessionEnds(logs, "shutdown"); len(ends) != 1 {
+		t.Errorf("sessions ended by shutdown: %v, want the one", ends)
 	}
 }
 
@@ -214,17 +458,17 @@ func TestUDPDeadBackendPassiveCheck(t *testing.T) {
 	dead := lbtest.ClosedUDPPort(t, "udp4")
 	live := lbtest.NewUDP(t, "live", lbtest.UDPTagged("live"))
 	// Round robin picks the first backend first: the dead one.
-	h := startServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", `fail_timeout = "1m"`, dead, live.Addr))
+	h := startUDPServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", `fail_timeout = "1m"`, dead, live.Addr), nil)
 	c := udpClient(t)
 	if _, err := c.WriteToUDPAddrPort([]byte("1"), h.udpAddr("u")); err != nil {
 		t.Fatal(err)
 	}
-	lbtest.Eventually(t, 2*time.Second, func() bool { return counter(h.m.BackendUp.WithLabelValues("p", dead)) == 0 },
+	lbtest.Eventually(t, 5*time.Second, func() bool { return counter(h.m.BackendUp.WithLabelValues("p", dead)) == 0 },
 		"dead backend not ejected")
 	if n := counter(h.m.ConnectErrors.WithLabelValues("p", dead)); n != 1 {
 		t.Errorf("connect errors = %v, want 1", n)
 	}
-	if reply := udpExchange(c, h.udpAddr("u"), []byte("2"), time.Second); string(reply) != "live|2" {
+	if reply := udpExchange(c, h.udpAddr("u"), []byte("2"), 5*time.Second); string(reply) != "live|2" {
 		t.Errorf("next datagram: reply %q, want live|2", reply)
 	}
 }
@@ -239,20 +483,22 @@ func TestUDPHealthSendExpect(t *testing.T) {
 		return [][]byte{append([]byte("pong|"), req...)}
 	})
 	dead := lbtest.ClosedUDPPort(t, "udp4")
-	h := startServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", "", dead, pong.Addr)+`
+	h := startUDPServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", "", dead, pong.Addr)+`
 [pools.p.health]
 check = "send-expect"
 send = "PING"
 expect = "+PONG"
-interval = "100ms"
-timeout = "200ms"
-`)
-	lbtest.Eventually(t, 3*time.Second, func() bool {
+interval = "200ms"
+timeout = "2s"
+`, nil)
+	// The check's timeout is seconds: a loaded machine must not fail the
+	// answering backend.
+	lbtest.Eventually(t, 10*time.Second, func() bool {
 		return counter(h.m.BackendUp.WithLabelValues("p", dead)) == 0 && counter(h.m.BackendUp.WithLabelValues("p", pong.Addr)) == 1
 	}, "health checks did not mark the dead backend down")
 	for i := range 4 {
 		req := fmt.Appendf(nil, "%d", i)
-		if reply := udpExchange(udpClient(t), h.udpAddr("u"), req, time.Second); string(reply) != "pong|"+string(req) {
+		if reply := udpExchange(udpClient(t), h.udpAddr("u"), req, 5*time.Second); string(reply) != "pong|"+string(req) {
 			t.Errorf("session %d: reply %q", i, reply)
 		}
 	}
@@ -263,10 +509,10 @@ timeout = "200ms"
 func TestUDPReload(t *testing.T) {
 	a := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
 	b := lbtest.NewUDP(t, "b", lbtest.UDPTagged("b"))
-	h := startServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", "", a.Addr))
+	h := startUDPServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", "", a.Addr), nil)
 	to := h.udpAddr("u")
 	old := udpClient(t)
-	if reply := udpExchange(old, to, []byte("1"), time.Second); string(reply) != "a|1" {
+	if reply := udpExchange(old, to, []byte("1"), 5*time.Second); string(reply) != "a|1" {
 		t.Fatalf("reply %q", reply)
 	}
 	// The same bind ("127.0.0.1:0") keeps the same socket.
@@ -277,10 +523,10 @@ func TestUDPReload(t *testing.T) {
 	if got := h.udpAddr("u"); got != to {
 		t.Fatalf("listener moved from %s to %s", to, got)
 	}
-	if reply := udpExchange(old, to, []byte("2"), time.Second); string(reply) != "a|2" {
+	if reply := udpExchange(old, to, []byte("2"), 5*time.Second); string(reply) != "a|2" {
 		t.Errorf("open session after reload: %q, want a|2", reply)
 	}
-	if reply := udpExchange(udpClient(t), to, []byte("3"), time.Second); string(reply) != "b|3" {
+	if reply := udpExchange(udpClient(t), to, []byte("3"), 5*time.Second); string(reply) != "b|3" {
 		t.Errorf("new session after reload: %q, want b|3", reply)
 	}
 }
@@ -300,15 +546,15 @@ func TestUDPDNSWithDnsmasq(t *testing.T) {
 	}
 	ns1 := startDnsmasq(t, bin, "10.1.2.3", "backend-one")
 	ns2 := startDnsmasq(t, bin, "10.1.2.4", "backend-two")
-	h := startServer(t, udpListenerTOML("dns", "ns", `responses = 1
-idle_timeout = "30s"`)+poolTOML("ns", "", ns1, ns2))
+	h := startUDPServer(t, udpListenerTOML("dns", "ns", `responses = 1
+idle_timeout = "30s"`)+poolTOML("ns", "", ns1, ns2), nil)
 	to := h.udpAddr("dns")
 
 	seen := map[string]int{}
 	for i := range 6 {
 		c := udpClient(t) // a new source port per query, like a stub resolver
 		q := dnsQuery(uint16(1000+i), "svc.test", dnsTypeA)
-		reply := udpExchange(c, to, q, 2*time.Second)
+		reply := udpExchange(c, to, q, 5*time.Second)
 		if reply == nil {
 			t.Fatalf("query %d: no answer", i)
 		}
@@ -320,7 +566,7 @@ idle_timeout = "30s"`)+poolTOML("ns", "", ns1, ns2))
 			t.Fatalf("query %d: answers %v", i, ans)
 		}
 		seen[ans[0]]++
-		lbtest.Eventually(t, 2*time.Second, func() bool {
+		lbtest.Eventually(t, 5*time.Second, func() bool {
 			return h.udpActive("dns", "ns", ns1)+h.udpActive("dns", "ns", ns2) == 0
 		}, "session not ended by responses = 1")
 	}
