@@ -303,5 +303,5 @@ func (r *recorder) resultsThrough(t *testing.T, target string, i int) []result {
 	if n == 0 {
 		t.Fatalf("no event #%d for %s", i, target)
 	}
-	return r.waitResults(t, 2*time.Second, target, n)[:n]
+	return r.waitResults(t, 10*time.Second, target, n)[:n]
 }

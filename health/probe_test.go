@@ -16,8 +16,14 @@ import (
 	"time"
 )
 
-// slack is what a loaded CI machine (-race, 2 cores) may add to a deadline.
-const slack = 750 * time.Millisecond
+// slack is what a loaded CI machine (-race, 2 cores, busy neighbours) may
+// add to a deadline: a margin of seconds, so an upper bound fails only when
+// a check outlives its timeout, not when the test was descheduled.
+const slack = 2 * time.Second
+
+// liveTimeout bounds checks against backends that answer: seconds, so a
+// loaded machine cannot turn an answer into a timeout (the default is 1s).
+const liveTimeout = 5 * time.Second
 
 func mustProber(t *testing.T, s Spec) Prober {
 	t.Helper()
@@ -30,7 +36,7 @@ func mustProber(t *testing.T, s Spec) Prober {
 
 func TestProbeTCP(t *testing.T) {
 	live := newTestServer(t, "127.0.0.1:0", closeAtOnce)
-	p := mustProber(t, Spec{Kind: KindTCP, Timeout: time.Second})
+	p := mustProber(t, Spec{Kind: KindTCP, Timeout: liveTimeout})
 
 	if err := p.Probe(context.Background(), live.Addr()); err != nil {
 		t.Errorf("listening backend: got %v, want success", err)
@@ -45,7 +51,7 @@ func TestProbePortOverride(t *testing.T) {
 	live := newTestServer(t, "127.0.0.1:0", closeAtOnce)
 	_, port, _ := net.SplitHostPort(live.Addr())
 	n, _ := strconv.Atoi(port)
-	p := mustProber(t, Spec{Kind: KindTCP, Port: n})
+	p := mustProber(t, Spec{Kind: KindTCP, Port: n, Timeout: liveTimeout})
 
 	// The traffic port is closed; the check port is open.
 	if err := p.Probe(context.Background(), closedAddr(t, "tcp")); err != nil {
@@ -81,7 +87,7 @@ func TestProbeHTTP(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newTestServer(t, "127.0.0.1:0", rawReply(tt.reply))
-			tt.spec.Kind = KindHTTP
+			tt.spec.Kind, tt.spec.Timeout = KindHTTP, liveTimeout
 			err := mustProber(t, tt.spec).Probe(context.Background(), srv.Addr())
 			switch {
 			case tt.wantErr == "" && err != nil:
@@ -95,7 +101,7 @@ func TestProbeHTTP(t *testing.T) {
 
 func TestProbeHTTPStatusError(t *testing.T) {
 	srv := newTestServer(t, "127.0.0.1:0", rawReply("HTTP/1.1 503 Busy\r\n\r\n"))
-	err := mustProber(t, Spec{Kind: KindHTTP}).Probe(context.Background(), srv.Addr())
+	err := mustProber(t, Spec{Kind: KindHTTP, Timeout: liveTimeout}).Probe(context.Background(), srv.Addr())
 	var se *StatusError
 	if !errors.As(err, &se) || se.Code != 503 {
 		t.Fatalf("got %v, want *StatusError{503}", err)
@@ -118,7 +124,7 @@ func TestProbeHTTPRequest(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := mustProber(t, Spec{Kind: KindHTTP, Path: "/healthz?full=1", Host: tt.host})
+			p := mustProber(t, Spec{Kind: KindHTTP, Path: "/healthz?full=1", Host: tt.host, Timeout: liveTimeout})
 			if err := p.Probe(context.Background(), srv.Addr()); err != nil {
 				t.Fatalf("probe: %v", err)
 			}
@@ -157,10 +163,10 @@ func TestProbeHTTPAgainstNetHTTP(t *testing.T) {
 	t.Cleanup(srv.Close)
 	addr := srv.Listener.Addr().String()
 
-	if err := mustProber(t, Spec{Kind: KindHTTP, Path: "/healthz"}).Probe(context.Background(), addr); err != nil {
+	if err := mustProber(t, Spec{Kind: KindHTTP, Path: "/healthz", Timeout: liveTimeout}).Probe(context.Background(), addr); err != nil {
 		t.Errorf("/healthz: got %v, want success", err)
 	}
-	if err := mustProber(t, Spec{Kind: KindHTTP, Path: "/other"}).Probe(context.Background(), addr); err == nil || err.Error() != "HTTP 503" {
+	if err := mustProber(t, Spec{Kind: KindHTTP, Path: "/other", Timeout: liveTimeout}).Probe(context.Background(), addr); err == nil || err.Error() != "HTTP 503" {
 		t.Errorf("/other: got %v, want HTTP 503", err)
 	}
 }
@@ -181,7 +187,7 @@ func TestProbeSendExpectTCP(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := newTestServer(t, "127.0.0.1:0", tt.handle)
-			p := mustProber(t, Spec{Kind: KindSendExpect, Send: []byte(tt.send), Expect: []byte(tt.expect)})
+			p := mustProber(t, Spec{Kind: KindSendExpect, Send: []byte(tt.send), Expect: []byte(tt.expect), Timeout: liveTimeout})
 			err := p.Probe(context.Background(), srv.Addr())
 			if tt.wantErr == nil && err != nil || tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
 				t.Fatalf("got %v, want %v", err, tt.wantErr)
@@ -239,7 +245,9 @@ func TestProbeSendExpectUDP(t *testing.T) {
 		}
 		return []byte("-ERR")
 	})
-	spec := Spec{Kind: KindSendExpect, Network: "udp", Send: []byte("PING"), Expect: []byte("+PONG"), Timeout: 300 * time.Millisecond}
+	// A timeout of seconds: the echo's answer must arrive within it even
+	// when the echo is descheduled.
+	spec := Spec{Kind: KindSendExpect, Network: "udp", Send: []byte("PING"), Expect: []byte("+PONG"), Timeout: 5 * time.Second}
 
 	t.Run("reply contains expect", func(t *testing.T) {
 		if err := mustProber(t, spec).Probe(context.Background(), echo.Addr()); err != nil {
@@ -249,13 +257,16 @@ func TestProbeSendExpectUDP(t *testing.T) {
 	t.Run("wrong reply times out", func(t *testing.T) {
 		s := spec
 		s.Send = []byte("HELLO")
+		// The wrong answer arrives well within the timeout; the check must
+		// still wait for the expected one until the timeout.
+		s.Timeout = time.Second
 		start := time.Now()
 		err := mustProber(t, s).Probe(context.Background(), echo.Addr())
 		if !errors.Is(err, ErrExpectNotSeen) || !errors.Is(err, os.ErrDeadlineExceeded) {
 			t.Fatalf("got %v, want expect not seen by timeout", err)
 		}
-		if d := time.Since(start); d > s.Timeout+slack {
-			t.Errorf("check took %v, timeout %v", d, s.Timeout)
+		if d := time.Since(start); d < s.Timeout || d > s.Timeout+slack {
+			t.Errorf("check took %v, want about its timeout %v", d, s.Timeout)
 		}
 	})
 	t.Run("closed port is refused fast", func(t *testing.T) {
@@ -266,16 +277,18 @@ func TestProbeSendExpectUDP(t *testing.T) {
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Fatalf("got %v, want connection refused", err)
 		}
-		if d := time.Since(start); d > time.Second {
-			t.Errorf("refused check took %v, want well under its 5s timeout", d)
+		if d := time.Since(start); d > s.Timeout-slack {
+			t.Errorf("refused check took %v, want well under its %v timeout", d, s.Timeout)
 		}
 	})
 }
 
 // TestProbeTimeout: a backend that accepts (or receives) and never answers
-// fails by timeout, and the check returns within its timeout.
+// fails by timeout, and the check returns within its timeout. The timeout
+// is longer than the default (1s), so a check that ignored it would end
+// too early.
 func TestProbeTimeout(t *testing.T) {
-	const timeout = 150 * time.Millisecond
+	const timeout = 1500 * time.Millisecond
 	hold := newTestServer(t, "127.0.0.1:0", silent)
 	mute := newUDPServer(t, func([]byte) []byte { return nil })
 	tests := []struct {
@@ -289,6 +302,7 @@ func TestProbeTimeout(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel() // each waits out its timeout
 			tt.spec.Timeout = timeout
 			p := mustProber(t, tt.spec)
 			start := time.Now()
@@ -335,7 +349,7 @@ func TestProbeCancel(t *testing.T) {
 		if err == nil {
 			t.Fatal("cancelled check reported success")
 		}
-	case <-time.After(2 * time.Second):
+	case <-time.After(10 * time.Second):
 		t.Fatal("check did not return after cancel")
 	}
 }
@@ -383,7 +397,7 @@ func TestProbeIPv6PortOverride(t *testing.T) {
 	srv := newTestServer(t, "[::1]:0", rawReply("HTTP/1.1 200 OK\r\n\r\n"))
 	_, port, _ := net.SplitHostPort(srv.Addr())
 	n, _ := strconv.Atoi(port)
-	p := mustProber(t, Spec{Kind: KindHTTP, Port: n})
+	p := mustProber(t, Spec{Kind: KindHTTP, Port: n, Timeout: liveTimeout})
 	if err := p.Probe(context.Background(), "[::1]:1"); err != nil {
 		t.Fatalf("check [::1]:%d: %v", n, err)
 	}
