@@ -231,11 +231,12 @@ func TestEvictionForNewClient(t *testing.T) {
 	}
 
 	r.exchange(c["A"], []byte("ping A")) // answered, oldest
-	r.send(c["B"], "hold B")             // never answered
-	r.send(c["C"], "hold C")             // never answered, more recent
-	lbtest.Until(t, 5*time.Second, func() (bool, string) {
-		return r.sessions.Load() == 3, fmt.Sprintf("%d sessions open, want 3", r.sessions.Load())
-	})
+	for i, name := range []string{"B", "C"} { // never answered, C more recent
+		r.send(c[name], "hold "+name)
+		lbtest.Until(t, 5*time.Second, func() (bool, string) {
+			return be.Received() == int64(i+2), fmt.Sprintf("backend received %d, want %d", be.Received(), i+2)
+		})
+	}
 	// D finds the table full: B goes, the oldest never answered.
 	r.exchange(c["D"], []byte("ping D"))
 	evicted("B")

@@ -223,7 +223,8 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 	}
 	s.last.Store(now)
 	s.requests.Store(1)
-	s.b.Acquire()
+	s.b.Acquire() // a UDP socket's connect is local and immediate: no connect in progress to count
+	s.b.Established()
 	s.t.Metrics.SessionOpened()
 	if l.Sessions != nil {
 		l.Sessions.Add(1)
@@ -345,12 +346,15 @@ func (l *Listener) evict() bool {
 
 // evictFirst reports whether s is less worth keeping than o: it has never
 // heard from its backend and o has, or both alike, it has been quiet
-// longer.
+// longer, or as long (datagrams of one batch share a time) and is older.
 func evictFirst(s, o *session) bool {
 	if sh, oh := s.heard.Load(), o.heard.Load(); sh != oh {
 		return !sh
 	}
-	return s.last.Load() < o.last.Load()
+	if sl, ol := s.last.Load(), o.last.Load(); sl != ol {
+		return sl < ol
+	}
+	return s.start.Before(o.start)
 }
 
 // Drain makes the listener stop opening sessions: from now on a datagram
