@@ -230,7 +230,7 @@ func TestEvictionForNewClient(t *testing.T) {
 		}
 	}
 
-	r.exchange(c["A"], []byte("ping A")) // answered, oldest
+	r.exchange(c["A"], []byte("ping A"))      // answered, oldest
 	for i, name := range []string{"B", "C"} { // never answered, C more recent
 		r.send(c[name], "hold "+name)
 		lbtest.Until(t, 5*time.Second, func() (bool, string) {
