@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -77,14 +78,19 @@ func TestAliveDeadAcceptLoop(t *testing.T) {
 // aliveSlack.
 func TestAliveHealthProgress(t *testing.T) {
 	be := lbtest.NewTCP(t, lbtest.Echo)
-	checked := "[pools.p.health]\ncheck = \"tcp\"\ninterval = \"1h\"\ntimeout = \"1s\"\n"
+	// One check an hour: the first must succeed, so its timeout is long
+	// against what a loaded machine adds to a loopback connect.
+	const timeout = 10 * time.Second
+	checked := "[pools.p.health]\ncheck = \"tcp\"\ninterval = \"1h\"\ntimeout = \"10s\"\n"
 	h := startServer(t, listenerTOML("a", "p", "")+poolTOML("p", checked, be.Addr)+
 		listenerTOML("u", "q", "")+poolTOML("q", "[pools.q.health]\ncheck = \"none\"\n", be.Addr))
 	key := h.srv.pools["p"].backends[0].key()
 	// The first check runs at once; the next one in an hour.
-	lbtest.Eventually(t, 5*time.Second, func() bool {
-		return counter(h.m.HealthChecks.WithLabelValues("p", be.Addr, "success")) >= 1
-	}, "first health check not completed")
+	lbtest.Until(t, timeout+5*time.Second, func() (bool, string) {
+		s, f := counter(h.m.HealthChecks.WithLabelValues("p", be.Addr, "success")),
+			counter(h.m.HealthChecks.WithLabelValues("p", be.Addr, "failure"))
+		return s >= 1, fmt.Sprintf("first health check not completed: %v successes, %v failures", s, f)
+	})
 	t0, ok := h.srv.health.lastCheck(key)
 	if !ok {
 		t.Fatal("no heartbeat for a checked backend")
@@ -93,7 +99,7 @@ func TestAliveHealthProgress(t *testing.T) {
 		t.Error("a heartbeat for a backend with check = none")
 	}
 
-	bound := 2*time.Hour + time.Second + aliveSlack
+	bound := 2*time.Hour + timeout + aliveSlack
 	for _, tc := range []struct {
 		name  string
 		at    time.Time

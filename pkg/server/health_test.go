@@ -659,26 +659,30 @@ func TestPassiveEjection(t *testing.T) {
 func blackholeAddr(t *testing.T) string {
 	t.Helper()
 	addr := listenBacklog0(t)
-	// Fill the accept queue (one connection with backlog 0; a few more in
-	// case the kernel queues more) and never accept.
 	var fill []net.Conn
 	t.Cleanup(func() {
 		for _, c := range fill {
 			c.Close()
 		}
 	})
-	for range 4 {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+	// Fill the accept queue (one connection with backlog 0; more if the
+	// kernel queues more) and never accept, until a connect times out. A
+	// timeout says the queue is full only if it is long against what a
+	// loaded machine adds to a normal connect: 2s (the kernel's first SYN
+	// retransmit, at 1s, is dropped as well).
+	const dialTimeout = 2 * time.Second
+	for range 8 {
+		c, err := net.DialTimeout("tcp", addr, dialTimeout)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			return addr
+		}
 		if err != nil {
-			break
+			t.Fatalf("filling the accept queue of %s: %v", addr, err)
 		}
 		fill = append(fill, c)
 	}
-	if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
-		c.Close()
-		t.Skip("connects to a full accept queue succeed here; cannot simulate a connect timeout")
-	}
-	return addr
+	t.Skip("connects to a full accept queue succeed here; cannot simulate a connect timeout")
+	return ""
 }
 
 // TestBackupTakeoverAndHandBack: backups take connections only while no
@@ -849,10 +853,14 @@ func TestHealthReload(t *testing.T) {
 	a := lbtest.NewTCP(t, okHTTP.handle)
 	b := lbtest.NewTCP(t, okHTTP.handle)
 	d := closedPort(t)
-	// interval 5s: any verdict seen sooner comes from a first check; a
-	// timeout of 1s that a live backend's check never reaches.
-	const timeout = time.Second
-	hc := healthTOML(`check = "http"`, `interval = "5s"`, `timeout = "1s"`, "rise = 2", "fall = 2")
+	// interval 20s: any verdict seen sooner comes from a first check; a
+	// timeout of 3s that a live backend's check never reaches, even on a
+	// loaded machine (its first check alone decides).
+	const (
+		interval = 20 * time.Second
+		timeout  = 3 * time.Second
+	)
+	hc := healthTOML(`check = "http"`, `interval = "20s"`, `timeout = "3s"`, "rise = 2", "fall = 2")
 	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", a.Addr, b.Addr, d)+hc)
 	waitHealth(h, d, "down", 10*time.Second)
 	lbtest.Eventually(t, 10*time.Second, func() bool { return checksCounted(h, b.Addr, "success") >= 1 })
@@ -880,8 +888,11 @@ func TestHealthReload(t *testing.T) {
 	if runtimeBackend(h, a.Addr) != aBefore {
 		t.Error("kept backend's runtime state was replaced by the reload")
 	}
-	if d := waitHealth(h, n.Addr, "down", 10*time.Second); d > 4500*time.Millisecond {
-		t.Errorf("new backend down %v after the reload, want its first check at once (interval 5s)", d)
+	// Its first check ends by its timeout; a check that waited for the
+	// interval would end after interval+timeout.
+	waitHealth(h, n.Addr, "down", interval)
+	if d := time.Since(reloading); d > interval/2 {
+		t.Errorf("new backend down %v after the reload, want its first check at once (timeout %v, interval %v)", d, timeout, interval)
 	}
 
 	// A reload that fails (its new listener cannot bind) changes nothing,

@@ -37,8 +37,11 @@ func fullBacklog(t *testing.T) (addr string, stop func()) {
 		t.Fatal(err)
 	}
 	addr = fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+	// A dial that times out says the queue is full only if the timeout is
+	// long against what a loaded machine adds to a normal connect: 2s
+	// (the kernel's first SYN retransmit, at 1s, is dropped as well).
 	for range 8 {
-		c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond)
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 		if ne, ok := err.(net.Error); ok && ne.Timeout() {
 			return addr, stop // the queue is full
 		}
@@ -62,10 +65,10 @@ func TestLeastConnectionsCountsPendingConnects(t *testing.T) {
 	h := startServer(t, listenerTOML("l", "p", "")+
 		poolTOML("p", "algorithm = \"least-connections\"\nconnect_timeout = \"20s\"\nretries = 0", slow, fast.Addr)+noHealth)
 
-	// One connection at a time, each served to its end before the next,
-	// so the fast backend has no active connection when the next is
-	// placed. A connection placed on the slow backend gets no answer: 3 s
-	// (well within connect_timeout) says so.
+	// One connection at a time, each served to its end (lbctl's too)
+	// before the next, so the fast backend has no active connection when
+	// the next is placed. A connection placed on the slow backend gets no
+	// answer: 3 s (well within connect_timeout) says so.
 	const n = 8
 	var toSlow int
 	for i := range n {
@@ -77,6 +80,14 @@ func TestLeastConnectionsCountsPendingConnects(t *testing.T) {
 		case err == nil && string(b[:k]) == "fast":
 			lbtest.ReadAllTimeout(t, c, 5*time.Second) // to its end
 			c.Close()
+			lbtest.Until(t, 10*time.Second, func() (bool, string) {
+				for _, b := range h.srv.Status().Pools[0].Backends {
+					if b.Address == fast.Addr {
+						return b.Active == 0, fmt.Sprintf("the fast backend has %d active connections after its client closed", b.Active)
+					}
+				}
+				return false, "no fast backend in the status"
+			})
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			toSlow++ // left open: its connect is still pending
 		default:
