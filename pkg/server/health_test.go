@@ -626,7 +626,7 @@ func TestPassiveEjection(t *testing.T) {
 		a := lbtest.NewTCP(t, lbtest.Named("a"))
 		d := blackholeAddr(t)
 		h := startServer(t, listenerTOML("l", "p", "")+
-			poolTOML("p", "retries = 1\nconnect_timeout = \"100ms\"\nmax_fails = 1\nfail_timeout = \"1m\"", a.Addr, d)+noHealth)
+			poolTOML("p", "retries = 1\nconnect_timeout = \"1s\"\nmax_fails = 1\nfail_timeout = \"1m\"", a.Addr, d)+noHealth)
 		for i := 0; i < 4 && healthOf(h, d) == "up"; i++ {
 			if got := whoServed(t, h, 1); got["a"] != 1 {
 				t.Fatalf("connection %d served by %v, want a", i, got)
