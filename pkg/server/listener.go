@@ -24,8 +24,8 @@ type listener struct {
 	tcp      *net.TCPListener
 	udp      *net.UDPConn // protocol "udp"; served by serveUDP (udp.go)
 	state    atomic.Pointer[listenerState]
-	active   atomic.Int64 // open connections, across generations
-	clients  clientTable  // per-client limits (acl.go); survive reloads
+	active   atomic.Int64 // open connections or sessions, across generations
+	clients  clientTable  // per-client limits (clienttable.go); survive reloads
 	closing  chan struct{}
 	once     sync.Once
 	served   bool          // serve was called (under Server.mu)
@@ -34,13 +34,13 @@ type listener struct {
 
 // listenerState is one generation of a listener's configuration.
 type listenerState struct {
-	name     string
-	cfg      *config.Listener
-	pool     *pool
-	maxConns int64
-	rej      *metrics.Rejections
-	proxy    *tcpproxy.Proxy // protocol "tcp"
-	udp      *udpproxy.Proxy // protocol "udp"
+	name  string
+	cfg   *config.Listener
+	pool  *pool
+	gate  *gate // admission (admission.go)
+	rej   *metrics.Rejections
+	proxy *tcpproxy.Proxy // protocol "tcp"
+	udp   *udpproxy.Proxy // protocol "udp"
 }
 
 func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool) (*listenerState, error) {
@@ -48,12 +48,12 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool
 		return nil, errors.New("unknown pool " + lc.Pool)
 	}
 	st := &listenerState{
-		name:     lc.Name,
-		cfg:      lc,
-		pool:     p,
-		maxConns: int64(lc.MaxConnections),
-		rej:      s.m.ForListener(lc.Protocol, lc.Name),
+		name: lc.Name,
+		cfg:  lc,
+		pool: p,
+		rej:  s.m.ForListener(lc.Protocol, lc.Name),
 	}
+	st.gate = newGate(lc, st.rej, s.log)
 	switch lc.Protocol {
 	case "tcp":
 		tm := make(map[*balancer.Backend]*tcpproxy.Target, len(p.backends))
@@ -191,16 +191,15 @@ func (s *Server) acceptLoop(l *listener) {
 			backoff, failures = 0, 0
 		}
 		st := l.state.Load()
-		// The listener-wide limit first: it does not depend on the client,
-		// and a connection refused here must not spend a client's rate
-		// token.
-		if st.maxConns > 0 && l.active.Load() >= st.maxConns {
-			st.rej.Inc(metrics.ReasonMaxConnections)
+		ra, _ := c.RemoteAddr().(*net.TCPAddr)
+		if ra == nil {
 			c.Close()
 			continue
 		}
-		peer, release, ok := s.gateTCP(l, st, c) // ACL, per-client limits (proxyproto.go)
-		if !ok {
+		peer := ra.AddrPort()
+		release, reason := st.gate.admitTCP(l, peer) // admission.go
+		if reason != 0 {
+			c.Close()
 			continue
 		}
 		l.active.Add(1)
@@ -214,7 +213,8 @@ func (s *Server) acceptLoop(l *listener) {
 // dialing is not kept for the life of the connection.
 //
 // client is the peer; release is nil when the listener takes PROXY
-// headers: the header is read first, and the client it names admitted.
+// headers: the header is read first, and the client it names admitted
+// (admitTCP).
 func (s *Server) handleTCP(l *listener, st *listenerState, c *net.TCPConn, client netip.AddrPort, release func()) {
 	if release == nil {
 		if client, release = s.admitProxied(l, st, c, client); release == nil {

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/lbctl/lbctl/pkg/proxyheader"
 	"go.uber.org/zap"
@@ -13,16 +12,15 @@ import (
 
 // The TCP accept path, and the PROXY protocol on both sides of lbctl.
 //
-// A connection is admitted before any backend is dialed:
-//
-//	accept loop: peer known?  -> ACL and per-client limits (acl.go) -> max_connections -> goroutine
-//	with accept_proxy_protocol:
-//	accept loop: peer in trusted_proxies? -> max_connections -> goroutine:
-//	             read the header (proxy_protocol_timeout) -> ACL and limits on the header's client
-//
-// A refused connection is closed at once and counted under its reason. The
-// header is read off the raw *net.TCPConn by pkg/proxyheader, which takes
-// exactly the header's bytes, so the connection still splices afterwards.
+// A connection is admitted before any backend is dialed (admission.go). On
+// a listener with accept_proxy_protocol the accept loop checks
+// max_connections and that the peer is one of trusted_proxies; the
+// connection's goroutine then reads the header (proxy_protocol_timeout),
+// and the client it names goes through the access list and the per-client
+// limits. A refused connection is closed at once and counted under its
+// reason. The header is read off the raw *net.TCPConn by pkg/proxyheader,
+// which takes exactly the header's bytes, so the connection still splices
+// afterwards.
 // The header's source address is the client from then on: ACLs, per-client
 // limits, ip-hash and the access log all see it. A LOCAL header (a health
 // check from the proxy itself) leaves the peer as the client.
@@ -31,38 +29,9 @@ import (
 // write a header carrying that client before the first payload byte
 // (proxyHeaderFunc).
 
-// gateTCP is the accept loop's admission of a new connection c. ok false
-// means c was refused: closed and counted. A nil release with ok true means
-// the listener takes PROXY headers, and admission waits for the header
-// (admitProxied, on the connection's goroutine).
-func (s *Server) gateTCP(l *listener, st *listenerState, c *net.TCPConn) (peer netip.AddrPort, release func(), ok bool) {
-	ra, _ := c.RemoteAddr().(*net.TCPAddr)
-	if ra == nil {
-		c.Close()
-		return peer, nil, false
-	}
-	peer = ra.AddrPort()
-	if st.cfg.AcceptProxyProtocol {
-		if !config.Match(st.cfg.TrustedProxies, peer.Addr()) {
-			st.rej.Inc(metrics.ReasonProxyProtocol)
-			s.log.Debug("connection from an untrusted peer refused: PROXY headers are accepted only from trusted_proxies",
-				zap.String("listener", st.name), zap.Stringer("peer", peer))
-			c.Close()
-			return peer, nil, false
-		}
-		return peer, nil, true
-	}
-	release, reason := s.admit(l, st, peer.Addr())
-	if reason != 0 {
-		c.Close()
-		return peer, nil, false
-	}
-	return peer, release, true
-}
-
 // admitProxied reads the PROXY header of a connection from a trusted peer,
-// then admits the client it names. release is nil when the connection was
-// refused (counted; the caller closes c).
+// then admits the client it names (gate.admitClient). release is nil when
+// the connection was refused (counted; the caller closes c).
 func (s *Server) admitProxied(l *listener, st *listenerState, c *net.TCPConn, peer netip.AddrPort) (client netip.AddrPort, release func()) {
 	h, err := proxyheader.ReadContext(s.killCtx, c, time.Now().Add(st.cfg.ProxyProtocolTimeout))
 	if err != nil {
@@ -75,10 +44,7 @@ func (s *Server) admitProxied(l *listener, st *listenerState, c *net.TCPConn, pe
 	if !h.Local {
 		client = h.Source
 	}
-	release, reason := s.admit(l, st, client.Addr())
-	if reason != 0 {
-		return client, nil
-	}
+	release, _ = st.gate.admitClient(l, client.Addr(), nil)
 	return client, release
 }
 

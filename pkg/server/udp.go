@@ -17,12 +17,9 @@ import (
 // session takes the udpproxy.Proxy of the listenerState in force, and open
 // sessions keep theirs.
 //
-// Admission is the same gate as TCP's (acl.go), asked once per new session.
-// When the listener's client table is full, the session least worth keeping
-// (udpproxy: never replied to first, then the quietest) is evicted before
-// the new client is asked about, so a flood of source addresses churns
-// through its own sessions instead of locking new clients out until
-// sessions expire.
+// Admission is the same gate as TCP's (admission.go), asked once per new
+// session; when the listener's client table is full, it has udpproxy
+// evict a session to make room for a new client.
 //
 // Shutdown drains a UDP listener: it stops opening sessions, but its socket
 // stays open while the open sessions finish, since their replies leave
@@ -50,7 +47,6 @@ func (s *Server) buildUDPProxy(lc *config.Listener, p *pool, st *listenerState, 
 		IdleTimeout:      lc.IdleTimeout,
 		UnrepliedTimeout: lc.UnrepliedTimeout,
 		Responses:        lc.Responses,
-		MaxSessions:      lc.MaxConnections,
 		Header:           proxyHeaderFunc(p.cfg.ProxyProtocol, true),
 		Rejections:       st.rej,
 		Passive:          p,
@@ -93,33 +89,15 @@ func (s *Server) serveUDP(l *listener) {
 			return nil
 		},
 		Sessions: &l.active,
-		// Access list and per-client limits (acl.go), once per new
-		// session, with the generation in force.
+		// Once per new session, with the generation in force.
 		Admit: func(client netip.Addr, evict func() bool) func() {
-			st := l.state.Load()
-			if clientTableFull(l, st, client) {
-				evict()
-			}
-			release, _ := s.admit(l, st, client)
-			return release
+			return l.state.Load().gate.admitUDP(l, client, evict)
 		},
 	}
 	served := make(chan struct{})
 	defer close(served)
 	go s.drainUDP(l, ul, served)
 	ul.Serve()
-}
-
-// clientTableFull reports whether a new session of client would find the
-// listener's client table full: the per-client limits are on, the access
-// list lets client in (a refused client must not evict anyone), and the
-// table holds as many clients as it may.
-func clientTableFull(l *listener, st *listenerState, client netip.Addr) bool {
-	lc := st.cfg
-	if lc.MaxConnectionsPerClient <= 0 && lc.ConnectionRatePerClient <= 0 {
-		return false // no per-client state is kept
-	}
-	return admits(lc, client.Unmap().WithZone("")) && l.clients.size() >= l.clients.capacity()
 }
 
 // drainUDP closes a UDP listener's socket at shutdown: once its last

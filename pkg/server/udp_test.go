@@ -175,7 +175,8 @@ func TestUDPListenerKeys(t *testing.T) {
 			"session without a reply did not expire")
 	})
 	t.Run("max_connections", func(t *testing.T) {
-		if reply := udpExchange(udpClient(t), h.udpAddr("max"), []byte("x"), 5*time.Second); string(reply) != "a|x" {
+		open := udpClient(t)
+		if reply := udpExchange(open, h.udpAddr("max"), []byte("x"), 5*time.Second); string(reply) != "a|x" {
 			t.Fatalf("reply %q", reply)
 		}
 		if _, err := udpClient(t).WriteToUDPAddrPort([]byte("y"), h.udpAddr("max")); err != nil {
@@ -184,6 +185,12 @@ func TestUDPListenerKeys(t *testing.T) {
 		lbtest.Eventually(t, 5*time.Second, func() bool {
 			return counter(h.m.Rejected.WithLabelValues("max", "max_connections")) == 1
 		}, "second session not rejected")
+		if reply := udpExchange(open, h.udpAddr("max"), []byte("again"), 5*time.Second); string(reply) != "a|again" {
+			t.Errorf("the open session: reply %q", reply)
+		}
+		if n := h.udpActive("max", "p", a.Addr); n != 1 {
+			t.Errorf("%v sessions open, want 1", n)
+		}
 	})
 	t.Run("responses", func(t *testing.T) {
 		c := udpClient(t)
@@ -528,6 +535,49 @@ func TestUDPReload(t *testing.T) {
 	}
 	if reply := udpExchange(udpClient(t), to, []byte("3"), 5*time.Second); string(reply) != "b|3" {
 		t.Errorf("new session after reload: %q, want b|3", reply)
+	}
+}
+
+// TestUDPClientAtLimitEvictsNobody: with the client table full, a client
+// that already holds max_connections_per_client sessions and sends from a
+// new port is refused (client_limit) without evicting anybody: eviction
+// makes room for new clients only, else a client at its limit could push
+// every other client's session out, one new port at a time.
+func TestUDPClientAtLimitEvictsNobody(t *testing.T) {
+	a := lbtest.NewUDP(t, "a", pingOnly)
+	core, logs := observer.New(zap.InfoLevel)
+	h := startUDPServer(t, udpListenerTOML("u", "p", "max_connections_per_client = 1")+poolTOML("p", "", a.Addr), core)
+	l := h.udpListener("u")
+	l.clients.mu.Lock()
+	l.clients.max = 2
+	l.clients.mu.Unlock()
+	to := h.udpAddr("u")
+	b, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	a1, a2 := udpClient(t), udpClient(t) // one client IP, two ports
+	// B's session is the quieter one: an eviction would pick it.
+	for _, c := range []*net.UDPConn{b, a1} {
+		if reply := udpExchange(c, to, []byte("ping"), 5*time.Second); string(reply) != "a|ping" {
+			t.Fatalf("%s: reply %q", c.LocalAddr(), reply)
+		}
+	}
+	if _, err := a2.WriteToUDPAddrPort([]byte("ping"), to); err != nil {
+		t.Fatal(err)
+	}
+	lbtest.Eventually(t, 5*time.Second, func() bool {
+		return counter(h.m.Rejected.WithLabelValues("u", "client_limit")) == 1
+	}, "the client's second session was not refused")
+	if reply := udpExchange(b, to, []byte("ping again"), 5*time.Second); string(reply) != "a|ping again" {
+		t.Errorf("B: reply %q", reply)
+	}
+	if ev := sessionEnds(logs, "evicted"); len(ev) != 0 {
+		t.Errorf("evicted %v for a client at its limit, want none", ev)
+	}
+	if n := h.udpActive("u", "p", a.Addr); n != 2 {
+		t.Errorf("%v sessions open, want 2", n)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -116,11 +117,17 @@ func TestDescriptorReserveRule(t *testing.T) {
 // UDP sessions leave DescriptorReserve descriptors to the rest of the
 // process: past their share, new sessions are refused, counted and logged
 // once, while open ones keep working; once sessions end (here unreplied),
-// new ones open again.
+// new ones open again. The reserve is checked before Admit: a refused
+// session never takes (and so never spends) its client's admission.
 func TestDescriptorReserve(t *testing.T) {
 	const limit, share = 70, 6 // SessionDescriptors(70) = 70 - 64
 	be := pingBackend(t)
-	r := newRig(t, rigOpts{tweak: func(c *udpproxy.Config) { c.UnrepliedTimeout = 2 * time.Second }}, be.Addr)
+	var asked atomic.Int64
+	admit := func(netip.Addr, func() bool) func() {
+		asked.Add(1)
+		return func() {}
+	}
+	r := newRig(t, rigOpts{admit: admit, tweak: func(c *udpproxy.Config) { c.UnrepliedTimeout = 2 * time.Second }}, be.Addr)
 	answered := client(t, "127.0.0.1")
 	holders := make([]*net.UDPConn, share+2)
 	for i := range holders {
@@ -141,6 +148,9 @@ func TestDescriptorReserve(t *testing.T) {
 	})
 	if n := r.sessions.Load(); n != share {
 		t.Errorf("%d sessions open, want %d", n, share)
+	}
+	if n := asked.Load(); n != share {
+		t.Errorf("Admit asked %d times, want %d (the refused sessions must not be asked about)", n, share)
 	}
 	if reply, _ := r.exchange(answered, []byte("ping 2")); string(reply) != "a|ping 2" {
 		t.Errorf("open session while refusing: reply %q", reply)

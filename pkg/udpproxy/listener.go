@@ -30,13 +30,17 @@ type Listener struct {
 	// (a listener's "active" count in status).
 	Sessions *atomic.Int64
 	// Admit, when not nil, decides whether a new session from client may
-	// open (access lists, per-client limits): it returns the function to
-	// call once that session has ended, or nil to refuse it, having
-	// counted the refusal. When its table of clients is full, Admit may
-	// call evict to make room: evict ends the session least worth keeping
-	// (see the package comment), calls that session's release before it
-	// returns, and reports whether there was one. The reader goroutine
-	// calls Admit once per new session, never per datagram.
+	// open (a limit on sessions, access lists, per-client limits): it
+	// returns the function to call once that session has ended, or nil to
+	// refuse it, having counted the refusal. When its table of clients is
+	// full, Admit may call evict to make room: evict ends the session least
+	// worth keeping (see the package comment), calls that session's release
+	// before it returns, and reports whether there was one. The reader
+	// goroutine calls Admit once per new session, never per datagram, after
+	// the listener's own checks (draining, the descriptor reserve), so a
+	// session refused by those never takes the client's admission. A
+	// session that replaces one whose backend failed takes over that one's
+	// admission instead of asking again.
 	Admit func(client netip.Addr, evict func() bool) (release func())
 
 	mu       sync.Mutex
@@ -168,22 +172,15 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 		return nil
 	}
 	cfg := &p.cfg
-	// The listener-wide limits first: a datagram refused here must not
-	// spend the client's rate token.
+	// The listener's own checks first: a datagram refused here must not
+	// spend the client's rate token (Admit).
 	l.mu.Lock()
 	draining := l.draining
-	full := cfg.MaxSessions > 0 && len(l.table) >= cfg.MaxSessions
 	l.mu.Unlock()
 	switch {
 	case draining:
-		// Shutting down: open sessions finish, none starts. Not a
-		// rejection: the listener is going away.
-		if admitted != nil {
-			admitted()
-		}
-		return nil
-	case full:
-		cfg.Rejections.Inc(metrics.ReasonMaxConnections)
+		// Open sessions finish, none starts. Not a rejection: the listener
+		// is going away.
 		if admitted != nil {
 			admitted()
 		}
@@ -402,11 +399,4 @@ func (l *Listener) endLocked(s *session, end End) bool {
 		delete(l.table, s.client)
 	}
 	return true
-}
-
-// Len returns the number of open sessions.
-func (l *Listener) Len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.table)
 }

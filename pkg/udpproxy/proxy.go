@@ -25,18 +25,18 @@
 //     as a passive health failure, and the client's next datagram opens a
 //     session on a backend picked afresh;
 //   - it is evicted to make room in a full table of clients (below);
-//   - the listener socket is closed (the shutdown deadline, or the listener
-//     left the configuration): replies could no longer leave from its
+//   - the listener socket is closed (a drain's deadline, or the caller
+//     needs the address back): replies could no longer leave from its
 //     address.
 //
 // Limits. A datagram that would open a session is dropped and counted as
-// rejected (reason max_connections) when the listener holds MaxSessions
-// sessions, or when the sessions of all listeners hold their share of the
-// process's descriptors: every session holds one socket, and sessions leave
-// DescriptorReserve of RLIMIT_NOFILE to TCP accepts, the admin API and
-// health checks (fdbudget.go), so a flood from many source addresses cannot
-// starve them. Open sessions keep working; the refusals are logged once per
-// episode. Listener.Admit adds access lists and per-client limits; when its
+// rejected (reason max_connections) when the sessions of all listeners hold
+// their share of the process's descriptors: every session holds one socket,
+// and sessions leave DescriptorReserve of RLIMIT_NOFILE to TCP accepts, the
+// admin API and health checks (fdbudget.go), so a flood from many source
+// addresses cannot starve them. Open sessions keep working; the refusals are
+// logged once per episode. Past that check Listener.Admit decides
+// (pkg/server: max_connections, access lists, per-client limits); when its
 // table of clients is full it may evict one session to make room for a new
 // client: of up to 16 open sessions sampled at random, one whose backend has
 // never replied if there is one, else the one quiet the longest. A flood of
@@ -131,9 +131,6 @@ type Config struct {
 	// Responses ends a session once the backend has sent this many replies
 	// per client datagram of the session; 0 = until idle.
 	Responses int
-	// MaxSessions bounds the listener's concurrent sessions (all
-	// generations together); 0 = no limit.
-	MaxSessions int
 
 	// Header, when set, returns the bytes put in front of every datagram
 	// sent to the backend (a PROXY protocol v2 header). It is called once
@@ -176,9 +173,6 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	return p, nil
 }
-
-// Config returns the configuration p was built with.
-func (p *Proxy) Config() *Config { return &p.cfg }
 
 // End says how a session ended: the access log's "end" field.
 type End string
