@@ -30,6 +30,10 @@ type listener struct {
 	once     sync.Once
 	served   bool          // serve was called (under Server.mu)
 	done     chan struct{} // closed when the accept loop has returned
+	// UDP: closed when a reload removed the listener; drainUDP then lets
+	// its sessions run on for drainFor at most (set before).
+	removed  chan struct{}
+	drainFor time.Duration
 }
 
 // listenerState is one generation of a listener's configuration.
@@ -92,7 +96,7 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool
 }
 
 func (s *Server) bind(lc *config.Listener) (*listener, error) {
-	l := &listener{protocol: lc.Protocol, closing: make(chan struct{}), done: make(chan struct{})}
+	l := &listener{protocol: lc.Protocol, closing: make(chan struct{}), done: make(chan struct{}), removed: make(chan struct{})}
 	switch lc.Protocol {
 	case "tcp":
 		if inh, err := s.inheritedTCP(lc.Bind); err != nil || inh != nil {
@@ -106,6 +110,7 @@ func (s *Server) bind(lc *config.Listener) (*listener, error) {
 		}
 		l.tcp = ln.(*net.TCPListener)
 	case "udp":
+		s.freeUDPAddr(lc.Bind) // a removed listener may still drain there
 		uc, err := s.bindUDP(lc)
 		if err != nil {
 			return nil, err
@@ -124,8 +129,11 @@ func (l *listener) addr() net.Addr {
 	return l.tcp.Addr()
 }
 
-// close stops accepting. Established TCP connections are not touched; UDP
-// sessions end with their listener socket (replies leave through it).
+// close closes the listener socket and waits until it is no longer served.
+// Established TCP connections are not touched. A UDP listener's open
+// sessions end with its socket, since their replies leave through it:
+// Shutdown and a reload that removes the listener drain it first, and close
+// it once its sessions have ended or at their deadline (drainUDP).
 func (l *listener) close() {
 	l.once.Do(func() {
 		close(l.closing)

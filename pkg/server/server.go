@@ -60,8 +60,9 @@ type Server struct {
 	mu        sync.Mutex // serialises Start, Reload and Shutdown
 	reloadMu  sync.Mutex // serialises Start and Reload, held while resolving host names outside mu
 	cfg       atomic.Pointer[config.Config]
-	listeners map[string]*listener // by key(protocol, bind)
-	pools     map[string]*pool     // by pool name
+	listeners map[string]*listener   // by key(protocol, bind)
+	removed   map[*listener]struct{} // UDP listeners a reload removed, while they drain (udp.go)
+	pools     map[string]*pool       // by pool name
 	started   bool
 	stopping  atomic.Bool
 	ready     atomic.Bool
@@ -70,7 +71,7 @@ type Server struct {
 	killCtx context.Context    // canceled when the shutdown drain time is over
 	kill    context.CancelFunc //
 	// udpDrain is closed when Shutdown begins: UDP listeners stop opening
-	// sessions and close once theirs have ended (udp.go).
+	// sessions and close once theirs have ended (drainUDP).
 	udpDrain chan struct{}
 	health   *healthMonitor
 	alive    aliveState // what Alive remembers between calls (alive.go)
@@ -86,6 +87,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		m:         opts.Metrics,
 		opts:      opts,
 		listeners: map[string]*listener{},
+		removed:   map[*listener]struct{}{},
 		pools:     map[string]*pool{},
 		udpDrain:  make(chan struct{}),
 	}
@@ -182,6 +184,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 		}
 		l.close()
 	}
+	for l := range s.removed { // draining already, since their reload
+		udp = append(udp, l)
+	}
 	s.mu.Unlock()
 	s.health.stop()
 
@@ -258,8 +263,13 @@ func (s *Server) apply(cfg *config.Config, resolved map[string]string) error {
 	for k, l := range s.listeners {
 		st, kept := states[k]
 		if !kept {
-			l.close() // its connections finish on their own
+			// Its connections and sessions finish on their own.
 			delete(s.listeners, k)
+			if l.udp != nil {
+				s.removeUDP(l, cfg.ShutdownTimeout)
+			} else {
+				l.close()
+			}
 			continue
 		}
 		l.state.Store(st)

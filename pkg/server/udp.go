@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 
 	"github.com/lbctl/lbctl/balancer"
 	"github.com/lbctl/lbctl/pkg/config"
@@ -21,10 +22,15 @@ import (
 // session; when the listener's client table is full, it has udpproxy
 // evict a session to make room for a new client.
 //
-// Shutdown drains a UDP listener: it stops opening sessions, but its socket
-// stays open while the open sessions finish, since their replies leave
-// through it; the socket closes once the last session has ended, or at the
-// shutdown deadline, which ends the rest.
+// Shutdown, and a reload that removes the listener, drain a UDP listener:
+// it stops opening sessions, but its socket stays open while the open
+// sessions finish, since their replies leave through it. The socket closes
+// once the last session has ended, or at the deadline, which ends the
+// rest: the shutdown deadline, and for a removed listener also
+// shutdown_timeout after the reload. A removed listener does not hold up
+// the reload, nor its address: a listener a later reload binds to an
+// address that overlaps it takes the address at once, ending the sessions
+// still draining there (freeUDPAddr).
 
 // udpSocketBuffer is the receive and send buffer asked for the listener
 // socket, so bursts are not dropped; the kernel caps it (net.core.rmem_max).
@@ -75,9 +81,9 @@ func (s *Server) bindUDP(lc *config.Listener) (*net.UDPConn, error) {
 	return uc, nil
 }
 
-// serveUDP reads the listener socket until it is closed: by l.close() (a
-// reload removed the listener), or by drainUDP at shutdown. It returns, and
-// closes l.done, once every session of the listener has ended.
+// serveUDP reads the listener socket until it is closed: by drainUDP once
+// the listener has drained, or by l.close(). It returns, and closes l.done,
+// once every session of the listener has ended.
 func (s *Server) serveUDP(l *listener) {
 	defer close(l.done)
 	ul := &udpproxy.Listener{
@@ -100,22 +106,83 @@ func (s *Server) serveUDP(l *listener) {
 	ul.Serve()
 }
 
-// drainUDP closes a UDP listener's socket at shutdown: once its last
-// session has ended, or at the shutdown deadline (s.killCtx), whichever
-// comes first. Until then new sessions are refused and open ones carry on.
-// It returns without closing anything once served is closed (the socket
-// was closed otherwise).
+// drainUDP closes a UDP listener's socket once it has drained. When
+// Shutdown begins (s.udpDrain) or a reload removes the listener
+// (l.removed), the listener stops opening sessions; its socket closes once
+// the last open session has ended, or at the shutdown deadline
+// (s.killCtx), or, for a removed listener, l.drainFor after the reload,
+// whichever comes first. It returns without closing anything once served
+// is closed (the socket was closed otherwise).
 func (s *Server) drainUDP(l *listener, ul *udpproxy.Listener, served <-chan struct{}) {
+	var deadline <-chan time.Time
 	select {
 	case <-s.udpDrain:
+	case <-l.removed:
+		t := time.NewTimer(l.drainFor)
+		defer t.Stop()
+		deadline = t.C
 	case <-served:
 		return
 	}
 	select {
 	case <-ul.Drain():
 	case <-s.killCtx.Done():
+	case <-deadline:
+		s.log.Info("udp listener removed by a reload: shutdown_timeout reached, ending its sessions",
+			zap.String("listener", l.state.Load().name), zap.Int64("sessions", l.active.Load()))
 	case <-served:
 		return
 	}
 	l.udp.Close()
+}
+
+// removeUDP takes a UDP listener that a reload removed out of service
+// without ending its sessions (drainUDP): they may run on for drain at
+// most. It does not wait. Called with s.mu held.
+func (s *Server) removeUDP(l *listener, drain time.Duration) {
+	s.forgetDrained()
+	l.drainFor = drain
+	close(l.removed)
+	s.removed[l] = struct{}{}
+}
+
+// freeUDPAddr closes the removed UDP listeners still draining on an
+// address that bind overlaps, ending their sessions, so that a listener can
+// bind there. Called with s.mu held.
+func (s *Server) freeUDPAddr(bind string) {
+	s.forgetDrained()
+	want, err := netip.ParseAddrPort(bind)
+	if err != nil {
+		return // not an IP:port: config.Parse renders every bind to one
+	}
+	for l := range s.removed {
+		if overlaps(l.udp.LocalAddr().(*net.UDPAddr).AddrPort(), want) {
+			l.close()
+			delete(s.removed, l)
+		}
+	}
+}
+
+// forgetDrained drops the removed UDP listeners that have drained from
+// s.removed. Called with s.mu held.
+func (s *Server) forgetDrained() {
+	for l := range s.removed {
+		select {
+		case <-l.done:
+			delete(s.removed, l)
+		default:
+		}
+	}
+}
+
+// overlaps reports whether two UDP sockets bound to a and b would take
+// each other's address: the same port (not 0), and the same IP or a
+// wildcard that covers the other.
+func overlaps(a, b netip.AddrPort) bool {
+	if a.Port() != b.Port() || a.Port() == 0 {
+		return false
+	}
+	x, y := a.Addr().Unmap(), b.Addr().Unmap()
+	covers := func(w, o netip.Addr) bool { return w.IsUnspecified() && (w.Is6() || o.Is4()) }
+	return x == y || covers(x, y) || covers(y, x)
 }

@@ -538,6 +538,91 @@ func TestUDPReload(t *testing.T) {
 	}
 }
 
+// TestUDPRemovedListenerDrains: a UDP listener that a reload removes
+// stops opening sessions but lets the open ones finish, as a removed TCP
+// listener lets its connections run on: a backend's late reply still
+// reaches the client. The reload does not wait for that, and the socket
+// closes once the last session has ended.
+func TestUDPRemovedListenerDrains(t *testing.T) {
+	answer := make(chan struct{})
+	var once sync.Once
+	a := lbtest.NewUDP(t, "a", func(req []byte) [][]byte {
+		if string(req) == "slow" {
+			<-answer // a backend that answers when the test says so
+		}
+		return [][]byte{append([]byte("a|"), req...)}
+	})
+	t.Cleanup(func() { once.Do(func() { close(answer) }) }) // before the backend closes
+	const global = "shutdown_timeout = \"60s\"\n"
+	rest := udpListenerTOML("v", "p", "") + poolTOML("p", "", a.Addr)
+	h := startUDPServer(t, global+udpListenerTOML("u", "p", "responses = 1")+rest, nil)
+	to := h.udpAddr("u")
+	c := udpClient(t)
+	if _, err := c.WriteToUDPAddrPort([]byte("slow"), to); err != nil {
+		t.Fatal(err)
+	}
+	lbtest.Eventually(t, 5*time.Second, func() bool { return a.Received() == 1 }, "datagram not forwarded")
+
+	start := time.Now()
+	if err := h.srv.Reload(udpConfig(t, global+rest)); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the reload took %v: it waited for the removed listener's sessions", d)
+	}
+	if _, ok := h.srv.Listeners()["u"]; ok {
+		t.Fatal("listener u still listed after the reload removed it")
+	}
+	once.Do(func() { close(answer) })
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 100)
+	n, _, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "a|slow" {
+		t.Fatalf("reply after the listener was removed: %q, %v", buf[:n], err)
+	}
+	// The session ended with its answer (responses = 1): the listener
+	// has drained, and its address is free.
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		u, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(to))
+		if err != nil {
+			return false, fmt.Sprintf("the removed listener's address is still taken: %v", err)
+		}
+		u.Close()
+		return true, ""
+	})
+}
+
+// TestUDPRemovedListenerGivesWay: while a removed UDP listener drains, a
+// later reload may bind a listener to its address again: the draining one
+// gives the address up at once, ending its sessions, and the reload
+// succeeds.
+func TestUDPRemovedListenerGivesWay(t *testing.T) {
+	a := lbtest.NewUDP(t, "a", pingOnly)
+	core, logs := observer.New(zap.InfoLevel)
+	bind := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeUDPPort(t)))
+	fixed := fmt.Sprintf("[listeners.u]\nprotocol = \"udp\"\nbind = %q\npool = \"p\"\n", bind)
+	const global = "shutdown_timeout = \"60s\"\n"
+	rest := udpListenerTOML("v", "p", "") + poolTOML("p", "", a.Addr)
+	h := startUDPServer(t, global+fixed+rest, core)
+	held := udpClient(t)
+	if _, err := held.WriteToUDPAddrPort([]byte("hold"), bind); err != nil { // never answered
+		t.Fatal(err)
+	}
+	lbtest.Eventually(t, 5*time.Second, func() bool { return a.Received() == 1 }, "datagram not forwarded")
+	if err := h.srv.Reload(udpConfig(t, global+rest)); err != nil {
+		t.Fatalf("reload that removes u: %v", err)
+	}
+	if err := h.srv.Reload(udpConfig(t, global+fixed+rest)); err != nil {
+		t.Fatalf("reload that brings u back while the old one drains: %v", err)
+	}
+	if reply := udpExchange(udpClient(t), bind, []byte("ping"), 5*time.Second); string(reply) != "a|ping" {
+		t.Errorf("the listener brought back: reply %q", reply)
+	}
+	if ends := sessionEnds(logs, "shutdown"); len(ends) != 1 || ends[0] != held.LocalAddr().String() {
+		t.Errorf("sessions ended by the takeover: %v, want the held one (%s)", ends, held.LocalAddr())
+	}
+}
+
 // TestUDPClientAtLimitEvictsNobody: with the client table full, a client
 // that already holds max_connections_per_client sessions and sends from a
 // new port is refused (client_limit) without evicting anybody: eviction
