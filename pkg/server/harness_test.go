@@ -30,8 +30,14 @@ type harness struct {
 	reg *prometheus.Registry
 }
 
+// cleanupDrain is the shutdown deadline of the harness's cleanup. Open UDP
+// sessions hold a shutdown until they end or the deadline passes, and a
+// test done with its connections need not wait for that; the tests of
+// draining call Shutdown themselves, with the deadline they test.
+const cleanupDrain = 100 * time.Millisecond
+
 // startServer parses toml (listeners bind 127.0.0.1:0), starts a server,
-// and shuts it down in t.Cleanup.
+// and shuts it down in t.Cleanup (cleanupDrain).
 func startServer(t testing.TB, toml string) *harness {
 	t.Helper()
 	return startServerLog(t, toml, nil)
@@ -62,7 +68,7 @@ func startServerLog(t testing.TB, toml string, core zapcore.Core) *harness {
 		t.Fatalf("start: %v", err)
 	}
 	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), cleanupDrain)
 		defer cancel()
 		h.srv.Shutdown(ctx)
 	})

@@ -32,18 +32,11 @@ func (h *harness) udpAddr(name string) netip.AddrPort {
 	return netip.MustParseAddrPort(h.addr(name))
 }
 
-// startUDPServer is startServerLog (core may be nil) for tests that leave
-// UDP sessions open: a shutdown lets them run until they end or its
-// deadline passes, and the cleanup need not wait for that.
+// startUDPServer is startServerLog (core may be nil), for tests that leave
+// UDP sessions open: its cleanup ends them after cleanupDrain.
 func startUDPServer(t testing.TB, toml string, core zapcore.Core) *harness {
 	t.Helper()
-	h := startServerLog(t, toml, core)
-	t.Cleanup(func() { // runs before startServerLog's
-		ctx, cancel := contextWithTimeout(100 * time.Millisecond)
-		defer cancel()
-		h.srv.Shutdown(ctx)
-	})
-	return h
+	return startServerLog(t, toml, core)
 }
 
 func udpClient(t testing.TB) *net.UDPConn {
