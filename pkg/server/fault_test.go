@@ -7,21 +7,16 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // Faults lbctl must survive: backends that stall, reset, close or never
@@ -259,74 +254,27 @@ const fdChildEnv = "LBCTL_TEST_FD_CHILD"
 // obeys stdin: "take" opens one more descriptor; EOF exits.
 func fdChild(backend string) {
 	const served = 3
-	fail := func(err error) {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		os.Exit(3)
-	}
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: 256, Max: 256}); err != nil {
-		fail(err)
-	}
+	ChildLimitFDs(256)
 	// A passive ejection would last the whole test: a dial that fails for
 	// want of a descriptor must not count against the backend.
-	cfg, err := config.Parse("child.toml", []byte(listenerTOML("l", "p", "")+
-		poolTOML("p", "max_fails = 1\nfail_timeout = \"1h\"", backend)+noHealth))
-	if err != nil {
-		fail(err)
-	}
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(os.Stderr), zap.InfoLevel))
-	srv, err := New(cfg, Options{Log: log, Metrics: metrics.New(prometheus.NewRegistry())})
-	if err != nil {
-		fail(err)
-	}
-	if err := srv.Start(); err != nil {
-		fail(err)
-	}
-	var fill []*os.File
-	for {
-		f, err := os.Open(os.DevNull)
-		if err != nil {
-			if !errors.Is(err, syscall.EMFILE) {
-				fail(err)
-			}
-			break
-		}
-		fill = append(fill, f)
-	}
+	srv := ChildServer(listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 1\nfail_timeout = \"1h\"", backend)+noHealth,
+		ChildLogger(), metrics.New(prometheus.NewRegistry()))
+	fill := childFillFDs()
 	for _, f := range fill[len(fill)-(2*served+1):] {
 		f.Close()
 	}
 	fill = fill[:len(fill)-(2*served+1)]
 	fmt.Printf("listening %s\n", srv.Listeners()["l"])
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		if in.Text() == "take" {
+	ChildObey(func(cmd string) {
+		if cmd == "take" {
 			f, err := os.Open(os.DevNull)
 			if err != nil {
-				fail(err)
+				ChildFatal(err)
 			}
 			fill = append(fill, f)
 			fmt.Println("took")
 		}
-	}
-	os.Exit(0)
-}
-
-// lockedBuffer collects a child's stderr.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	})
 }
 
 // cpuTicks is a process's user+system CPU time in clock ticks.
@@ -352,42 +300,8 @@ func TestFDExhaustion(t *testing.T) {
 		t.Skip("needs /proc and Linux accept semantics")
 	}
 	be := lbtest.NewTCP(t, lbtest.Echo)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFDExhaustion$")
-	cmd.Env = append(os.Environ(), fdChildEnv+"="+be.Addr)
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	t.Cleanup(func() {
-		stdin.Close()
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	out := make(chan string, 16)
-	go func() {
-		// Reading stdout to its end before Wait, as exec requires.
-		lines := bufio.NewScanner(stdout)
-		for lines.Scan() {
-			out <- lines.Text()
-		}
-		close(out)
-		exited <- cmd.Wait()
-	}()
-	addr := strings.TrimPrefix(waitLine(t, out, "listening ", &stderr), "listening ")
+	child := StartChild(t, "^TestFDExhaustion$", fdChildEnv+"="+be.Addr)
+	addr := strings.TrimPrefix(child.WaitLine("listening "), "listening ")
 
 	// Three connections fit; each holds two descriptors in the child,
 	// leaving one free.
@@ -399,7 +313,7 @@ func TestFDExhaustion(t *testing.T) {
 		}
 		t.Cleanup(func() { c.Close() })
 		if !served(t, c) {
-			t.Fatalf("connection %d not served:\n%s", i, stderr.String())
+			t.Fatalf("connection %d not served:\n%s", i, child.Stderr())
 		}
 		held = append(held, c)
 	}
@@ -414,8 +328,8 @@ func TestFDExhaustion(t *testing.T) {
 	c.Close()
 
 	// Now take the last descriptor: accept(2) itself fails with EMFILE.
-	fmt.Fprintln(stdin, "take")
-	waitLine(t, out, "took", &stderr)
+	child.Send("take")
+	child.WaitLine("took")
 	var pending []net.Conn
 	for i := 0; i < 3; i++ {
 		c, err := net.DialTimeout("tcp", addr, 2*time.Second) // completed by the kernel's backlog
@@ -427,20 +341,20 @@ func TestFDExhaustion(t *testing.T) {
 		pending = append(pending, c)
 	}
 	lbtest.Until(t, 10*time.Second, func() (bool, string) {
-		logs := stderr.String()
+		logs := child.Stderr()
 		return strings.Contains(logs, "accept failed, backing off"), "the child did not report the accept failure:\n" + logs
 	})
 
 	// The starved accept loop must back off, not spin: measure the child's
 	// CPU time over one second of exhaustion.
-	before := cpuTicks(t, cmd.Process.Pid)
+	before := cpuTicks(t, child.Pid())
 	time.Sleep(time.Second) // the measurement window
-	used := cpuTicks(t, cmd.Process.Pid) - before
+	used := cpuTicks(t, child.Pid()) - before
 	if used > 15 { // ticks of 10ms: 15% of one core
 		t.Errorf("the child used %d ticks of CPU in 1s while out of descriptors: the accept loop spins", used)
 	}
-	if n := strings.Count(stderr.String(), "accept failed, backing off"); n != 1 {
-		t.Errorf("the condition was logged %d times, want once:\n%s", n, stderr.String())
+	if n := strings.Count(child.Stderr(), "accept failed, backing off"); n != 1 {
+		t.Errorf("the condition was logged %d times, want once:\n%s", n, child.Stderr())
 	}
 
 	// Descriptors free up, as many as the waiting connections need (the
@@ -453,31 +367,12 @@ func TestFDExhaustion(t *testing.T) {
 		c.SetReadDeadline(time.Now().Add(5 * time.Second))
 		b := make([]byte, 1)
 		if _, err := io.ReadFull(c, b); err != nil || b[0] != '?' {
-			t.Fatalf("connection %d waiting in the backlog was not served once descriptors freed up: %q %v\n%s", i, b, err, stderr.String())
+			t.Fatalf("connection %d waiting in the backlog was not served once descriptors freed up: %q %v\n%s", i, b, err, child.Stderr())
 		}
 	}
 	lbtest.Until(t, 10*time.Second, func() (bool, string) {
-		logs := stderr.String()
+		logs := child.Stderr()
 		return strings.Contains(logs, "accepting again"), "the recovery was not logged:\n" + logs
 	})
 	t.Logf("child CPU during 1s of exhaustion: %d ticks", used)
-}
-
-// waitLine waits for a line of the child's stdout that starts with prefix.
-func waitLine(t *testing.T, out <-chan string, prefix string, stderr *lockedBuffer) string {
-	t.Helper()
-	timeout := time.After(20 * time.Second)
-	for {
-		select {
-		case l, ok := <-out:
-			if !ok {
-				t.Fatalf("the child exited:\n%s", stderr.String())
-			}
-			if strings.HasPrefix(l, prefix) {
-				return l
-			}
-		case <-timeout:
-			t.Fatalf("no %q from the child:\n%s", prefix, stderr.String())
-		}
-	}
 }

@@ -1,13 +1,10 @@
 package server
 
 import (
-	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,12 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // listenBacklog0 listens on 127.0.0.1 with an accept queue of one
@@ -65,28 +59,11 @@ const healthFDChildEnv = "LBCTL_TEST_HEALTH_FD_CHILD"
 //     come free, until "release" gives them all back;
 //   - EOF exits.
 func healthFDChild(backends string) {
-	fail := func(err error) {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		os.Exit(3)
-	}
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: 256, Max: 256}); err != nil {
-		fail(err)
-	}
+	ChildLimitFDs(256)
 	addrs := strings.Split(backends, ",")
-	cfg, err := config.Parse("child.toml", []byte(listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", addrs...)+
-		healthTOML(`check = "tcp"`, `interval = "200ms"`, `timeout = "1s"`, "rise = 3", "fall = 2")))
-	if err != nil {
-		fail(err)
-	}
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(os.Stderr), zap.InfoLevel))
 	m := metrics.New(prometheus.NewRegistry())
-	srv, err := New(cfg, Options{Log: log, Metrics: m})
-	if err != nil {
-		fail(err)
-	}
-	if err := srv.Start(); err != nil {
-		fail(err)
-	}
+	srv := ChildServer(listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", addrs...)+
+		healthTOML(`check = "tcp"`, `interval = "200ms"`, `timeout = "1s"`, "rise = 3", "fall = 2"), ChildLogger(), m)
 	fmt.Printf("listening %s\n", srv.Listeners()["l"])
 
 	var (
@@ -99,20 +76,10 @@ func healthFDChild(backends string) {
 	take := func() {
 		mu.Lock()
 		defer mu.Unlock()
-		for {
-			f, err := os.Open(os.DevNull)
-			if err != nil {
-				if !errors.Is(err, syscall.EMFILE) {
-					fail(err)
-				}
-				return
-			}
-			fill = append(fill, f)
-		}
+		fill = append(fill, childFillFDs()...)
 	}
-	in := bufio.NewScanner(os.Stdin)
-	for in.Scan() {
-		switch in.Text() {
+	ChildObey(func(cmd string) {
+		switch cmd {
 		case "state":
 			up := 0
 			for _, p := range srv.Status().Pools {
@@ -165,8 +132,7 @@ func healthFDChild(backends string) {
 			mu.Unlock()
 			fmt.Println("released")
 		}
-	}
-	os.Exit(0)
+	})
 }
 
 // TestHealthOutOfDescriptors (defect 3): while lbctl is out of file
@@ -181,41 +147,8 @@ func TestHealthOutOfDescriptors(t *testing.T) {
 	}
 	a := lbtest.NewTCP(t, lbtest.Named("a"))
 	b := lbtest.NewTCP(t, lbtest.Named("b"))
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHealthOutOfDescriptors$")
-	cmd.Env = append(os.Environ(), healthFDChildEnv+"="+a.Addr+","+b.Addr)
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	t.Cleanup(func() {
-		stdin.Close()
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	out := make(chan string, 16)
-	go func() {
-		lines := bufio.NewScanner(stdout)
-		for lines.Scan() {
-			out <- lines.Text()
-		}
-		close(out)
-		exited <- cmd.Wait()
-	}()
-	addr := strings.TrimPrefix(waitLine(t, out, "listening ", &stderr), "listening ")
+	child := StartChild(t, "^TestHealthOutOfDescriptors$", healthFDChildEnv+"="+a.Addr+","+b.Addr)
+	addr := strings.TrimPrefix(child.WaitLine("listening "), "listening ")
 
 	type state struct {
 		up                int
@@ -224,36 +157,38 @@ func TestHealthOutOfDescriptors(t *testing.T) {
 	}
 	read := func() state {
 		t.Helper()
-		fmt.Fprintln(stdin, "state")
+		child.Send("state")
 		var s state
-		l := waitLine(t, out, "state ", &stderr)
+		l := child.WaitLine("state ")
 		if _, err := fmt.Sscanf(l, "state %d %v %v %d", &s.up, &s.success, &s.failures, &s.skipped); err != nil {
 			t.Fatalf("child said %q: %v", l, err)
 		}
 		return s
 	}
 	var st state
-	lbtest.Eventually(t, 10*time.Second, func() bool { st = read(); return st.success >= 2 },
-		"first checks not passed: %+v\n%s", &st, &stderr)
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		st = read()
+		return st.success >= 2, fmt.Sprintf("first checks not passed: %+v\n%s", st, child.Stderr())
+	})
 	if st.up != 2 || st.failures != 0 {
-		t.Fatalf("before the shortage: %+v, want both up and no failure\n%s", st, stderr.String())
+		t.Fatalf("before the shortage: %+v, want both up and no failure\n%s", st, child.Stderr())
 	}
 
-	fmt.Fprintln(stdin, "exhaust")
-	waitLine(t, out, "exhausted", &stderr)
+	child.Send("exhaust")
+	child.WaitLine("exhausted")
 	// Several intervals without descriptors: three checks of each backend
 	// without a verdict (fall = 2 would have marked both down), or, before
 	// the fix, backends marked down.
-	lbtest.Eventually(t, 20*time.Second, func() bool {
+	lbtest.Until(t, 20*time.Second, func() (bool, string) {
 		st = read()
-		return st.skipped >= 6 || st.up < 2
-	}, "no check ran while out of descriptors: %+v\n%s", &st, &stderr)
+		return st.skipped >= 6 || st.up < 2, fmt.Sprintf("no check ran while out of descriptors: %+v\n%s", st, child.Stderr())
+	})
 	if st.up != 2 || st.failures != 0 {
-		t.Errorf("out of descriptors: %d backends up, %v failed checks counted; want 2 and 0\n%s", st.up, st.failures, stderr.String())
+		t.Errorf("out of descriptors: %d backends up, %v failed checks counted; want 2 and 0\n%s", st.up, st.failures, child.Stderr())
 	}
 
-	fmt.Fprintln(stdin, "release")
-	waitLine(t, out, "released", &stderr)
+	child.Send("release")
+	child.WaitLine("released")
 	// Served at once: a backend marked down would need rise = 3 passing
 	// checks (over 400ms) first.
 	for i := range 2 {
@@ -264,12 +199,14 @@ func TestHealthOutOfDescriptors(t *testing.T) {
 		got, err := lbtest.ReadAllTimeout(t, c, 5*time.Second)
 		c.Close()
 		if err != nil || (string(got) != "a" && string(got) != "b") {
-			t.Errorf("connection %d right after descriptors came back: %q %v, want served by a or b\n%s", i, got, err, stderr.String())
+			t.Errorf("connection %d right after descriptors came back: %q %v, want served by a or b\n%s", i, got, err, child.Stderr())
 		}
 	}
-	lbtest.Eventually(t, 10*time.Second, func() bool { return strings.Contains(stderr.String(), "health checks give verdicts again") },
-		"the end of the shortage was not logged:\n%s", &stderr)
-	logs := stderr.String()
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		logs := child.Stderr()
+		return strings.Contains(logs, "health checks give verdicts again"), "the end of the shortage was not logged:\n" + logs
+	})
+	logs := child.Stderr()
 	if n := strings.Count(logs, "health checks give no verdict"); n != 1 {
 		t.Errorf("the shortage was logged %d times, want once:\n%s", n, logs)
 	}

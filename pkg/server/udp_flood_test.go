@@ -8,24 +8,19 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/lbctl/lbctl/pkg/admin"
-	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/lbctl/lbctl/pkg/server"
 	"github.com/lbctl/lbctl/pkg/udpproxy"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // The flood test runs lbctl (server and admin API) in a child process,
@@ -43,19 +38,10 @@ const (
 // whose backend never answers, and the admin API; it prints their
 // addresses and runs until stdin closes.
 func floodChild(tcpBackend, udpBackend string) {
-	fail := func(err error) {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		os.Exit(3)
-	}
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		fail(err)
-	}
-	lim.Cur = floodLimit
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		fail(err)
-	}
-	cfg, err := config.Parse("child.toml", []byte(fmt.Sprintf(`
+	server.ChildLimitFDs(floodLimit)
+	log := server.ChildLogger()
+	reg := prometheus.NewRegistry()
+	srv := server.ChildServer(fmt.Sprintf(`
 [listeners.t]
 bind = "127.0.0.1:0"
 pool = "t"
@@ -76,28 +62,15 @@ address = %q
 [pools.u]
 [[pools.u.backends]]
 address = %q
-`, floodUnreplied, tcpBackend, udpBackend)))
-	if err != nil {
-		fail(err)
-	}
-	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.Lock(os.Stderr), zap.InfoLevel))
-	reg := prometheus.NewRegistry()
-	srv, err := server.New(cfg, server.Options{Log: log, Metrics: metrics.New(reg)})
-	if err != nil {
-		fail(err)
-	}
-	if err := srv.Start(); err != nil {
-		fail(err)
-	}
+`, floodUnreplied, tcpBackend, udpBackend), log, metrics.New(reg))
 	api, err := admin.New(admin.Options{Bind: "127.0.0.1:0", Registry: reg, Server: srv, Log: log})
 	if err != nil {
-		fail(err)
+		server.ChildFatal(err)
 	}
 	go api.Serve()
 	ls := srv.Listeners()
 	fmt.Printf("ready %s %s %s\n", ls["t"], ls["u"], api.Addr())
-	io.Copy(io.Discard, os.Stdin)
-	os.Exit(0)
+	server.ChildObey(nil)
 }
 
 // TestUDPFloodLeavesDescriptors (issue 11, defect 2): a flood of datagrams
@@ -122,57 +95,14 @@ func TestUDPFloodLeavesDescriptors(t *testing.T) {
 	tcpBe := lbtest.NewTCP(t, lbtest.Echo)
 	silent := lbtest.NewUDP(t, "silent", lbtest.UDPSilent)
 
-	cmd := exec.Command(os.Args[0], "-test.run=^TestUDPFloodLeavesDescriptors$")
-	cmd.Env = append(os.Environ(), floodChildEnv+"="+tcpBe.Addr+" "+silent.Addr)
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	ready := make(chan string, 1)
-	go func() {
-		lines := bufio.NewScanner(stdout)
-		for lines.Scan() {
-			if l := lines.Text(); strings.HasPrefix(l, "ready ") {
-				ready <- l
-			}
-		}
-		cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		stdin.Close()
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			cmd.Process.Kill() // the child only, by its PID
-			<-exited
-		}
-	})
-	var line string
-	select {
-	case line = <-ready:
-	case <-exited:
-		t.Fatalf("the child exited:\n%s", stderr.String())
-	case <-time.After(20 * time.Second):
-		t.Fatalf("the child did not start:\n%s", stderr.String())
-	}
-	f := strings.Fields(line)
+	child := server.StartChild(t, "^TestUDPFloodLeavesDescriptors$", floodChildEnv+"="+tcpBe.Addr+" "+silent.Addr)
+	f := strings.Fields(child.WaitLine("ready "))
 	tcpAddr, udpAddr, adminAddr := f[1], netip.MustParseAddrPort(f[2]), f[3]
 	httpc := &http.Client{Timeout: 5 * time.Second}
 	metric := func(name string, labels ...string) float64 {
 		v, err := scrape(httpc, adminAddr, name, labels...)
 		if err != nil {
-			t.Fatalf("admin API: %v\n%s", err, stderr.String())
+			t.Fatalf("admin API: %v\n%s", err, child.Stderr())
 		}
 		return v
 	}
@@ -216,7 +146,7 @@ func TestUDPFloodLeavesDescriptors(t *testing.T) {
 	for i := range 5 {
 		msg := fmt.Sprintf("hello %d", i)
 		if got, err := tcpEcho(tcpAddr, msg); err != nil || got != msg {
-			t.Fatalf("TCP connection %d while flooded: %q, %v\n%s", i, got, err, stderr.String())
+			t.Fatalf("TCP connection %d while flooded: %q, %v\n%s", i, got, err, child.Stderr())
 		}
 	}
 	resp, err := httpc.Get("http://" + adminAddr + "/healthz")
@@ -256,7 +186,7 @@ func TestUDPFloodLeavesDescriptors(t *testing.T) {
 		return silent.Received() == received+1 && sessions() == 1,
 			fmt.Sprintf("backend received %d (want %d), %v sessions open", silent.Received(), received+1, sessions())
 	})
-	log := stderr.String()
+	log := child.Stderr()
 	if n := strings.Count(log, "new sessions are refused"); n != 1 {
 		t.Errorf("the refusals were logged %d times, want once per episode:\n%s", n, log)
 	}
@@ -319,22 +249,4 @@ func scrape(c *http.Client, adminAddr, name string, labels ...string) (float64, 
 		sum += v
 	}
 	return sum, lines.Err()
-}
-
-// syncBuffer collects a child's stderr.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
