@@ -39,9 +39,16 @@ func startUDPServer(t testing.TB, toml string, core zapcore.Core) *harness {
 	return startServerLog(t, toml, core)
 }
 
+// udpClient is a UDP socket on 127.0.0.1, closed when t ends.
 func udpClient(t testing.TB) *net.UDPConn {
 	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	return udpClientFrom(t, net.IPv4(127, 0, 0, 1))
+}
+
+// udpClientFrom is a UDP socket on ip, closed when t ends.
+func udpClientFrom(t testing.TB, ip net.IP) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: ip})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,11 +227,7 @@ responses = 1`)+poolTOML("p", "", a.Addr), nil)
 	to := h.udpAddr("u")
 	rejected := func(reason string) float64 { return counter(h.m.Rejected.WithLabelValues("u", reason)) }
 
-	denied, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer denied.Close()
+	denied := udpClientFrom(t, net.IPv4(127, 0, 0, 2))
 	if _, err := denied.WriteToUDPAddrPort([]byte("x"), to); err != nil {
 		t.Fatal(err)
 	}
@@ -267,6 +270,15 @@ func (h *harness) udpListener(name string) *listener {
 	return nil
 }
 
+// limitClients lowers the client table of the UDP listener named name to
+// max clients.
+func (h *harness) limitClients(name string, max int) {
+	l := h.udpListener(name)
+	l.clients.mu.Lock()
+	l.clients.max = max
+	l.clients.mu.Unlock()
+}
+
 // sessionEnds lists the clients of the UDP access log lines with end.
 func sessionEnds(logs *observer.ObservedLogs, end string) []string {
 	var out []string
@@ -296,19 +308,11 @@ func TestUDPClientTableFull(t *testing.T) {
 	a := lbtest.NewUDP(t, "a", pingOnly)
 	core, logs := observer.New(zap.InfoLevel)
 	h := startUDPServer(t, udpListenerTOML("u", "p", "max_connections_per_client = 1")+poolTOML("p", "", a.Addr), core)
-	l := h.udpListener("u")
-	l.clients.mu.Lock()
-	l.clients.max = 3
-	l.clients.mu.Unlock()
+	h.limitClients("u", 3)
 	to := h.udpAddr("u")
 	clients := map[string]*net.UDPConn{}
 	for i, name := range []string{"A", "B", "C", "D"} {
-		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, byte(i+1))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		clients[name] = c
+		clients[name] = udpClientFrom(t, net.IPv4(127, 0, 0, byte(i+1)))
 	}
 	if reply := udpExchange(clients["A"], to, []byte("ping A"), 5*time.Second); string(reply) != "a|ping A" {
 		t.Fatalf("A: reply %q", reply)
@@ -342,6 +346,22 @@ func TestUDPClientTableFull(t *testing.T) {
 	}
 }
 
+// beginShutdown runs h's Shutdown with deadline in the background and
+// returns once it has begun (the server is no longer ready); the channel
+// it returns is closed when Shutdown returns.
+func beginShutdown(t *testing.T, h *harness, deadline time.Duration) <-chan struct{} {
+	t.Helper()
+	ctx, cancel := contextWithTimeout(deadline)
+	t.Cleanup(cancel)
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		h.srv.Shutdown(ctx)
+	}()
+	lbtest.Eventually(t, 5*time.Second, func() bool { return !h.srv.Ready() }, "Shutdown did not begin")
+	return stopped
+}
+
 // TestUDPShutdownDeliversReplies (issue 11, defect 4): a reply that comes
 // after Shutdown began still reaches its client, while no new session
 // opens; Shutdown returns once the last session has ended, before its
@@ -362,15 +382,8 @@ func TestUDPShutdownDeliversReplies(t *testing.T) {
 	lbtest.Eventually(t, 5*time.Second, func() bool { return a.Received() == 1 }, "datagram not forwarded")
 
 	const deadline = 10 * time.Second
-	ctx, cancel := contextWithTimeout(deadline)
-	defer cancel()
 	start := time.Now()
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		h.srv.Shutdown(ctx)
-	}()
-	lbtest.Eventually(t, 5*time.Second, func() bool { return !h.srv.Ready() }, "Shutdown did not begin")
+	stopped := beginShutdown(t, h, deadline)
 	if _, err := late.WriteToUDPAddrPort([]byte("late"), to); err != nil {
 		t.Fatal(err)
 	}
@@ -419,15 +432,8 @@ func TestUDPShutdownDeadline(t *testing.T) {
 	}
 
 	const deadline = 2 * time.Second
-	ctx, cancel := contextWithTimeout(deadline)
-	defer cancel()
 	start := time.Now()
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		h.srv.Shutdown(ctx)
-	}()
-	lbtest.Eventually(t, 5*time.Second, func() bool { return !h.srv.Ready() }, "Shutdown did not begin")
+	stopped := beginShutdown(t, h, deadline)
 	if _, err := bc.WriteToUDPAddrPort([]byte("during"), session); err != nil {
 		t.Fatal(err)
 	}
@@ -625,16 +631,9 @@ func TestUDPClientAtLimitEvictsNobody(t *testing.T) {
 	a := lbtest.NewUDP(t, "a", pingOnly)
 	core, logs := observer.New(zap.InfoLevel)
 	h := startUDPServer(t, udpListenerTOML("u", "p", "max_connections_per_client = 1")+poolTOML("p", "", a.Addr), core)
-	l := h.udpListener("u")
-	l.clients.mu.Lock()
-	l.clients.max = 2
-	l.clients.mu.Unlock()
+	h.limitClients("u", 2)
 	to := h.udpAddr("u")
-	b, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { b.Close() })
+	b := udpClientFrom(t, net.IPv4(127, 0, 0, 2))
 	a1, a2 := udpClient(t), udpClient(t) // one client IP, two ports
 	// B's session is the quieter one: an eviction would pick it.
 	for _, c := range []*net.UDPConn{b, a1} {
