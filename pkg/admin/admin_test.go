@@ -295,11 +295,12 @@ func TestStatusShape(t *testing.T) {
 		t.Errorf("pool %v", p)
 	}
 	b := p["backends"].([]any)[0].(map[string]any)
-	if got, want := keys(b), []string{"active", "address", "admin", "backup", "failures", "health", "total", "weight"}; !reflect.DeepEqual(got, want) {
+	if got, want := keys(b), []string{"active", "address", "admin", "backup", "failures", "health", "last_change", "last_check", "removing", "source", "total", "weight", "weight_override"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("backend keys %v, want %v", got, want)
 	}
 	want := map[string]any{"address": e.be.Addr, "weight": 1.0, "backup": false, "health": "up", "admin": "enabled",
-		"active": 1.0, "total": 1.0, "failures": 0.0}
+		"active": 1.0, "total": 1.0, "failures": 0.0, "source": "config", "weight_override": nil, "last_check": nil,
+		"last_change": nil, "removing": false}
 	if !reflect.DeepEqual(b, want) {
 		t.Errorf("backend %v, want %v", b, want)
 	}

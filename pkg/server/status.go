@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"sort"
+	"time"
 
 	"github.com/lbctl/lbctl/balancer"
 )
@@ -40,6 +41,19 @@ type BackendStatus struct {
 	Active   int64  `json:"active"`
 	Total    uint64 `json:"total"`
 	Failures uint64 `json:"failures"`
+	// Source is where the backend comes from: "config", "api", or the
+	// discovery source ("dns:NAME", "srv:NAME", "file:PATH", "etcd:PREFIX").
+	Source string `json:"source"`
+	// WeightOverride is the operator's weight (SetWeightOverride), which
+	// Weight then shows; nil without one.
+	WeightOverride *int `json:"weight_override"`
+	// LastCheck is the last active check's outcome; nil before the first
+	// one, or without active checks.
+	LastCheck *CheckStatus `json:"last_check"`
+	// LastChange is when health or admin state last changed; nil if never.
+	LastChange *time.Time `json:"last_change"`
+	// Removing is true while a backend removed from the pool drains.
+	Removing bool `json:"removing"`
 }
 
 // Errors returned by SetBackendAdmin.
@@ -87,7 +101,7 @@ func backendStatus(m balancer.Member) BackendStatus {
 	}
 	return BackendStatus{
 		Address: b.Address(), Weight: m.Weight, Backup: m.Backup, Health: h, Admin: b.Admin().String(),
-		Active: b.Active(), Total: b.Total(), Failures: b.Failures(),
+		Active: b.Active(), Total: b.Total(), Failures: b.Failures(), Source: "config",
 	}
 }
 
