@@ -48,6 +48,10 @@ type conn struct {
 	eofs            atomic.Int32 // directions that ended with a clean EOF
 	stopCtx         func() bool  // unregisters the shutdown callback
 	onEnd           func(End)
+	// The backend's Registry and this connection's links in it; guarded
+	// by reg.mu.
+	reg        *Registry
+	prev, next *conn
 }
 
 // direction is one half of a connection: bytes from src to dst.
@@ -145,19 +149,19 @@ type writeError struct{ err error }
 func (e writeError) Error() string { return "write: " + e.err.Error() }
 func (e writeError) Unwrap() error { return e.err }
 
-// end ends the connection because of why, unless it has ended already:
-// the one way a connection is closed. It records why, then closes both
+// end ends the connection because of why, unless it has ended already
+// (it then reports false): the one way a connection is closed. It records why, then closes both
 // sockets: with a reset when a side failed or bytes would be lost (see the
 // package comment), else with FIN. The directions then stop, and the last
 // one runs onEnd (finished).
-func (c *conn) end(why End) {
+func (c *conn) end(why End) bool {
 	if !c.reason.CompareAndSwap(0, int32(why)) {
-		return
+		return false
 	}
 	reset := false
 	switch {
 	case why == EndDone:
-	case why.failure():
+	case why.failure(), why == EndKilled, why == EndDrainTimeout:
 		reset = true
 	default:
 		reset = c.unsent()
@@ -168,6 +172,7 @@ func (c *conn) end(why End) {
 	}
 	c.client.Close()
 	c.backend.Close()
+	return true
 }
 
 // finished runs once, when both directions are over.
@@ -182,6 +187,9 @@ func (c *conn) finished() {
 		c.halfTimer.Stop()
 	}
 	c.end(EndDone) // both sides finished, unless something ended it before
+	if c.reg != nil {
+		c.reg.remove(c)
+	}
 	c.onEnd(End(c.reason.Load()))
 }
 

@@ -15,6 +15,8 @@ const (
 	EndShutdown                          // closed by the shutdown deadline
 	EndNoBackend                         // no eligible backend
 	EndBackendUnavailable                // every connect attempt failed
+	EndKilled                            // reset by Registry.Kill (lbctl backend kill)
+	EndDrainTimeout                      // reset at the drain_timeout of a backend removed from the pool
 )
 
 var endNames = [...]string{
@@ -26,6 +28,8 @@ var endNames = [...]string{
 	EndShutdown:           "shutdown",
 	EndNoBackend:          "no_backend",
 	EndBackendUnavailable: "backend_unavailable",
+	EndKilled:             "killed",
+	EndDrainTimeout:       "drain_timeout",
 }
 
 // String returns the access log's word for e.

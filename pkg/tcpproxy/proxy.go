@@ -29,6 +29,9 @@
 //   - both sides finished sending (EndDone): FIN, the stream is complete;
 //   - a side failed (EndClientError, EndBackendError): the other side gets a
 //     reset, so that it cannot mistake a truncated stream for a complete one;
+//   - the operator kills the backend's connections, or a backend removed
+//     from the pool reaches its drain_timeout (EndKilled,
+//     EndDrainTimeout; see [Registry]): a reset on both sides;
 //   - lbctl ends it (idle_timeout, half_close_timeout, the shutdown
 //     deadline): a reset on both sides when any byte is still unsent, FIN
 //     otherwise. Unsent means: a direction is in the middle of moving bytes
@@ -66,6 +69,9 @@ import (
 type Target struct {
 	Addr    string       // resolved "ip:port" to dial
 	Metrics *metrics.TCP // nil records nothing
+	// Conns, when not nil, holds the backend's established connections
+	// (shared by every Proxy generation), so they can be killed.
+	Conns *Registry
 }
 
 // PassiveObserver learns of every failed connect, for passive health checks.
@@ -145,6 +151,9 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 		b.Release()
 		p.logAccess(clientAddr, b.Address(), c.in.bytes, c.out.bytes, start, end)
 		done(end)
+	}
+	if t.Conns != nil {
+		t.Conns.add(c)
 	}
 	c.start(ctx)
 }

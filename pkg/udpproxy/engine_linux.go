@@ -345,14 +345,16 @@ func (s *session) send(data []byte) error {
 	return nil
 }
 
-// retire ends s from the reader goroutine and hands it to the replier,
-// which closes and accounts for it.
-func (l *Listener) retire(s *session, end End) {
+// retire ends s from the reader goroutine (or Registry.Kill) and hands it
+// to the replier, which closes and accounts for it. It reports whether
+// this call ended s.
+func (l *Listener) retire(s *session, end End) bool {
 	l.mu.Lock()
-	l.endLocked(s, end)
+	ended := l.endLocked(s, end)
 	l.retired = append(l.retired, s)
 	l.mu.Unlock()
 	l.wake()
+	return ended
 }
 
 // replier is the replier goroutine: replies from backend sockets to

@@ -76,13 +76,14 @@ func (s *session) send(data []byte) error {
 	return nil
 }
 
-// retire ends s from the reader goroutine; the session goroutine then
-// finishes it.
-func (l *Listener) retire(s *session, end End) {
+// retire ends s from the reader goroutine (or Registry.Kill); the session
+// goroutine then finishes it. It reports whether this call ended s.
+func (l *Listener) retire(s *session, end End) bool {
 	l.mu.Lock()
-	l.endLocked(s, end)
+	ended := l.endLocked(s, end)
 	l.mu.Unlock()
 	s.conn.Close()
+	return ended
 }
 
 func (l *Listener) shutdown() {

@@ -218,6 +218,9 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 		}
 		return nil
 	}
+	if r := s.t.Sessions; r != nil {
+		r.add(s)
+	}
 	s.last.Store(now)
 	s.requests.Store(1)
 	s.b.Acquire() // a UDP socket's connect is local and immediate: no connect in progress to count

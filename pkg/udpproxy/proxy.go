@@ -25,6 +25,8 @@
 //     as a passive health failure, and the client's next datagram opens a
 //     session on a backend picked afresh;
 //   - it is evicted to make room in a full table of clients (below);
+//   - its backend's sessions are killed, or its backend was removed from
+//     the pool and the drain_timeout passed (see [Registry]);
 //   - the listener socket is closed (a drain's deadline, or the caller
 //     needs the address back): replies could no longer leave from its
 //     address.
@@ -100,6 +102,9 @@ const MaxDatagram = 65535
 type Target struct {
 	Addr    string       // resolved "ip:port"
 	Metrics *metrics.UDP // nil records nothing
+	// Sessions, when not nil, holds the backend's open sessions (shared by
+	// every Proxy generation), so they can be killed.
+	Sessions *Registry
 }
 
 // target is a Target with its address parsed once.
@@ -184,6 +189,8 @@ const (
 	EndBackendError End = "backend_error"     // the backend socket failed (ICMP port unreachable)
 	EndEvicted      End = "evicted"           // ended to make room for a new client (Listener.Admit)
 	EndShutdown     End = "shutdown"          // the listener socket was closed
+	EndKilled       End = "killed"            // ended by Registry.Kill (lbctl backend kill)
+	EndDrainTimeout End = "drain_timeout"     // its backend was removed from the pool and its drain_timeout passed
 )
 
 func (p *Proxy) logAccess(s *session, end End) {

@@ -45,6 +45,12 @@ type session struct {
 	// it or hands it on.
 	release func()
 
+	// The backend's Registry and this session's links in it; guarded by
+	// the registry's mu.
+	reg              *Registry
+	regPrev, regNext *session
+	regLeft          bool // finished: never to be linked
+
 	sock // the backend socket: engine_linux.go, engine_other.go
 }
 
@@ -160,6 +166,9 @@ func (s *session) finish(end End) {
 	s.l.mu.Unlock()
 	if rel != nil {
 		rel()
+	}
+	if r := s.t.Sessions; r != nil {
+		r.remove(s)
 	}
 	putFD()
 	s.b.Release()
