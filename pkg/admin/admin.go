@@ -1,16 +1,23 @@
 // Package admin serves lbctl's HTTP admin API and Prometheus metrics on the
 // [admin] bind address:
 //
-//	GET  /metrics, /healthz, /readyz                      (no token needed)
-//	GET  /api/v1/status
-//	POST /api/v1/pools/{pool}/backends/{address}/{drain|enable|disable}
-//	POST /api/v1/reload
+//	GET    /metrics, /healthz, /readyz                          (no token needed)
+//	GET    /api/v1/status
+//	POST   /api/v1/pools/{pool}/backends/{address}/{drain|enable|disable}
+//	POST   /api/v1/pools/{pool}/backends                        {"address": "IP:port", "weight": 1, "backup": false}
+//	DELETE /api/v1/pools/{pool}/backends/{address}
+//	PATCH  /api/v1/pools/{pool}/backends/{address}              {"weight": N} or {"weight": null}
+//	POST   /api/v1/pools/{pool}/backends/{address}/kill
+//	POST   /api/v1/reload
 //
 // Clients outside Allow get 403; with a token file, /api/ needs
 // "Authorization: Bearer <token>" (401 otherwise). Errors are JSON
-// {"error": "..."}: 404 for an unknown path, pool or backend, 405 for a
-// known path asked with the wrong method. The package holds no state of its
-// own: it asks the server through the small Runtime interface.
+// {"error": "..."}: 400 for a bad body, 404 for an unknown path, pool or
+// backend, 405 for a known path asked with the wrong method, 409 for an
+// address already in the pool or the removal of a backend the API did not
+// add. The {address} of a path is path-escaped ("[::1]:80" is
+// %5B%3A%3A1%5D%3A80). The package holds no state of its own: it asks the
+// server through the small Runtime and BackendEditor interfaces.
 package admin
 
 import (
@@ -19,10 +26,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -40,6 +49,23 @@ type Runtime interface {
 	Ready() bool
 	Status() server.Status
 	SetBackendAdmin(pool, address string, state balancer.AdminState) (server.BackendStatus, error)
+}
+
+// BackendEditor is what the admin API needs to change a pool's backend
+// set at run time. The server's Runtime implements it too; a Runtime that
+// does not makes those endpoints answer 501.
+type BackendEditor interface {
+	// AddBackend adds a backend of source "api"; server.ErrBackendExists
+	// if its address is in the pool already.
+	AddBackend(pool string, spec server.BackendSpec) (server.BackendStatus, error)
+	// RemoveBackend removes a backend of source "api" (it drains);
+	// server.ErrNotAPIBackend for any other.
+	RemoveBackend(pool, address string) (server.BackendStatus, error)
+	// SetWeightOverride sets the backend's weight; nil removes the override.
+	SetWeightOverride(pool, address string, weight *int) (server.BackendStatus, error)
+	// KillBackend resets the backend's established connections and ends
+	// its sessions, returning how many.
+	KillBackend(pool, address string) (killed int, err error)
 }
 
 // Options configure the admin API.
@@ -116,6 +142,10 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, s.opts.Server.Status())
 	})
 	api.HandleFunc("POST /api/v1/pools/{pool}/backends/{address}/{action}", s.backendAction)
+	api.HandleFunc("POST /api/v1/pools/{pool}/backends", s.editor(s.addBackend))
+	api.HandleFunc("DELETE /api/v1/pools/{pool}/backends/{address}", s.editor(s.removeBackend))
+	api.HandleFunc("PATCH /api/v1/pools/{pool}/backends/{address}", s.editor(s.setWeight))
+	api.HandleFunc("POST /api/v1/pools/{pool}/backends/{address}/kill", s.editor(s.killBackend))
 	api.HandleFunc("POST /api/v1/reload", s.reload)
 	api.HandleFunc("/api/", noRoute(api, "/api/"))
 	mux.Handle("/api/", s.authenticate(api))
@@ -129,7 +159,7 @@ func (s *Server) Handler() http.Handler {
 func noRoute(mux *http.ServeMux, catchAll string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var allowed []string
-		for _, m := range []string{http.MethodGet, http.MethodPost} {
+		for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodDelete} {
 			if m == r.Method {
 				continue
 			}
@@ -200,15 +230,179 @@ func (s *Server) backendAction(w http.ResponseWriter, r *http.Request) {
 	}
 	pool, address := r.PathValue("pool"), r.PathValue("address")
 	st, err := s.opts.Server.SetBackendAdmin(pool, address, state)
+	if err != nil {
+		writeRuntimeError(w, pool, address, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// editor hands h the server's BackendEditor, or answers 501 without one.
+func (s *Server) editor(h func(BackendEditor, http.ResponseWriter, *http.Request)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		ed, ok := s.opts.Server.(BackendEditor)
+		if !ok {
+			writeError(w, http.StatusNotImplemented, "this server cannot change backends at run time")
+			return
+		}
+		h(ed, w, r)
+	}
+}
+
+// maxBody bounds the JSON bodies of the endpoints that take one.
+const maxBody = 64 << 10
+
+// decodeBody decodes the request's JSON body into v: one object, no field
+// v does not have, nothing after it.
+func decodeBody(r *http.Request, w http.ResponseWriter, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("empty body, want a JSON object")
+		}
+		return fmt.Errorf("bad JSON body: %w", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("bad JSON body: data after the object")
+	}
+	return nil
+}
+
+// checkWeight checks a weight the API was given.
+func checkWeight(w int) error {
+	if w < 0 || w > balancer.MaxWeight {
+		return fmt.Errorf("bad weight %d: want 0..%d", w, balancer.MaxWeight)
+	}
+	return nil
+}
+
+// addBackend: POST /api/v1/pools/{pool}/backends with {"address": "IP:port",
+// "weight": 1, "backup": false}; weight defaults to 1, backup to false.
+// 201 with the backend's status.
+func (s *Server) addBackend(ed BackendEditor, w http.ResponseWriter, r *http.Request) {
+	pool := r.PathValue("pool")
+	var body struct {
+		Address *string `json:"address"`
+		Weight  *int    `json:"weight"`
+		Backup  bool    `json:"backup"`
+	}
+	if err := decodeBody(r, w, &body); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if body.Address == nil {
+		writeError(w, http.StatusBadRequest, `missing "address" (IP:port)`)
+		return
+	}
+	spec := server.BackendSpec{Address: *body.Address, Weight: 1, Backup: body.Backup}
+	if ap, err := netip.ParseAddrPort(spec.Address); err != nil || ap.Port() == 0 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("bad address %q: want IP:port (a host name is not accepted)", spec.Address))
+		return
+	}
+	if body.Weight != nil {
+		spec.Weight = *body.Weight
+	}
+	if err := checkWeight(spec.Weight); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	st, err := ed.AddBackend(pool, spec)
+	if err != nil {
+		writeRuntimeError(w, pool, spec.Address, err)
+		return
+	}
+	s.opts.Log.Info("backend added through the API", zap.String("pool", pool), zap.String("backend", st.Address),
+		zap.Int("weight", spec.Weight), zap.Bool("backup", spec.Backup))
+	w.Header().Set("Location", "/api/v1/pools/"+url.PathEscape(pool)+"/backends/"+url.PathEscape(st.Address))
+	writeJSON(w, http.StatusCreated, st)
+}
+
+// removeBackend: DELETE /api/v1/pools/{pool}/backends/{address}, for a
+// backend the API added. 200 with its status (removing while it drains).
+func (s *Server) removeBackend(ed BackendEditor, w http.ResponseWriter, r *http.Request) {
+	pool, address := r.PathValue("pool"), r.PathValue("address")
+	st, err := ed.RemoveBackend(pool, address)
+	if err != nil {
+		writeRuntimeError(w, pool, address, err)
+		return
+	}
+	s.opts.Log.Info("backend removed through the API", zap.String("pool", pool), zap.String("backend", address))
+	writeJSON(w, http.StatusOK, st)
+}
+
+// setWeight: PATCH /api/v1/pools/{pool}/backends/{address} with
+// {"weight": N} (an override) or {"weight": null} (back to the source's).
+func (s *Server) setWeight(ed BackendEditor, w http.ResponseWriter, r *http.Request) {
+	pool, address := r.PathValue("pool"), r.PathValue("address")
+	var body struct {
+		// Raw, to tell null (reset) from absent (a mistake).
+		Weight json.RawMessage `json:"weight"`
+	}
+	if err := decodeBody(r, w, &body); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	var weight *int
+	switch string(body.Weight) {
+	case "":
+		writeError(w, http.StatusBadRequest, `missing "weight" (a number, or null to remove the override)`)
+		return
+	case "null":
+	default:
+		var n int
+		if err := json.Unmarshal(body.Weight, &n); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("bad weight %s: want an integer 0..%d or null", body.Weight, balancer.MaxWeight))
+			return
+		}
+		if err := checkWeight(n); err != nil {
+			writeError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		weight = &n
+	}
+	st, err := ed.SetWeightOverride(pool, address, weight)
+	if err != nil {
+		writeRuntimeError(w, pool, address, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// killBackend: POST /api/v1/pools/{pool}/backends/{address}/kill resets the
+// backend's established connections and sessions: 200 {"killed": N}.
+func (s *Server) killBackend(ed BackendEditor, w http.ResponseWriter, r *http.Request) {
+	pool, address := r.PathValue("pool"), r.PathValue("address")
+	n, err := ed.KillBackend(pool, address)
+	if err != nil {
+		writeRuntimeError(w, pool, address, err)
+		return
+	}
+	s.opts.Log.Info("backend's connections killed through the API", zap.String("pool", pool), zap.String("backend", address),
+		zap.Int("killed", n))
+	writeJSON(w, http.StatusOK, map[string]int{"killed": n})
+}
+
+// writeRuntimeError answers a failed run-time change of backend address in
+// pool.
+func writeRuntimeError(w http.ResponseWriter, pool, address string, err error) {
+	var bad *server.BadRequestError
 	switch {
 	case errors.Is(err, server.ErrUnknownPool):
 		writeError(w, http.StatusNotFound, "unknown pool "+pool)
 	case errors.Is(err, server.ErrUnknownBackend):
 		writeError(w, http.StatusNotFound, "unknown backend "+address+" in pool "+pool)
-	case err != nil:
-		writeError(w, http.StatusInternalServerError, err.Error())
+	case errors.Is(err, server.ErrBackendExists):
+		writeError(w, http.StatusConflict, "backend "+address+" is already in pool "+pool)
+	case errors.Is(err, server.ErrNotAPIBackend):
+		writeError(w, http.StatusConflict, "backend "+address+" in pool "+pool+
+			" was not added through the API: remove it from its source (config file or discovery)")
+	case errors.As(err, &bad):
+		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, server.ErrNotRunning):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
 	default:
-		writeJSON(w, http.StatusOK, st)
+		writeError(w, http.StatusInternalServerError, err.Error())
 	}
 }
 

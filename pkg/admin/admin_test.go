@@ -685,3 +685,227 @@ func TestBearerSchemeCaseInsensitive(t *testing.T) {
 		t.Fatalf("lower-case scheme: %d, want 200", resp.StatusCode)
 	}
 }
+
+// fakeEditor is a Runtime and BackendEditor that records the calls it
+// gets and fails them with err when err is set.
+type fakeEditor struct {
+	fakeRuntime
+	err    error
+	killed int
+	calls  []string
+}
+
+func (f *fakeEditor) answer(call string, st server.BackendStatus) (server.BackendStatus, error) {
+	f.calls = append(f.calls, call)
+	if f.err != nil {
+		return server.BackendStatus{}, f.err
+	}
+	return st, nil
+}
+
+func (f *fakeEditor) AddBackend(pool string, b server.BackendSpec) (server.BackendStatus, error) {
+	return f.answer(fmt.Sprintf("add %s %s weight=%d backup=%v", pool, b.Address, b.Weight, b.Backup),
+		server.BackendStatus{Address: b.Address, Weight: b.Weight, Backup: b.Backup, Health: "down", Admin: "enabled", Source: "api"})
+}
+
+func (f *fakeEditor) RemoveBackend(pool, address string) (server.BackendStatus, error) {
+	return f.answer("remove "+pool+" "+address,
+		server.BackendStatus{Address: address, Weight: 1, Health: "up", Admin: "enabled", Source: "api", Removing: true})
+}
+
+func (f *fakeEditor) SetWeightOverride(pool, address string, weight *int) (server.BackendStatus, error) {
+	w := "reset"
+	st := server.BackendStatus{Address: address, Weight: 1, Health: "up", Admin: "enabled", Source: "config"}
+	if weight != nil {
+		w = fmt.Sprint(*weight)
+		st.Weight, st.WeightOverride = *weight, weight
+	}
+	return f.answer("weight "+pool+" "+address+" "+w, st)
+}
+
+func (f *fakeEditor) KillBackend(pool, address string) (int, error) {
+	_, err := f.answer("kill "+pool+" "+address, server.BackendStatus{})
+	if err != nil {
+		return 0, err
+	}
+	return f.killed, nil
+}
+
+// serveFake sends one request to an admin API in front of rt, from
+// 127.0.0.1, and returns the answer, checking that it is JSON.
+func serveFake(t *testing.T, opts Options, method, path, body string) *httptest.ResponseRecorder {
+	t.Helper()
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	if opts.Allow == nil {
+		opts.Allow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	}
+	s := &Server{opts: opts}
+	req := httptest.NewRequest(method, path, strings.NewReader(body))
+	req.RemoteAddr = "127.0.0.1:4000"
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, req)
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" || !json.Valid(rec.Body.Bytes()) {
+		t.Errorf("%s %s: answer not JSON (%s): %s", method, path, ct, rec.Body)
+	}
+	return rec
+}
+
+// TestBackendEditing runs each run-time change endpoint against a fake
+// runtime: what reaches the runtime, and each status code and body.
+func TestBackendEditing(t *testing.T) {
+	const (
+		backends = "/api/v1/pools/web/backends"
+		be       = backends + "/127.0.0.1:9001"
+		v6       = backends + "/%5B%3A%3A1%5D%3A9001" // [::1]:9001
+	)
+	large := `{"address": "127.0.0.1:9001", "backup": false` + strings.Repeat(" ", 70<<10) + `}`
+	for _, tc := range []struct {
+		name, method, path, body string
+		err                      error // the runtime's answer
+		code                     int
+		call                     string // the runtime call made, "" for none
+		want                     string // in the body
+	}{
+		// POST /backends: add.
+		{"add", "POST", backends, `{"address": "127.0.0.1:9001"}`, nil, 201, "add web 127.0.0.1:9001 weight=1 backup=false", `"source": "api"`},
+		{"add with weight and backup", "POST", backends, `{"address": "127.0.0.1:9001", "weight": 0, "backup": true}`, nil, 201,
+			"add web 127.0.0.1:9001 weight=0 backup=true", `"backup": true`},
+		{"add the largest weight", "POST", backends, `{"address": "127.0.0.1:9001", "weight": 1000000}`, nil, 201,
+			"add web 127.0.0.1:9001 weight=1000000 backup=false", `"weight": 1000000`},
+		{"add IPv6", "POST", backends, `{"address": "[::1]:9001"}`, nil, 201, "add web [::1]:9001 weight=1 backup=false", `"address": "[::1]:9001"`},
+		{"add an address in the pool", "POST", backends, `{"address": "127.0.0.1:9001"}`, server.ErrBackendExists, 409,
+			"add web 127.0.0.1:9001 weight=1 backup=false", "backend 127.0.0.1:9001 is already in pool web"},
+		{"add to an unknown pool", "POST", "/api/v1/pools/nope/backends", `{"address": "127.0.0.1:9001"}`, server.ErrUnknownPool, 404,
+			"add nope 127.0.0.1:9001 weight=1 backup=false", "unknown pool nope"},
+		{"add refused by the server", "POST", backends, `{"address": "127.0.0.1:9001"}`, &server.BadRequestError{Field: "address", Reason: "multicast"}, 400,
+			"add web 127.0.0.1:9001 weight=1 backup=false", "bad address: multicast"},
+		{"add, weight too large", "POST", backends, `{"address": "127.0.0.1:9001", "weight": 1000001}`, nil, 400, "", "bad weight 1000001: want 0..1000000"},
+		{"add, negative weight", "POST", backends, `{"address": "127.0.0.1:9001", "weight": -1}`, nil, 400, "", "bad weight -1"},
+		{"add, fractional weight", "POST", backends, `{"address": "127.0.0.1:9001", "weight": 1.5}`, nil, 400, "", "bad JSON body"},
+		{"add, unknown field", "POST", backends, `{"address": "127.0.0.1:9001", "wieght": 2}`, nil, 400, "", `unknown field \"wieght\"`},
+		{"add, no address", "POST", backends, `{"weight": 2}`, nil, 400, "", `missing \"address\"`},
+		{"add, host name", "POST", backends, `{"address": "web1.internal:80"}`, nil, 400, "", `bad address \"web1.internal:80\": want IP:port`},
+		{"add, no port", "POST", backends, `{"address": "127.0.0.1"}`, nil, 400, "", "bad address"},
+		{"add, port 0", "POST", backends, `{"address": "127.0.0.1:0"}`, nil, 400, "", "bad address"},
+		{"add, empty body", "POST", backends, ``, nil, 400, "", "empty body"},
+		{"add, not JSON", "POST", backends, `address=127.0.0.1:9001`, nil, 400, "", "bad JSON body"},
+		{"add, two objects", "POST", backends, `{"address": "127.0.0.1:9001"} {}`, nil, 400, "", "data after the object"},
+		{"add, body too large", "POST", backends, large, nil, 400, "", "too large"},
+		{"add, wrong method", "PUT", backends, `{"address": "127.0.0.1:9001"}`, nil, 405, "", "use POST"},
+
+		// DELETE /backends/{address}: remove.
+		{"remove", "DELETE", be, "", nil, 200, "remove web 127.0.0.1:9001", `"removing": true`},
+		{"remove IPv6", "DELETE", v6, "", nil, 200, "remove web [::1]:9001", `"address": "[::1]:9001"`},
+		{"remove a config backend", "DELETE", be, "", fmt.Errorf("source config: %w", server.ErrNotAPIBackend), 409,
+			"remove web 127.0.0.1:9001", "backend 127.0.0.1:9001 in pool web was not added through the API"},
+		{"remove an unknown backend", "DELETE", be, "", server.ErrUnknownBackend, 404, "remove web 127.0.0.1:9001",
+			"unknown backend 127.0.0.1:9001 in pool web"},
+		{"remove from an unknown pool", "DELETE", "/api/v1/pools/nope/backends/127.0.0.1:9001", "", server.ErrUnknownPool, 404,
+			"remove nope 127.0.0.1:9001", "unknown pool nope"},
+		{"remove, unexpected failure", "DELETE", be, "", errors.New("boom"), 500, "remove web 127.0.0.1:9001", "boom"},
+
+		// PATCH /backends/{address}: weight override.
+		{"weight", "PATCH", be, `{"weight": 5}`, nil, 200, "weight web 127.0.0.1:9001 5", `"weight_override": 5`},
+		{"weight 0", "PATCH", be, `{"weight": 0}`, nil, 200, "weight web 127.0.0.1:9001 0", `"weight_override": 0`},
+		{"weight reset", "PATCH", be, `{"weight": null}`, nil, 200, "weight web 127.0.0.1:9001 reset", `"weight_override": null`},
+		{"weight of IPv6", "PATCH", v6, `{"weight": 2}`, nil, 200, "weight web [::1]:9001 2", `"weight": 2`},
+		{"weight of an unknown backend", "PATCH", be, `{"weight": 5}`, server.ErrUnknownBackend, 404, "weight web 127.0.0.1:9001 5", "unknown backend"},
+		{"weight, missing", "PATCH", be, `{}`, nil, 400, "", `missing \"weight\"`},
+		{"weight, a string", "PATCH", be, `{"weight": "5"}`, nil, 400, "", `bad weight \"5\"`},
+		{"weight, too large", "PATCH", be, `{"weight": 1000001}`, nil, 400, "", "bad weight 1000001"},
+		{"weight, negative", "PATCH", be, `{"weight": -3}`, nil, 400, "", "bad weight -3"},
+		{"weight, unknown field", "PATCH", be, `{"weight": 5, "backup": true}`, nil, 400, "", `unknown field \"backup\"`},
+		{"weight, empty body", "PATCH", be, ``, nil, 400, "", "empty body"},
+
+		// POST /backends/{address}/kill.
+		{"kill", "POST", be + "/kill", "", nil, 200, "kill web 127.0.0.1:9001", `"killed": 3`},
+		{"kill IPv6", "POST", v6 + "/kill", "", nil, 200, "kill web [::1]:9001", `"killed": 3`},
+		{"kill an unknown backend", "POST", be + "/kill", "", server.ErrUnknownBackend, 404, "kill web 127.0.0.1:9001", "unknown backend"},
+		{"kill, server stopping", "POST", be + "/kill", "", server.ErrNotRunning, 503, "kill web 127.0.0.1:9001", "not running"},
+
+		// Wrong methods on the new paths.
+		{"GET a backend", "GET", be, "", nil, 405, "", "use PATCH or DELETE"},
+		{"GET kill", "GET", be + "/kill", "", nil, 405, "", "use POST"},
+		{"DELETE the pool's backends", "DELETE", backends, "", nil, 405, "", "use POST"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt := &fakeEditor{err: tc.err, killed: 3}
+			rec := serveFake(t, Options{Server: rt}, tc.method, tc.path, tc.body)
+			if rec.Code != tc.code {
+				t.Fatalf("%s %s: %d, want %d: %s", tc.method, tc.path, rec.Code, tc.code, rec.Body)
+			}
+			var calls []string
+			if tc.call != "" {
+				calls = []string{tc.call}
+			}
+			if !reflect.DeepEqual(rt.calls, calls) {
+				t.Errorf("runtime calls %q, want %q", rt.calls, calls)
+			}
+			if !strings.Contains(rec.Body.String(), tc.want) {
+				t.Errorf("body lacks %s:\n%s", tc.want, rec.Body)
+			}
+			if tc.code >= 400 {
+				errorOf(t, rec.Body.Bytes())
+			}
+		})
+	}
+}
+
+// TestBackendEditingAnswers: the added backend's Location, and the bodies
+// decode as the status types the CLI reads.
+func TestBackendEditingAnswers(t *testing.T) {
+	rec := serveFake(t, Options{Server: &fakeEditor{}}, "POST", "/api/v1/pools/web/backends", `{"address": "[::1]:9001", "weight": 4}`)
+	if got, want := rec.Header().Get("Location"), "/api/v1/pools/web/backends/%5B::1%5D:9001"; got != want {
+		t.Errorf("Location %q, want %q", got, want)
+	}
+	var b server.BackendStatus
+	if err := json.Unmarshal(rec.Body.Bytes(), &b); err != nil {
+		t.Fatal(err)
+	}
+	if want := (server.BackendStatus{Address: "[::1]:9001", Weight: 4, Health: "down", Admin: "enabled", Source: "api"}); !reflect.DeepEqual(b, want) {
+		t.Errorf("answer %+v, want %+v", b, want)
+	}
+	rec = serveFake(t, Options{Server: &fakeEditor{killed: 0}}, "POST", "/api/v1/pools/web/backends/127.0.0.1:1/kill", "")
+	var k map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &k); err != nil || !reflect.DeepEqual(k, map[string]any{"killed": 0.0}) {
+		t.Errorf("kill answer %s (%v), want {\"killed\": 0}", rec.Body, err)
+	}
+}
+
+// TestBackendEditingGuards: the new endpoints are behind the same allow
+// list and token as the rest of /api/, and a runtime that cannot edit
+// backends answers 501.
+func TestBackendEditingGuards(t *testing.T) {
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	requests := []struct{ method, path, body string }{
+		{"POST", "/api/v1/pools/web/backends", `{"address": "127.0.0.1:9001"}`},
+		{"DELETE", "/api/v1/pools/web/backends/127.0.0.1:9001", ""},
+		{"PATCH", "/api/v1/pools/web/backends/127.0.0.1:9001", `{"weight": 2}`},
+		{"POST", "/api/v1/pools/web/backends/127.0.0.1:9001/kill", ""},
+	}
+	for _, r := range requests {
+		rt := &fakeEditor{}
+		if rec := serveFake(t, Options{Server: rt, TokenFile: token}, r.method, r.path, r.body); rec.Code != 401 {
+			t.Errorf("%s %s without a token: %d, want 401", r.method, r.path, rec.Code)
+		}
+		outside := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+		if rec := serveFake(t, Options{Server: rt, Allow: outside}, r.method, r.path, r.body); rec.Code != 403 {
+			t.Errorf("%s %s from outside allow: %d, want 403", r.method, r.path, rec.Code)
+		}
+		if len(rt.calls) != 0 {
+			t.Errorf("%s %s: refused requests reached the runtime: %q", r.method, r.path, rt.calls)
+		}
+		rec := serveFake(t, Options{Server: fakeRuntime{}}, r.method, r.path, r.body)
+		if rec.Code != 501 || !strings.Contains(errorOf(t, rec.Body.Bytes()), "cannot change backends") {
+			t.Errorf("%s %s without an editor: %d %s, want 501", r.method, r.path, rec.Code, rec.Body)
+		}
+	}
+}
