@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -108,9 +107,25 @@ type adminClient struct {
 // do sends a request and decodes a 2xx JSON answer into out. Other answers
 // become errors carrying the API's message.
 func (c *adminClient) do(method, path string, out any) error {
-	req, err := http.NewRequest(method, c.base+path, nil)
+	return c.send(method, path, nil, out)
+}
+
+// send is do with in, when not nil, sent as the JSON body.
+func (c *adminClient) send(method, path string, in, out any) error {
+	var reqBody io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		reqBody = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, c.base+path, reqBody)
 	if err != nil {
 		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
@@ -204,55 +219,6 @@ func printStatus(out io.Writer, st server.Status) {
 		}
 	}
 	w.Flush()
-}
-
-func newBackendCmd() *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "backend drain|enable|disable POOL ADDRESS",
-		Short: "Change a backend's administrative state at run time",
-		// Reached only without a known action: a usage error (exit 2).
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withCode(exitUsage, fmt.Errorf("missing or unknown action %q: want drain, enable or disable\n%s",
-				strings.Join(args, " "), cmd.UsageString()))
-		},
-	}
-	for _, action := range []struct{ name, short string }{
-		{"drain", "Stop new connections to a backend; established ones continue"},
-		{"enable", "Let a backend take new connections again"},
-		{"disable", "Take a backend out of service (no new connections)"},
-	} {
-		var f clientFlags
-		sub := &cobra.Command{
-			Use:   action.name + " POOL ADDRESS",
-			Short: action.short,
-			Args:  cobra.ExactArgs(2),
-			RunE: func(cmd *cobra.Command, args []string) error {
-				c, err := f.client()
-				if err != nil {
-					return err
-				}
-				var b server.BackendStatus
-				path := "/api/v1/pools/" + url.PathEscape(args[0]) + "/backends/" + url.PathEscape(args[1]) + "/" + action.name
-				if err := c.do(http.MethodPost, path, &b); err != nil {
-					return withCode(exitFailure, err)
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), backendMessage(args[0], b))
-				return nil
-			},
-		}
-		f.register(sub)
-		cmd.AddCommand(sub)
-	}
-	return cmd
-}
-
-// backendMessage says what a backend's new admin state means.
-func backendMessage(pool string, b server.BackendStatus) string {
-	msg := fmt.Sprintf("pool %s backend %s: %s (health %s)", pool, b.Address, b.Admin, b.Health)
-	if b.Admin != "enabled" {
-		msg += fmt.Sprintf(", takes no new connections; %d established continue", b.Active)
-	}
-	return msg
 }
 
 func newReloadCmd() *cobra.Command {

@@ -4,6 +4,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 )
 
@@ -35,9 +36,15 @@ func main() {
 	os.Exit(run(os.Args[1:]))
 }
 
-func run(args []string) int {
+func run(args []string) int { return runWith(args, os.Stdout, os.Stderr) }
+
+// runWith runs the command line args, writing to stdout and stderr, and
+// returns the exit status.
+func runWith(args []string, stdout, stderr io.Writer) int {
 	cmd := newRootCmd()
 	cmd.SetArgs(args)
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
 	err := cmd.Execute()
 	if err == nil {
 		return exitOK
@@ -45,12 +52,12 @@ func run(args []string) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil && ee.err.Error() != "" {
-			fmt.Fprintln(os.Stderr, "lbctl:", ee.err)
+			fmt.Fprintln(stderr, "lbctl:", ee.err)
 		}
 		return ee.code
 	}
 	// Errors cobra raises itself: unknown command or flag, wrong arguments.
-	fmt.Fprintln(os.Stderr, "lbctl:", err)
-	fmt.Fprintln(os.Stderr, "Run 'lbctl --help' for usage.")
+	fmt.Fprintln(stderr, "lbctl:", err)
+	fmt.Fprintln(stderr, "Run 'lbctl --help' for usage.")
 	return exitUsage
 }
