@@ -36,6 +36,16 @@ func (d *decoder) config(raw map[string]any) *Config {
 	if v, ok := root.duration("shutdown_timeout", false); ok {
 		cfg.ShutdownTimeout = v
 	}
+	if s, ok := root.str("state_file"); ok {
+		switch {
+		case s == "":
+			// "" is the default: no state file.
+		case strings.TrimSpace(s) == "":
+			root.errf("state_file", `must not be blank; write "" (or leave the key out) for no state file`)
+		default:
+			cfg.StateFile = d.relPath(s)
+		}
+	}
 	if t, ok := root.sub("log"); ok {
 		d.log(t, &cfg.Log)
 	}
@@ -77,7 +87,12 @@ func (d *decoder) config(raw map[string]any) *Config {
 			if u := usage[n.name]; u["udp"] && !u["tcp"] {
 				proto = "udp"
 			}
-			cfg.Pools[n.name] = d.pool(n.name, n.t, proto)
+			var lines []int
+			cfg.Pools[n.name], lines = d.pool(n.name, n.t, proto)
+			if cfg.backendLines == nil {
+				cfg.backendLines = map[string][]int{}
+			}
+			cfg.backendLines[n.name] = lines
 			if usage[n.name]["udp"] && cfg.Pools[n.name].ProxyProtocol == "v1" {
 				n.t.errf("proxy_protocol", `v1 cannot carry UDP and a udp listener uses this pool: use "v2"`)
 			}
@@ -314,7 +329,9 @@ func overlap(a, b netip.AddrPort) bool {
 	return x == y || covers(x, y) || covers(y, x)
 }
 
-func (d *decoder) pool(name string, t *table, proto string) *Pool {
+// pool decodes one pool; lines are the lines of its backends' address
+// keys, in the order of Pool.Backends.
+func (d *decoder) pool(name string, t *table, proto string) (*Pool, []int) {
 	p := &Pool{
 		Name:           name,
 		Algorithm:      DefaultAlgorithm,
@@ -352,13 +369,21 @@ func (d *decoder) pool(name string, t *table, proto string) *Pool {
 	if v, ok := t.duration("slow_start", false); ok {
 		p.SlowStart = v
 	}
+	if v, ok := t.duration("drain_timeout", false); ok {
+		p.DrainTimeout = v
+	}
 
 	backends, _ := t.tables("backends")
-	if !t.has("backends") || lenArray(t.m["backends"]) == 0 {
-		t.errf("backends", "a pool needs at least one backend")
+	p.Discover = d.discovers(t)
+	noBackends := !t.has("backends") || lenArray(t.m["backends"]) == 0
+	noDiscover := !t.has("discover") || lenArray(t.m["discover"]) == 0
+	if noBackends && noDiscover {
+		t.errf("backends", "a pool needs at least one backend or a discover source")
 	}
+	var lines []int
 	seen := map[string]*table{}
 	for _, bt := range backends {
+		lines = append(lines, bt.keyLine("address"))
 		b := Backend{Weight: DefaultWeight}
 		if s, ok := bt.str("address"); ok {
 			b.Address = s
@@ -386,7 +411,7 @@ func (d *decoder) pool(name string, t *table, proto string) *Pool {
 	health, hasHealth := t.sub("health")
 	p.Health = d.health(health, hasHealth, proto)
 	t.finish()
-	return p
+	return p, lines
 }
 
 func lenArray(v any) int {

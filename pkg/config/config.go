@@ -22,8 +22,16 @@
 // A Config is a value: nothing in it changes after Load returns, and callers
 // must not modify it; a reload is a new Load and a new Config. The package
 // opens no sockets, starts no goroutines and logs nothing. It does not
-// resolve backend host names or read the admin token file; that is the
-// server's job at start and at reload.
+// read the admin token file, the state file or a file source, nor contact
+// discovery sources. Backend host names are resolved by ResolveBackends
+// through a lookup function the caller passes (net.DefaultResolver's, or a
+// fake in tests), at validate, start and reload:
+//
+//	addrs, err := config.ResolveBackends(cfg, func(ctx context.Context, host string) ([]netip.Addr, error) {
+//		return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+//	})
+//	// err is an Errors: lbctl.toml:31: pools.web.backends[2].address: cannot resolve host "db.internal": ...
+//	// addrs["db.internal:5432"] == "10.0.0.7:5432"
 package config
 
 import (
@@ -56,6 +64,9 @@ const (
 	DefaultRise                 = 2
 	DefaultFall                 = 3
 	DefaultHealthPath           = "/"
+	DefaultDiscoverInterval     = 5 * time.Second // dns and srv sources: refresh period
+	DefaultResolverPort         = 53              // a discover resolver written as a bare IP
+	MaxDiscoverWeight           = 1_000_000       // the largest weight of a dns source
 )
 
 // Config is one loaded configuration file.
@@ -66,6 +77,15 @@ type Config struct {
 	Admin           *Admin           // nil when the [admin] table is absent (admin API disabled)
 	Listeners       []*Listener      // sorted by Name
 	Pools           map[string]*Pool // by name; every Listener.Pool is a key
+
+	// StateFile keeps admin states, weight overrides and API-added backends
+	// across restarts; "" = off. A relative path in the file is taken from
+	// the config file's directory (and stored joined to it).
+	StateFile string
+
+	// backendLines holds, per pool, the line of each backend's address key
+	// (ResolveBackends names it in its errors).
+	backendLines map[string][]int
 }
 
 // Log is the [log] table.
@@ -127,8 +147,16 @@ type Pool struct {
 	MaxFails       int    // 0 = passive checks off
 	FailTimeout    time.Duration
 	SlowStart      time.Duration // 0 = off
-	Backends       []Backend     // at least one, addresses unique, in file order
-	Health         Health
+	// DrainTimeout: a backend removed from the pool (by a reload, a source
+	// or the API) takes no new connections; its established ones may run
+	// this long, then are reset. 0 = until they end.
+	DrainTimeout time.Duration
+	// Backends are the static [[pools.NAME.backends]] entries, addresses
+	// unique, in file order. A pool has at least one backend or at least
+	// one Discover entry.
+	Backends []Backend
+	Discover []Discover // [[pools.NAME.discover]] entries, in file order; no two alike
+	Health   Health
 }
 
 // Backend is one [[pools.NAME.backends]] entry.
@@ -136,6 +164,48 @@ type Backend struct {
 	Address string // exactly as configured: "10.0.0.1:80", "[::1]:80", "db.internal:5432"
 	Weight  int    // >= 0; 0 takes no new connections
 	Backup  bool
+}
+
+// Discover is one [[pools.NAME.discover]] entry: a source of backends that
+// the server watches at run time. Only the fields of its Type are set:
+//
+//	dns:  Name, Port, Weight, Backup, Resolver, Interval
+//	srv:  Name, Resolver, Interval (the records carry port, weight, priority)
+//	file: Path
+//	etcd: Endpoints, Prefix
+type Discover struct {
+	Type string // "dns" | "srv" | "file" | "etcd"
+	// Name is the host name (dns) or the SRV record name (srv, such as
+	// "_web._tcp.internal"), as written.
+	Name   string
+	Port   int  // dns: 1-65535, the port of every address found
+	Weight int  // dns: 0..MaxDiscoverWeight, default 1
+	Backup bool // dns
+	// Resolver is the DNS server to ask, "IP:port" (a bare IP in the file
+	// means port 53); "" = the first nameserver of /etc/resolv.conf.
+	Resolver string
+	Interval time.Duration // dns, srv: refresh period, > 0, default 5s
+	// Path is the JSON file (file). A relative path in the config file is
+	// taken from the config file's directory and stored joined to it.
+	Path      string
+	Endpoints []string // etcd: "http://host:port" or "https://host:port" URLs, at least one
+	Prefix    string   // etcd: non-empty key prefix; every key under it is one backend
+	// Line is the line of the entry's type key (of its table header when
+	// type is absent), for messages about the source at run time.
+	Line int
+}
+
+// Source names the source as the status JSON and the metrics' source
+// label do: "dns:NAME", "srv:NAME", "file:PATH" or "etcd:PREFIX". No two
+// Discover entries of one pool have the same Source.
+func (d Discover) Source() string {
+	switch d.Type {
+	case "file":
+		return "file:" + d.Path
+	case "etcd":
+		return "etcd:" + d.Prefix
+	}
+	return d.Type + ":" + d.Name
 }
 
 // Health is the [pools.NAME.health] table.

@@ -202,7 +202,7 @@ pool = "web"
 algorithm = "ip-hash"
 `,
 			want: `
-t.toml:4: pools.web.backends: a pool needs at least one backend
+t.toml:4: pools.web.backends: a pool needs at least one backend or a discover source
 `,
 		},
 		{
@@ -215,7 +215,7 @@ pool = "web"
 backends = []
 `,
 			want: `
-t.toml:5: pools.web.backends: a pool needs at least one backend
+t.toml:5: pools.web.backends: a pool needs at least one backend or a discover source
 `,
 		},
 		{
@@ -872,6 +872,7 @@ address = "127.0.0.1:9009"
 			"dns":   defaultPool("dns", "udp", "127.0.0.1:5301", "none"),
 			"spare": defaultPool("spare", "tcp", "127.0.0.1:9009", "tcp"), // unused pools are fine
 		},
+		backendLines: map[string][]int{"web": {11}, "dns": {14}, "spare": {17}},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults:\n got: %s\nwant: %s", dump(cfg), dump(want))

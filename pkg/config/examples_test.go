@@ -1,9 +1,12 @@
 package config
 
 import (
+	"encoding/json"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -44,15 +47,63 @@ func TestReferenceExampleShowsEveryKey(t *testing.T) {
 		"algorithm", "connect_timeout", "retries", "proxy_protocol", "max_fails", "fail_timeout", "slow_start",
 		"address", "weight", "backup",
 		"check", "interval", "timeout", "rise", "fall", "port", "path", "host", "expect_status", "send", "expect",
+		"state_file", "drain_timeout",
+		"type", "name", "resolver", "endpoints", "prefix",
 	}
 	for _, k := range keys {
 		if !regexp.MustCompile(`(?m)^[ #]*` + k + ` += `).Match(data) {
 			t.Errorf("examples/lbctl.toml does not show key %q", k)
 		}
 	}
-	for _, table := range []string{`\[log\]`, `\[admin\]`, `\[listeners\.`, `\[pools\.`, `\[\[pools\.\w+\.backends\]\]`, `\[pools\.\w+\.health\]`} {
+	for _, table := range []string{`\[log\]`, `\[admin\]`, `\[listeners\.`, `\[pools\.`, `\[\[pools\.\w+\.backends\]\]`, `\[pools\.\w+\.health\]`, `\[\[pools\.\w+\.discover\]\]`} {
 		if !regexp.MustCompile(`(?m)^\s*` + table).Match(data) {
 			t.Errorf("examples/lbctl.toml has no %s table", table)
+		}
+	}
+}
+
+// TestReferenceExampleShowsEverySource: examples/lbctl.toml shows one
+// discover entry of each type, and examples/discovery.toml is a pool fed
+// by a dns and a file source only, whose file exists beside it.
+func TestReferenceExampleShowsEverySource(t *testing.T) {
+	cfg, err := Load("../../examples/lbctl.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	for _, d := range cfg.Pools["web"].Discover {
+		types = append(types, d.Type)
+	}
+	if got := strings.Join(types, " "); got != "dns srv file etcd" {
+		t.Errorf("examples/lbctl.toml: discover types %q, want one of each: dns srv file etcd", got)
+	}
+
+	cfg, err = Load("../../examples/discovery.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := cfg.Pools["web"]
+	if len(p.Backends) != 0 || len(p.Discover) != 2 || p.Discover[0].Type != "dns" || p.Discover[1].Type != "file" {
+		t.Fatalf("examples/discovery.toml: pool web %+v", *p)
+	}
+	if want := filepath.Join("..", "..", "examples", "discovery.json"); p.Discover[1].Path != want {
+		t.Errorf("file source path: got %q, want %q (relative to the config file)", p.Discover[1].Path, want)
+	}
+	data, err := os.ReadFile(p.Discover[1].Path)
+	if err != nil {
+		t.Fatalf("the file source's file: %v", err)
+	}
+	var entries []struct {
+		Address string `json:"address"`
+		Weight  *int   `json:"weight"`
+		Backup  bool   `json:"backup"`
+	}
+	if err := json.Unmarshal(data, &entries); err != nil || len(entries) == 0 {
+		t.Fatalf("%s: %v, %d entries; want a JSON array of backends", p.Discover[1].Path, err, len(entries))
+	}
+	for _, e := range entries {
+		if ap, err := netip.ParseAddrPort(e.Address); err != nil || !ap.Addr().IsLoopback() {
+			t.Errorf("%s: address %q is not a loopback IP:port", p.Discover[1].Path, e.Address)
 		}
 	}
 }

@@ -51,8 +51,32 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 		for name, p := range cfg.Pools {
-			if len(p.Backends) == 0 || p.Health.Rise < 1 || p.Health.Fall < 1 || p.Health.Interval <= 0 {
+			if len(p.Backends)+len(p.Discover) == 0 || p.Health.Rise < 1 || p.Health.Fall < 1 || p.Health.Interval <= 0 || p.DrainTimeout < 0 {
 				t.Fatalf("pool %q breaks an invariant: %+v", name, *p)
+			}
+			seen := map[string]bool{}
+			for _, d := range p.Discover {
+				ok := d.Line > 0 && !seen[d.Source()]
+				switch d.Type {
+				case "dns":
+					ok = ok && d.Name != "" && d.Port >= 1 && d.Port <= 65535 && d.Weight >= 0 && d.Weight <= MaxDiscoverWeight && d.Interval > 0
+				case "srv":
+					ok = ok && d.Name != "" && d.Interval > 0
+				case "file":
+					ok = ok && d.Path != ""
+				case "etcd":
+					ok = ok && len(d.Endpoints) > 0 && d.Prefix != ""
+				default:
+					ok = false
+				}
+				if d.Resolver != "" {
+					_, err := netip.ParseAddrPort(d.Resolver)
+					ok = ok && err == nil
+				}
+				if !ok {
+					t.Fatalf("pool %q: discover entry breaks an invariant: %+v", name, d)
+				}
+				seen[d.Source()] = true
 			}
 		}
 	})
