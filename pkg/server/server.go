@@ -31,7 +31,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/metrics"
@@ -385,50 +384,17 @@ func poolSettingsChanged(old, cur *config.Pool) bool {
 	return !reflect.DeepEqual(o, c)
 }
 
-// resolveAll resolves every backend address of cfg: configured address to
-// "ip:port".
+// resolveAll resolves every static backend address of cfg: configured
+// address to "ip:port". A host name that does not resolve is a
+// config.Errors naming its file, line and key path.
 func (s *Server) resolveAll(cfg *config.Config) (map[string]string, error) {
-	out := map[string]string{}
-	for name, pc := range cfg.Pools {
-		for _, bc := range pc.Backends {
-			if _, ok := out[bc.Address]; ok {
-				continue
-			}
-			addr, err := s.resolve(bc.Address)
-			if err != nil {
-				return nil, fmt.Errorf("pool %s backend %s: %w", name, bc.Address, err)
-			}
-			out[bc.Address] = addr
-		}
-	}
-	return out, nil
-}
-
-// resolve turns a backend address ("host:port") into "ip:port".
-func (s *Server) resolve(address string) (string, error) {
-	if ap, err := netip.ParseAddrPort(address); err == nil {
-		return ap.String(), nil
-	}
-	host, port, err := net.SplitHostPort(address)
-	if err != nil {
-		return "", err
-	}
 	r := s.opts.Resolver
 	if r == nil {
 		r = net.DefaultResolver
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	ips, err := r.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return "", fmt.Errorf("resolve %s: %w", host, err)
-	}
-	if len(ips) == 0 {
-		return "", fmt.Errorf("resolve %s: no address", host)
-	}
-	// Prefer IPv4 for determinism when a name has both.
-	sort.SliceStable(ips, func(i, j int) bool { return ips[i].Unmap().Is4() && !ips[j].Unmap().Is4() })
-	return net.JoinHostPort(ips[0].Unmap().String(), port), nil
+	return config.ResolveBackends(cfg, func(ctx context.Context, host string) ([]netip.Addr, error) {
+		return r.LookupNetIP(ctx, "ip", host)
+	})
 }
 
 // isTemporaryAcceptErr reports errors after which accepting can go on once
