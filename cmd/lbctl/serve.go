@@ -63,7 +63,7 @@ func serve(cfg *config.Config, path string) error {
 	m := metrics.New(reg)
 	srv, err := server.New(cfg, server.Options{Log: log, Metrics: m, Inherited: inheritedSockets(log, cfg)})
 	if err != nil {
-		return withCode(exitFailure, err)
+		return withCode(startExitCode(err), err)
 	}
 	d := &daemon{path: path, log: log, level: level, m: m, srv: srv, notify: systemd.NewNotifier(log)}
 
@@ -91,7 +91,7 @@ func serve(cfg *config.Config, path string) error {
 		if adm != nil {
 			adm.Close()
 		}
-		return withCode(exitFailure, err)
+		return withCode(startExitCode(err), err)
 	}
 	log.Info("lbctl started", zap.String("version", version), zap.String("config", path),
 		zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)))
@@ -169,4 +169,15 @@ func (d *daemon) load() error {
 		d.level.SetLevel(lvl.Level())
 	}
 	return nil
+}
+
+// startExitCode is the exit status for a failed start: 2 when the
+// configuration itself is wrong (a static backend host name that does not
+// resolve, found only at start), 1 for a run-time failure such as a bind.
+func startExitCode(err error) int {
+	var cerr config.Errors
+	if errors.As(err, &cerr) {
+		return exitUsage
+	}
+	return exitFailure
 }

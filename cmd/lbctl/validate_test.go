@@ -38,4 +38,14 @@ func TestValidateResolvesHostNames(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}
 	}
+
+	// serve finds the same problem at start: a bad configuration, exit 2,
+	// with the same file:line in its log.
+	out, code = runLbctl(t, "serve", "--config", bad)
+	if code != 2 {
+		t.Fatalf("serve bad.toml: exit %d, want 2; output:\n%s", code, out)
+	}
+	if want := `:7: pools.p.backends[1].address: cannot resolve host`; !strings.Contains(out, want) {
+		t.Errorf("serve output lacks %q:\n%s", want, out)
+	}
 }
