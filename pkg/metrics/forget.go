@@ -12,24 +12,28 @@ import "github.com/prometheus/client_golang/prometheus"
 // counter reset.
 
 // ForgetBackend deletes the series of one (listener, pool, backend) triple:
-// active and total connections, bytes, UDP sessions and datagrams.
+// active and total connections, bytes, UDP sessions and datagrams. Each
+// series is deleted by its full label set, so the cost does not grow with
+// the number of series (a refresh of a large pool forgets its removed
+// backends one by one).
 func (m *Metrics) ForgetBackend(listener, pool, backend string) {
-	l := prometheus.Labels{"listener": listener, "pool": pool, "backend": backend}
-	m.ConnectionsActive.Delete(l)
-	m.ConnectionsTotal.Delete(l)
-	m.Bytes.DeletePartialMatch(l)
-	m.UDPSessionsActive.Delete(l)
-	m.UDPDatagrams.DeletePartialMatch(l)
+	m.ConnectionsActive.DeleteLabelValues(listener, pool, backend)
+	m.ConnectionsTotal.DeleteLabelValues(listener, pool, backend)
+	m.UDPSessionsActive.DeleteLabelValues(listener, pool, backend)
+	for _, d := range []string{In.String(), Out.String()} {
+		m.Bytes.DeleteLabelValues(listener, pool, backend, d)
+		m.UDPDatagrams.DeleteLabelValues(listener, pool, backend, d)
+	}
 }
 
 // ForgetPoolBackend deletes the series of one backend of a pool: connect
 // errors and durations, health and health checks.
 func (m *Metrics) ForgetPoolBackend(pool, backend string) {
-	l := prometheus.Labels{"pool": pool, "backend": backend}
-	m.ConnectErrors.Delete(l)
-	m.ConnectDuration.Delete(l)
-	m.BackendUp.Delete(l)
-	m.HealthChecks.DeletePartialMatch(l)
+	m.ConnectErrors.DeleteLabelValues(pool, backend)
+	m.ConnectDuration.DeleteLabelValues(pool, backend)
+	m.BackendUp.DeleteLabelValues(pool, backend)
+	m.HealthChecks.DeleteLabelValues(pool, backend, "success")
+	m.HealthChecks.DeleteLabelValues(pool, backend, "failure")
 }
 
 // ForgetListener deletes the rejection counters of one listener.

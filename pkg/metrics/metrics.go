@@ -43,6 +43,10 @@ type Metrics struct {
 	UDPSessionsActive *prometheus.GaugeVec
 	UDPDatagrams      *prometheus.CounterVec
 	ConfigReloads     *prometheus.CounterVec
+	// Discovery sources (see discovery.go).
+	DiscoveryRefreshes   *prometheus.CounterVec
+	DiscoveryBackends    *prometheus.GaugeVec
+	DiscoveryLastSuccess *prometheus.GaugeVec
 }
 
 // ConnectBuckets fit both LAN connects (tens of microseconds) and WAN or
@@ -102,11 +106,24 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "lbctl_config_reloads_total",
 			Help: "Configuration reloads, by result.",
 		}, []string{"result"}),
+		DiscoveryRefreshes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "lbctl_discovery_refreshes_total",
+			Help: "Refreshes of a pool's discovery source, by result (a failure keeps the last good set).",
+		}, []string{"pool", "source", "result"}),
+		DiscoveryBackends: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lbctl_discovery_backends",
+			Help: "Backends in the last good set of a pool's discovery source.",
+		}, []string{"pool", "source"}),
+		DiscoveryLastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lbctl_discovery_last_success_timestamp_seconds",
+			Help: "Unix time of the last successful refresh of a pool's discovery source; 0 = none yet.",
+		}, []string{"pool", "source"}),
 	}
 	reg.MustRegister(
 		m.ConnectionsActive, m.ConnectionsTotal, m.Rejected, m.ConnectErrors,
 		m.Bytes, m.BackendUp, m.HealthChecks, m.ConnectDuration,
 		m.UDPSessionsActive, m.UDPDatagrams, m.ConfigReloads,
+		m.DiscoveryRefreshes, m.DiscoveryBackends, m.DiscoveryLastSuccess,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)

@@ -114,7 +114,8 @@ func (a *aliveState) lockFree() {
 // older than its bound. s.mu is held.
 func (s *Server) staleChecks(now time.Time) []string {
 	var stale []string
-	for _, p := range s.pools {
+	for _, lp := range s.pools {
+		p := lp.gen
 		spec := healthSpec(p)
 		if spec.Kind == health.KindNone {
 			continue

@@ -84,7 +84,7 @@ func TestAliveHealthProgress(t *testing.T) {
 	checked := "[pools.p.health]\ncheck = \"tcp\"\ninterval = \"1h\"\ntimeout = \"10s\"\n"
 	h := startServer(t, listenerTOML("a", "p", "")+poolTOML("p", checked, be.Addr)+
 		listenerTOML("u", "q", "")+poolTOML("q", "[pools.q.health]\ncheck = \"none\"\n", be.Addr))
-	key := h.srv.pools["p"].backends[0].key()
+	key := h.srv.pools["p"].gen.backends[0].key()
 	// The first check runs at once; the next one in an hour.
 	lbtest.Until(t, timeout+5*time.Second, func() (bool, string) {
 		s, f := counter(h.m.HealthChecks.WithLabelValues("p", be.Addr, "success")),
@@ -95,7 +95,7 @@ func TestAliveHealthProgress(t *testing.T) {
 	if !ok {
 		t.Fatal("no heartbeat for a checked backend")
 	}
-	if _, ok := h.srv.health.lastCheck(h.srv.pools["q"].backends[0].key()); ok {
+	if _, ok := h.srv.health.lastCheck(h.srv.pools["q"].gen.backends[0].key()); ok {
 		t.Error("a heartbeat for a backend with check = none")
 	}
 

@@ -6,12 +6,15 @@ package server
 // slow-start ramp after a comeback.
 
 import (
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/lbctl/lbctl/balancer"
 	"github.com/lbctl/lbctl/pkg/metrics"
+	"github.com/lbctl/lbctl/pkg/tcpproxy"
+	"github.com/lbctl/lbctl/pkg/udpproxy"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -40,10 +43,28 @@ import (
 // value is reused across reloads while pool and address stay.
 type backend struct {
 	pool string
-	b    *balancer.Backend
-	addr string // resolved ip:port; written only under Server.mu
+	b    *balancer.Backend // named as configured, or IP:port
+	ap   netip.AddrPort    // identity within the pool
+	addr string            // ap as a string: what is dialled and checked
+	hkey string            // the health monitor's key: pool|addr
 	log  *zap.Logger
 	m    *metrics.Metrics
+
+	// Membership, guarded by Server.mu.
+	inGen    bool   // a member of the generation in service
+	weight   int    // in force (the override when there is one)
+	backup   bool   //
+	source   string // "config", "api", "dns:NAME", ...
+	override *int   // SetWeightOverride; nil = none
+	removing bool   // left the pool, draining (removal.go)
+	drainAt  time.Time
+	killed   bool // drain_timeout reached: its connections were reset
+	// Per listener name, the proxies' targets (with their metric
+	// handles), reused by every generation.
+	tcpTargets map[string]*tcpproxy.Target
+	udpTargets map[string]*udpproxy.Target
+	tcpConns   tcpproxy.Registry // its connections, for kill
+	udpConns   udpproxy.Registry // its sessions, for kill
 
 	mu          sync.Mutex
 	upGauge     prometheus.Gauge // lbctl_backend_up; set by start, deleted by stop
@@ -56,9 +77,27 @@ type backend struct {
 	slowStart   time.Duration
 	rampStop    chan struct{} // closes to end the slow-start ramp goroutine
 	stopped     bool          // left the configuration: no more changes
+	lastChange  time.Time     // of health or admin state; zero = never
+	lastCheck   *CheckStatus  // the last active check's outcome
 }
 
-func (be *backend) key() string { return be.pool + "|" + be.b.Address() }
+// newBackend makes the state of a backend new to pool: healthy until its
+// first check says otherwise. Nothing is registered for it yet.
+func (s *Server) newBackend(pool, name string, ap netip.AddrPort) *backend {
+	addr := ap.String()
+	return &backend{
+		pool:     pool,
+		b:        balancer.NewBackend(name),
+		ap:       ap,
+		addr:     addr,
+		hkey:     pool + "|" + addr,
+		log:      s.log,
+		m:        s.m,
+		activeUp: true,
+	}
+}
+
+func (be *backend) key() string { return be.hkey }
 
 // stop ends the backend's timers and goroutines and deletes its
 // lbctl_backend_up series. Connections of an old generation may still
@@ -91,6 +130,9 @@ func (be *backend) publishLocked(check, reason string) {
 	}
 	up := be.activeUp && !be.passiveDown
 	changed := be.b.SetHealthy(up)
+	if changed {
+		be.lastChange = time.Now()
+	}
 	if be.upGauge != nil {
 		v := 0.0
 		if up {

@@ -70,7 +70,7 @@ func runtimeBackend(h *harness, addr string) *backend {
 	h.srv.mu.Lock()
 	defer h.srv.mu.Unlock()
 	if p := h.srv.pools["p"]; p != nil {
-		for _, be := range p.backends {
+		for _, be := range p.gen.backends {
 			if be.b.Address() == addr {
 				return be
 			}

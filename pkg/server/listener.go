@@ -47,22 +47,41 @@ type listenerState struct {
 	udp   *udpproxy.Proxy // protocol "udp"
 }
 
-func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool) (*listenerState, error) {
+func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool, tb *targetBuild) (*listenerState, error) {
 	if p == nil {
 		return nil, errors.New("unknown pool " + lc.Pool)
 	}
 	st := &listenerState{
 		name: lc.Name,
 		cfg:  lc,
-		pool: p,
 		rej:  s.m.ForListener(lc.Protocol, lc.Name),
 	}
 	st.gate = newGate(lc, st.rej, s.log)
+	if err := s.buildProxy(st, p, accessLog, tb); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// rebuildListenerState is st over generation p of its pool: the same
+// admission gate and limits, a proxy over p's members.
+func (s *Server) rebuildListenerState(st *listenerState, p *pool, accessLog bool, tb *targetBuild) (*listenerState, error) {
+	ns := &listenerState{name: st.name, cfg: st.cfg, gate: st.gate, rej: st.rej}
+	if err := s.buildProxy(ns, p, accessLog, tb); err != nil {
+		return nil, err
+	}
+	return ns, nil
+}
+
+// buildProxy sets st's pool to p and builds the proxy over p's members.
+func (s *Server) buildProxy(st *listenerState, p *pool, accessLog bool, tb *targetBuild) error {
+	lc := st.cfg
+	st.pool = p
 	switch lc.Protocol {
 	case "tcp":
 		tm := make(map[*balancer.Backend]*tcpproxy.Target, len(p.backends))
-		for i, be := range p.backends {
-			tm[be.b] = &tcpproxy.Target{Addr: p.addrs[i], Metrics: s.m.ForTCP(lc.Name, p.name, be.b.Address())}
+		for _, be := range p.backends {
+			tm[be.b] = tb.tcpTarget(s, be, lc.Name)
 		}
 		var access *zap.Logger
 		if accessLog {
@@ -84,15 +103,15 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool
 			Access:           access,
 		})
 	case "udp":
-		u, err := s.buildUDPProxy(lc, p, st, accessLog)
+		u, err := s.buildUDPProxy(lc, p, st, accessLog, tb)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		st.udp = u
 	default:
-		return nil, errors.New("unknown protocol " + lc.Protocol)
+		return errors.New("unknown protocol " + lc.Protocol)
 	}
-	return st, nil
+	return nil
 }
 
 func (s *Server) bind(lc *config.Listener) (*listener, error) {

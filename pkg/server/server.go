@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/lbctl/lbctl/discovery"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"go.uber.org/zap"
@@ -47,6 +48,9 @@ type Options struct {
 	Inherited map[SocketKey]InheritedSocket
 	// Resolver resolves backend host names; nil means net.DefaultResolver.
 	Resolver *net.Resolver
+	// NewSource makes the discovery source of a [[pools.X.discover]]
+	// entry; nil means the discovery package's (tests inject fakes).
+	NewSource func(d config.Discover) (discovery.Source, error)
 }
 
 // Server runs listeners and pools for one lbctl process.
@@ -61,7 +65,12 @@ type Server struct {
 	cfg       atomic.Pointer[config.Config]
 	listeners map[string]*listener   // by key(protocol, bind)
 	removed   map[*listener]struct{} // UDP listeners a reload removed, while they drain (udp.go)
-	pools     map[string]*pool       // by pool name
+	pools     map[string]*livePool   // by pool name (pool.go)
+	draining  map[*backend]*livePool // removed backends while they drain (removal.go)
+	reaping   bool                   // the reap goroutine runs
+	refreshes atomic.Int64           // generations put in service by refresh (tests)
+	bg        sync.WaitGroup         // reap and the discovery sources
+	done      chan struct{}          // closed when Shutdown begins: background goroutines end
 	started   bool
 	stopping  atomic.Bool
 	ready     atomic.Bool
@@ -87,7 +96,9 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		opts:      opts,
 		listeners: map[string]*listener{},
 		removed:   map[*listener]struct{}{},
-		pools:     map[string]*pool{},
+		pools:     map[string]*livePool{},
+		draining:  map[*backend]*livePool{},
+		done:      make(chan struct{}),
 		udpDrain:  make(chan struct{}),
 	}
 	s.killCtx, s.kill = context.WithCancel(context.Background())
@@ -170,6 +181,12 @@ func (s *Server) Shutdown(ctx context.Context) {
 	s.mu.Lock()
 	if !s.stopping.Swap(true) {
 		close(s.udpDrain)
+		close(s.done)
+		for _, lp := range s.pools {
+			for _, r := range lp.srcs {
+				s.stopSource(r)
+			}
+		}
 	}
 	var udp []*listener
 	for _, l := range s.listeners {
@@ -187,6 +204,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		udp = append(udp, l)
 	}
 	s.mu.Unlock()
+	s.bg.Wait() // the sources and reap, which take s.mu
 	s.health.stop()
 
 	drained := make(chan struct{})
@@ -210,22 +228,29 @@ func (s *Server) Shutdown(ctx context.Context) {
 	for _, l := range udp {
 		l.close() // its socket is closed already: this marks it closed
 	}
-	for _, p := range s.pools {
-		p.stop()
+	for _, lp := range s.pools {
+		s.stopPool(lp)
 	}
 }
 
 // apply builds the runtime for cfg and swaps it in. Everything that can
 // fail happens before the first change.
 func (s *Server) apply(cfg *config.Config, resolved map[string]string) error {
-	pools, err := s.buildPools(cfg, resolved)
+	var tb targetBuild
+	plans, err := s.planPools(cfg, resolved)
 	if err != nil {
 		return err
 	}
 	states := make(map[string]*listenerState, len(cfg.Listeners))
 	for _, lc := range cfg.Listeners {
-		st, err := s.buildListenerState(lc, pools[lc.Pool], cfg.Log.Access)
+		var gen *pool
+		if pl := plans[lc.Pool]; pl != nil {
+			gen = pl.gen
+		}
+		st, err := s.buildListenerState(lc, gen, cfg.Log.Access, &tb)
 		if err != nil {
+			tb.forget(s)
+			forgetFresh(s, plans)
 			return fmt.Errorf("listener %s: %w", lc.Name, err)
 		}
 		states[listenerKeyOf(lc)] = st
@@ -243,6 +268,8 @@ func (s *Server) apply(cfg *config.Config, resolved map[string]string) error {
 			for _, f := range fresh {
 				f.close()
 			}
+			tb.forget(s)
+			forgetFresh(s, plans)
 			return fmt.Errorf("listener %s: %w", lc.Name, err)
 		}
 		fresh[k] = l
@@ -250,15 +277,33 @@ func (s *Server) apply(cfg *config.Config, resolved map[string]string) error {
 
 	// Commit. Pools first, so handlers never see a half-built pool.
 	oldPools := s.pools
-	s.pools = pools
-	for name, p := range pools {
-		p.start(oldPools[name])
+	s.pools = make(map[string]*livePool, len(plans))
+	for name, pl := range plans {
+		s.pools[name] = pl.lp
+		pl.lp.conf = pl.conf
+		s.commit(pl.lp, pl.gen, pl.fresh)
+		s.swapSources(pl.lp, pl.srcs)
 	}
-	for name, p := range oldPools {
-		if _, kept := pools[name]; !kept {
-			p.stop()
+	for name, lp := range oldPools {
+		if _, kept := plans[name]; !kept {
+			s.stopPool(lp)
 		}
 	}
+	if old := s.cfg.Load(); old != nil && s.started {
+		// Series of a listener that left, or that now serves another pool
+		// or protocol.
+		byName := make(map[string]*config.Listener, len(cfg.Listeners))
+		for _, lc := range cfg.Listeners {
+			byName[lc.Name] = lc
+		}
+		for _, ol := range old.Listeners {
+			nl := byName[ol.Name]
+			if lp := s.pools[ol.Pool]; lp != nil && (nl == nil || nl.Pool != ol.Pool || nl.Protocol != ol.Protocol) {
+				s.dropTargets(lp, ol.Name)
+			}
+		}
+	}
+	tb.adopt()
 	for k, l := range s.listeners {
 		st, kept := states[k]
 		if !kept {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -80,50 +81,99 @@ func (s *Server) Status() Status {
 		})
 	}
 	sort.Slice(st.Listeners, func(i, j int) bool { return st.Listeners[i].Name < st.Listeners[j].Name })
-	for _, p := range s.pools {
-		ps := PoolStatus{Name: p.name, Algorithm: p.cfg.Algorithm, Backends: []BackendStatus{}}
-		for _, m := range p.bal.Members() {
-			ps.Backends = append(ps.Backends, backendStatus(m))
+	for _, lp := range s.pools {
+		ps := PoolStatus{Name: lp.name, Algorithm: lp.cfg.Algorithm, Backends: []BackendStatus{}}
+		for _, be := range lp.gen.backends {
+			ps.Backends = append(ps.Backends, backendStatus(be))
 		}
+		var removing []BackendStatus
+		for _, be := range lp.byAddr {
+			if be.removing {
+				removing = append(removing, backendStatus(be))
+			}
+		}
+		sort.Slice(removing, func(i, j int) bool { return removing[i].Address < removing[j].Address })
+		ps.Backends = append(ps.Backends, removing...)
 		st.Pools = append(st.Pools, ps)
 	}
 	sort.Slice(st.Pools, func(i, j int) bool { return st.Pools[i].Name < st.Pools[j].Name })
 	return st
 }
 
-// backendStatus describes member m of the pool in service: its weight and
-// backup flag are that pool's.
-func backendStatus(m balancer.Member) BackendStatus {
-	b := m.Backend
+// backendStatus describes be: a member of its pool's generation in
+// service (its weight and backup flag are that generation's), or a
+// backend that drains after its removal. Called with s.mu held.
+func backendStatus(be *backend) BackendStatus {
+	b := be.b
 	h := "down"
 	if b.Healthy() {
 		h = "up"
 	}
-	return BackendStatus{
-		Address: b.Address(), Weight: m.Weight, Backup: m.Backup, Health: h, Admin: b.Admin().String(),
-		Active: b.Active(), Total: b.Total(), Failures: b.Failures(), Source: "config",
+	st := BackendStatus{
+		Address: b.Address(), Weight: be.weight, Backup: be.backup, Health: h, Admin: b.Admin().String(),
+		Active: b.Active(), Total: b.Total(), Failures: b.Failures(), Source: be.source, Removing: be.removing,
 	}
+	if be.override != nil {
+		w := *be.override
+		st.WeightOverride = &w
+	}
+	be.mu.Lock()
+	if !be.lastChange.IsZero() {
+		t := be.lastChange
+		st.LastChange = &t
+	}
+	if be.lastCheck != nil {
+		c := *be.lastCheck
+		st.LastCheck = &c
+	}
+	be.mu.Unlock()
+	return st
+}
+
+// lookup finds the backend address names in pool: by its IP:port, or by
+// its address as configured (a host name). inPool: only a member of the
+// generation in service, not one that drains. Called with s.mu held.
+func (s *Server) lookup(pool, address string, inPool bool) (*livePool, *backend, error) {
+	lp, ok := s.pools[pool]
+	if !ok {
+		return nil, nil, ErrUnknownPool
+	}
+	var be *backend
+	if ap, err := netip.ParseAddrPort(address); err == nil {
+		be = lp.byAddr[unmap(ap)]
+	}
+	if be == nil {
+		for _, c := range lp.byAddr {
+			if c.b.Address() == address {
+				be = c
+				break
+			}
+		}
+	}
+	if be == nil || (inPool && !be.inGen) {
+		return lp, nil, ErrUnknownBackend
+	}
+	return lp, be, nil
 }
 
 // SetBackendAdmin changes one backend's administrative state. The state
-// survives reloads while the backend stays in the pool.
+// survives reloads and refreshes while the backend stays in the pool.
 func (s *Server) SetBackendAdmin(pool, address string, state balancer.AdminState) (BackendStatus, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p, ok := s.pools[pool]
-	if !ok {
-		return BackendStatus{}, ErrUnknownPool
+	_, be, err := s.lookup(pool, address, true)
+	if err != nil {
+		return BackendStatus{}, err
 	}
-	for _, m := range p.bal.Members() {
-		if m.Backend.Address() == address {
-			prev := m.Backend.Admin()
-			m.Backend.SetAdmin(state)
-			if prev != state {
-				s.log.Info("backend admin state changed", zapPool(pool), zapBackend(address),
-					zapString("from", prev.String()), zapString("to", state.String()))
-			}
-			return backendStatus(m), nil
-		}
+	prev := be.b.Admin()
+	be.b.SetAdmin(state)
+	if prev != state {
+		be.mu.Lock()
+		be.lastChange = time.Now()
+		be.mu.Unlock()
+		s.log.Info("backend admin state changed", zapPool(pool), zapBackend(be.b.Address()),
+			zapString("from", prev.String()), zapString("to", state.String()))
+		s.saveState()
 	}
-	return BackendStatus{}, ErrUnknownBackend
+	return backendStatus(be), nil
 }

@@ -36,10 +36,10 @@ import (
 // socket, so bursts are not dropped; the kernel caps it (net.core.rmem_max).
 const udpSocketBuffer = 4 << 20
 
-func (s *Server) buildUDPProxy(lc *config.Listener, p *pool, st *listenerState, accessLog bool) (*udpproxy.Proxy, error) {
+func (s *Server) buildUDPProxy(lc *config.Listener, p *pool, st *listenerState, accessLog bool, tb *targetBuild) (*udpproxy.Proxy, error) {
 	targets := make(map[*balancer.Backend]*udpproxy.Target, len(p.backends))
-	for i, be := range p.backends {
-		targets[be.b] = &udpproxy.Target{Addr: p.addrs[i], Metrics: s.m.ForUDP(lc.Name, p.name, be.b.Address())}
+	for _, be := range p.backends {
+		targets[be.b] = tb.udpTarget(s, be, lc.Name)
 	}
 	var access *zap.Logger
 	if accessLog {
