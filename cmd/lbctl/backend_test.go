@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -84,6 +85,14 @@ func (f *fakeLB) SetBackendAdmin(pool, address string, state balancer.AdminState
 func (f *fakeLB) AddBackend(pool string, spec server.BackendSpec) (server.BackendStatus, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if _, err := netip.ParseAddrPort(spec.Address); err != nil {
+		f.calls = append(f.calls, "refused "+spec.Address)
+		return server.BackendStatus{}, &server.BadRequestError{Field: "address", Reason: fmt.Sprintf("%q is not IP:port", spec.Address)}
+	}
+	if spec.Weight < 0 || spec.Weight > balancer.MaxWeight {
+		f.calls = append(f.calls, fmt.Sprint("refused weight ", spec.Weight))
+		return server.BackendStatus{}, &server.BadRequestError{Field: "weight", Reason: fmt.Sprintf("%d is not within 0..1000000", spec.Weight)}
+	}
 	_, err := f.find(fmt.Sprintf("add %s %s weight=%d backup=%v", pool, spec.Address, spec.Weight, spec.Backup), pool, spec.Address)
 	switch {
 	case err == nil:
@@ -113,6 +122,10 @@ func (f *fakeLB) RemoveBackend(pool, address string) (server.BackendStatus, erro
 func (f *fakeLB) SetWeightOverride(pool, address string, weight *int) (server.BackendStatus, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if weight != nil && (*weight < 0 || *weight > balancer.MaxWeight) {
+		f.calls = append(f.calls, fmt.Sprint("refused weight ", *weight))
+		return server.BackendStatus{}, &server.BadRequestError{Field: "weight", Reason: fmt.Sprintf("%d is not within 0..1000000", *weight)}
+	}
 	w := "reset"
 	if weight != nil {
 		w = fmt.Sprint(*weight)
@@ -207,8 +220,8 @@ func TestBackendCommands(t *testing.T) {
 			"lbctl: backend 127.0.0.1:9000 is already in pool web (HTTP 409)\n"},
 		{"add to an unknown pool", "add nope 127.0.0.1:9001", 1, "add nope 127.0.0.1:9001 weight=1 backup=false",
 			"unknown pool nope (HTTP 404)"},
-		{"add a host name", "add web localhost:9001", 1, "", `bad address "localhost:9001": want IP:port`},
-		{"add a weight out of range", "add web 127.0.0.1:9004 --weight 1000001", 1, "", "bad weight 1000001: want 0..1000000 (HTTP 400)"},
+		{"add a host name", "add web localhost:9001", 1, "refused localhost:9001", `bad address: "localhost:9001" is not IP:port (HTTP 400)`},
+		{"add a weight out of range", "add web 127.0.0.1:9004 --weight 1000001", 1, "refused weight 1000001", "bad weight: 1000001 is not within 0..1000000 (HTTP 400)"},
 		{"add, weight not a number", "add web 127.0.0.1:9004 --weight x", 2, "", `invalid argument "x" for "--weight"`},
 		{"add without an address", "add web", 2, "", "accepts 2 arg(s), received 1"},
 
@@ -225,7 +238,7 @@ func TestBackendCommands(t *testing.T) {
 		{"weight reset", "weight web 127.0.0.1:9000 --reset", 0, "weight web 127.0.0.1:9000 reset",
 			"pool web backend 127.0.0.1:9000: weight 1 (override removed)\n"},
 		{"weight 0 of IPv6", "weight web [::1]:9000 0", 0, "weight web [::1]:9000 0", "pool web backend [::1]:9000: weight 0 (override)\n"},
-		{"weight out of range", "weight web 127.0.0.1:9000 2000000", 1, "", "bad weight 2000000: want 0..1000000 (HTTP 400)"},
+		{"weight out of range", "weight web 127.0.0.1:9000 2000000", 1, "refused weight 2000000", "bad weight: 2000000 is not within 0..1000000 (HTTP 400)"},
 		{"weight of an unknown backend", "weight web 127.0.0.1:1 3", 1, "weight web 127.0.0.1:1 3", "(HTTP 404)"},
 		{"weight not a number", "weight web 127.0.0.1:9000 heavy", 2, "", `weight "heavy" is not a whole number`},
 		{"weight missing", "weight web 127.0.0.1:9000", 2, "", "accepts 3 arg(s)"},

@@ -756,7 +756,8 @@ func serveFake(t *testing.T, opts Options, method, path, body string) *httptest.
 }
 
 // TestBackendEditing runs each run-time change endpoint against a fake
-// runtime: what reaches the runtime, and each status code and body.
+// runtime: what reaches the runtime, and each status code and body. The
+// address and weight are the server's to judge (TestBackendEditingLive).
 func TestBackendEditing(t *testing.T) {
 	const (
 		backends = "/api/v1/pools/web/backends"
@@ -784,14 +785,9 @@ func TestBackendEditing(t *testing.T) {
 			"add nope 127.0.0.1:9001 weight=1 backup=false", "unknown pool nope"},
 		{"add refused by the server", "POST", backends, `{"address": "127.0.0.1:9001"}`, &server.BadRequestError{Field: "address", Reason: "multicast"}, 400,
 			"add web 127.0.0.1:9001 weight=1 backup=false", "bad address: multicast"},
-		{"add, weight too large", "POST", backends, `{"address": "127.0.0.1:9001", "weight": 1000001}`, nil, 400, "", "bad weight 1000001: want 0..1000000"},
-		{"add, negative weight", "POST", backends, `{"address": "127.0.0.1:9001", "weight": -1}`, nil, 400, "", "bad weight -1"},
 		{"add, fractional weight", "POST", backends, `{"address": "127.0.0.1:9001", "weight": 1.5}`, nil, 400, "", "bad JSON body"},
 		{"add, unknown field", "POST", backends, `{"address": "127.0.0.1:9001", "wieght": 2}`, nil, 400, "", `unknown field \"wieght\"`},
 		{"add, no address", "POST", backends, `{"weight": 2}`, nil, 400, "", `missing \"address\"`},
-		{"add, host name", "POST", backends, `{"address": "web1.internal:80"}`, nil, 400, "", `bad address \"web1.internal:80\": want IP:port`},
-		{"add, no port", "POST", backends, `{"address": "127.0.0.1"}`, nil, 400, "", "bad address"},
-		{"add, port 0", "POST", backends, `{"address": "127.0.0.1:0"}`, nil, 400, "", "bad address"},
 		{"add, empty body", "POST", backends, ``, nil, 400, "", "empty body"},
 		{"add, not JSON", "POST", backends, `address=127.0.0.1:9001`, nil, 400, "", "bad JSON body"},
 		{"add, two objects", "POST", backends, `{"address": "127.0.0.1:9001"} {}`, nil, 400, "", "data after the object"},
@@ -817,8 +813,6 @@ func TestBackendEditing(t *testing.T) {
 		{"weight of an unknown backend", "PATCH", be, `{"weight": 5}`, server.ErrUnknownBackend, 404, "weight web 127.0.0.1:9001 5", "unknown backend"},
 		{"weight, missing", "PATCH", be, `{}`, nil, 400, "", `missing \"weight\"`},
 		{"weight, a string", "PATCH", be, `{"weight": "5"}`, nil, 400, "", `bad weight \"5\"`},
-		{"weight, too large", "PATCH", be, `{"weight": 1000001}`, nil, 400, "", "bad weight 1000001"},
-		{"weight, negative", "PATCH", be, `{"weight": -3}`, nil, 400, "", "bad weight -3"},
 		{"weight, unknown field", "PATCH", be, `{"weight": 5, "backup": true}`, nil, 400, "", `unknown field \"backup\"`},
 		{"weight, empty body", "PATCH", be, ``, nil, 400, "", "empty body"},
 
