@@ -79,13 +79,13 @@ func (s *dnsSource) refresh(ctx context.Context) ([]Entry, error) {
 	if s.opts.Weight < 0 || s.opts.Weight > MaxWeight {
 		return nil, fmt.Errorf("dns source: weight %d out of range 0..%d", s.opts.Weight, MaxWeight)
 	}
-	r, err := resolver(s.opts.Resolver)
+	r, server, err := resolver(s.opts.Resolver)
 	if err != nil {
 		return nil, err
 	}
 	addrs, err := r.LookupNetIP(ctx, "ip", fqdn(s.opts.Name))
 	if err != nil {
-		return nil, err
+		return nil, askedOf(err, server)
 	}
 	set := make([]Entry, 0, len(addrs))
 	for _, a := range addrs {
@@ -103,13 +103,13 @@ func (s *srvSource) Run(ctx context.Context, update func([]Entry, error)) {
 }
 
 func (s *srvSource) refresh(ctx context.Context) ([]Entry, error) {
-	r, err := resolver(s.opts.Resolver)
+	r, server, err := resolver(s.opts.Resolver)
 	if err != nil {
 		return nil, err
 	}
 	_, recs, err := r.LookupSRV(ctx, "", "", fqdn(s.opts.Name))
 	if err != nil {
-		return nil, err
+		return nil, askedOf(err, server)
 	}
 	// "." as the only target means "no such service here" (RFC 2782).
 	recs = slices.DeleteFunc(recs, func(rec *net.SRV) bool { return rec.Target == "." || rec.Target == "" })
@@ -138,7 +138,7 @@ func (s *srvSource) refresh(ctx context.Context) ([]Entry, error) {
 			targets = append(targets, rec.Target)
 		}
 	}
-	addrs, err := lookupAll(ctx, r, targets)
+	addrs, err := lookupAll(ctx, r, server, targets)
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +166,7 @@ func (s *srvSource) refresh(ctx context.Context) ([]Entry, error) {
 // lookupAll resolves every target, srvLookups at a time. A target that does
 // not exist or has no address records maps to nothing; any other failure
 // fails the whole lookup (and stops the lookups still running).
-func lookupAll(ctx context.Context, r *net.Resolver, targets []string) (map[string][]netip.Addr, error) {
+func lookupAll(ctx context.Context, r *net.Resolver, server string, targets []string) (map[string][]netip.Addr, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -190,7 +190,7 @@ func lookupAll(ctx context.Context, r *net.Resolver, targets []string) (map[stri
 			case err == nil:
 				out[target] = addrs
 			case firstErr == nil:
-				firstErr = fmt.Errorf("SRV target %s: %w", target, err)
+				firstErr = fmt.Errorf("SRV target %s: %w", target, askedOf(err, server))
 				cancel()
 			}
 		})
@@ -227,12 +227,12 @@ func every(ctx context.Context, interval time.Duration, update func([]Entry, err
 
 // resolver returns a Go resolver that sends every query to server ("IP:port"
 // or "IP"), or to the first nameserver of /etc/resolv.conf when server is
-// empty. StrictErrors: an A answer with a failed AAAA query is a failure,
-// not a half set.
-func resolver(server string) (*net.Resolver, error) {
+// empty, and the address it asks. StrictErrors: an A answer with a failed
+// AAAA query is a failure, not a half set.
+func resolver(server string) (*net.Resolver, string, error) {
 	addr, err := resolverAddr(server)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	to := addr.String()
 	return &net.Resolver{
@@ -242,7 +242,18 @@ func resolver(server string) (*net.Resolver, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, network, to)
 		},
-	}, nil
+	}, to, nil
+}
+
+// askedOf names the server really asked in a lookup error: the Go resolver
+// names the resolv.conf server its Dial was called for.
+func askedOf(err error, server string) error {
+	if dnsErr, ok := err.(*net.DNSError); ok {
+		named := *dnsErr
+		named.Server = server
+		return &named
+	}
+	return err
 }
 
 func resolverAddr(server string) (netip.AddrPort, error) {

@@ -114,7 +114,7 @@ func (s *etcdSource) follow(ctx context.Context, cli *clientv3.Client, update fu
 	resp, err := cli.Get(rctx, s.opts.Prefix, clientv3.WithPrefix())
 	cancel()
 	if err != nil {
-		return fmt.Errorf("get %s: %w", s.opts.Prefix, err)
+		return s.getError(err)
 	}
 	retry.reset()
 	kvs := make(map[string][]byte, len(resp.Kvs))
@@ -177,13 +177,22 @@ func (s *etcdSource) follow(ctx context.Context, cli *clientv3.Client, update fu
 			_, err := cli.Get(pctx, s.opts.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 			cancel()
 			if err != nil {
-				return fmt.Errorf("get %s: %w", s.opts.Prefix, err)
+				return s.getError(err)
 			}
 			if time.Since(lastReport) >= ConfirmEvery {
 				report()
 			}
 		}
 	}
+}
+
+// getError says what a failed read means: a read that timed out is an etcd
+// that does not answer (the client waits for a connection until then).
+func (s *etcdSource) getError(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("get %s: no answer within %v: %w", s.opts.Prefix, s.opts.DialTimeout, err)
+	}
+	return fmt.Errorf("get %s: %w", s.opts.Prefix, err)
 }
 
 // parseEtcd turns the values under a prefix into a set. Each value is

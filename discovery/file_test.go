@@ -34,6 +34,7 @@ func replaceFile(t *testing.T, path, data string) {
 // broken, fixed, deleted, emptied; each change seen within 2s, and a
 // failure never reported as a set.
 func TestFileSource(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "web.json")
 	writeFile(t, path, `[{"address": "127.0.0.1:8001"}, {"address": "127.0.0.2:8002", "weight": 3}]`)
@@ -58,9 +59,9 @@ func TestFileSource(t *testing.T) {
 	t.Run("malformed, then fixed", func(t *testing.T) {
 		m := r.mark()
 		writeFile(t, path, `[{"address": "127.0.0.5:8005"`)
-		err := r.waitErr(t, fileApply, m, "web.json: line 1")
+		err, failed := r.waitErr(t, fileApply, m, "web.json: line 1")
 		t.Logf("error: %v", err)
-		r.errorsOnly(t, m)
+		r.errorsOnly(t, failed)
 		writeFile(t, path, `[{"address": "127.0.0.5:8005"}]`)
 		r.waitSet(t, fileApply, "127.0.0.5:8005 w=1")
 	})
@@ -69,8 +70,8 @@ func TestFileSource(t *testing.T) {
 		if err := os.Remove(path); err != nil {
 			t.Fatal(err)
 		}
-		r.waitErr(t, fileApply, m, "no such file")
-		r.errorsOnly(t, m)
+		_, failed := r.waitErr(t, fileApply, m, "no such file")
+		r.errorsOnly(t, failed)
 		replaceFile(t, path, `[{"address": "127.0.0.6:8006"}]`)
 		r.waitSet(t, fileApply, "127.0.0.6:8006 w=1")
 	})
@@ -93,6 +94,7 @@ func TestFileSource(t *testing.T) {
 // symlink to a file in another directory that is edited in place. The stat
 // poll applies it within 2s all the same.
 func TestFileSourceWithoutEvent(t *testing.T) {
+	t.Parallel()
 	real := filepath.Join(t.TempDir(), "backends.json")
 	writeFile(t, real, `[{"address": "127.0.0.1:8001"}]`)
 	path := filepath.Join(t.TempDir(), "web.json")
@@ -109,6 +111,7 @@ func TestFileSourceWithoutEvent(t *testing.T) {
 // A file that does not exist at start (nor its directory) is a failure
 // until it appears.
 func TestFileSourceMissingAtStart(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "later")
 	path := filepath.Join(dir, "web.json")
 	r := run(t, NewFile(FileOptions{Path: path}))

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -152,22 +153,21 @@ func (r *recorder) waitSet(t *testing.T, timeout time.Duration, want ...string) 
 }
 
 // waitErr waits for an error reported after mark whose text holds substr,
-// and returns it.
-func (r *recorder) waitErr(t *testing.T, timeout time.Duration, mark int, substr string) error {
+// and returns it and its mark: since(at) starts with it.
+func (r *recorder) waitErr(t *testing.T, timeout time.Duration, mark int, substr string) (err error, at int) {
 	t.Helper()
-	var found error
 	lbtest.Until(t, timeout, func() (bool, string) {
 		rs := r.since(mark)
-		for _, res := range rs {
+		for i, res := range rs {
 			if res.err != nil && strings.Contains(res.err.Error(), substr) {
-				found = res.err
+				err, at = res.err, mark+i
 				return true, ""
 			}
 		}
 		return false, fmt.Sprintf("results since the mark: %v; want an error with %q", showResults(rs), substr)
 	})
 	r.checkContract(t)
-	return found
+	return err, at
 }
 
 // errorsOnly fails the test if a set was reported after mark.
@@ -273,7 +273,7 @@ func start(t *testing.T, bin string, args ...string) *process {
 		close(p.exited)
 	}()
 	p.stop = sync.OnceFunc(func() {
-		p.cmd.Process.Signal(os.Interrupt) // this process only, by its PID
+		p.cmd.Process.Signal(syscall.SIGTERM) // this process only, by its PID
 		select {
 		case <-p.exited:
 		case <-time.After(5 * time.Second):
