@@ -52,6 +52,8 @@ type backend struct {
 
 	// Membership, guarded by Server.mu.
 	inGen    bool   // a member of the generation in service
+	gen      *pool  // the last generation it was a member of
+	mark     uint64 // livePool.epoch of the last merge that saw it
 	weight   int    // in force (the override when there is one)
 	backup   bool   //
 	source   string // "config", "api", "dns:NAME", ...

@@ -15,6 +15,7 @@ package server
 import (
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/lbctl/lbctl/balancer"
@@ -36,6 +37,7 @@ type entry struct {
 	weight int            // 0..balancer.MaxWeight
 	backup bool
 	source string // "config", "api", "dns:NAME", ...
+	be     *backend // merge: the backend at ap, nil if none yet
 }
 
 // livePool is the run-time state of one configured pool, which outlives
@@ -52,12 +54,19 @@ type livePool struct {
 
 	// merge's scratch, reused so that an unchanged refresh allocates
 	// nothing.
-	want []entry
-	seen map[netip.AddrPort]struct{}
+	want  []entry
+	seen  map[netip.AddrPort]struct{} // addresses without a backend yet
+	epoch uint64                      // marks the backends seen by a merge
+
+	// byBal finds a backend from the balancer's, for the data path's
+	// passive checks (ConnectFailed): every backend of byAddr.
+	balMu sync.RWMutex
+	byBal map[*balancer.Backend]*backend
 }
 
 func newLivePool(name string) *livePool {
-	return &livePool{name: name, byAddr: map[netip.AddrPort]*backend{}, seen: map[netip.AddrPort]struct{}{}}
+	return &livePool{name: name, byAddr: map[netip.AddrPort]*backend{}, seen: map[netip.AddrPort]struct{}{},
+		byBal: map[*balancer.Backend]*backend{}}
 }
 
 // pool is one generation of a pool: the balancer over its members. It is
@@ -69,7 +78,6 @@ type pool struct {
 	live     *livePool
 	bal      *balancer.Pool
 	backends []*backend // member order
-	byBal    map[*balancer.Backend]*backend
 	health   *healthMonitor
 }
 
@@ -80,6 +88,7 @@ type pool struct {
 func (lp *livePool) merge(conf []entry, srcs []*sourceRun) (changed bool) {
 	lp.want = lp.want[:0]
 	clear(lp.seen)
+	lp.epoch++
 	lp.add(conf)
 	lp.add(lp.api)
 	for _, r := range srcs {
@@ -88,7 +97,7 @@ func (lp *livePool) merge(conf []entry, srcs []*sourceRun) (changed bool) {
 	same := lp.gen != nil && len(lp.want) == len(lp.gen.backends)
 	for i := range lp.want {
 		e := &lp.want[i]
-		be := lp.byAddr[e.ap]
+		be := e.be
 		if be != nil && be.override != nil {
 			e.weight = *be.override
 		}
@@ -103,10 +112,17 @@ func (lp *livePool) merge(conf []entry, srcs []*sourceRun) (changed bool) {
 // gave.
 func (lp *livePool) add(es []entry) {
 	for _, e := range es {
-		if _, dup := lp.seen[e.ap]; dup {
-			continue
+		if e.be = lp.byAddr[e.ap]; e.be != nil {
+			if e.be.mark == lp.epoch {
+				continue
+			}
+			e.be.mark = lp.epoch
+		} else {
+			if _, dup := lp.seen[e.ap]; dup {
+				continue
+			}
+			lp.seen[e.ap] = struct{}{}
 		}
-		lp.seen[e.ap] = struct{}{}
 		lp.want = append(lp.want, e)
 	}
 }
@@ -116,11 +132,11 @@ func (lp *livePool) add(es []entry) {
 // commit to adopt (a reload that fails later leaves no trace of them).
 func (s *Server) buildGen(lp *livePool, pc *config.Pool, protocol string) (*pool, []*backend, error) {
 	p := &pool{name: lp.name, cfg: pc, protocol: protocol, live: lp, health: s.health,
-		backends: make([]*backend, len(lp.want)), byBal: make(map[*balancer.Backend]*backend, len(lp.want))}
+		backends: make([]*backend, len(lp.want))}
 	members := make([]balancer.Member, len(lp.want))
 	var fresh []*backend
 	for i, e := range lp.want {
-		be := lp.byAddr[e.ap]
+		be := e.be
 		if be == nil {
 			name := e.name
 			if name == "" {
@@ -130,7 +146,6 @@ func (s *Server) buildGen(lp *livePool, pc *config.Pool, protocol string) (*pool
 			fresh = append(fresh, be)
 		}
 		p.backends[i] = be
-		p.byBal[be.b] = be
 		// Weight and backup belong to this generation: the running one
 		// keeps its own until commit.
 		members[i] = balancer.Member{Backend: be.b, Weight: e.weight, Backup: e.backup}
@@ -149,8 +164,13 @@ func (s *Server) buildGen(lp *livePool, pc *config.Pool, protocol string) (*pool
 // the removal of those that left (they drain). The listeners are the
 // caller's to swap. Called with s.mu held.
 func (s *Server) commit(lp *livePool, p *pool, fresh []*backend) {
-	for _, be := range fresh {
-		lp.byAddr[be.ap] = be
+	if len(fresh) > 0 {
+		lp.balMu.Lock()
+		for _, be := range fresh {
+			lp.byAddr[be.ap] = be
+			lp.byBal[be.b] = be
+		}
+		lp.balMu.Unlock()
 	}
 	old := lp.gen
 	lp.gen = p
@@ -160,7 +180,7 @@ func (s *Server) commit(lp *livePool, p *pool, fresh []*backend) {
 		e := &lp.want[i]
 		be.weight, be.backup, be.source = e.weight, e.backup, e.source
 		joined := !be.inGen
-		be.inGen = true
+		be.inGen, be.gen = true, p
 		if be.removing {
 			s.unremove(be)
 		}
@@ -172,7 +192,7 @@ func (s *Server) commit(lp *livePool, p *pool, fresh []*backend) {
 		return
 	}
 	for _, be := range old.backends {
-		if be.inGen && p.byBal[be.b] == nil {
+		if be.inGen && be.gen != p {
 			be.inGen = false
 			s.remove(lp, be)
 		}
@@ -252,7 +272,9 @@ func (s *Server) stopPool(lp *livePool) {
 // ConnectFailed implements tcpproxy.PassiveObserver (and udpproxy's): max_fails
 // failures within fail_timeout eject the backend for fail_timeout.
 func (p *pool) ConnectFailed(b *balancer.Backend) {
-	be := p.byBal[b]
+	p.live.balMu.RLock()
+	be := p.live.byBal[b]
+	p.live.balMu.RUnlock()
 	if be == nil {
 		return
 	}

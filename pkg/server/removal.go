@@ -70,6 +70,9 @@ func (s *Server) finalize(lp *livePool, be *backend) {
 	s.forgetBackendSeries(be)
 	if lp.byAddr[be.ap] == be {
 		delete(lp.byAddr, be.ap)
+		lp.balMu.Lock()
+		delete(lp.byBal, be.b)
+		lp.balMu.Unlock()
 	}
 	delete(s.draining, be)
 	be.removing, be.inGen = false, false
