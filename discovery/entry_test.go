@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -116,6 +117,59 @@ func TestNames(t *testing.T) {
 	} {
 		if got := tc.src.Name(); got != tc.want {
 			t.Errorf("Name() = %q, want %q", got, tc.want)
+		}
+	}
+}
+
+// Whatever the file holds, parseFile never panics, and either fails with no
+// set or gives a sorted set of distinct, valid entries.
+func FuzzParseFile(f *testing.F) {
+	for _, seed := range []string{
+		``, `[]`, `null`, `[{"address": "127.0.0.1:80"}]`,
+		`[{"address": "[::ffff:127.0.0.1]:80", "weight": 1000000, "backup": true}, {"address": "[::1]:1"}]`,
+		`[{"address": "127.0.0.1:80"}, {"address": "127.0.0.1:80"}]`, `[{"address": "127.0.0.1:80"`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		set, err := parseFile(data)
+		if err != nil {
+			if set != nil {
+				t.Fatalf("a set with the error %v", err)
+			}
+			return
+		}
+		if set == nil {
+			t.Fatal("nil set without an error")
+		}
+		for i, e := range set {
+			if !e.Addr.IsValid() || e.Addr.Port() == 0 || e.Addr.Addr().Is4In6() || e.Weight < 0 || e.Weight > MaxWeight {
+				t.Fatalf("bad entry %+v", e)
+			}
+			if i > 0 && set[i-1].Addr.Compare(e.Addr) >= 0 {
+				t.Fatalf("not sorted or duplicate at %d: %v", i, set)
+			}
+		}
+	})
+}
+
+// A file of 2,000 backends, as read at every change and every ConfirmEvery.
+func BenchmarkParseFile2000(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString("[\n")
+	for i := range 2000 {
+		if i > 0 {
+			sb.WriteString(",\n")
+		}
+		fmt.Fprintf(&sb, `  {"address": "10.%d.%d.%d:8080", "weight": %d, "backup": %t}`, i/65536, i/256%256, i%256, 1+i%5, i%10 == 0)
+	}
+	sb.WriteString("\n]\n")
+	data := []byte(sb.String())
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := parseFile(data); err != nil {
+			b.Fatal(err)
 		}
 	}
 }
