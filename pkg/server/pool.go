@@ -36,7 +36,7 @@ type entry struct {
 	name   string         // as configured (config entries); "" = ap.String()
 	weight int            // 0..balancer.MaxWeight
 	backup bool
-	source string // "config", "api", "dns:NAME", ...
+	source string   // "config", "api", "dns:NAME", ...
 	be     *backend // merge: the backend at ap, nil if none yet
 }
 
@@ -62,6 +62,10 @@ type livePool struct {
 	// passive checks (ConnectFailed): every backend of byAddr.
 	balMu sync.RWMutex
 	byBal map[*balancer.Backend]*backend
+
+	// Saved state waiting for its backend, by address (state.go).
+	pendAdmin    map[string]balancer.AdminState
+	pendOverride map[string]int
 }
 
 func newLivePool(name string) *livePool {
@@ -144,6 +148,12 @@ func (s *Server) buildGen(lp *livePool, pc *config.Pool, protocol string) (*pool
 			}
 			be = s.newBackend(lp.name, name, e.ap)
 			fresh = append(fresh, be)
+			// Saved state waiting for this address (state.go) applies from
+			// the start; commit forgets it.
+			if lp.pending(be, false) && be.override != nil {
+				e.weight = *be.override
+				lp.want[i].weight = e.weight
+			}
 		}
 		p.backends[i] = be
 		// Weight and backup belong to this generation: the running one
@@ -169,6 +179,7 @@ func (s *Server) commit(lp *livePool, p *pool, fresh []*backend) {
 		for _, be := range fresh {
 			lp.byAddr[be.ap] = be
 			lp.byBal[be.b] = be
+			lp.pending(be, true)
 		}
 		lp.balMu.Unlock()
 	}

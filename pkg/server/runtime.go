@@ -198,7 +198,3 @@ func checkWeight(w int) error {
 	}
 	return nil
 }
-
-// saveState writes the state file, when there is one. Called with s.mu
-// held after a change it keeps.
-func (s *Server) saveState() {}

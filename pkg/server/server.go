@@ -131,6 +131,7 @@ func (s *Server) Start() error {
 	if err := s.apply(s.cfg.Load(), resolved); err != nil {
 		return err
 	}
+	s.loadState()
 	s.started = true
 	s.ready.Store(true)
 	return nil
