@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/health"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/lbctl/lbctl/pkg/tcpproxy"
 	"github.com/lbctl/lbctl/pkg/udpproxy"
@@ -249,4 +250,17 @@ func (be *backend) connectFailed(now time.Time) {
 	})
 	be.passiveT = timer
 	be.publishLocked("passive", strconv.Itoa(be.maxFails)+" failed connects within "+ft.String())
+}
+
+// recordCheck keeps the outcome of the backend's last active check for
+// status. took is the check's duration when known; the health package's
+// callback does not report it yet, so status shows 0 for now.
+func (be *backend) recordCheck(o health.Outcome, err error, at time.Time, took time.Duration) {
+	c := &CheckStatus{Result: o.String(), At: at, DurationSeconds: took.Seconds()}
+	if err != nil {
+		c.Reason = err.Error()
+	}
+	be.mu.Lock()
+	be.lastCheck = c
+	be.mu.Unlock()
 }

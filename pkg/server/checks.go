@@ -146,6 +146,9 @@ func (h *healthMonitor) onResult(key string, o health.Outcome, err error) {
 	if t == nil {
 		return
 	}
+	if o != health.NoVerdict {
+		t.be.recordCheck(o, err, now, 0)
+	}
 	t.beat = now
 	switch o {
 	case health.Success:

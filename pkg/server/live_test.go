@@ -607,3 +607,91 @@ func TestAPIBackends(t *testing.T) {
 		return !ok
 	}, "b still in status")
 }
+
+// TestStatusLastCheckAndChange: status shows the last active check's
+// outcome and when health last changed.
+func TestStatusLastCheckAndChange(t *testing.T) {
+	up := lbtest.NewTCP(t, lbtest.Echo)
+	down := closedPort(t)
+	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p",
+		"[pools.p.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"5s\"\nfall = 1\n", up.Addr, down))
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		u, _ := backendOf(h, "p", up.Addr)
+		d, _ := backendOf(h, "p", down)
+		return u.LastCheck != nil && d.LastCheck != nil && d.Health == "down",
+			fmt.Sprintf("up %+v, down %+v", u.LastCheck, d.LastCheck)
+	})
+	u, _ := backendOf(h, "p", up.Addr)
+	d, _ := backendOf(h, "p", down)
+	if u.LastCheck.Result != "success" || u.LastChange != nil || time.Since(u.LastCheck.At) > time.Minute {
+		t.Errorf("up: last_check %+v, last_change %v", u.LastCheck, u.LastChange)
+	}
+	if d.LastCheck.Result != "failure" || d.LastCheck.Reason == "" || d.LastChange == nil {
+		t.Errorf("down: last_check %+v, last_change %v", d.LastCheck, d.LastChange)
+	}
+}
+
+// TestHostNameBackendIdentity: a config backend given by host name shows
+// its address as configured; the run-time calls find it by that name or
+// by its IP:port, and an API add of that IP:port is a duplicate.
+func TestHostNameBackendIdentity(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Named("a"))
+	_, port, _ := net.SplitHostPort(be.Addr)
+	name := "localhost:" + port
+	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "", name)+noHealth)
+	if _, ok := backendOf(h, "p", name); !ok {
+		t.Fatalf("status has no %s: %+v", name, poolStatus(h, "p"))
+	}
+	if st, err := h.srv.SetBackendAdmin("p", be.Addr, 1); err != nil || st.Address != name || st.Admin != "draining" {
+		t.Fatalf("SetBackendAdmin by IP:port = %+v, %v", st, err)
+	}
+	if st, err := h.srv.SetBackendAdmin("p", name, 0); err != nil || st.Admin != "enabled" {
+		t.Fatalf("SetBackendAdmin by name = %+v, %v", st, err)
+	}
+	if _, err := h.srv.AddBackend("p", BackendSpec{Address: be.Addr, Weight: 1}); !errors.Is(err, ErrBackendExists) {
+		t.Fatalf("AddBackend of its IP:port: %v", err)
+	}
+}
+
+// TestReloadKeepsSources: a reload that keeps a discover entry keeps its
+// source running and its last good set; one that drops it stops it and
+// deletes its series.
+func TestReloadKeepsSources(t *testing.T) {
+	a := lbtest.NewTCP(t, lbtest.Named("a"))
+	h, fs := startLive(t, listenerTOML("l", "p", "")+discoverTOML("p", ""), nil)
+	src := fs.get(t, "file:/fake/p.json")
+	src.pushAddrs(t, a.Addr)
+	reloadTOML := func(toml string) {
+		t.Helper()
+		cfg, err := config.Parse("test.toml", []byte(toml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.srv.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reloadTOML(listenerTOML("l", "p", "") + discoverTOML("p", `connect_timeout = "3s"`))
+	if got := servedBy(t, h, "l"); got != "a" {
+		t.Fatalf("served %q after a reload that kept the source", got)
+	}
+	fs.mu.Lock()
+	same := fs.all["file:/fake/p.json"] == src
+	fs.mu.Unlock()
+	if !same {
+		t.Fatal("the reload made the source anew")
+	}
+	src.pushAddrs(t, a.Addr) // still running
+	if len(seriesWith(t, h.reg, "source", "file:/fake/p.json")) == 0 {
+		t.Fatal("no discovery series")
+	}
+	// Drop the source: its set goes (a drains away), and its series.
+	reloadTOML(listenerTOML("l", "p", "") + poolTOML("p", "", closedPort(t)) + noHealth)
+	if s := seriesWith(t, h.reg, "source", "file:/fake/p.json"); len(s) != 0 {
+		t.Errorf("series of the removed source remain: %v", s)
+	}
+	lbtest.Eventually(t, 5*time.Second, func() bool {
+		_, ok := backendOf(h, "p", a.Addr)
+		return !ok
+	}, "a still in the pool after its source went away")
+}
