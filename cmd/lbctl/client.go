@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -207,15 +208,23 @@ func printStatus(out io.Writer, st server.Status) {
 		fmt.Fprintln(w, "(none)")
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "POOL\tALGORITHM\tBACKEND\tHEALTH\tADMIN\tWEIGHT\tBACKUP\tACTIVE\tTOTAL\tFAILURES")
+	fmt.Fprintln(w, "POOL\tALGORITHM\tBACKEND\tSOURCE\tHEALTH\tADMIN\tWEIGHT\tBACKUP\tACTIVE\tTOTAL\tFAILURES")
 	for _, p := range st.Pools {
 		for _, b := range p.Backends {
 			backup := "-"
 			if b.Backup {
 				backup = "yes"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\n",
-				p.Name, p.Algorithm, b.Address, b.Health, b.Admin, b.Weight, backup, b.Active, b.Total, b.Failures)
+			addr := b.Address
+			if b.Removing { // left the pool, draining its connections
+				addr += " (removing)"
+			}
+			weight := strconv.Itoa(b.Weight)
+			if b.WeightOverride != nil {
+				weight += "*" // overridden at run time
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n",
+				p.Name, p.Algorithm, addr, b.Source, b.Health, b.Admin, weight, backup, b.Active, b.Total, b.Failures)
 		}
 	}
 	w.Flush()

@@ -36,16 +36,17 @@ func TestPrintStatus(t *testing.T) {
 	printStatus(&out, server.Status{
 		Listeners: []server.ListenerStatus{{Name: "web", Protocol: "tcp", Bind: "0.0.0.0:8080", Pool: "web", Active: 12}},
 		Pools: []server.PoolStatus{{Name: "web", Algorithm: "round-robin", Backends: []server.BackendStatus{
-			{Address: "10.0.0.11:80", Weight: 3, Health: "up", Admin: "enabled", Active: 10, Total: 1234, Failures: 0},
-			{Address: "[2001:db8::12]:80", Weight: 1, Backup: true, Health: "down", Admin: "draining", Active: 2, Total: 5, Failures: 7},
+			{Address: "10.0.0.11:80", Weight: 3, Health: "up", Admin: "enabled", Active: 10, Total: 1234, Failures: 0, Source: "config"},
+			{Address: "[2001:db8::12]:80", Weight: 1, Backup: true, Health: "down", Admin: "draining", Active: 2, Total: 5, Failures: 7,
+				Source: "dns:web.internal", WeightOverride: new(int), Removing: true},
 		}}},
 	})
 	want := `LISTENER  PROTOCOL  BIND          POOL  ACTIVE
 web       tcp       0.0.0.0:8080  web   12
 
-POOL  ALGORITHM    BACKEND            HEALTH  ADMIN     WEIGHT  BACKUP  ACTIVE  TOTAL  FAILURES
-web   round-robin  10.0.0.11:80       up      enabled   3       -       10      1234   0
-web   round-robin  [2001:db8::12]:80  down    draining  1       yes     2       5      7
+POOL  ALGORITHM    BACKEND                       SOURCE            HEALTH  ADMIN     WEIGHT  BACKUP  ACTIVE  TOTAL  FAILURES
+web   round-robin  10.0.0.11:80                  config            up      enabled   3       -       10      1234   0
+web   round-robin  [2001:db8::12]:80 (removing)  dns:web.internal  down    draining  1*      yes     2       5      7
 `
 	if out.String() != want {
 		t.Fatalf("status table:\n%s\nwant:\n%s", out.String(), want)
