@@ -55,6 +55,7 @@ type backend struct {
 	inGen    bool   // a member of the generation in service
 	gen      *pool  // the last generation it was a member of
 	mark     uint64 // livePool.epoch of the last merge that saw it
+	fresh    bool   // made for a generation not yet committed
 	weight   int    // in force (the override when there is one)
 	backup   bool   //
 	source   string // "config", "api", "dns:NAME", ...
@@ -97,6 +98,7 @@ func (s *Server) newBackend(pool, name string, ap netip.AddrPort) *backend {
 		log:      s.log,
 		m:        s.m,
 		activeUp: true,
+		fresh:    true,
 	}
 }
 

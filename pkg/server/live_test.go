@@ -695,3 +695,66 @@ func TestReloadKeepsSources(t *testing.T) {
 		return !ok
 	}, "a still in the pool after its source went away")
 }
+
+// TestUDPBackendRemovalAndKill: on a UDP pool, KillBackend ends a
+// backend's sessions, and a backend removed by its source keeps its open
+// session until drain_timeout, then the session ends and the backend
+// leaves status.
+func TestUDPBackendRemovalAndKill(t *testing.T) {
+	a := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
+	b := lbtest.NewUDP(t, "b", lbtest.UDPTagged("b"))
+	h, fs := startLive(t, udpListenerTOML("u", "p", `idle_timeout = "1h"`)+discoverTOML("p", `drain_timeout = "2s"`), nil)
+	src := fs.get(t, "file:/fake/p.json")
+	src.pushAddrs(t, a.Addr)
+	c := udpClient(t)
+	if got := udpExchange(c, h.udpAddr("u"), []byte("x"), 5*time.Second); string(got) != "a|x" {
+		t.Fatalf("reply %q, want a|x", got)
+	}
+	n, err := h.srv.KillBackend("p", a.Addr)
+	if err != nil || n != 1 {
+		t.Fatalf("KillBackend = %d, %v; want 1", n, err)
+	}
+	lbtest.Eventually(t, 5*time.Second, func() bool {
+		st, _ := backendOf(h, "p", a.Addr)
+		return st.Active == 0
+	}, "a's session not ended by the kill")
+	// The client's next datagram opens a session again.
+	if got := udpExchange(c, h.udpAddr("u"), []byte("y"), 5*time.Second); string(got) != "a|y" {
+		t.Fatalf("reply %q after the kill, want a|y", got)
+	}
+	src.pushAddrs(t, b.Addr)
+	st, ok := backendOf(h, "p", a.Addr)
+	if !ok || !st.Removing || st.Active != 1 {
+		t.Fatalf("a after its removal: %+v %v", st, ok)
+	}
+	if got := udpExchange(c, h.udpAddr("u"), []byte("z"), 5*time.Second); string(got) != "a|z" {
+		t.Fatalf("open session after a's removal: reply %q, want a|z", got)
+	}
+	lbtest.Eventually(t, 10*time.Second, func() bool {
+		_, ok := backendOf(h, "p", a.Addr)
+		return !ok
+	}, "a still in status after drain_timeout")
+	if got := udpExchange(c, h.udpAddr("u"), []byte("w"), 5*time.Second); string(got) != "b|w" {
+		t.Fatalf("reply %q after a's drain, want b|w", got)
+	}
+}
+
+// TestNewAddressSlowStart: an address a source adds to a pool in service
+// enters through slow_start; the backends already there keep full weight.
+func TestNewAddressSlowStart(t *testing.T) {
+	h, fs := startLive(t, listenerTOML("l", "p", "")+discoverTOML("p", `slow_start = "1h"`)+
+		"[[pools.p.backends]]\naddress = \"127.0.0.1:7101\"\n", nil)
+	src := fs.get(t, "file:/fake/p.json")
+	src.pushAddrs(t, "127.0.0.1:7101", "127.0.0.1:7102")
+	scale := func(addr string) int {
+		h.srv.mu.Lock()
+		defer h.srv.mu.Unlock()
+		return h.srv.pools["p"].byAddr[netip.MustParseAddrPort(addr)].b.WeightScale()
+	}
+	if got := scale("127.0.0.1:7102"); got >= 1000 {
+		t.Errorf("new address at scale %d, want a slow start below 1000", got)
+	}
+	if got := scale("127.0.0.1:7101"); got != 1000 {
+		t.Errorf("address already there at scale %d, want 1000", got)
+	}
+}

@@ -196,8 +196,11 @@ func (s *Server) commit(lp *livePool, p *pool, fresh []*backend) {
 			s.unremove(be)
 		}
 		if joined || settingsChanged {
-			s.startBackend(p, be)
+			// A new address joining a pool in service enters through
+			// slow_start, when set.
+			s.startBackend(p, be, joined && old != nil && be.fresh)
 		}
+		be.fresh = false
 	}
 	if old == nil {
 		return
@@ -213,7 +216,7 @@ func (s *Server) commit(lp *livePool, p *pool, fresh []*backend) {
 // startBackend applies the pool's settings to be, a member of p, and
 // (re)registers its health checks. A backend that joins is checked at
 // once; one already checked keeps its state.
-func (s *Server) startBackend(p *pool, be *backend) {
+func (s *Server) startBackend(p *pool, be *backend, ramp bool) {
 	be.mu.Lock()
 	be.maxFails, be.failTimeout, be.slowStart = p.cfg.MaxFails, p.cfg.FailTimeout, p.cfg.SlowStart
 	if be.maxFails <= 0 {
@@ -225,6 +228,9 @@ func (s *Server) startBackend(p *pool, be *backend) {
 		be.upGauge = be.m.BackendUp.WithLabelValues(be.pool, be.b.Address())
 	}
 	be.publishLocked("", "")
+	if ramp && be.slowStart > 0 && be.b.Healthy() {
+		be.startRampLocked()
+	}
 	be.mu.Unlock()
 	p.health.set(p, be)
 }
