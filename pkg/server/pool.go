@@ -262,6 +262,9 @@ func (s *Server) refresh(lp *livePool) error {
 		ns, err := s.rebuildListenerState(st, p, access, &tb)
 		if err != nil {
 			tb.forget(s)
+			for _, be := range fresh {
+				s.m.ForgetPoolBackend(be.pool, be.b.Address())
+			}
 			return fmt.Errorf("listener %s: %w", st.name, err)
 		}
 		states[l] = ns

@@ -14,7 +14,16 @@
 // so a listener whose address stays keeps its socket (no refused
 // connection), and its new handler is swapped in with one atomic store while
 // established connections keep their old handler. Backends are keyed by pool
-// and address, so health, admin state and counters survive a reload.
+// and address (IP:port), so health, admin state and counters survive a
+// reload.
+//
+// A pool's backend set is live (pool.go): the config file's entries, the
+// backends added through the admin API (runtime.go) and each discovery
+// source's last good set (sources.go) are merged into one member list, and
+// a change of that list puts a new generation in service the same way, by
+// one atomic store per listener. A backend that leaves the set drains
+// (removal.go); the state file keeps run-time changes across restarts
+// (state.go).
 //
 // The server never copies bytes itself: pkg/tcpproxy and pkg/udpproxy do.
 package server
