@@ -146,6 +146,7 @@ type proc struct {
 	admin  string
 	front  string
 	config string
+	top    string // top-level keys written first in the config (a setup may set them)
 	exited chan error
 }
 
@@ -187,7 +188,7 @@ func startProcWith(t *testing.T, setup func(d *proc), prefix []string, extra str
 
 func (d *proc) writeConfig(extra string, backends ...string) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "shutdown_timeout = \"5s\"\n[log]\nlevel = \"debug\"\n[admin]\nbind = %q\n%s\n", d.admin, extra)
+	fmt.Fprintf(&b, "%sshutdown_timeout = \"5s\"\n[log]\nlevel = \"debug\"\n[admin]\nbind = %q\n%s\n", d.top, d.admin, extra)
 	fmt.Fprintf(&b, "[listeners.web]\nbind = %q\npool = \"web\"\n[pools.web]\n[pools.web.health]\ncheck = \"none\"\n", d.front)
 	for _, be := range backends {
 		fmt.Fprintf(&b, "[[pools.web.backends]]\naddress = %q\n", be)

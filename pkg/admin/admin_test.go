@@ -17,6 +17,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -902,4 +903,172 @@ func TestBackendEditingGuards(t *testing.T) {
 			t.Errorf("%s %s without an editor: %d %s, want 501", r.method, r.path, rec.Code, rec.Body)
 		}
 	}
+}
+
+// *server.Server is what cmd/lbctl hands the admin API as its Runtime: it
+// edits backends too.
+var _ BackendEditor = (*server.Server)(nil)
+
+// doBody is e.do with a JSON body.
+func (e *env) doBody(method, path, body string) (int, []byte) {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.base+path, strings.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	resp, err := e.client.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if !json.Valid(b) {
+		e.t.Errorf("%s %s: body is not JSON: %s", method, path, b)
+	}
+	return resp.StatusCode, b
+}
+
+// echoThrough sends one line through listener web and returns which
+// backend answered (lbtest.Named backends say their name).
+func (e *env) echoThrough() string {
+	e.t.Helper()
+	c, err := net.Dial("tcp", e.srv.Listeners()["web"].String())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).CloseWrite()
+	got, err := lbtest.ReadAllTimeout(e.t, c, 5*time.Second)
+	if err != nil {
+		e.t.Fatalf("through web: %q %v", got, err)
+	}
+	return string(got)
+}
+
+// TestBackendEditingLive drives the run-time changes against a running
+// server: an added backend takes traffic, weights steer it, a config
+// backend cannot be removed, a kill resets what is established, and the
+// server's judgement of addresses and weights is a 400.
+func TestBackendEditingLive(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	added := lbtest.NewTCP(t, lbtest.Named("added"))
+	cfgBe := url.PathEscape(e.be.Addr)
+	addedBe := url.PathEscape(added.Addr)
+
+	code, body := e.doBody("POST", "/api/v1/pools/web/backends", fmt.Sprintf(`{"address": %q, "weight": 2}`, added.Addr))
+	if code != http.StatusCreated {
+		t.Fatalf("add: %d %s", code, body)
+	}
+	var b server.BackendStatus
+	if err := json.Unmarshal(body, &b); err != nil || b.Address != added.Addr || b.Source != "api" || b.Weight != 2 {
+		t.Fatalf("add answered %+v (%v)", b, err)
+	}
+	if got := e.backend("web", added.Addr); got.Source != "api" || got.Weight != 2 {
+		t.Fatalf("status after add: %+v", got)
+	}
+
+	// With the config backend at weight 0, every connection goes to the
+	// added one.
+	code, body = e.doBody("PATCH", "/api/v1/pools/web/backends/"+cfgBe, `{"weight": 0}`)
+	if code != 200 {
+		t.Fatalf("weight 0: %d %s", code, body)
+	}
+	if got := e.backend("web", e.be.Addr); got.Weight != 0 || got.WeightOverride == nil || *got.WeightOverride != 0 {
+		t.Fatalf("status after the override: weight %d override %v", got.Weight, got.WeightOverride)
+	}
+	for i := range 4 {
+		if got := e.echoThrough(); got != "added" {
+			t.Fatalf("connection %d answered by %q, want the added backend", i, got)
+		}
+	}
+	code, body = e.doBody("PATCH", "/api/v1/pools/web/backends/"+cfgBe, `{"weight": null}`)
+	if code != 200 {
+		t.Fatalf("weight reset: %d %s", code, body)
+	}
+	if got := e.backend("web", e.be.Addr); got.Weight != 1 || got.WeightOverride != nil {
+		t.Fatalf("status after the reset: weight %d override %v", got.Weight, got.WeightOverride)
+	}
+
+	for _, tc := range []struct {
+		name, method, path, body string
+		code                     int
+		want                     string
+	}{
+		{"add it again", "POST", "/api/v1/pools/web/backends", fmt.Sprintf(`{"address": %q}`, added.Addr), 409, "already in pool web"},
+		{"add the config backend", "POST", "/api/v1/pools/web/backends", fmt.Sprintf(`{"address": %q}`, e.be.Addr), 409, "already in pool web"},
+		{"add a host name", "POST", "/api/v1/pools/web/backends", `{"address": "localhost:80"}`, 400, "bad address"},
+		{"add port 0", "POST", "/api/v1/pools/web/backends", `{"address": "127.0.0.1:0"}`, 400, "bad address"},
+		{"add a weight too large", "POST", "/api/v1/pools/web/backends", `{"address": "127.0.0.1:1", "weight": 1000001}`, 400, "bad weight"},
+		{"add to an unknown pool", "POST", "/api/v1/pools/nope/backends", `{"address": "127.0.0.1:1"}`, 404, "unknown pool nope"},
+		{"weight too large", "PATCH", "/api/v1/pools/web/backends/" + cfgBe, `{"weight": 1000001}`, 400, "bad weight"},
+		{"weight negative", "PATCH", "/api/v1/pools/web/backends/" + cfgBe, `{"weight": -1}`, 400, "bad weight"},
+		{"weight of an unknown backend", "PATCH", "/api/v1/pools/web/backends/127.0.0.1:1", `{"weight": 1}`, 404, "unknown backend"},
+		{"remove the config backend", "DELETE", "/api/v1/pools/web/backends/" + cfgBe, "", 409, "not added through the API"},
+		{"remove an unknown backend", "DELETE", "/api/v1/pools/web/backends/127.0.0.1:1", "", 404, "unknown backend"},
+		{"kill an unknown backend", "POST", "/api/v1/pools/web/backends/127.0.0.1:1/kill", "", 404, "unknown backend"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := e.doBody(tc.method, tc.path, tc.body)
+			if code != tc.code || !strings.Contains(errorOf(t, body), tc.want) {
+				t.Fatalf("%d %s, want %d with %q", code, body, tc.code, tc.want)
+			}
+		})
+	}
+
+	// Remove: 200, and the added backend takes no new connection.
+	code, body = e.doBody("DELETE", "/api/v1/pools/web/backends/"+addedBe, "")
+	if code != 200 {
+		t.Fatalf("remove: %d %s", code, body)
+	}
+	code, body = e.doBody("PATCH", "/api/v1/pools/web/backends/"+cfgBe, `{"weight": null}`)
+	if code != 200 {
+		t.Fatalf("weight reset: %d %s", code, body)
+	}
+	before := added.Accepted()
+	for i := range 4 {
+		if got := e.echoThrough(); got == "added" {
+			t.Fatalf("connection %d after the removal went to the removed backend", i)
+		}
+	}
+	if added.Accepted() != before {
+		t.Fatalf("the removed backend accepted %d more connections", added.Accepted()-before)
+	}
+	lbtest.Eventually(t, 10*time.Second, func() bool {
+		for _, p := range e.status().Pools {
+			for _, b := range p.Backends {
+				if b.Address == added.Addr {
+					return false
+				}
+			}
+		}
+		return true
+	}, "the removed backend, with no connection left, is still in the status")
+
+	// Kill: a connection established to a backend is reset. The config
+	// backend at weight 0 leaves every connection to a silent one.
+	holder := lbtest.NewTCP(t, lbtest.Silent)
+	if code, body := e.doBody("POST", "/api/v1/pools/web/backends", fmt.Sprintf(`{"address": %q}`, holder.Addr)); code != 201 {
+		t.Fatalf("add: %d %s", code, body)
+	}
+	if code, body := e.doBody("PATCH", "/api/v1/pools/web/backends/"+cfgBe, `{"weight": 0}`); code != 200 {
+		t.Fatalf("weight 0: %d %s", code, body)
+	}
+	c, err := net.Dial("tcp", e.srv.Listeners()["web"].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	lbtest.Eventually(t, 10*time.Second, func() bool { return e.backend("web", holder.Addr).Active == 1 }, "the connection never became active")
+	code, body = e.doBody("POST", "/api/v1/pools/web/backends/"+url.PathEscape(holder.Addr)+"/kill", "")
+	if code != 200 || strings.Join(strings.Fields(string(body)), "") != `{"killed":1}` {
+		t.Fatalf("kill: %d %s, want {\"killed\": 1}", code, body)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read after the kill: %v, want a reset", err)
+	}
+	lbtest.Eventually(t, 10*time.Second, func() bool { return e.backend("web", holder.Addr).Active == 0 }, "the killed connection is still active")
 }
