@@ -88,7 +88,7 @@ type Event struct {
 // NewChecker. The zero value is not usable; the methods are safe for
 // concurrent use.
 type Checker struct {
-	onResult func(target string, o Outcome, err error)
+	onResult func(target string, o Outcome, err error, took time.Duration)
 	onChange func(Event)
 	// newProber builds a target's Prober and pickFirstDelay draws the wait
 	// before a target's first check; tests replace them.
@@ -120,7 +120,8 @@ type target struct {
 }
 
 // NewChecker returns a Checker with no targets. onResult is called after
-// every completed check with its outcome and error (nil for a Success); a
+// every completed check with its outcome, its error (nil for a Success)
+// and how long the probe took (dial to verdict); a
 // NoVerdict outcome changes nothing but is reported too, so a caller can
 // tell a running checker from a stuck one. When a check changed the
 // target's state, onChange is called just before onResult, so whoever has
@@ -130,7 +131,7 @@ type target struct {
 // The callbacks run on the targets' goroutines: concurrently for different
 // targets, in order for one target. They must be quick and must not call
 // Set, Remove or Stop, which wait for those goroutines (State is fine).
-func NewChecker(onResult func(target string, o Outcome, err error), onChange func(Event)) *Checker {
+func NewChecker(onResult func(target string, o Outcome, err error, took time.Duration), onChange func(Event)) *Checker {
 	return &Checker{
 		onResult:       onResult,
 		onChange:       onChange,
@@ -276,10 +277,11 @@ func (c *Checker) run(ctx context.Context, t *target, prev <-chan struct{}, firs
 			p, timeout := t.prober, t.spec.Timeout
 			c.mu.Unlock()
 			err := probe(ctx, p, t.addr, timeout)
+			took := time.Since(last)
 			if ctx.Err() != nil {
 				return // removed or stopped: the result means nothing
 			}
-			c.report(t, err)
+			c.report(t, err, took)
 			timer.Reset(time.Until(last.Add(nextDelay(interval))))
 		}
 	}
@@ -292,8 +294,9 @@ func probe(ctx context.Context, p Prober, addr string, timeout time.Duration) er
 	return p.Probe(ctx, addr)
 }
 
-// report records one result and runs the callbacks outside the lock.
-func (c *Checker) report(t *target, err error) {
+// report records one result, whose probe took took, and runs the
+// callbacks outside the lock.
+func (c *Checker) report(t *target, err error, took time.Duration) {
 	o := outcomeOf(err)
 	var (
 		ev      Event
@@ -308,7 +311,7 @@ func (c *Checker) report(t *target, err error) {
 		c.onChange(ev)
 	}
 	if c.onResult != nil {
-		c.onResult(t.key, o, err)
+		c.onResult(t.key, o, err, took)
 	}
 }
 

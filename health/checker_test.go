@@ -681,3 +681,28 @@ func TestDelays(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckerReportsDuration: every result carries how long its probe took:
+// a check timing out on a silent backend took about its timeout, a quick
+// success took more than nothing and less than the timeout.
+func TestCheckerReportsDuration(t *testing.T) {
+	hold := newTestServer(t, "127.0.0.1:0", silent)
+	live := newTestServer(t, "127.0.0.1:0", closeAtOnce)
+	rec := newRecorder()
+	c := rec.checker()
+	defer c.Stop()
+	spec := Spec{Kind: KindHTTP, Interval: 20 * time.Millisecond, Timeout: 100 * time.Millisecond}
+	mustSet(t, c, "p/silent", hold.Addr(), spec, true)
+	mustSet(t, c, "p/live", live.Addr(), Spec{Kind: KindTCP, Interval: 20 * time.Millisecond, Timeout: time.Second}, true)
+
+	for _, r := range rec.waitResults(t, 10*time.Second, "p/silent", 2) {
+		if r.outcome != Failure || r.took < spec.Timeout || r.took > spec.Timeout+slack {
+			t.Errorf("silent backend: %v after %v, want a failure after about %v", r.outcome, r.took, spec.Timeout)
+		}
+	}
+	for _, r := range rec.waitResults(t, 10*time.Second, "p/live", 2) {
+		if r.outcome != Success || r.took <= 0 || r.took >= time.Second {
+			t.Errorf("live backend: %v after %v, want a success in (0, 1s)", r.outcome, r.took)
+		}
+	}
+}

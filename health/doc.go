@@ -20,7 +20,7 @@
 // Typical use, with the composition root owning the wiring:
 //
 //	c := health.NewChecker(
-//		func(target string, o health.Outcome, err error) { countCheck(target, o) },
+//		func(target string, o health.Outcome, err error, took time.Duration) { countCheck(target, o) },
 //		func(ev health.Event) { log(ev); setBackendUp(ev.Target, ev.Up) },
 //	)
 //	defer c.Stop()

@@ -196,14 +196,15 @@ type result struct {
 	target  string
 	outcome Outcome
 	err     error
+	took    time.Duration // the probe's duration as reported
 	at      time.Time
 }
 
 func newRecorder() *recorder { return &recorder{signal: make(chan struct{}, 1)} }
 
-func (r *recorder) onResult(target string, o Outcome, err error) {
+func (r *recorder) onResult(target string, o Outcome, err error, took time.Duration) {
 	r.mu.Lock()
-	r.results = append(r.results, result{target, o, err, time.Now()})
+	r.results = append(r.results, result{target, o, err, took, time.Now()})
 	r.mu.Unlock()
 	r.notify()
 }

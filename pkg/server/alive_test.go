@@ -130,7 +130,7 @@ func TestAliveHealthProgress(t *testing.T) {
 	// check: the checker works, so its heartbeat moves, though no counter
 	// does.
 	before := time.Now()
-	h.srv.health.onResult(key, health.NoVerdict, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EMFILE)})
+	h.srv.health.onResult(key, health.NoVerdict, &net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("socket", syscall.EMFILE)}, time.Millisecond)
 	t1, _ := h.srv.health.lastCheck(key)
 	if t1.Before(before) {
 		t.Errorf("heartbeat %v did not move with a check without verdict at %v", t1, before)

@@ -138,7 +138,7 @@ func (h *healthMonitor) lastCheck(key string) (time.Time, bool) {
 	return t.beat, true
 }
 
-func (h *healthMonitor) onResult(key string, o health.Outcome, err error) {
+func (h *healthMonitor) onResult(key string, o health.Outcome, err error, took time.Duration) {
 	now := time.Now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -147,7 +147,7 @@ func (h *healthMonitor) onResult(key string, o health.Outcome, err error) {
 		return
 	}
 	if o != health.NoVerdict {
-		t.be.recordCheck(o, err, now, 0)
+		t.be.recordCheck(o, err, now, took)
 	}
 	t.beat = now
 	switch o {

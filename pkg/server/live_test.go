@@ -626,6 +626,12 @@ func TestStatusLastCheckAndChange(t *testing.T) {
 	if u.LastCheck.Result != "success" || u.LastChange != nil || time.Since(u.LastCheck.At) > time.Minute {
 		t.Errorf("up: last_check %+v, last_change %v", u.LastCheck, u.LastChange)
 	}
+	// duration_seconds is the probe's own: more than nothing, within its timeout.
+	for _, c := range []*CheckStatus{u.LastCheck, d.LastCheck} {
+		if c.DurationSeconds <= 0 || c.DurationSeconds > 5 {
+			t.Errorf("last_check %+v: duration_seconds not in (0, 5]", c)
+		}
+	}
 	if d.LastCheck.Result != "failure" || d.LastCheck.Reason == "" || d.LastChange == nil {
 		t.Errorf("down: last_check %+v, last_change %v", d.LastCheck, d.LastChange)
 	}
