@@ -1,14 +1,12 @@
 package discovery
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,132 +17,29 @@ import (
 // within dnsInterval + 1s of dnsmasq serving it.
 const dnsInterval = time.Second
 
-// dnsmasq is a real DNS server on 127.0.0.1 answering from a hosts file
-// (A and AAAA, re-read on SIGHUP) and --srv-host flags (read at start only:
-// restart it for SRV changes). Names under lbctl.test that it does not know
-// get NXDOMAIN; names elsewhere get REFUSED (it has no upstream).
-type dnsmasq struct {
-	t     *testing.T
-	bin   string
-	port  int
-	hosts string
-	srv   []string
-	gen   int
-	proc  *process
-}
-
-func newDnsmasq(t *testing.T, hosts string, srv ...string) *dnsmasq {
-	t.Helper()
-	d := &dnsmasq{t: t, bin: binary(t, "dnsmasq", "/usr/sbin/dnsmasq", "dnsmasq"),
-		hosts: filepath.Join(t.TempDir(), "hosts"), srv: srv}
-	d.writeHosts(hosts)
-	for range 3 {
-		d.port = freePort(t)
-		if d.start() {
-			return d
-		}
-		// The port was taken between probing and dnsmasq's bind: retry.
-	}
-	t.Fatalf("dnsmasq did not start:\n%s", d.proc.out)
-	return nil
-}
-
-func (d *dnsmasq) addr() string { return fmt.Sprintf("127.0.0.1:%d", d.port) }
-
-// writeHosts writes the hosts file with a marker name of a new generation,
-// so that waitServed can tell the new file is being served.
-func (d *dnsmasq) writeHosts(hosts string) {
-	d.gen++
-	data := fmt.Sprintf("127.0.0.254 ready.lbctl.test gen-%d.lbctl.test\n%s\n", d.gen, hosts)
-	if err := os.WriteFile(d.hosts, []byte(data), 0o644); err != nil {
-		d.t.Fatal(err)
-	}
-}
-
-// start runs dnsmasq on d.port and reports whether it answers.
-func (d *dnsmasq) start() bool {
-	args := []string{"--keep-in-foreground", "--no-resolv", "--no-hosts", "--conf-file=/dev/null",
-		"--listen-address=127.0.0.1", "--bind-interfaces", fmt.Sprintf("--port=%d", d.port),
-		"--addn-hosts=" + d.hosts, "--local=/lbctl.test/", "--log-facility=-", "--pid-file="}
-	if os.Geteuid() == 0 {
-		args = append(args, "--user=root") // else it drops to nobody, who cannot read the temp dir
-	}
-	for _, s := range d.srv {
-		args = append(args, "--srv-host="+s)
-	}
-	d.proc = start(d.t, d.bin, args...)
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) && d.proc.running() {
-		if d.served(fmt.Sprintf("gen-%d.lbctl.test", d.gen)) {
-			return true
-		}
-	}
-	d.proc.stop()
-	return false
-}
-
-// served reports whether dnsmasq answers name now.
-func (d *dnsmasq) served(name string) bool {
-	r, _, err := resolver(d.addr())
-	if err != nil {
-		d.t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	defer cancel()
-	addrs, err := r.LookupNetIP(ctx, "ip", name+".")
-	return err == nil && len(addrs) > 0
-}
-
-// setHosts rewrites the hosts file, sends SIGHUP and waits until dnsmasq
-// serves the new file: from then on a source must see it within an
-// interval and a second.
-func (d *dnsmasq) setHosts(hosts string) {
-	d.t.Helper()
-	d.writeHosts(hosts)
-	if err := d.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		d.t.Fatal(err)
-	}
-	marker := fmt.Sprintf("gen-%d.lbctl.test", d.gen)
-	lbtest.Eventually(d.t, 5*time.Second, func() bool { return d.served(marker) }, "dnsmasq does not serve the new hosts file")
-}
-
-// restart stops dnsmasq and starts it again on the same port with srv.
-func (d *dnsmasq) restart(srv ...string) {
-	d.t.Helper()
-	d.proc.stop()
-	d.srv = srv
-	deadline := time.Now().Add(5 * time.Second)
-	for !d.start() {
-		if time.Now().After(deadline) {
-			d.t.Fatalf("dnsmasq did not start again on port %d:\n%s", d.port, d.proc.out)
-		}
-		time.Sleep(100 * time.Millisecond) // the old socket may linger a moment
-	}
-}
-
 // A and AAAA records of a name: the set follows the hosts file within an
 // interval and a second; dnsmasq stopped, errors and never a set; started
 // again, the set follows again; NXDOMAIN is a failure too.
 func TestDNSSource(t *testing.T) {
 	t.Parallel()
-	ns := newDnsmasq(t, "127.0.0.11 web.lbctl.test\n::1 web.lbctl.test\n::ffff:127.0.0.12 web.lbctl.test")
+	ns := lbtest.NewDnsmasq(t, "127.0.0.11 web.lbctl.test\n::1 web.lbctl.test\n::ffff:127.0.0.12 web.lbctl.test")
 	r := run(t, NewDNS(DNSOptions{Name: "web.lbctl.test", Port: 8080, Weight: 2, Backup: true,
-		Resolver: ns.addr(), Interval: dnsInterval}))
+		Resolver: ns.Addr(), Interval: dnsInterval}))
 	r.waitSet(t, 5*time.Second, "127.0.0.11:8080 w=2 backup", "127.0.0.12:8080 w=2 backup", "[::1]:8080 w=2 backup")
 
 	t.Run("record added", func(t *testing.T) {
-		ns.setHosts("127.0.0.11 web.lbctl.test\n127.0.0.13 web.lbctl.test\n::1 web.lbctl.test")
+		ns.SetHosts("127.0.0.11 web.lbctl.test\n127.0.0.13 web.lbctl.test\n::1 web.lbctl.test")
 		d := r.waitSet(t, dnsInterval+time.Second, "127.0.0.11:8080 w=2 backup", "127.0.0.13:8080 w=2 backup", "[::1]:8080 w=2 backup")
 		t.Logf("seen after %v", d)
 	})
 	t.Run("record removed", func(t *testing.T) {
-		ns.setHosts("127.0.0.13 web.lbctl.test")
+		ns.SetHosts("127.0.0.13 web.lbctl.test")
 		d := r.waitSet(t, dnsInterval+time.Second, "127.0.0.13:8080 w=2 backup")
 		t.Logf("seen after %v", d)
 	})
 	t.Run("server stopped, then back", func(t *testing.T) {
 		m := r.mark()
-		ns.proc.stop()
+		ns.Stop()
 		err, failed := r.waitErr(t, dnsInterval+maxQueryTime+2*time.Second, m, "lookup web.lbctl.test.")
 		t.Logf("error: %v", err)
 		lbtest.Until(t, 3*dnsInterval+2*time.Second, func() (bool, string) {
@@ -152,18 +47,18 @@ func TestDNSSource(t *testing.T) {
 			return n >= 3, fmt.Sprintf("%d results since the first failure, want 3", n)
 		})
 		r.errorsOnly(t, failed)
-		ns.restart()
-		ns.setHosts("127.0.0.14 web.lbctl.test")
+		ns.Restart()
+		ns.SetHosts("127.0.0.14 web.lbctl.test")
 		d := r.waitSet(t, dnsInterval+time.Second, "127.0.0.14:8080 w=2 backup")
 		t.Logf("seen after %v", d)
 	})
 	t.Run("NXDOMAIN", func(t *testing.T) {
 		m := r.mark()
-		ns.setHosts("127.0.0.15 other.lbctl.test")
+		ns.SetHosts("127.0.0.15 other.lbctl.test")
 		err, failed := r.waitErr(t, dnsInterval+time.Second, m, "no such host")
 		t.Logf("error: %v", err)
 		r.errorsOnly(t, failed)
-		ns.setHosts("127.0.0.15 web.lbctl.test")
+		ns.SetHosts("127.0.0.15 web.lbctl.test")
 		r.waitSet(t, dnsInterval+time.Second, "127.0.0.15:8080 w=2 backup")
 	})
 }
@@ -175,7 +70,7 @@ func TestDNSSource(t *testing.T) {
 func TestSRVSource(t *testing.T) {
 	t.Parallel()
 	hosts := "127.0.0.21 a.lbctl.test\n::1 a.lbctl.test\n127.0.0.22 b.lbctl.test\n127.0.0.23 c.lbctl.test"
-	ns := newDnsmasq(t, hosts,
+	ns := lbtest.NewDnsmasq(t, hosts,
 		"_web._tcp.lbctl.test,a.lbctl.test,8001,10,5",
 		"_web._tcp.lbctl.test,b.lbctl.test,8002,10,0",
 		"_web._tcp.lbctl.test,c.lbctl.test,8003,20,7",
@@ -183,33 +78,33 @@ func TestSRVSource(t *testing.T) {
 		"_web._tcp.lbctl.test,a.lbctl.test,8003,30,9",    // a second port on a
 		"_web._tcp.lbctl.test,b.lbctl.test,8002,20,3",    // b:8002 again, as a backup: the primary wins
 	)
-	r := run(t, NewSRV(SRVOptions{Name: "_web._tcp.lbctl.test", Resolver: ns.addr(), Interval: dnsInterval}))
+	r := run(t, NewSRV(SRVOptions{Name: "_web._tcp.lbctl.test", Resolver: ns.Addr(), Interval: dnsInterval}))
 	r.waitSet(t, 5*time.Second,
 		"127.0.0.21:8001 w=5", "127.0.0.21:8003 w=9 backup", "127.0.0.22:8002 w=1",
 		"127.0.0.23:8003 w=7 backup", "[::1]:8001 w=5", "[::1]:8003 w=9 backup")
 
 	t.Run("a target whose lookup fails fails the refresh", func(t *testing.T) {
 		m := r.mark()
-		ns.restart("_web._tcp.lbctl.test,a.lbctl.test,8001,10,5", "_web._tcp.lbctl.test,x.elsewhere.test,8001,10,5")
+		ns.Restart("_web._tcp.lbctl.test,a.lbctl.test,8001,10,5", "_web._tcp.lbctl.test,x.elsewhere.test,8001,10,5")
 		err, failed := r.waitErr(t, dnsInterval+maxQueryTime+2*time.Second, m, "SRV target x.elsewhere.test.")
 		t.Logf("error: %v", err)
 		r.errorsOnly(t, failed)
 	})
 	t.Run("no record", func(t *testing.T) {
 		m := r.mark()
-		ns.restart()
+		ns.Restart()
 		err, failed := r.waitErr(t, dnsInterval+2*time.Second, m, "lookup _web._tcp.lbctl.test.")
 		t.Logf("error: %v", err)
 		r.errorsOnly(t, failed)
 	})
 	t.Run("only targets that do not exist", func(t *testing.T) {
 		m := r.mark()
-		ns.restart("_web._tcp.lbctl.test,gone.lbctl.test,8001,10,5")
+		ns.Restart("_web._tcp.lbctl.test,gone.lbctl.test,8001,10,5")
 		_, failed := r.waitErr(t, dnsInterval+2*time.Second, m, "no SRV target has an address")
 		r.errorsOnly(t, failed)
 	})
 	t.Run("records changed", func(t *testing.T) {
-		ns.restart("_web._tcp.lbctl.test,c.lbctl.test,9003,1,0", "_web._tcp.lbctl.test,b.lbctl.test,9002,2,4")
+		ns.Restart("_web._tcp.lbctl.test,c.lbctl.test,9003,1,0", "_web._tcp.lbctl.test,b.lbctl.test,9002,2,4")
 		r.waitSet(t, dnsInterval+time.Second, "127.0.0.22:9002 w=4 backup", "127.0.0.23:9003 w=1")
 	})
 }
@@ -237,8 +132,8 @@ func TestSRVSource200Targets(t *testing.T) {
 	slices.SortFunc(want, func(a, b string) int {
 		return netip.MustParseAddrPort(strings.Fields(a)[0]).Compare(netip.MustParseAddrPort(strings.Fields(b)[0]))
 	})
-	ns := newDnsmasq(t, hosts.String(), srv...)
-	r := run(t, NewSRV(SRVOptions{Name: "_big._tcp.lbctl.test", Resolver: ns.addr(), Interval: dnsInterval}))
+	ns := lbtest.NewDnsmasq(t, hosts.String(), srv...)
+	r := run(t, NewSRV(SRVOptions{Name: "_big._tcp.lbctl.test", Resolver: ns.Addr(), Interval: dnsInterval}))
 	d := r.waitSet(t, 10*time.Second, want...)
 	res, _ := r.last()
 	backups := 0

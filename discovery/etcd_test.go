@@ -3,123 +3,16 @@ package discovery
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/lbctl/lbctl/pkg/lbtest"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // etcdApply is the etcd source's promise: a change applies within 2s, and
 // so does the set after a restarted etcd answers again.
 const etcdApply = 2 * time.Second
-
-// etcd is a real single-member etcd (Debian's 3.4) on loopback ports with a
-// data directory of the test's.
-type etcd struct {
-	t          *testing.T
-	bin        string
-	dir        string
-	clientPort int
-	peerPort   int
-	proc       *process
-}
-
-func newEtcd(t *testing.T) *etcd {
-	t.Helper()
-	e := &etcd{t: t, bin: binary(t, "etcd", "/usr/bin/etcd", "etcd-server"), dir: filepath.Join(t.TempDir(), "data")}
-	for range 3 {
-		e.clientPort, e.peerPort = freePort(t), freePort(t)
-		if e.start(e.clientPort) {
-			return e
-		}
-		// A port was taken between probing and etcd's bind: retry.
-	}
-	t.Fatalf("etcd did not start:\n%s", e.proc.out)
-	return nil
-}
-
-func (e *etcd) endpoint() string { return fmt.Sprintf("http://127.0.0.1:%d", e.clientPort) }
-
-// start runs etcd with clients on port and reports whether it is healthy.
-func (e *etcd) start(port int) bool {
-	client := fmt.Sprintf("http://127.0.0.1:%d", port)
-	peer := fmt.Sprintf("http://127.0.0.1:%d", e.peerPort)
-	e.proc = start(e.t, e.bin, "--name", "default", "--data-dir", e.dir,
-		"--listen-client-urls", client, "--advertise-client-urls", client,
-		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-		"--initial-cluster", "default="+peer, "--log-level", "error")
-	hc := &http.Client{Timeout: 500 * time.Millisecond}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) && e.proc.running() {
-		if resp, err := hc.Get(client + "/health"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				hc.CloseIdleConnections()
-				return true
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	hc.CloseIdleConnections()
-	e.proc.stop()
-	return false
-}
-
-// restart starts etcd again on the client port port with the same data.
-func (e *etcd) restart(port int) {
-	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !e.start(port) {
-		if time.Now().After(deadline) {
-			e.t.Fatalf("etcd did not start again:\n%s", e.proc.out)
-		}
-		time.Sleep(100 * time.Millisecond) // the old sockets may linger a moment
-	}
-}
-
-// do runs f with a client of the etcd on port.
-func (e *etcd) do(port int, f func(ctx context.Context, c *clientv3.Client) error) {
-	e.t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{fmt.Sprintf("http://127.0.0.1:%d", port)},
-		DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := f(ctx, c); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
-func (e *etcd) put(kv ...string) {
-	e.t.Helper()
-	e.do(e.clientPort, func(ctx context.Context, c *clientv3.Client) error {
-		for i := 0; i < len(kv); i += 2 {
-			if _, err := c.Put(ctx, kv[i], kv[i+1]); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-func (e *etcd) del(keys ...string) {
-	e.t.Helper()
-	e.do(e.clientPort, func(ctx context.Context, c *clientv3.Client) error {
-		for _, k := range keys {
-			if _, err := c.Delete(ctx, k); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
 
 // Keys under the prefix are the set and it follows puts and deletes within
 // 2s; a malformed value is a failure until fixed; an empty prefix is an
@@ -128,49 +21,49 @@ func (e *etcd) del(keys ...string) {
 // again within 2s.
 func TestEtcdSource(t *testing.T) {
 	t.Parallel()
-	e := newEtcd(t)
-	e.put("/lbctl/web/a", "127.0.0.1:8001",
+	e := lbtest.NewEtcd(t)
+	e.Put("/lbctl/web/a", "127.0.0.1:8001",
 		"/lbctl/web/b", `{"address": "127.0.0.2:8002", "weight": 3, "backup": true}`,
 		"/lbctl/web2/x", "127.0.0.9:8009", // beside the prefix, not under it
 	)
-	r := run(t, NewEtcd(EtcdOptions{Endpoints: []string{e.endpoint()}, Prefix: "/lbctl/web/"}))
+	r := run(t, NewEtcd(EtcdOptions{Endpoints: []string{e.Endpoint()}, Prefix: "/lbctl/web/"}))
 	r.waitSet(t, 5*time.Second, "127.0.0.1:8001 w=1", "127.0.0.2:8002 w=3 backup")
 
 	t.Run("put", func(t *testing.T) {
-		e.put("/lbctl/web/c", "[::1]:8003")
+		e.Put("/lbctl/web/c", "[::1]:8003")
 		d := r.waitSet(t, etcdApply, "127.0.0.1:8001 w=1", "127.0.0.2:8002 w=3 backup", "[::1]:8003 w=1")
 		t.Logf("seen after %v", d)
 	})
 	t.Run("delete", func(t *testing.T) {
-		e.del("/lbctl/web/a")
+		e.Delete("/lbctl/web/a")
 		d := r.waitSet(t, etcdApply, "127.0.0.2:8002 w=3 backup", "[::1]:8003 w=1")
 		t.Logf("seen after %v", d)
 	})
 	t.Run("malformed value, then fixed", func(t *testing.T) {
 		m := r.mark()
-		e.put("/lbctl/web/d", "web-4:8004")
+		e.Put("/lbctl/web/d", "web-4:8004")
 		err, failed := r.waitErr(t, etcdApply, m, "key /lbctl/web/d: address")
 		t.Logf("error: %v", err)
 		r.errorsOnly(t, failed)
-		e.put("/lbctl/web/d", "127.0.0.4:8004")
+		e.Put("/lbctl/web/d", "127.0.0.4:8004")
 		r.waitSet(t, etcdApply, "127.0.0.2:8002 w=3 backup", "127.0.0.4:8004 w=1", "[::1]:8003 w=1")
 	})
 	t.Run("empty prefix empties the source", func(t *testing.T) {
-		e.del("/lbctl/web/b", "/lbctl/web/c", "/lbctl/web/d")
+		e.Delete("/lbctl/web/b", "/lbctl/web/c", "/lbctl/web/d")
 		r.waitSet(t, etcdApply)
-		e.put("/lbctl/web/e", "127.0.0.5:8005")
+		e.Put("/lbctl/web/e", "127.0.0.5:8005")
 		r.waitSet(t, etcdApply, "127.0.0.5:8005 w=1")
 	})
 	t.Run("stopped, changed unseen, restarted", func(t *testing.T) {
 		m := r.mark()
-		e.proc.stop()
-		err, failed := r.waitErr(t, 10*time.Second, m, "etcd "+e.endpoint())
+		e.Stop()
+		err, failed := r.waitErr(t, 10*time.Second, m, "etcd "+e.Endpoint())
 		t.Logf("error: %v", err)
 		// While etcd is away from the source's endpoint, it changes and
 		// compacts its history: only a fresh read can see that.
-		other := freePort(t)
-		e.restart(other)
-		e.do(other, func(ctx context.Context, c *clientv3.Client) error {
+		other := lbtest.FreePort(t)
+		e.Restart(other)
+		e.Do(other, func(ctx context.Context, c *clientv3.Client) error {
 			if _, err := c.Put(ctx, "/lbctl/web/f", "127.0.0.6:8006"); err != nil {
 				return err
 			}
@@ -181,16 +74,16 @@ func TestEtcdSource(t *testing.T) {
 			_, err = c.Compact(ctx, resp.Header.Revision)
 			return err
 		})
-		e.proc.stop()
+		e.Stop()
 		lbtest.Until(t, 10*time.Second, func() (bool, string) {
 			n := len(r.since(failed))
 			return n >= 3, fmt.Sprintf("%d failures reported since etcd went away, want one per attempt", n)
 		})
 		r.errorsOnly(t, failed)
-		e.restart(e.clientPort)
+		e.Restart(e.ClientPort())
 		d := r.waitSet(t, etcdApply, "127.0.0.6:8006 w=1")
 		t.Logf("followed again %v after etcd answered", d)
-		e.put("/lbctl/web/g", "127.0.0.7:8007")
+		e.Put("/lbctl/web/g", "127.0.0.7:8007")
 		r.waitSet(t, etcdApply, "127.0.0.6:8006 w=1", "127.0.0.7:8007 w=1")
 	})
 }
@@ -198,7 +91,7 @@ func TestEtcdSource(t *testing.T) {
 // An etcd that is not there at start: a failure per attempt, never a set.
 func TestEtcdSourceUnreachableAtStart(t *testing.T) {
 	t.Parallel()
-	port := freePort(t)
+	port := lbtest.FreePort(t)
 	r := run(t, NewEtcd(EtcdOptions{Endpoints: []string{fmt.Sprintf("http://127.0.0.1:%d", port)},
 		Prefix: "/lbctl/web/", DialTimeout: 500 * time.Millisecond}))
 	r.waitErr(t, 5*time.Second, 0, "context deadline exceeded")
@@ -220,15 +113,15 @@ func TestEtcdSourceNeedsPrefix(t *testing.T) {
 // source reads the prefix afresh.
 func TestEtcdSourceWatchCompacted(t *testing.T) {
 	t.Parallel()
-	e := newEtcd(t)
-	e.put("/lbctl/web/a", "127.0.0.1:8001")
-	r := run(t, NewEtcd(EtcdOptions{Endpoints: []string{e.endpoint()}, Prefix: "/lbctl/web/", DialTimeout: time.Minute}))
+	e := lbtest.NewEtcd(t)
+	e.Put("/lbctl/web/a", "127.0.0.1:8001")
+	r := run(t, NewEtcd(EtcdOptions{Endpoints: []string{e.Endpoint()}, Prefix: "/lbctl/web/", DialTimeout: time.Minute}))
 	r.waitSet(t, 5*time.Second, "127.0.0.1:8001 w=1")
 	m := r.mark()
-	e.proc.stop()
-	other := freePort(t)
-	e.restart(other)
-	e.do(other, func(ctx context.Context, c *clientv3.Client) error {
+	e.Stop()
+	other := lbtest.FreePort(t)
+	e.Restart(other)
+	e.Do(other, func(ctx context.Context, c *clientv3.Client) error {
 		if _, err := c.Put(ctx, "/lbctl/web/b", "127.0.0.2:8002"); err != nil {
 			return err
 		}
@@ -241,8 +134,8 @@ func TestEtcdSourceWatchCompacted(t *testing.T) {
 		_, err = c.Compact(ctx, resp.Header.Revision)
 		return err
 	})
-	e.proc.stop()
-	e.restart(e.clientPort)
+	e.Stop()
+	e.Restart(e.ClientPort())
 	d := r.waitSet(t, etcdApply, "127.0.0.1:8001 w=1", "127.0.0.2:8002 w=1", "127.0.0.3:8003 w=1")
 	t.Logf("followed again %v after etcd answered", d)
 	for _, res := range r.since(m) {

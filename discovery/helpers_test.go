@@ -3,14 +3,10 @@ package discovery
 import (
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -212,102 +208,4 @@ func showResults(rs []result) string {
 		}
 	}
 	return b.String()
-}
-
-// binary finds a server program, skips the test without it, and fails it
-// under CI=true, where every real peer must be installed.
-func binary(t *testing.T, name, fallback, pkg string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	if _, err := os.Stat(fallback); err == nil {
-		return fallback
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s is required under CI=true (apt-get install %s)", name, pkg)
-	}
-	t.Skipf("%s not installed (apt-get install %s); under CI=true this is a failure", name, pkg)
-	return ""
-}
-
-// freePort returns a loopback port that was free for TCP and UDP a moment
-// ago (dnsmasq binds both).
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 20 {
-		u, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := u.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
-		u.Close()
-		if err == nil {
-			l.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
-// process is a server started by a test, stopped by its PID.
-type process struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
-	out    *syncBuffer
-	stop   func()
-}
-
-// start runs bin with args; the test's cleanup stops it.
-func start(t *testing.T, bin string, args ...string) *process {
-	t.Helper()
-	p := &process{cmd: exec.Command(bin, args...), exited: make(chan struct{}), out: &syncBuffer{}}
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	go func() {
-		p.cmd.Wait()
-		close(p.exited)
-	}()
-	p.stop = sync.OnceFunc(func() {
-		p.cmd.Process.Signal(syscall.SIGTERM) // this process only, by its PID
-		select {
-		case <-p.exited:
-		case <-time.After(5 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.exited
-		}
-	})
-	t.Cleanup(p.stop)
-	return p
-}
-
-// running reports whether the process has not exited.
-func (p *process) running() bool {
-	select {
-	case <-p.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,0 +1,121 @@
+package lbtest
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Binary finds the program name (or fallback, an absolute path) of a real
+// server a test needs. Without it the test is skipped with a message naming
+// the Debian package pkg, except under CI=true, where every real peer must
+// be installed and a missing one fails the test.
+func Binary(t testing.TB, name, fallback, pkg string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	if _, err := os.Stat(fallback); err == nil {
+		return fallback
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is required under CI=true (apt-get install %s)", name, pkg)
+	}
+	t.Skipf("%s not installed (apt-get install %s); under CI=true this is a failure", name, pkg)
+	return ""
+}
+
+// FreePort returns a port of 127.0.0.1 that was free for both TCP and UDP
+// a moment ago (dnsmasq binds both). Another process may take it before
+// the caller binds it: callers retry a failed start on a new port.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	for range 20 {
+		u, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := u.LocalAddr().(*net.UDPAddr).Port
+		l, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		u.Close()
+		if err == nil {
+			l.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+// Process is a server program started by a test. It is stopped by its PID
+// only (SIGTERM, then SIGKILL after 5s), at Stop or in the test's cleanup.
+type Process struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+	out    *syncBuffer
+	Stop   func() // idempotent; returns once the process has exited
+}
+
+// Start runs bin with args, its output kept for Output.
+func Start(t testing.TB, bin string, args ...string) *Process {
+	t.Helper()
+	p := &Process{cmd: exec.Command(bin, args...), exited: make(chan struct{}), out: &syncBuffer{}}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", bin, err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.exited)
+	}()
+	p.Stop = sync.OnceFunc(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM) // this process only, by its PID
+		select {
+		case <-p.exited:
+		case <-time.After(5 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	t.Cleanup(p.Stop)
+	return p
+}
+
+// Running reports whether the process has not exited.
+func (p *Process) Running() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Signal sends sig to the process.
+func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Output is what the process wrote to stdout and stderr so far.
+func (p *Process) Output() string { return p.out.String() }
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
