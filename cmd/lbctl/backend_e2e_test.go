@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os/exec"
@@ -118,7 +119,15 @@ func TestBackendCommandsE2E(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	lbtest.Eventually(t, 10*time.Second, func() bool { b, _ := d.backend(cfgBe.Addr); return b.Active == 1 }, "the connection never became active")
+	// An echo proves the connection established end to end (counted
+	// active, it may still be connecting, which a kill does not see).
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("echo before the kill: %v", err)
+	}
 	run(0, "killed 1 ", "backend", "kill", "web", cfgBe.Addr)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, syscall.ECONNRESET) {

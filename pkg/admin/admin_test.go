@@ -1048,8 +1048,8 @@ func TestBackendEditingLive(t *testing.T) {
 	}, "the removed backend, with no connection left, is still in the status")
 
 	// Kill: a connection established to a backend is reset. The config
-	// backend at weight 0 leaves every connection to a silent one.
-	holder := lbtest.NewTCP(t, lbtest.Silent)
+	// backend at weight 0 leaves every connection to another echo.
+	holder := lbtest.NewTCP(t, lbtest.Echo)
 	if code, body := e.doBody("POST", "/api/v1/pools/web/backends", fmt.Sprintf(`{"address": %q}`, holder.Addr)); code != 201 {
 		t.Fatalf("add: %d %s", code, body)
 	}
@@ -1061,7 +1061,18 @@ func TestBackendEditingLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	lbtest.Eventually(t, 10*time.Second, func() bool { return e.backend("web", holder.Addr).Active == 1 }, "the connection never became active")
+	// An echo proves the connection established end to end (counted
+	// active, it may still be connecting, which a kill does not see).
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("echo before the kill: %v", err)
+	}
+	if got := e.backend("web", holder.Addr).Active; got != 1 {
+		t.Fatalf("%d active connections to the echo, want 1", got)
+	}
 	code, body = e.doBody("POST", "/api/v1/pools/web/backends/"+url.PathEscape(holder.Addr)+"/kill", "")
 	if code != 200 || strings.Join(strings.Fields(string(body)), "") != `{"killed":1}` {
 		t.Fatalf("kill: %d %s, want {\"killed\": 1}", code, body)
