@@ -34,8 +34,17 @@ type ledger struct {
 	kills            []killEvent
 }
 
+// kind is a kind of backend, as the chaos loop picks them.
+type kind int
+
+const (
+	kindTCP  kind = iota // pool "tcp"
+	kindUDP              // pool "udp"
+	kindLive             // pool "live"
+)
+
 type killEvent struct {
-	udp      bool
+	kind     kind
 	from, to time.Time // to is zero while the backend is down
 }
 
@@ -49,23 +58,23 @@ func (l *ledger) note(format string, args ...any) {
 	}
 }
 
-// downDuring reports whether a backend of the kind was down at any moment
+// downDuring reports whether a backend of kind k was down at any moment
 // between from and to.
-func (l *ledger) downDuring(udp bool, from, to time.Time) bool {
+func (l *ledger) downDuring(kd kind, from, to time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, k := range l.kills {
-		if k.udp == udp && k.from.Before(to) && (k.to.IsZero() || k.to.After(from)) {
+		if k.kind == kd && k.from.Before(to) && (k.to.IsZero() || k.to.After(from)) {
 			return true
 		}
 	}
 	return false
 }
 
-func (l *ledger) killed(udp bool, at time.Time) int {
+func (l *ledger) killed(k kind, at time.Time) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.kills = append(l.kills, killEvent{udp: udp, from: at})
+	l.kills = append(l.kills, killEvent{kind: k, from: at})
 	return len(l.kills) - 1
 }
 
@@ -166,7 +175,7 @@ func (s *soak) tcpWorker(ctx context.Context, o *outcome, kind string, lo, hi in
 			o.bytes.Add(2 * size)
 		case r.gotTag && s.tcp[r.tag.id].killed(r.tag.gen):
 			o.excused.Add(1)
-		case !r.gotTag && s.led.downDuring(false, start, time.Now()):
+		case !r.gotTag && s.led.downDuring(kindTCP, start, time.Now()):
 			o.excused.Add(1)
 		default:
 			o.failed.Add(1)
@@ -250,7 +259,7 @@ func (s *soak) lostDatagram(sentAt time.Time, last tag, lastAt time.Time, err er
 	if !lastAt.IsZero() {
 		from = lastAt
 	}
-	if (!lastAt.IsZero() && s.udp[last.id].killed(last.gen)) || s.led.downDuring(true, from, time.Now()) {
+	if (!lastAt.IsZero() && s.udp[last.id].killed(last.gen)) || s.led.downDuring(kindUDP, from, time.Now()) {
 		s.led.udp.excused.Add(1)
 		return
 	}

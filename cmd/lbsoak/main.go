@@ -18,6 +18,14 @@
 // same port; every -reload-every the configuration is rewritten (algorithm,
 // weights, timeouts) and lbctl is sent SIGHUP.
 //
+// Live backend set (live.go): a third listener sends long and short TCP
+// streams to pool "live", fed by a file source that lbsoak replaces (by a
+// rename) every -file-every with a rotated list of its backends, and by
+// the admin API, through which one more backend is added and removed every
+// -api-every. Its backends are killed and restarted too. live.go defines
+// the failures lbctl could have avoided there; removals that cut a stream
+// at drain_timeout are counted apart.
+//
 // Accounting: each backend tags what it serves with its identity and
 // generation, so a stream cut because its own backend was killed is counted
 // apart ("killed backend": the design cannot save it); every other failure
@@ -52,6 +60,12 @@ type options struct {
 	udpWorkers   int
 	tcpBackends  int
 	udpBackends  int
+	liveBackends int
+	liveLong     int
+	liveShort    int
+	fileEvery    time.Duration
+	apiEvery     time.Duration
+	drainTimeout time.Duration
 	dir          string
 	seed         uint64
 }
@@ -68,11 +82,17 @@ func main() {
 	flag.IntVar(&o.udpWorkers, "udp", 6, "concurrent UDP ping loops")
 	flag.IntVar(&o.tcpBackends, "tcp-backends", 4, "TCP echo backends")
 	flag.IntVar(&o.udpBackends, "udp-backends", 2, "UDP echo backends")
+	flag.IntVar(&o.liveBackends, "live-backends", 5, "TCP echo backends of the live pool's file source (one more is added and removed through the API)")
+	flag.IntVar(&o.liveLong, "live-long", 2, "concurrent long transfers through the live pool")
+	flag.IntVar(&o.liveShort, "live-short", 6, "concurrent short-connection loops through the live pool")
+	flag.DurationVar(&o.fileEvery, "file-every", time.Second, "time between rewrites of the live pool's file source (0 = none)")
+	flag.DurationVar(&o.apiEvery, "api-every", 3*time.Second, "time between API adds and removes of a live backend (0 = none)")
+	flag.DurationVar(&o.drainTimeout, "drain-timeout", 90*time.Second, "the live pool's drain_timeout (longer than a live long transfer may take)")
 	flag.StringVar(&o.dir, "dir", "", "directory for lbctl's config and log (default: a temporary one)")
 	flag.Uint64Var(&o.seed, "seed", uint64(time.Now().UnixNano()), "seed of the load's random choices")
 	flag.Parse()
-	if o.tcpBackends < 2 || o.udpBackends < 2 {
-		fmt.Fprintln(os.Stderr, "lbsoak: at least 2 TCP and 2 UDP backends (one may be down at a time)")
+	if o.tcpBackends < 2 || o.udpBackends < 2 || o.liveBackends < 2 {
+		fmt.Fprintln(os.Stderr, "lbsoak: at least 2 TCP, 2 UDP and 2 live backends (one may be down at a time)")
 		os.Exit(2)
 	}
 	if o.dir == "" {
@@ -98,14 +118,16 @@ func main() {
 
 // soak is one run.
 type soak struct {
-	o       options
-	tcp     []*tcpBackend
-	udp     []*udpBackend
-	tcpAddr string // lbctl's listeners
-	udpAddr string
-	lb      *lbctl
-	led     ledger
-	reloads struct{ ok, failed int }
+	o        options
+	tcp      []*tcpBackend
+	udp      []*udpBackend
+	live     liveState
+	tcpAddr  string // lbctl's listeners
+	udpAddr  string
+	liveAddr string
+	lb       *lbctl
+	led      ledger
+	reloads  struct{ ok, failed int }
 }
 
 func run(ctx context.Context, o options) (bool, error) {
@@ -126,13 +148,29 @@ func run(ctx context.Context, o options) (bool, error) {
 		defer b.kill()
 		s.udp = append(s.udp, b)
 	}
-	ports, err := freePorts(3)
+	for i := 0; i <= o.liveBackends; i++ { // the last one is the API's
+		b, err := startTCPBackend(uint32(liveIDBase + i))
+		if err != nil {
+			return false, err
+		}
+		defer b.kill()
+		s.live.backends = append(s.live.backends, &liveBackend{tcpBackend: b, listed: newHistory(false),
+			up: newHistory(true), api: i == o.liveBackends, weight: 1})
+	}
+	ports, err := freePorts(4)
 	if err != nil {
 		return false, err
 	}
 	s.tcpAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	s.udpAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
-	cfg := configFile{admin: fmt.Sprintf("127.0.0.1:%d", ports[2]), tcpBind: s.tcpAddr, udpBind: s.udpAddr}
+	s.liveAddr = fmt.Sprintf("127.0.0.1:%d", ports[3])
+	s.live.file = filepath.Join(o.dir, "live.json")
+	s.live.drain = o.drainTimeout
+	cfg := configFile{admin: fmt.Sprintf("127.0.0.1:%d", ports[2]), tcpBind: s.tcpAddr, udpBind: s.udpAddr,
+		liveBind: s.liveAddr, liveFile: s.live.file, drain: o.drainTimeout}
+	if err := s.restoreLive(); err != nil { // every file backend listed, as at the end
+		return false, err
+	}
 	for _, b := range s.tcp {
 		cfg.tcp = append(cfg.tcp, b.addr)
 	}
@@ -148,8 +186,8 @@ func run(ctx context.Context, o options) (bool, error) {
 		return false, err
 	}
 	defer s.lb.kill()
-	fmt.Printf("lbsoak: %v of load on lbctl pid %d (tcp %s, udp %s), %d tcp + %d udp backends, seed %d\n",
-		o.duration, s.lb.cmd.Process.Pid, s.tcpAddr, s.udpAddr, o.tcpBackends, o.udpBackends, o.seed)
+	fmt.Printf("lbsoak: %v of load on lbctl pid %d (tcp %s, udp %s, live %s), %d tcp + %d udp + %d+1 live backends, seed %d\n",
+		o.duration, s.lb.cmd.Process.Pid, s.tcpAddr, s.udpAddr, s.liveAddr, o.tcpBackends, o.udpBackends, o.liveBackends, o.seed)
 
 	time.Sleep(2 * time.Second) // first health checks done, nothing in flight
 	var samples []sample
@@ -190,6 +228,20 @@ func run(ctx context.Context, o options) (bool, error) {
 			s.udpWorker(loadCtx, seed)
 		}(seeds.Uint64())
 	}
+	for i := 0; i < o.liveLong; i++ {
+		wg.Add(1)
+		go func(seed uint64) {
+			defer wg.Done()
+			s.liveWorker(loadCtx, &s.live.long, "long", 4<<20, 32<<20, time.Minute, seed)
+		}(seeds.Uint64())
+	}
+	for i := 0; i < o.liveShort; i++ {
+		wg.Add(1)
+		go func(seed uint64) {
+			defer wg.Done()
+			s.liveWorker(loadCtx, &s.live.short, "short", 1, 16<<10, 30*time.Second, seed)
+		}(seeds.Uint64())
+	}
 	chaosDone := make(chan struct{})
 	go func() {
 		defer close(chaosDone)
@@ -228,6 +280,15 @@ func run(ctx context.Context, o options) (bool, error) {
 			return false, err
 		}
 	}
+	for _, b := range s.live.backends {
+		if err := b.restart(); err != nil {
+			return false, err
+		}
+		b.up.set(true, time.Now())
+	}
+	if err := s.restoreLive(); err != nil {
+		return false, err
+	}
 	// Idle again: no connection open, UDP sessions expired.
 	drained := time.Now().Add(30 * time.Second)
 	for time.Now().Before(drained) {
@@ -237,15 +298,19 @@ func run(ctx context.Context, o options) (bool, error) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	time.Sleep(2 * time.Second) // let closed connections' goroutines finish
+	time.Sleep(3 * time.Second) // let closed connections' goroutines finish, the file's last version apply
 	take("end (idle)")
+	refreshes := s.discoveryRefreshes()
 
 	exitErr := s.lb.stop(15 * time.Second)
-	return s.report(samples, exitErr), nil
+	return s.report(samples, refreshes, exitErr), nil
 }
 
-// chaos kills and restarts backends and reloads the configuration until
-// ctx is done. At most one TCP and one UDP backend are down at a time.
+// chaos kills and restarts backends, reloads the configuration, rewrites
+// the live pool's file and adds and removes its API backend until ctx is
+// done. At most one backend of each kind (TCP, UDP, live) is down at a
+// time, and a live backend is killed only while another one, up, is
+// listed.
 func (s *soak) chaos(ctx context.Context, path string, cfg configFile, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 3))
 	tick := func(d time.Duration) <-chan time.Time {
@@ -255,10 +320,18 @@ func (s *soak) chaos(ctx context.Context, path string, cfg configFile, seed uint
 		return time.After(d)
 	}
 	killT, reloadT := tick(s.o.killEvery), tick(s.o.reloadEvery)
+	fileT, apiT := tick(s.o.fileEvery), tick(s.o.apiEvery)
 	type down struct {
 		b    backend
+		kind kind
 		kill int
 		at   time.Time
+	}
+	restarted := func(d down) {
+		if lb, ok := d.b.(*liveBackend); ok {
+			lb.up.set(true, time.Now())
+		}
+		s.led.restarted(d.kill, time.Now())
 	}
 	var downs []down
 	variant := 0
@@ -271,29 +344,50 @@ func (s *soak) chaos(ctx context.Context, path string, cfg configFile, seed uint
 		case <-ctx.Done():
 			for _, d := range downs {
 				d.b.restart()
-				s.led.restarted(d.kill, time.Now())
+				restarted(d)
 			}
 			return
 		case <-killT:
 			killT = tick(s.o.killEvery)
-			udp := rng.IntN(3) == 0
+			k := kind(rng.IntN(3))
 			var b backend
-			if udp {
+			switch k {
+			case kindUDP:
 				b = s.udp[rng.IntN(len(s.udp))]
-			} else {
+			case kindTCP:
 				b = s.tcp[rng.IntN(len(s.tcp))]
+			default:
+				lb := s.live.backends[rng.IntN(len(s.live.backends))]
+				other := false
+				for _, o := range s.live.backends {
+					other = other || o != lb && o.listed.now() && !o.isDown()
+				}
+				if !other {
+					continue
+				}
+				b = lb
 			}
 			busy := false
 			for _, d := range downs {
-				_, dUDP := d.b.(*udpBackend)
-				busy = busy || dUDP == udp
+				busy = busy || d.kind == k
 			}
 			if busy {
 				continue
 			}
-			k := s.led.killed(udp, time.Now())
+			i := s.led.killed(k, time.Now())
+			if lb, ok := b.(*liveBackend); ok {
+				lb.up.set(false, time.Now())
+			}
 			b.kill()
-			downs = append(downs, down{b, k, time.Now().Add(s.o.downFor)})
+			downs = append(downs, down{b, k, i, time.Now().Add(s.o.downFor)})
+		case <-fileT:
+			fileT = tick(s.o.fileEvery)
+			if err := s.rotate(rng); err != nil {
+				s.led.note("rewrite %s: %v", s.live.file, err)
+			}
+		case <-apiT:
+			apiT = tick(s.o.apiEvery)
+			s.apiToggle(rng)
 		case <-restartT:
 			d := downs[0]
 			downs = downs[1:]
@@ -301,7 +395,7 @@ func (s *soak) chaos(ctx context.Context, path string, cfg configFile, seed uint
 				s.led.note("restart %s: %v", d.b.name(), err)
 				continue
 			}
-			s.led.restarted(d.kill, time.Now())
+			restarted(d)
 		case <-reloadT:
 			reloadT = tick(s.o.reloadEvery)
 			variant++
@@ -322,8 +416,13 @@ func (s *soak) chaos(ctx context.Context, path string, cfg configFile, seed uint
 
 func (s *soak) printProgress() {
 	l := &s.led
+	lv := &s.live
 	fmt.Printf("  ... long %d ok / %d killed / %d failed, short %d / %d / %d, udp %d / %d / %d, reloads %d\n",
 		l.long.ok.Load(), l.long.excused.Load(), l.long.failed.Load(),
 		l.short.ok.Load(), l.short.excused.Load(), l.short.failed.Load(),
 		l.udp.ok.Load(), l.udp.excused.Load(), l.udp.failed.Load(), s.reloads.ok)
+	fmt.Printf("      live long %d ok / %d killed / %d drained / %d failed, short %d / %d / %d / %d, file writes %d, api %d+%d\n",
+		lv.long.ok.Load(), lv.long.killed.Load(), lv.long.drained.Load(), lv.long.failed.Load(),
+		lv.short.ok.Load(), lv.short.killed.Load(), lv.short.drained.Load(), lv.short.failed.Load(),
+		lv.fileWrites.Load(), lv.apiAdds.Load(), lv.apiRemoves.Load())
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // configFile renders lbctl's configuration. Variants differ in what a
@@ -10,6 +11,8 @@ import (
 type configFile struct {
 	admin, tcpBind, udpBind string
 	tcp, udp                []string // backend addresses
+	liveBind, liveFile      string   // the live pool: listener, file source
+	drain                   time.Duration
 }
 
 func (c configFile) render(variant int) string {
@@ -72,6 +75,35 @@ fall = 1
 	for _, a := range c.udp {
 		fmt.Fprintf(&b, "\n[[pools.udp.backends]]\naddress = %q\n", a)
 	}
+	if c.liveBind == "" {
+		return b.String()
+	}
+	// The live pool: no static backend, a file source, drain_timeout.
+	fmt.Fprintf(&b, `
+[listeners.live]
+bind = %q
+pool = "live"
+idle_timeout = "60s"
+
+[pools.live]
+algorithm = %q
+connect_timeout = "1s"
+retries = 3
+max_fails = 1
+fail_timeout = "2s"
+drain_timeout = "%s"
+
+  [[pools.live.discover]]
+  type = "file"
+  path = %q
+
+[pools.live.health]
+check = "tcp"
+interval = "500ms"
+timeout = "300ms"
+rise = 1
+fall = 1
+`, c.liveBind, algos[(variant+2)%len(algos)], c.drain, c.liveFile)
 	return b.String()
 }
 
@@ -87,7 +119,7 @@ const (
 )
 
 // report prints the result table and says whether the run passed.
-func (s *soak) report(samples []sample, exitErr error) bool {
+func (s *soak) report(samples []sample, refreshes discoveryCount, exitErr error) bool {
 	l := &s.led
 	pass := true
 	fmt.Println()
@@ -110,18 +142,18 @@ func (s *soak) report(samples []sample, exitErr error) bool {
 		fmt.Printf("FAIL: %d UDP replies with other bytes than were sent\n", n)
 		pass = false
 	}
+	if !s.reportLive(refreshes) {
+		pass = false
+	}
 	l.mu.Lock()
-	tcpKills, udpKills := 0, 0
+	var kills [3]int
 	for _, k := range l.kills {
-		if k.udp {
-			udpKills++
-		} else {
-			tcpKills++
-		}
+		kills[k.kind]++
 	}
 	notes := append([]string(nil), l.notes...)
 	l.mu.Unlock()
-	fmt.Printf("\nbackend kills: %d tcp, %d udp; config reloads: %d ok, %d failed\n", tcpKills, udpKills, s.reloads.ok, s.reloads.failed)
+	fmt.Printf("\nbackend kills: %d tcp, %d udp, %d live; config reloads: %d ok, %d failed\n",
+		kills[kindTCP], kills[kindUDP], kills[kindLive], s.reloads.ok, s.reloads.failed)
 	if s.reloads.failed != 0 {
 		pass = false
 	}
