@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -220,4 +221,58 @@ interval = "1s"
 		t.Fatalf("pool while dnsmasq is down: %+v", st.Backends)
 	}
 	onlyServedBy(t, h, "l", "b", 5)
+}
+
+// TestDNSSourceSlowStart: a new A record of a pool with slow_start enters
+// at a reduced weight: its share of new connections grows from below half
+// to half (two equal backends) once slow_start has passed.
+func TestDNSSourceSlowStart(t *testing.T) {
+	t.Parallel()
+	const slowStart = 3 * time.Second
+	port := portOn(t, "127.0.0.4", "127.0.0.5")
+	lbtest.NewTCPAt(t, fmt.Sprintf("127.0.0.4:%d", port), namedEcho("a"))
+	b := lbtest.NewTCPAt(t, fmt.Sprintf("127.0.0.5:%d", port), namedEcho("b"))
+	ns := lbtest.NewDnsmasq(t, "127.0.0.4 web.lbctl.test")
+	h := startServer(t, listenerTOML("l", "p", "")+fmt.Sprintf(`[pools.p]
+slow_start = "3s"
+[[pools.p.discover]]
+type = "dns"
+name = "web.lbctl.test"
+port = %d
+resolver = %q
+interval = "1s"
+`, port, ns.Addr())+noHealth)
+	waitServed(t, h, "l", "a", time.Now(), 2*time.Second)
+
+	ns.SetHosts("127.0.0.4 web.lbctl.test\n127.0.0.5 web.lbctl.test")
+	added := time.Now()
+	lbtest.Until(t, 2*time.Second+liveMargin, func() (bool, string) {
+		_, ok := backendOf(h, "p", b.Addr)
+		return ok, "b not in the pool yet"
+	})
+	share := func(n int) int {
+		got := 0
+		for range n {
+			if servedName(t, h, "l") == "b" {
+				got++
+			}
+		}
+		return got
+	}
+	early := share(20)
+	elapsed := time.Since(added)
+	if elapsed < slowStart/2 && early >= 10 {
+		t.Errorf("b served %d of 20 connections within %v of joining, want fewer than half during slow_start %v", early, elapsed, slowStart)
+	}
+	lbtest.Eventually(t, slowStart+liveMargin, func() bool {
+		h.srv.mu.Lock()
+		defer h.srv.mu.Unlock()
+		be := h.srv.pools["p"].byAddr[netip.MustParseAddrPort(b.Addr)]
+		return be != nil && be.b.WeightScale() == 1000
+	}, "b's slow start never ended")
+	late := share(20)
+	if late < 9 || late > 11 {
+		t.Errorf("b served %d of 20 connections after slow_start, want half", late)
+	}
+	t.Logf("b's share: %d/20 in its first %v, %d/20 after slow_start %v", early, elapsed, late, slowStart)
 }
