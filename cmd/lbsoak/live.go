@@ -159,6 +159,7 @@ type liveBackend struct {
 // liveOutcome counts the live pool's connections.
 type liveOutcome struct {
 	ok, killed, drained, refusedNone, failed atomic.Int64
+	outlived                                 atomic.Int64 // verified, though their backend was removed meanwhile
 	cutListed, cutDraining, refused          atomic.Int64 // the failures, by kind
 	unlisted                                 atomic.Int64 // served by a backend unlisted for liveMargin: lbctl missed a removal
 	bytes                                    atomic.Int64
@@ -398,6 +399,11 @@ func (s *soak) classifyLive(o *liveOutcome, kind string, size int64, start, end 
 	if r.err == nil {
 		o.ok.Add(1)
 		o.bytes.Add(2 * size)
+		if b := s.liveByTag(r.tag); b != nil {
+			if _, removed := b.listed.offSince(start, end); removed {
+				o.outlived.Add(1)
+			}
+		}
 		return
 	}
 	if !r.gotTag {
@@ -454,15 +460,15 @@ func (s *soak) reportLive(refreshes discoveryCount) bool {
 	ls := &s.live
 	pass := true
 	fmt.Println()
-	fmt.Println("| live pool | verified | cut by a killed backend | reset at drain_timeout | refused, nothing listed and up | failed (cut while listed and up / cut while draining / refused / served by a removed backend) |")
-	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: |")
+	fmt.Println("| live pool | verified | of which their backend was removed meanwhile | cut by a killed backend | reset at drain_timeout | refused, nothing listed and up | failed (cut while listed and up / cut while draining / refused / served by a removed backend) |")
+	fmt.Println("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 	for _, w := range []struct {
 		name string
 		o    *liveOutcome
 	}{{"long TCP transfers (4-32 MiB)", &ls.long}, {"short TCP connections", &ls.short}} {
 		o := w.o
-		fmt.Printf("| %s | %d (%s) | %d | %d | %d | %d (%d / %d / %d / %d) |\n", w.name, o.ok.Load(), human(o.bytes.Load()),
-			o.killed.Load(), o.drained.Load(), o.refusedNone.Load(), o.failed.Load(),
+		fmt.Printf("| %s | %d (%s) | %d | %d | %d | %d | %d (%d / %d / %d / %d) |\n", w.name, o.ok.Load(), human(o.bytes.Load()),
+			o.outlived.Load(), o.killed.Load(), o.drained.Load(), o.refusedNone.Load(), o.failed.Load(),
 			o.cutListed.Load(), o.cutDraining.Load(), o.refused.Load(), o.unlisted.Load())
 		if o.failed.Load() != 0 {
 			pass = false

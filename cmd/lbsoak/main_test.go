@@ -221,6 +221,7 @@ func TestClassifyLive(t *testing.T) {
 		want       *atomic.Int64
 	}{
 		{"verified", 10, 20, streamResult{tag: tag{liveIDBase, 0}, gotTag: true}, &s.live.short.ok},
+		{"verified through the removal", 95, 120, streamResult{tag: tag{liveIDBase, 0}, gotTag: true}, &s.live.short.outlived},
 		{"cut while listed and up", 10, 20, streamResult{tag: tag{liveIDBase, 0}, gotTag: true, err: cut}, &s.live.short.cutListed},
 		{"cut by its killed backend", 190, 201, streamResult{tag: tag{liveIDBase + 1, 0}, gotTag: true, err: cut}, &s.live.short.killed},
 		{"cut 5s after the removal", 90, 105, streamResult{tag: tag{liveIDBase, 0}, gotTag: true, err: cut}, &s.live.short.cutDraining},
