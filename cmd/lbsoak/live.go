@@ -11,7 +11,8 @@ package main
 //
 // What counts as a failure lbctl could have served:
 //   - a connection served by a backend that had been unlisted for
-//     liveMargin already when it started (lbctl missed the removal);
+//     liveMargin already when it started, and stayed so until the
+//     backend's first byte came (lbctl missed the removal);
 //   - a connection that got its backend's tag and was then cut while that
 //     backend was listed (by the file or the API) and alive all along;
 //   - a connection cut while its backend was removed, before drain_timeout
@@ -288,7 +289,6 @@ func (s *soak) apiToggle(rng *rand.Rand) {
 		base := "http://" + s.lb.admin + "/api/v1/pools/live/backends"
 		c := http.Client{Timeout: 5 * time.Second}
 		if b.listed.now() {
-			b.listed.set(false, time.Now())
 			req, _ := http.NewRequest(http.MethodDelete, base+"/"+b.addr, nil)
 			req.Close = true // no idle connection left in lbctl
 			resp, err := c.Do(req)
@@ -304,6 +304,9 @@ func (s *soak) apiToggle(rng *rand.Rand) {
 				s.led.note("api remove %s: %v", b.addr, err)
 				continue
 			}
+			// Unlisted from the answer on: lbctl removed it by then, and
+			// a busy lbctl may take a while to get to the request.
+			b.listed.set(false, time.Now())
 			ls.apiRemoves.Add(1)
 			continue
 		}
@@ -390,9 +393,11 @@ func (s *soak) classifyLive(o *liveOutcome, kind string, size int64, start, end 
 		s.led.note("live %s stream CORRUPT via %v: %s", kind, r.tag, r.corrupt)
 		return
 	}
-	if b := s.liveByTag(r.tag); r.gotTag && b != nil && b.listed.steadyAs(false, start.Add(-liveMargin), start) {
+	if b := s.liveByTag(r.tag); r.gotTag && b != nil && b.listed.steadyAs(false, start.Add(-liveMargin), r.tagAt) {
 		// A removed backend takes no new connection once the removal
-		// applies (within 2 s for the file, at once for the API).
+		// applies (within 2 s for the file, at once for the API). lbctl
+		// chose the backend between the dial and the tag's arrival (it
+		// may accept late on a busy machine): unlisted all that time.
 		fail(&o.unlisted, "served by backend %d, unlisted since %v before the connection at least", r.tag.id, liveMargin)
 		return
 	}

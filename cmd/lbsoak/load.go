@@ -88,7 +88,8 @@ func (l *ledger) restarted(i int, at time.Time) {
 type streamResult struct {
 	tag    tag
 	gotTag bool
-	err    error // transport error (reset, timeout)
+	tagAt  time.Time // when the tag came: lbctl chose the backend before
+	err    error     // transport error (reset, timeout)
 	// corrupt: the stream ended cleanly with other bytes than were sent.
 	// That is never excused: lbctl resets the client when a backend fails,
 	// so a truncated stream can't pass for a complete one.
@@ -138,7 +139,7 @@ func stream(addr string, size int64, seed uint64, timeout time.Duration) (r stre
 		r.err = fmt.Errorf("read tag: %w", err)
 		return r
 	}
-	r.tag, r.gotTag = parseTag(tb[:]), true
+	r.tag, r.gotTag, r.tagAt = parseTag(tb[:]), true, time.Now()
 	h := sha256.New()
 	n, err := io.Copy(h, tc)
 	if err != nil {

@@ -202,12 +202,15 @@ func TestClassifyLive(t *testing.T) {
 	s.live.drain = 90 * time.Second
 	t0 := time.Now().Add(-time.Hour)
 	at := func(sec int) time.Time { return t0.Add(time.Duration(sec) * time.Second) }
-	for i := 0; i < 2; i++ {
+	for i := 0; i < 3; i++ {
 		b := &liveBackend{tcpBackend: &tcpBackend{id: uint32(liveIDBase + i)}, listed: newHistory(false), up: newHistory(true)}
 		b.listed.set(true, at(0))
 		s.live.backends = append(s.live.backends, b)
 	}
-	b0, b1 := s.live.backends[0], s.live.backends[1]
+	b0, b1, b2 := s.live.backends[0], s.live.backends[1], s.live.backends[2]
+	b2.listed.set(false, at(1)) // unlisted from 1 to 110.5, and from 180
+	b2.listed.set(true, at(110).Add(500*time.Millisecond))
+	b2.listed.set(false, at(180))
 	b0.listed.set(false, at(100)) // removed at 100
 	b1.up.set(false, at(200))     // killed at 200, back at 205
 	b1.gen, b1.down = 0, true
@@ -227,11 +230,15 @@ func TestClassifyLive(t *testing.T) {
 		{"cut 5s after the removal", 90, 105, streamResult{tag: tag{liveIDBase, 0}, gotTag: true, err: cut}, &s.live.short.cutDraining},
 		{"reset at drain_timeout", 90, 191, streamResult{tag: tag{liveIDBase, 0}, gotTag: true, err: cut}, &s.live.short.drained},
 		{"served long after the removal", 110, 111, streamResult{tag: tag{liveIDBase, 0}, gotTag: true}, &s.live.short.unlisted},
+		{"dialed before a re-listing, served after", 110, 111, streamResult{tag: tag{liveIDBase + 2, 0}, gotTag: true, tagAt: at(111)}, &s.live.short.ok},
 		{"refused with b1 listed and up", 150, 151, streamResult{err: cut}, &s.live.short.refused},
 		{"refused while b1 was down", 199, 202, streamResult{err: cut}, &s.live.short.killed},
 		{"refused with b1 just back", 206, 207, streamResult{err: cut}, &s.live.short.refusedNone},
 	} {
 		before := tc.want.Load()
+		if tc.r.gotTag && tc.r.tagAt.IsZero() {
+			tc.r.tagAt = at(tc.start)
+		}
 		s.classifyLive(&s.live.short, "short", 100, at(tc.start), at(tc.end), tc.r)
 		if tc.want.Load() != before+1 {
 			t.Errorf("%s: not counted where expected (%+v)", tc.name, &s.live.short)
