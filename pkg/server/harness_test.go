@@ -48,6 +48,14 @@ func startServer(t testing.TB, toml string) *harness {
 // is not nil (a zaptest/observer core, to assert on what is logged).
 func startServerLog(t testing.TB, toml string, core zapcore.Core) *harness {
 	t.Helper()
+	return startWith(t, toml, core, Options{})
+}
+
+// startWith starts a server from toml with opts (Log and Metrics are the
+// harness's), logging to the test when verbose and to core when not nil,
+// and shuts it down at the end of the test.
+func startWith(t testing.TB, toml string, core zapcore.Core, opts Options) *harness {
+	t.Helper()
 	cfg, err := config.Parse("test.toml", []byte(toml))
 	if err != nil {
 		t.Fatalf("config: %v", err)
@@ -61,7 +69,8 @@ func startServerLog(t testing.TB, toml string, core zapcore.Core) *harness {
 	if core != nil {
 		log = zap.New(zapcore.NewTee(log.Core(), core))
 	}
-	h.srv, err = New(cfg, Options{Log: log, Metrics: h.m})
+	opts.Log, opts.Metrics = log, h.m
+	h.srv, err = New(cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,11 +15,8 @@ import (
 	"github.com/lbctl/lbctl/discovery"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
-	"github.com/lbctl/lbctl/pkg/metrics"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -116,33 +113,8 @@ func (fs *fakeSources) get(t testing.TB, name string) *fakeSource {
 // log also going to core when not nil.
 func startLive(t testing.TB, toml string, core zapcore.Core) (*harness, *fakeSources) {
 	t.Helper()
-	cfg, err := config.Parse("test.toml", []byte(toml))
-	if err != nil {
-		t.Fatalf("config: %v", err)
-	}
-	reg := prometheus.NewRegistry()
-	h := &harness{t: t, m: metrics.New(reg), reg: reg}
-	log := zap.NewNop()
-	if tt, ok := t.(*testing.T); ok && testing.Verbose() {
-		log = zaptest.NewLogger(tt, zaptest.Level(zap.InfoLevel))
-	}
-	if core != nil {
-		log = zap.New(zapcore.NewTee(log.Core(), core))
-	}
 	fs := &fakeSources{all: map[string]*fakeSource{}}
-	h.srv, err = New(cfg, Options{Log: log, Metrics: h.m, NewSource: fs.newSource})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.srv.Start(); err != nil {
-		t.Fatalf("start: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), cleanupDrain)
-		defer cancel()
-		h.srv.Shutdown(ctx)
-	})
-	return h, fs
+	return startWith(t, toml, core, Options{NewSource: fs.newSource}), fs
 }
 
 // discoverTOML is a pool fed by one (fake) file source, without checks.

@@ -598,7 +598,7 @@ func TestUDPRemovedListenerDrains(t *testing.T) {
 func TestUDPRemovedListenerGivesWay(t *testing.T) {
 	a := lbtest.NewUDP(t, "a", pingOnly)
 	core, logs := observer.New(zap.InfoLevel)
-	bind := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freeUDPPort(t)))
+	bind := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(lbtest.FreePort(t)))
 	fixed := fmt.Sprintf("[listeners.u]\nprotocol = \"udp\"\nbind = %q\npool = \"p\"\n", bind)
 	const global = "shutdown_timeout = \"60s\"\n"
 	rest := udpListenerTOML("v", "p", "") + poolTOML("p", "", a.Addr)
@@ -742,7 +742,7 @@ func startDnsmasq(t *testing.T, bin, a, txt string) string {
 
 func tryDnsmasq(t *testing.T, bin, a, txt string, out *bytes.Buffer) (string, bool) {
 	t.Helper()
-	port := freeUDPPort(t)
+	port := lbtest.FreePort(t)
 	cmd := exec.Command(bin, "-k", "--port="+fmt.Sprint(port), "--listen-address=127.0.0.1", "--bind-interfaces",
 		"--no-resolv", "--no-hosts", "--address=/svc.test/"+a, "--txt-record=svc.test,"+txt,
 		"--log-facility=-", "--pid-file=", "-C", "/dev/null", "--user=root")
@@ -785,27 +785,6 @@ func udpConfig(t *testing.T, toml string) *config.Config {
 		t.Fatalf("config: %v", err)
 	}
 	return cfg
-}
-
-// freeUDPPort returns a loopback port that was free a moment ago (UDP and
-// TCP: dnsmasq binds both).
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	for range 20 {
-		u, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := u.LocalAddr().(*net.UDPAddr).Port
-		l, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
-		u.Close()
-		if err == nil {
-			l.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
 }
 
 const (
