@@ -7,8 +7,9 @@
 //     success or an error that says what went wrong ("HTTP 500", "expect not
 //     seen after 12 bytes: EOF", "dial tcp 10.0.0.1:80: connect: connection
 //     refused"). [NewProber] builds one from a [Spec]: a plain TCP connect,
-//     an HTTP/1.1 GET whose status code is judged, or a send-expect exchange
-//     over TCP or UDP. Every check is bounded by Spec.Timeout (a context
+//     an HTTP/1.1 GET whose status code is judged, a TLS handshake (with the
+//     server name Spec.ServerName, certificate not verified), the same GET
+//     over TLS, or a send-expect exchange over TCP or UDP. Every check is bounded by Spec.Timeout (a context
 //     deadline plus connection deadlines) and reads a bounded number of bytes.
 //
 //   - A [Checker] owns one goroutine per target. It runs the target's check

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/textproto"
 	"slices"
 	"strconv"
@@ -24,6 +26,8 @@ type Kind string
 const (
 	KindTCP        Kind = "tcp"
 	KindHTTP       Kind = "http"
+	KindTLS        Kind = "tls"
+	KindHTTPS      Kind = "https"
 	KindSendExpect Kind = "send-expect"
 	KindNone       Kind = "none"
 )
@@ -84,12 +88,20 @@ type Spec struct {
 	// port of the address given to Probe (the traffic port).
 	Port int
 
-	// HTTP: the request is "GET Path HTTP/1.1" with a Host header of Host,
-	// or of the checked address when Host is empty. StatusOK decides which
-	// status codes are a success; see StatusRange and StatusCodes.
+	// HTTP and HTTPS: the request is "GET Path HTTP/1.1" with a Host header
+	// of Host; when Host is empty, of ServerName (HTTPS with a ServerName)
+	// or else of the checked address. StatusOK decides which status codes
+	// are a success; see StatusRange and StatusCodes.
 	Path     string
 	Host     string
 	StatusOK func(code int) bool
+
+	// TLS and HTTPS: ServerName is the server name indication the
+	// ClientHello carries; "" sends none. It must be a host name: SNI
+	// cannot carry an IP address (RFC 6066). The certificate is never
+	// verified: the check asks whether the backend speaks TLS, not whether
+	// it is trusted.
+	ServerName string
 
 	// Send-expect: Send is written once after connecting (over UDP: as one
 	// datagram, so it must not be empty); the check succeeds as soon as the
@@ -133,7 +145,7 @@ func (s Spec) withDefaults() Spec {
 	if s.Fall == 0 {
 		s.Fall = defaultFall
 	}
-	if s.Kind == KindHTTP && s.Path == "" {
+	if (s.Kind == KindHTTP || s.Kind == KindHTTPS) && s.Path == "" {
 		s.Path = defaultPath
 	}
 	if s.Kind == KindSendExpect && s.Network == "" {
@@ -161,7 +173,13 @@ func (s Spec) validate() error {
 	}
 	switch s.Kind {
 	case KindTCP:
-	case KindHTTP:
+	case KindTLS, KindHTTP, KindHTTPS:
+		if s.ServerName != "" && !validServerName(s.ServerName) {
+			return fmt.Errorf("server name %q: must be a host name (letters, digits, '-', '.'), not an IP address", s.ServerName)
+		}
+		if s.Kind == KindTLS {
+			break
+		}
 		if !strings.HasPrefix(s.Path, "/") || strings.ContainsFunc(s.Path, badRequestRune) {
 			return fmt.Errorf("path %q: must start with / and contain no spaces or control characters", s.Path)
 		}
@@ -187,12 +205,37 @@ func (s Spec) validate() error {
 	case KindNone, "":
 		return ErrNoProber
 	default:
-		return fmt.Errorf("check %q: must be tcp, http, send-expect or none", s.Kind)
+		return fmt.Errorf("check %q: must be tcp, http, tls, https, send-expect or none", s.Kind)
 	}
 	return nil
 }
 
 func badRequestRune(r rune) bool { return r <= ' ' || r == 0x7f }
+
+// validServerName reports whether name can be sent as SNI: a DNS host name
+// of at most 253 bytes made of letters, digits, '-', '_' and dots, with no
+// empty label, and not an IP address.
+func validServerName(name string) bool {
+	name = strings.TrimSuffix(name, ".")
+	if name == "" || len(name) > 253 {
+		return false
+	}
+	if _, err := netip.ParseAddr(name); err == nil {
+		return false
+	}
+	for label := range strings.SplitSeq(name, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 // NewProber validates s and returns the Prober it describes. Zero fields take
 // the defaults listed on Spec; Interval, Rise and Fall are validated but not
@@ -209,6 +252,17 @@ func NewProber(s Spec) (Prober, error) {
 	case KindHTTP:
 		h := httpCheck{path: s.Path, host: s.Host, ok: s.StatusOK}
 		p.converse = h.converse
+	case KindTLS:
+		p.converse = tlsCheck{config: tlsConfig(s.ServerName)}.converse
+	case KindHTTPS:
+		host := s.Host
+		if host == "" {
+			host = s.ServerName
+		}
+		h := httpCheck{path: s.Path, host: host, ok: s.StatusOK}
+		cfg := tlsConfig(s.ServerName)
+		cfg.NextProtos = []string{"http/1.1"}
+		p.converse = tlsCheck{config: cfg, then: h.converse}.converse
 	case KindSendExpect:
 		p.network = s.Network
 		se := sendExpect{send: bytes.Clone(s.Send), expect: bytes.Clone(s.Expect)}
@@ -260,6 +314,41 @@ func (p *prober) Probe(ctx context.Context, addr string) error {
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(pastDeadline) })
 	defer stop()
 	return p.converse(conn, addr)
+}
+
+// tlsConfig is the client configuration of tls and https checks: SNI as
+// given, no certificate verification (a backend with a self-signed or
+// expired certificate still speaks TLS), every version Go's client still
+// offers, and a full handshake each time (no session cache), so each check
+// exercises the backend's key and certificate.
+func tlsConfig(serverName string) *tls.Config {
+	return &tls.Config{
+		ServerName:         strings.ToLower(serverName),
+		InsecureSkipVerify: true,
+		MinVersion:         tls.VersionTLS10,
+	}
+}
+
+// tlsCheck completes a TLS handshake on the connection, then runs then (if
+// any) over the TLS connection, and ends with a close_notify so that the
+// backend sees an orderly close rather than a reset or a truncated stream.
+type tlsCheck struct {
+	config *tls.Config // shared by every check of this prober; never modified
+	then   func(conn net.Conn, addr string) error
+}
+
+func (c tlsCheck) converse(conn net.Conn, addr string) error {
+	tc := tls.Client(conn, c.config)
+	// The raw connection's deadline (set by Probe) bounds the handshake.
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	var err error
+	if c.then != nil {
+		err = c.then(tc, addr)
+	}
+	tc.Close() // close_notify, then the raw connection (Probe's Close is then a no-op)
+	return err
 }
 
 // httpCheck is a hand-rolled minimal HTTP/1.1 client: one request with
