@@ -27,16 +27,20 @@ func (m *Metrics) ForgetBackend(listener, pool, backend string) {
 }
 
 // ForgetPoolBackend deletes the series of one backend of a pool: connect
-// errors and durations, health and health checks.
+// errors and durations, health and health checks, admin state and
+// weight.
 func (m *Metrics) ForgetPoolBackend(pool, backend string) {
 	m.ConnectErrors.DeleteLabelValues(pool, backend)
 	m.ConnectDuration.DeleteLabelValues(pool, backend)
 	m.BackendUp.DeleteLabelValues(pool, backend)
 	m.HealthChecks.DeleteLabelValues(pool, backend, "success")
 	m.HealthChecks.DeleteLabelValues(pool, backend, "failure")
+	m.forgetSettings(pool, backend)
 }
 
-// ForgetListener deletes the rejection counters of one listener.
+// ForgetListener deletes the rejection counters and the connection
+// durations of one listener.
 func (m *Metrics) ForgetListener(listener string) {
 	m.Rejected.DeletePartialMatch(prometheus.Labels{"listener": listener})
+	m.ConnectionDuration.DeleteLabelValues(listener)
 }

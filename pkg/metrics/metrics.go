@@ -47,6 +47,8 @@ type Metrics struct {
 	DiscoveryRefreshes   *prometheus.CounterVec
 	DiscoveryBackends    *prometheus.GaugeVec
 	DiscoveryLastSuccess *prometheus.GaugeVec
+	// Build, configuration, backend settings, connection life (operate.go).
+	operating
 }
 
 // ConnectBuckets fit both LAN connects (tens of microseconds) and WAN or
@@ -127,6 +129,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
+	m.newOperating(reg)
 	// Show the reload counters at zero from the start, so a dashboard can
 	// tell "never reloaded" from "not scraped".
 	m.ConfigReloads.WithLabelValues("success")

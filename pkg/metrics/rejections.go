@@ -37,13 +37,24 @@ func (r Reason) String() string {
 }
 
 // validFor reports whether a listener of protocol ("tcp" or "udp") can
-// refuse for r. A UDP listener never reads a PROXY header (the config
-// refuses accept_proxy_protocol on it), so it has no proxy_protocol series.
+// refuse for r: a UDP listener exports none of the TCP-only reasons.
 func (r Reason) validFor(protocol string) bool {
 	if r == 0 || r >= numReasons {
 		return false
 	}
-	return r != ReasonProxyProtocol || protocol != "udp"
+	return protocol != "udp" || !r.tcpOnly()
+}
+
+// tcpOnly reports whether only a TCP listener can refuse for r. A UDP
+// listener never reads a PROXY header (the config refuses
+// accept_proxy_protocol on it). A reason added for TCP connections only
+// (a TLS ClientHello, a route) belongs here too.
+func (r Reason) tcpOnly() bool {
+	switch r {
+	case ReasonProxyProtocol:
+		return true
+	}
+	return false
 }
 
 // Rejections counts the refusals of one listener by reason. Inc is one
