@@ -1,0 +1,120 @@
+package tlshello
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// FuzzRead feeds arbitrary bytes, cut into pieces of arbitrary sizes, to
+// Read. Besides never panicking:
+//
+//   - the result does not depend on how the bytes arrive: one piece or
+//     many give the same Raw, name and ALPN, or the same kind of error;
+//
+//   - Raw is exactly a prefix of what was sent;
+//
+//   - when Go's own TLS server accepts the same bytes as a ClientHello,
+//     Read agrees with it on the server name (lower-cased) and the ALPN
+//     list.
+//
+//     go test -run '^$' -fuzz FuzzRead ./tlshello
+func FuzzRead(f *testing.F) {
+	plain := captureHello(f, &tls.Config{ServerName: "api.example.com", InsecureSkipVerify: true,
+		NextProtos: []string{"h2", "http/1.1"}})
+	pq := captureHello(f, pqConfig("shop-1.example.com"))
+	for _, s := range [][]byte{plain, pq, reframe(f, plain, 3), reframe(f, pq, 100),
+		captureHello(f, &tls.Config{InsecureSkipVerify: true}),
+		[]byte("GET / HTTP/1.1\r\n\r\n"), {0x16, 0x03, 0x01, 0x00, 0x01, 0x01}} {
+		f.Add(s, uint8(0))
+		f.Add(s, uint8(7))
+	}
+	f.Fuzz(func(t *testing.T, b []byte, piece uint8) {
+		whole, werr := Read(&scripted{chunks: [][]byte{slices.Clone(b)}, eof: true}, time.Time{})
+		var chunks [][]byte
+		size := int(piece%16) + 1
+		for rest := b; len(rest) > 0; {
+			k := min(size, len(rest))
+			chunks = append(chunks, slices.Clone(rest[:k]))
+			rest = rest[k:]
+			size = size*5%17 + 1
+		}
+		split, serr := Read(&scripted{chunks: chunks, eof: true}, time.Time{})
+		if kind(werr) != kind(serr) {
+			t.Fatalf("whole: %v; in pieces: %v", werr, serr)
+		}
+		if werr != nil {
+			return
+		}
+		if !bytes.Equal(whole.Raw, split.Raw) || whole.ServerName != split.ServerName || !slices.Equal(whole.ALPN, split.ALPN) {
+			t.Fatalf("whole %+v, in pieces %+v", whole, split)
+		}
+		if !bytes.HasPrefix(b, whole.Raw) {
+			t.Fatal("Raw is not a prefix of the input")
+		}
+		if name, alpn, ok := goServerSees(whole.Raw); ok {
+			if strings.TrimSuffix(strings.ToLower(name), ".") != whole.ServerName || !slices.Equal(alpn, whole.ALPN) {
+				t.Fatalf("crypto/tls sees %q %q, Read %q %q", name, alpn, whole.ServerName, whole.ALPN)
+			}
+		}
+	})
+}
+
+// FuzzParse feeds arbitrary handshake messages to Parse: it never panics,
+// and a name it returns is lower-case printable ASCII.
+func FuzzParse(f *testing.F) {
+	hello := captureHello(f, &tls.Config{ServerName: "API.example.com", InsecureSkipVerify: true,
+		NextProtos: []string{"h2"}})
+	f.Add(hello[5:])
+	f.Add([]byte{1, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		h, err := Parse(msg)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Parse: %v is not ErrMalformed", err)
+			}
+			return
+		}
+		for _, c := range []byte(h.ServerName) {
+			if c <= ' ' || c >= 0x7f || c >= 'A' && c <= 'Z' {
+				t.Fatalf("name %q", h.ServerName)
+			}
+		}
+	})
+}
+
+// kind names the sentinel an error wraps, for comparing two errors.
+func kind(err error) error {
+	for _, k := range []error{ErrNotTLS, ErrMalformed, ErrTooLarge, ErrTruncated, ErrTimeout} {
+		if errors.Is(err, k) {
+			return k
+		}
+	}
+	return err
+}
+
+// goServerSees runs Go's TLS server over raw and reports the server name
+// and ALPN list of the ClientHello it parsed, if it accepted one.
+func goServerSees(raw []byte) (name string, alpn []string, ok bool) {
+	stop := errors.New("seen")
+	cfg := &tls.Config{GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+		name, alpn, ok = chi.ServerName, chi.SupportedProtos, true
+		return nil, stop
+	}}
+	c := &captureConn{}
+	srv := tls.Server(&replayConn{captureConn: c, r: bytes.NewReader(raw)}, cfg)
+	_ = srv.Handshake()
+	return name, alpn, ok
+}
+
+// replayConn replays bytes to a TLS server and swallows what it writes.
+type replayConn struct {
+	*captureConn
+	r *bytes.Reader
+}
+
+func (c *replayConn) Read(b []byte) (int, error) { return c.r.Read(b) }

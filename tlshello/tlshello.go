@@ -1,0 +1,266 @@
+// Package tlshello reads a TLS ClientHello off a connection without
+// terminating TLS, so that a proxy can route on the server name (SNI) and
+// the offered application protocols (ALPN), then hand the very same bytes
+// to the backend it chose.
+//
+//	h, err := tlshello.Read(conn, time.Now().Add(5*time.Second))
+//	if err != nil {
+//		// errors.Is(err, tlshello.ErrNotTLS), ErrMalformed, ErrTooLarge,
+//		// ErrTruncated or ErrTimeout: close the connection
+//	}
+//	backend.Write(h.Raw) // exactly what was read, unchanged
+//	route(h.ServerName, h.ALPN)
+//
+// A ClientHello may arrive in any shape: one TCP segment or many (a
+// post-quantum key share such as X25519MLKEM768 makes it about 1.8 KB,
+// more than one segment on an Ethernet path), one byte per segment, or
+// split over several TLS handshake records (RFC 8446 section 5.1 allows
+// fragments of any non-zero size). Read waits for all of it until the
+// deadline. It reads no further than the end of the record that completes
+// the hello, and returns every byte it read, including any bytes of that
+// record after the hello.
+//
+// Memory is bounded by what the peer declared and actually sent: the
+// buffer grows by doubling as bytes arrive, up to the lengths the record
+// and handshake headers declared, never to MaxSize up front. A hello whose
+// records (headers included) would exceed MaxSize is refused.
+//
+// The hello is parsed with golang.org/x/crypto/cryptobyte. The package
+// only reads: it does not verify anything cryptographic, speak SSLv2, or
+// look at anything after the ClientHello. It imports nothing of lbctl.
+package tlshello
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// MaxSize bounds the bytes Read takes for one ClientHello, record headers
+// included. Real hellos are well under 4 KiB, post-quantum ones included;
+// 64 KiB is the handshake message limit most TLS stacks enforce.
+const MaxSize = 64 << 10
+
+// maxRecord is the largest TLSPlaintext fragment (RFC 8446 section 5.1).
+const maxRecord = 1 << 14
+
+const (
+	recordHeaderLen    = 5
+	handshakeHeaderLen = 4
+	recordTypeHS       = 0x16
+	typeClientHello    = 0x01
+)
+
+// The errors Read and Parse return wrap one of these, so callers can tell
+// them apart with errors.Is.
+var (
+	// ErrNotTLS: the first bytes are not a TLS handshake record (plain
+	// HTTP, SSH, an SSLv2 hello, ...).
+	ErrNotTLS = errors.New("not a TLS handshake")
+	// ErrMalformed: a TLS record or a ClientHello that breaks the protocol.
+	ErrMalformed = errors.New("malformed ClientHello")
+	// ErrTooLarge: the hello would take more than MaxSize bytes.
+	ErrTooLarge = errors.New("ClientHello too large")
+	// ErrTruncated: the peer closed the connection before the hello was
+	// complete.
+	ErrTruncated = errors.New("ClientHello truncated")
+	// ErrTimeout: the hello was not complete at the deadline (the error
+	// also matches os.ErrDeadlineExceeded).
+	ErrTimeout = errors.New("ClientHello not complete in time")
+)
+
+// Hello is one ClientHello as it was read.
+type Hello struct {
+	// Raw holds every byte read from the connection, in order: the TLS
+	// records that carry the hello (headers included) and whatever
+	// followed the hello inside the last of them. Write it to the
+	// backend unchanged.
+	Raw []byte
+	// ServerName is the host_name of the server_name extension, lower-cased
+	// (ASCII) and without a trailing dot; "" when the client sent none.
+	ServerName string
+	// ALPN lists the protocols of the application_layer_protocol_negotiation
+	// extension in the client's order; nil when absent.
+	ALPN []string
+}
+
+// Conn is what Read needs of a connection (a *net.TCPConn is one).
+type Conn interface {
+	io.Reader
+	SetReadDeadline(time.Time) error
+}
+
+// Read reads one ClientHello from c, waiting for all of it until
+// deadline, and parses it. c's read deadline is cleared before Read
+// returns. On error the bytes read so far are lost to the caller, who is
+// expected to close c.
+func Read(c Conn, deadline time.Time) (*Hello, error) {
+	if err := c.SetReadDeadline(deadline); err != nil {
+		return nil, err
+	}
+	defer c.SetReadDeadline(time.Time{})
+	var r reader
+	r.c = c
+	raw, msg, err := r.hello()
+	if err != nil {
+		return nil, err
+	}
+	h := &Hello{Raw: raw}
+	if err := parse(msg, h); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// ReadContext is Read that also gives up when ctx is canceled, by calling
+// closeConn (the caller closes the connection after a failure anyway).
+func ReadContext(ctx context.Context, c Conn, deadline time.Time, closeConn func()) (*Hello, error) {
+	stop := context.AfterFunc(ctx, closeConn)
+	h, err := Read(c, deadline)
+	if !stop() && err != nil {
+		err = errors.Join(ctx.Err(), err)
+	}
+	return h, err
+}
+
+// reader accumulates the raw bytes of one hello.
+type reader struct {
+	c   Conn
+	raw []byte
+}
+
+// fill reads until r.raw holds n bytes. The buffer grows by doubling
+// (from 2 KiB, which holds a post-quantum hello) but never past n, the
+// length declared so far.
+func (r *reader) fill(n int) error {
+	if n > MaxSize {
+		return fmt.Errorf("%w: more than %d bytes", ErrTooLarge, MaxSize)
+	}
+	for len(r.raw) < n {
+		if len(r.raw) == cap(r.raw) {
+			c := min(max(2*cap(r.raw), 2048), n)
+			grown := make([]byte, len(r.raw), c)
+			copy(grown, r.raw)
+			r.raw = grown
+		}
+		// Read only up to what is declared: bytes after the hello's last
+		// record stay in the socket.
+		m, err := r.c.Read(r.raw[len(r.raw):min(cap(r.raw), n)])
+		r.raw = r.raw[:len(r.raw)+m]
+		if err != nil {
+			if len(r.raw) >= n {
+				break
+			}
+			return readErr(err, len(r.raw))
+		}
+	}
+	return nil
+}
+
+func readErr(err error, got int) error {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("%w after %d bytes: %w", ErrTimeout, got, err)
+	case errors.Is(err, io.EOF):
+		if got == 0 {
+			return fmt.Errorf("%w: connection closed before any byte: %w", ErrTruncated, io.ErrUnexpectedEOF)
+		}
+		return fmt.Errorf("%w after %d bytes: %w", ErrTruncated, got, io.ErrUnexpectedEOF)
+	}
+	return fmt.Errorf("read ClientHello after %d bytes: %w", got, err)
+}
+
+// hello reads records until one handshake message is complete. It
+// returns the raw bytes and the handshake message's body (the ClientHello
+// without its 4-byte header). The body aliases raw when the message sits
+// in one record, else it is a copy of exactly its declared size.
+func (r *reader) hello() (raw, body []byte, err error) {
+	var (
+		msgLen   = -1     // handshake body length, once its header is in
+		frags    [][2]int // the record fragments, offsets into raw
+		total    int      // handshake bytes in frags
+		have     int      // bytes of the handshake header in hdr
+		hdr      [handshakeHeaderLen]byte
+		firstRec = true
+	)
+	for {
+		start := len(r.raw)
+		if err := r.fill(start + recordHeaderLen); err != nil {
+			if firstRec && len(r.raw) > 0 && r.raw[0] != recordTypeHS {
+				return nil, nil, fmt.Errorf("%w: first byte 0x%02x", ErrNotTLS, r.raw[0])
+			}
+			return nil, nil, err
+		}
+		h := r.raw[start : start+recordHeaderLen]
+		typ, major, minor := h[0], h[1], h[2]
+		n := int(h[3])<<8 | int(h[4])
+		switch {
+		case firstRec && (typ != recordTypeHS || major != 3 || minor > 4):
+			return nil, nil, fmt.Errorf("%w: record header % x", ErrNotTLS, h)
+		case typ != recordTypeHS:
+			return nil, nil, fmt.Errorf("%w: record of type %d inside the hello", ErrMalformed, typ)
+		case major != 3 || minor > 4:
+			return nil, nil, fmt.Errorf("%w: record version %d.%d", ErrMalformed, major, minor)
+		case n == 0:
+			return nil, nil, fmt.Errorf("%w: empty handshake record", ErrMalformed)
+		case n > maxRecord:
+			return nil, nil, fmt.Errorf("%w: record of %d bytes (limit %d)", ErrMalformed, n, maxRecord)
+		}
+		firstRec = false
+		if err := r.fill(start + recordHeaderLen + n); err != nil {
+			return nil, nil, err
+		}
+		frag := [2]int{start + recordHeaderLen, start + recordHeaderLen + n}
+		frags = append(frags, frag)
+		total += n
+		// The handshake header may itself be split over records.
+		for i := frag[0]; i < frag[1] && have < handshakeHeaderLen; i++ {
+			hdr[have] = r.raw[i]
+			have++
+		}
+		if have < handshakeHeaderLen {
+			continue
+		}
+		if msgLen < 0 {
+			if hdr[0] != typeClientHello {
+				return nil, nil, fmt.Errorf("%w: handshake message of type %d, not a ClientHello", ErrMalformed, hdr[0])
+			}
+			msgLen = int(hdr[1])<<16 | int(hdr[2])<<8 | int(hdr[3])
+			// The records carrying the message take at least this much.
+			if recordHeaderLen+handshakeHeaderLen+msgLen > MaxSize {
+				return nil, nil, fmt.Errorf("%w: hello of %d bytes declared (limit %d with framing)", ErrTooLarge, msgLen, MaxSize)
+			}
+		}
+		if total < handshakeHeaderLen+msgLen {
+			continue
+		}
+		return r.raw, r.body(frags, msgLen), nil
+	}
+}
+
+// body assembles the handshake body (msgLen bytes after the 4-byte
+// header) from the fragments.
+func (r *reader) body(frags [][2]int, msgLen int) []byte {
+	if len(frags) == 1 {
+		f := frags[0]
+		return r.raw[f[0]+handshakeHeaderLen : f[0]+handshakeHeaderLen+msgLen]
+	}
+	out := make([]byte, 0, msgLen)
+	skip := handshakeHeaderLen
+	for _, f := range frags {
+		b := r.raw[f[0]:f[1]]
+		if skip > 0 {
+			k := min(skip, len(b))
+			b, skip = b[k:], skip-k
+		}
+		b = b[:min(len(b), msgLen-len(out))]
+		out = append(out, b...)
+		if len(out) == msgLen {
+			break
+		}
+	}
+	return out
+}
