@@ -44,7 +44,7 @@ test-stress:
 ## fuzz: run each fuzz target for FUZZTIME (default 3m); a failing input is
 ## written to the package's testdata/fuzz/ and stays there as a seed
 ## fuzz-short: the same for 10s each (part of make test)
-FUZZ_TARGETS ?= pkg/config:FuzzParse pkg/proxyheader:FuzzParse pkg/proxyheader:FuzzAppend
+FUZZ_TARGETS ?= pkg/config:FuzzParse pkg/proxyheader:FuzzParse pkg/proxyheader:FuzzAppend tlshello:FuzzRead tlshello:FuzzParse
 FUZZTIME     ?= 3m
 .PHONY: fuzz fuzz-short
 fuzz:
