@@ -23,7 +23,7 @@ func BenchmarkPick(b *testing.B) {
 			i := 0
 			for b.Loop() {
 				var tried Tried
-				if p.Pick(ips[i&1023], &tried) == nil {
+				if p.Pick(at(ips[i&1023]), &tried) == nil {
 					b.Fatal("nil pick")
 				}
 				i++
@@ -45,7 +45,7 @@ func BenchmarkPickRetry(b *testing.B) {
 				var tried Tried
 				tried.Add(p.Backends()[0])
 				tried.Add(p.Backends()[3])
-				if p.Pick(ips[i&1023], &tried) == nil {
+				if p.Pick(at(ips[i&1023]), &tried) == nil {
 					b.Fatal("nil pick")
 				}
 				i++
@@ -67,7 +67,7 @@ func BenchmarkPickParallel(b *testing.B) {
 				i := int(seq.Add(1)) * 97
 				for pb.Next() {
 					var tried Tried
-					be := p.Pick(ips[i&1023], &tried)
+					be := p.Pick(at(ips[i&1023]), &tried)
 					if be == nil {
 						panic("nil pick")
 					}

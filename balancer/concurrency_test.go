@@ -55,7 +55,7 @@ func TestConcurrentPicksAndStateChanges(t *testing.T) {
 					for i := range picksEach {
 						var tried Tried
 						for range 3 {
-							b := p.Pick(ips[(g*picksEach+i)%len(ips)], &tried)
+							b := p.Pick(at(ips[(g*picksEach+i)%len(ips)]), &tried)
 							if b == nil {
 								break
 							}

@@ -11,7 +11,7 @@
 //     state and counters survive a config reload.
 //   - A [Pool] is an immutable list of [Member] values (a backend, its
 //     weight and whether it is a backup) plus a selection algorithm
-//     ("round-robin", "least-connections" or "ip-hash"). A reload builds a
+//     ("round-robin", "least-connections", "ip-hash" or "maglev"). A reload builds a
 //     new Pool from the (reused) backends and their new weights and swaps it
 //     in; the old Pool keeps working, with the old weights, for whoever
 //     still holds it.
@@ -28,7 +28,7 @@
 //
 //	var tried balancer.Tried // on the stack; no allocation for up to 8 tries
 //	for attempt := 0; attempt <= retries; attempt++ {
-//		b := pool.Pick(clientIP, &tried)
+//		b := pool.Pick(clientAddrPort, &tried)
 //		if b == nil {
 //			break // nothing eligible and untried is left
 //		}
@@ -65,6 +65,16 @@
 //     client IP and the backend address with a fixed hash: every process
 //     picks the same backend for the same client; when a backend leaves, only
 //     its own clients move, and when it returns they all come back.
+//   - maglev is a weighted Maglev lookup table (maglev.go), built by [New]
+//     from the members as configured: a pick is one table lookup (O(1),
+//     against ip-hash's O(N)), every process with the same members builds
+//     the same table ([Pool.TableDigest]), and a key whose backend is out
+//     walks its own fixed fallback order, so processes that see different
+//     health states still agree on every key whose backend is up in all.
+//     Slow start does not apply to it.
+//
+// ip-hash and maglev hash the client's IP address, or its address and port
+// with [WithHashKey]([HashKeyIPPort]).
 //
 // What it does not do: no I/O, no clock reads, no goroutines and no logging.
 // It does not dial, health-check, time out passive failures or run the

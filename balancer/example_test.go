@@ -32,7 +32,7 @@ func Example() {
 	}
 
 	const retries = 2
-	client := netip.MustParseAddr("192.0.2.10")
+	client := netip.MustParseAddrPort("192.0.2.10:40000")
 	var tried balancer.Tried
 	for attempt := 0; attempt <= retries; attempt++ {
 		b := pool.Pick(client, &tried)
@@ -67,7 +67,7 @@ func ExamplePool_Pick_backups() {
 		{Backend: primary, Weight: 1},
 		{Backend: backup, Weight: 1, Backup: true},
 	})
-	client := netip.MustParseAddr("192.0.2.10")
+	client := netip.MustParseAddrPort("192.0.2.10:40000")
 
 	fmt.Println(pool.Pick(client, nil).Address())
 	primary.SetAdmin(balancer.Draining)

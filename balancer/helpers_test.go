@@ -7,7 +7,7 @@ import (
 )
 
 // algorithms lists every algorithm, for tests that must hold for all of them.
-var algorithms = []string{RoundRobin, LeastConnections, IPHash}
+var algorithms = []string{RoundRobin, LeastConnections, IPHash, Maglev}
 
 // members returns one primary member per weight, at 10.0.0.1:80,
 // 10.0.0.2:80, ...
@@ -64,7 +64,7 @@ func pickN(t testing.TB, p *Pool, n int, acquire bool) counter {
 	ips := clientIPs(min(n, 10_000))
 	c := counter{}
 	for i := range n {
-		b := p.Pick(ips[i%len(ips)], nil)
+		b := p.Pick(at(ips[i%len(ips)]), nil)
 		if b == nil {
 			t.Fatalf("pick %d: got nil", i)
 		}
@@ -95,3 +95,6 @@ func wantShares(t *testing.T, c counter, bs []*Backend, want []float64, tol floa
 		}
 	}
 }
+
+// at is client ip as Pick takes it, with port 0.
+func at(ip netip.Addr) netip.AddrPort { return netip.AddrPortFrom(ip, 0) }

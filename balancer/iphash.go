@@ -21,20 +21,27 @@ import (
 //
 // Candidates of equal weight are compared by their hashes alone (the score is
 // monotonic in u), which is exact integer arithmetic and skips the logarithm.
+//
+// With hash key "ip-port" the client's port is mixed into the client's
+// half of the hash, so each (IP, port) pair is a client of its own.
 type ipHash struct {
 	cands []candidate
+	port  bool
 }
 
-func newIPHash(candidates []candidate) *ipHash {
-	return &ipHash{cands: candidates}
+func newIPHash(candidates []candidate, port bool) *ipHash {
+	return &ipHash{cands: candidates, port: port}
 }
 
-func (p *ipHash) pick(client netip.Addr, tried *Tried) *Backend {
+func (p *ipHash) pick(client netip.AddrPort, tried *Tried) *Backend {
 	// As16 maps IPv4 to ::ffff:a.b.c.d, so an IPv4 client and its
 	// IPv4-mapped IPv6 form hash alike; the zero Addr gives all zeros.
-	ip := client.Unmap().As16()
+	ip := client.Addr().Unmap().As16()
 	lo := binary.LittleEndian.Uint64(ip[:8])
 	hi := binary.LittleEndian.Uint64(ip[8:])
+	if p.port {
+		hi ^= uint64(client.Port())*prime2 + prime3
+	}
 
 	var (
 		best    *Backend

@@ -13,7 +13,7 @@ import (
 func assignments(p *Pool, ips []netip.Addr) []*Backend {
 	got := make([]*Backend, len(ips))
 	for i, ip := range ips {
-		got[i] = p.Pick(ip, nil)
+		got[i] = p.Pick(at(ip), nil)
 	}
 	return got
 }
@@ -123,12 +123,12 @@ func TestIPHashSameInEveryProcess(t *testing.T) {
 	p1 := mustPool(t, IPHash, a)
 	p2 := mustPool(t, IPHash, []Member{b[3], b[1], b[0], b[2]})
 	for i, ip := range ips {
-		x, y := p1.Pick(ip, nil), p2.Pick(ip, nil)
+		x, y := p1.Pick(at(ip), nil), p2.Pick(at(ip), nil)
 		if x.Address() != y.Address() {
 			t.Fatalf("client %v: %s in one pool, %s in the other", ip, x, y)
 		}
 		if i < 100 {
-			if z := p1.Pick(ip, nil); z != x {
+			if z := p1.Pick(at(ip), nil); z != x {
 				t.Fatalf("client %v: %s, then %s", ip, x, z)
 			}
 		}
@@ -157,7 +157,7 @@ func TestIPHashGolden(t *testing.T) {
 		{"172.16.5.4", "[2001:db8::1]:80"},
 		{"100.64.0.1", "[2001:db8::1]:80"},
 	} {
-		if got := p.Pick(netip.MustParseAddr(tc.client), nil).Address(); got != tc.want {
+		if got := p.Pick(at(netip.MustParseAddr(tc.client)), nil).Address(); got != tc.want {
 			t.Errorf("client %s -> %s, want %s", tc.client, got, tc.want)
 		}
 	}
@@ -185,18 +185,18 @@ func TestIPHashClientForms(t *testing.T) {
 		if !mapped.Is4In6() {
 			t.Fatalf("%v is not IPv4-mapped", mapped)
 		}
-		if a, b := p.Pick(v4, nil), p.Pick(mapped, nil); a != b {
+		if a, b := p.Pick(at(v4), nil), p.Pick(at(mapped), nil); a != b {
 			t.Errorf("%v -> %s but %v -> %s", v4, a, mapped, b)
 		}
 	}
 	// A zone does not change the client.
-	if a, b := p.Pick(netip.MustParseAddr("fe80::1"), nil), p.Pick(netip.MustParseAddr("fe80::1%eth0"), nil); a != b {
+	if a, b := p.Pick(at(netip.MustParseAddr("fe80::1")), nil), p.Pick(at(netip.MustParseAddr("fe80::1%eth0")), nil); a != b {
 		t.Errorf("fe80::1 -> %s but fe80::1%%eth0 -> %s", a, b)
 	}
 	// The zero Addr hashes as all-zero bytes, like ::.
-	zero := p.Pick(netip.Addr{}, nil)
-	if zero == nil || zero != p.Pick(netip.IPv6Unspecified(), nil) {
-		t.Errorf("zero Addr -> %v, :: -> %v; want the same backend", zero, p.Pick(netip.IPv6Unspecified(), nil))
+	zero := p.Pick(at(netip.Addr{}), nil)
+	if zero == nil || zero != p.Pick(at(netip.IPv6Unspecified()), nil) {
+		t.Errorf("zero Addr -> %v, :: -> %v; want the same backend", zero, p.Pick(at(netip.IPv6Unspecified()), nil))
 	}
 }
 
@@ -205,12 +205,12 @@ func TestIPHashClientForms(t *testing.T) {
 func TestIPHashRetryIsTheNextChoice(t *testing.T) {
 	p := mustPool(t, IPHash, members(2, 1, 1, 3))
 	for _, ip := range clientIPs(2000) {
-		first := p.Pick(ip, nil)
+		first := p.Pick(at(ip), nil)
 		var tried Tried
 		tried.Add(first)
-		retry := p.Pick(ip, &tried)
+		retry := p.Pick(at(ip), &tried)
 		first.SetHealthy(false)
-		down := p.Pick(ip, nil)
+		down := p.Pick(at(ip), nil)
 		first.SetHealthy(true)
 		if retry == first || retry != down {
 			t.Fatalf("client %v: first %s, retry %s, with first down %s", ip, first, retry, down)

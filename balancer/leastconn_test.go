@@ -31,7 +31,7 @@ func TestLeastConnectionsPicksLowestLoad(t *testing.T) {
 			}
 			p := mustPool(t, LeastConnections, ms)
 			for range 10 {
-				if got := p.Pick(netip.Addr{}, nil); got != bs[tc.want] {
+				if got := p.Pick(at(netip.Addr{}), nil); got != bs[tc.want] {
 					t.Fatalf("Pick = %s, want %s", got, bs[tc.want])
 				}
 			}
@@ -46,7 +46,7 @@ func TestLeastConnectionsFillsByWeight(t *testing.T) {
 	bs := backendsOf(ms)
 	p := mustPool(t, LeastConnections, ms)
 	for i := 1; i <= 600; i++ {
-		p.Pick(netip.Addr{}, nil).Acquire()
+		p.Pick(at(netip.Addr{}), nil).Acquire()
 		for j, b := range bs {
 			exact := float64(i) * float64(ms[j].Weight) / 6
 			if d := float64(b.Active()) - exact; d > 1 || d < -1 {
@@ -64,7 +64,7 @@ func TestLeastConnectionsFillsByWeight(t *testing.T) {
 		bs[0].Release()
 	}
 	for i := range 300 {
-		b := p.Pick(netip.Addr{}, nil)
+		b := p.Pick(at(netip.Addr{}), nil)
 		if b != bs[0] {
 			t.Fatalf("pick %d after releases = %s, want %s", i, b, bs[0])
 		}

@@ -10,13 +10,38 @@ const (
 	RoundRobin       = "round-robin"
 	LeastConnections = "least-connections"
 	IPHash           = "ip-hash"
+	Maglev           = "maglev"
+)
+
+// Hash keys of ip-hash and maglev pools ([WithHashKey]): what of the client
+// decides its backend.
+const (
+	HashKeyIP     = "ip"      // the client's IP address (the default)
+	HashKeyIPPort = "ip-port" // its IP address and port
 )
 
 // Algorithms returns the algorithm names [New] accepts, for validation
 // messages. The caller may modify the returned slice.
 func Algorithms() []string {
-	return []string{RoundRobin, LeastConnections, IPHash}
+	return []string{RoundRobin, LeastConnections, IPHash, Maglev}
 }
+
+// Option sets a parameter of the algorithm of a pool [New] builds.
+type Option func(*options)
+
+type options struct {
+	tableSize int
+	hashKey   string
+}
+
+// WithTableSize sets the size of a maglev pool's lookup table: a prime in
+// [MinTableSize, MaxTableSize]; the default is [DefaultTableSize]. Other
+// algorithms ignore it.
+func WithTableSize(m int) Option { return func(o *options) { o.tableSize = m } }
+
+// WithHashKey sets what an ip-hash or maglev pool hashes: [HashKeyIP] (the
+// default) or [HashKeyIPPort]. Other algorithms ignore it.
+func WithHashKey(k string) Option { return func(o *options) { o.hashKey = k } }
 
 // Member is a backend as one [Pool] sees it. Its weight and whether it is a
 // backup belong to the pool (to the configuration that built it), not to
@@ -39,17 +64,33 @@ type Pool struct {
 	algorithm string
 	members   []Member   // configured order, weights clamped
 	backends  []*Backend // the members' backends, same order
+	hashKey   string     // "ip" or "ip-port" for ip-hash and maglev, else ""
+	tableSize int        // maglev only, else 0
+	digest    string     // maglev only, else ""
 	primary   tier
 	backup    tier
 }
 
 // New builds a pool over members, in configured order, with algorithm
-// "round-robin", "least-connections" or "ip-hash" (see [Algorithms]). It
-// keeps its own copy of the slice. Backends must be non-nil with distinct
-// addresses. An empty list is allowed; Pick then always returns nil.
-func New(algorithm string, members []Member) (*Pool, error) {
+// "round-robin", "least-connections", "ip-hash" or "maglev" (see
+// [Algorithms]). It keeps its own copy of the slice. Backends must be
+// non-nil with distinct addresses. An empty list is allowed; Pick then
+// always returns nil. A maglev pool builds its lookup tables here: New
+// takes milliseconds for it (see BenchmarkMaglevBuild), so call it off the
+// data path and swap the pool in.
+func New(algorithm string, members []Member, opts ...Option) (*Pool, error) {
 	if !knownAlgorithm(algorithm) {
-		return nil, fmt.Errorf("new pool: %w %q (want round-robin, least-connections or ip-hash)", ErrUnknownAlgorithm, algorithm)
+		return nil, fmt.Errorf("new pool: %w %q (want round-robin, least-connections, ip-hash or maglev)", ErrUnknownAlgorithm, algorithm)
+	}
+	o := options{tableSize: DefaultTableSize, hashKey: HashKeyIP}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.hashKey != HashKeyIP && o.hashKey != HashKeyIPPort {
+		return nil, fmt.Errorf("new %s pool: unknown hash key %q (want ip or ip-port)", algorithm, o.hashKey)
+	}
+	if algorithm == Maglev && (o.tableSize < MinTableSize || o.tableSize > MaxTableSize || !IsPrime(o.tableSize)) {
+		return nil, fmt.Errorf("new maglev pool: table size %d is not a prime in [%d, %d]", o.tableSize, MinTableSize, MaxTableSize)
 	}
 	p := &Pool{
 		algorithm: algorithm,
@@ -75,14 +116,23 @@ func New(algorithm string, members []Member) (*Pool, error) {
 			primaries = append(primaries, c)
 		}
 	}
-	p.primary = newTier(algorithm, primaries)
-	p.backup = newTier(algorithm, backups)
+	switch algorithm {
+	case IPHash:
+		p.hashKey = o.hashKey
+	case Maglev:
+		p.hashKey, p.tableSize = o.hashKey, o.tableSize
+	}
+	p.primary = newTier(algorithm, primaries, o)
+	p.backup = newTier(algorithm, backups, o)
+	if algorithm == Maglev {
+		p.digest = tableDigest(o.tableSize, o.hashKey, p.primary.mg, p.backup.mg)
+	}
 	return p, nil
 }
 
 func knownAlgorithm(algorithm string) bool {
 	switch algorithm {
-	case RoundRobin, LeastConnections, IPHash:
+	case RoundRobin, LeastConnections, IPHash, Maglev:
 		return true
 	}
 	return false
@@ -106,9 +156,10 @@ type tier struct {
 	rr *roundRobin
 	lc *leastConn
 	ih *ipHash
+	mg *maglev
 }
 
-func newTier(algorithm string, candidates []candidate) tier {
+func newTier(algorithm string, candidates []candidate, o options) tier {
 	if len(candidates) == 0 {
 		return tier{}
 	}
@@ -117,11 +168,13 @@ func newTier(algorithm string, candidates []candidate) tier {
 		return tier{rr: newRoundRobin(candidates)}
 	case LeastConnections:
 		return tier{lc: newLeastConn(candidates)}
+	case Maglev:
+		return tier{mg: newMaglev(candidates, o.tableSize, o.hashKey == HashKeyIPPort)}
 	}
-	return tier{ih: newIPHash(candidates)}
+	return tier{ih: newIPHash(candidates, o.hashKey == HashKeyIPPort)}
 }
 
-func (t *tier) pick(client netip.Addr, tried *Tried) *Backend {
+func (t *tier) pick(client netip.AddrPort, tried *Tried) *Backend {
 	switch {
 	case t.rr != nil:
 		return t.rr.pick(tried)
@@ -129,6 +182,8 @@ func (t *tier) pick(client netip.Addr, tried *Tried) *Backend {
 		return t.lc.pick(tried)
 	case t.ih != nil:
 		return t.ih.pick(client, tried)
+	case t.mg != nil:
+		return t.mg.pick(client, tried)
 	}
 	return nil
 }
@@ -136,9 +191,10 @@ func (t *tier) pick(client netip.Addr, tried *Tried) *Backend {
 // Pick chooses the backend for a new connection from client. It chooses
 // among the eligible primaries not in tried; if there is none, among the
 // eligible backups not in tried. It returns nil when nothing is left. A nil
-// tried is an empty set. client is used by ip-hash only; the zero Addr is
+// tried is an empty set. client is used by ip-hash and maglev only: its
+// address, and its port too with hash key "ip-port"; the zero Addr is
 // hashed as all-zero bytes. Pick does not allocate.
-func (p *Pool) Pick(client netip.Addr, tried *Tried) *Backend {
+func (p *Pool) Pick(client netip.AddrPort, tried *Tried) *Backend {
 	if b := p.primary.pick(client, tried); b != nil {
 		return b
 	}
@@ -155,3 +211,18 @@ func (p *Pool) Backends() []*Backend { return p.backends }
 
 // Algorithm returns the algorithm name given to New.
 func (p *Pool) Algorithm() string { return p.algorithm }
+
+// HashKey returns the hash key of an ip-hash or maglev pool ("ip" or
+// "ip-port"), or "" for the other algorithms.
+func (p *Pool) HashKey() string { return p.hashKey }
+
+// TableSize returns the size of a maglev pool's lookup table, or 0.
+func (p *Pool) TableSize() int { return p.tableSize }
+
+// TableDigest returns a maglev pool's table digest, or "": 16 hex digits
+// of a SHA-256 over the table size, the hash key, and each tier's members'
+// addresses and table entries. Pools built from the same members
+// (addresses, weights, backup flags; in any order), table size and hash key
+// have the same digest in every process, and then pick alike for every
+// client whose backend is eligible in both.
+func (p *Pool) TableDigest() string { return p.digest }

@@ -68,7 +68,7 @@ func TestPoolKeepsConfiguredOrderAndAlgorithm(t *testing.T) {
 func TestEmptyPoolPicksNil(t *testing.T) {
 	for _, alg := range algorithms {
 		p := mustPool(t, alg, nil)
-		if b := p.Pick(netip.MustParseAddr("10.1.1.1"), nil); b != nil {
+		if b := p.Pick(at(netip.MustParseAddr("10.1.1.1")), nil); b != nil {
 			t.Errorf("%s: Pick on an empty pool = %v, want nil", alg, b)
 		}
 	}
@@ -104,7 +104,7 @@ func TestWeightsBelongToThePool(t *testing.T) {
 			switch alg {
 			case LeastConnections:
 				tol = 0.005 // ties are shared along a sequence, not exactly
-			case IPHash:
+			case IPHash, Maglev:
 				tol = 0.02
 			}
 			wantShares(t, pickN(t, old, 4000, false), bs, []float64{3, 1}, tol)
@@ -132,7 +132,7 @@ func TestPickNeverChoosesIneligible(t *testing.T) {
 				t.Errorf("picks %v, want all 2000 on %s", c, bs[4])
 			}
 			bs[4].SetHealthy(false)
-			if b := p.Pick(netip.MustParseAddr("192.0.2.1"), nil); b != nil {
+			if b := p.Pick(at(netip.MustParseAddr("192.0.2.1")), nil); b != nil {
 				t.Errorf("Pick with nothing eligible = %v, want nil", b)
 			}
 		})
@@ -153,7 +153,7 @@ func TestPickTriedThenNil(t *testing.T) {
 				var tried Tried
 				var order []*Backend
 				for range len(bs) {
-					b := p.Pick(ip, &tried)
+					b := p.Pick(at(ip), &tried)
 					if b == nil {
 						break
 					}
@@ -171,7 +171,7 @@ func TestPickTriedThenNil(t *testing.T) {
 						t.Fatalf("client %v: order %v tries a backup before a primary", ip, order)
 					}
 				}
-				if b := p.Pick(ip, &tried); b != nil {
+				if b := p.Pick(at(ip), &tried); b != nil {
 					t.Fatalf("client %v: Pick after trying all = %v, want nil", ip, b)
 				}
 			}
@@ -228,7 +228,7 @@ func TestPickDoesNotAllocate(t *testing.T) {
 			allocs := testing.AllocsPerRun(1000, func() {
 				var tried Tried
 				for {
-					b := p.Pick(ips[i%len(ips)], &tried)
+					b := p.Pick(at(ips[i%len(ips)]), &tried)
 					if b == nil {
 						break
 					}
@@ -264,6 +264,11 @@ func TestSlowStart(t *testing.T) {
 				case IPHash:
 					c = pickN(t, p, 10_000, false)
 					tol = 0.012 // 10,000 clients: ~4 standard deviations
+				case Maglev:
+					// The table alone decides a key's backend: slow start
+					// does not apply.
+					wantShares(t, pickN(t, p, 10_000, false), bs, []float64{1, 1}, 0.015)
+					return
 				}
 				wantShares(t, c, bs, []float64{1, 10}, tol)
 

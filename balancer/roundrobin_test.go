@@ -40,7 +40,7 @@ func TestRoundRobinIsSmooth(t *testing.T) {
 	var seq strings.Builder
 	run, longest := 0, 0
 	for range 7000 {
-		b := p.Pick(netip.Addr{}, nil)
+		b := p.Pick(at(netip.Addr{}), nil)
 		seq.WriteString(name[b])
 		if b == bs[0] {
 			run++
@@ -67,7 +67,7 @@ func TestRoundRobinSkipsTried(t *testing.T) {
 	tried.Add(bs[0])
 	c := counter{}
 	for range 3000 {
-		c[p.Pick(netip.Addr{}, &tried).Address()]++
+		c[p.Pick(at(netip.Addr{}), &tried).Address()]++
 	}
 	wantShares(t, c, bs, []float64{0, 1, 1}, 0)
 	c = pickN(t, p, 3000, false)

@@ -177,7 +177,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 		hdr   []byte
 	)
 	for attempt := 0; attempt <= p.cfg.Retries; attempt++ {
-		b := p.cfg.Pool.Pick(clientAddr.Addr(), &tried)
+		b := p.cfg.Pool.Pick(clientAddr, &tried)
 		if b == nil {
 			break
 		}

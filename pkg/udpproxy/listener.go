@@ -245,7 +245,7 @@ func (l *Listener) dial(s *session, avoid *balancer.Backend) bool {
 	var tried balancer.Tried
 	tried.Add(avoid)
 	for {
-		b := cfg.Pool.Pick(s.client.Addr().Unmap(), &tried)
+		b := cfg.Pool.Pick(s.client, &tried)
 		if b == nil {
 			if tried.Len() == 0 {
 				cfg.Rejections.Inc(metrics.ReasonNoBackend)
