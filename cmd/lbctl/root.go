@@ -3,8 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
+	"sort"
 
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/spf13/cobra"
@@ -21,8 +21,13 @@ func newRootCmd() *cobra.Command {
 			return withCode(exitUsage, fmt.Errorf("missing command\n%s", cmd.UsageString()))
 		},
 	}
+	// --version prints what `lbctl version` prints.
+	root.Version = versionLine()
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.AddCommand(newServeCmd(), newValidateCmd(), newVersionCmd())
 	root.AddCommand(newClientCmds()...)
+	root.InitDefaultCompletionCmd() // now, so that it gets its examples too
+	applyHelp(root)
 	return root
 }
 
@@ -47,9 +52,10 @@ func findConfig(flag string) (string, error) {
 	return "", fmt.Errorf("no config file: give --config, set LBCTL_CONFIG, or create one of %v", defaultConfigPaths)
 }
 
-// loadConfig finds and loads the config, mapping every failure to exit
-// status 2.
-func loadConfig(flag string) (*config.Config, string, error) {
+// loadConfig finds and loads the config, then runs config.CheckTokenFile
+// and checks on it; every failure exits 2, and every problem found (each
+// a config.Errors) is reported at once, in the order of the file's lines.
+func loadConfig(flag string, checks ...func(*config.Config) error) (*config.Config, string, error) {
 	path, err := findConfig(flag)
 	if err != nil {
 		return nil, "", withCode(exitUsage, err)
@@ -58,12 +64,37 @@ func loadConfig(flag string) (*config.Config, string, error) {
 	if err != nil {
 		var errs config.Errors
 		if errors.As(err, &errs) {
-			return nil, path, withCode(exitUsage, fmt.Errorf("invalid configuration (%d problems):\n%w", len(errs), err))
+			return nil, path, invalidConfig(errs)
 		}
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
-			return nil, path, withCode(exitUsage, err)
-		}
+		// Missing or unreadable (fs.ErrNotExist, fs.ErrPermission): the
+		// error names the file.
 		return nil, path, withCode(exitUsage, err)
 	}
+	var all config.Errors
+	for _, check := range append([]func(*config.Config) error{config.CheckTokenFile}, checks...) {
+		err := check(cfg)
+		var errs config.Errors
+		switch {
+		case err == nil:
+		case errors.As(err, &errs):
+			all = append(all, errs...)
+		default:
+			return nil, path, withCode(exitUsage, err)
+		}
+	}
+	if len(all) > 0 {
+		// By line, as Load sorts its own; problems without a line last.
+		sort.SliceStable(all, func(i, j int) bool {
+			li, lj := all[i].Line, all[j].Line
+			return li != 0 && (lj == 0 || li < lj)
+		})
+		return nil, path, invalidConfig(all)
+	}
 	return cfg, path, nil
+}
+
+// invalidConfig is the error for a config with problems: a count, then
+// each problem on a line of its own (exit 2).
+func invalidConfig(errs config.Errors) error {
+	return withCode(exitUsage, fmt.Errorf("invalid configuration (%s):\n%w", plural(len(errs), "problem"), errs))
 }

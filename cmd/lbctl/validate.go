@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -16,27 +15,21 @@ func newValidateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "validate",
 		Short: "Load and check a config file, printing every problem found",
-		Long: `Load and check a config file, printing every problem found.
-
-Backend host names are resolved, as serve and reload do; discovery sources
-are not contacted.`,
-		Args: cobra.NoArgs,
+		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := loadConfig(configPath)
+			// Host names are resolved as serve and reload will: a name that
+			// does not resolve is a problem with its file:line, like the others.
+			cfg, _, err := loadConfig(configPath, func(cfg *config.Config) error {
+				_, err := config.ResolveBackends(cfg, func(ctx context.Context, host string) ([]netip.Addr, error) {
+					return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+				})
+				return err
+			})
 			if err != nil {
 				return err
 			}
-			// Host names are resolved as serve and reload will: a name that
-			// does not resolve is a problem with its file:line, like the others.
-			_, err = config.ResolveBackends(cfg, func(ctx context.Context, host string) ([]netip.Addr, error) {
-				return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-			})
-			if err != nil {
-				var errs config.Errors
-				errors.As(err, &errs)
-				return withCode(exitUsage, fmt.Errorf("invalid configuration (%d problems):\n%w", len(errs), err))
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d listeners, %d pools)\n", cfg.File, len(cfg.Listeners), len(cfg.Pools))
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%s, %s)\n", cfg.File,
+				plural(len(cfg.Listeners), "listener"), plural(len(cfg.Pools), "pool"))
 			return nil
 		},
 	}

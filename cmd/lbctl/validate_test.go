@@ -17,7 +17,7 @@ func TestValidateResolvesHostNames(t *testing.T) {
 		// Sources are not contacted: neither this name nor this file need exist.
 		"[[pools.p.discover]]\ntype = \"dns\"\nname = \"web.lbctl.invalid\"\nport = 80\n"+
 		"[[pools.p.discover]]\ntype = \"file\"\npath = \"missing.json\"\n")
-	if out, code := runLbctl(t, "validate", "--config", good); code != 0 || !strings.Contains(out, "valid (1 listeners, 1 pools)") {
+	if out, code := runLbctl(t, "validate", "--config", good); code != 0 || !strings.Contains(out, "valid (1 listener, 1 pool)") {
 		t.Errorf("validate good.toml: exit %d, want 0; output:\n%s", code, out)
 	}
 

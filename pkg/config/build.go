@@ -53,6 +53,7 @@ func (d *decoder) config(raw map[string]any) *Config {
 	if t, ok := root.sub("admin"); ok {
 		var use *bindUse
 		cfg.Admin, use = d.admin(t)
+		cfg.tokenFileLine = t.keyLine("token_file")
 		if use != nil {
 			binds = append(binds, *use)
 		}
@@ -399,6 +400,9 @@ func (d *decoder) pool(name string, t *table, proto string) (*Pool, []int) {
 			bt.errf("address", "required: the backend's host:port")
 		}
 		if v, ok := bt.integer("weight", 0); ok {
+			if v > MaxWeight {
+				bt.errf("weight", "must be at most %d, got %d", MaxWeight, v)
+			}
 			b.Weight = v
 		}
 		if v, ok := bt.boolean("backup"); ok {

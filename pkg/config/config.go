@@ -67,6 +67,7 @@ const (
 	DefaultDiscoverInterval     = 5 * time.Second // dns and srv sources: refresh period
 	DefaultResolverPort         = 53              // a discover resolver written as a bare IP
 	MaxDiscoverWeight           = 1_000_000       // the largest weight of a dns source
+	MaxWeight                   = 1_000_000       // the largest weight of a static backend
 )
 
 // Config is one loaded configuration file.
@@ -86,6 +87,9 @@ type Config struct {
 	// backendLines holds, per pool, the line of each backend's address key
 	// (ResolveBackends names it in its errors).
 	backendLines map[string][]int
+	// tokenFileLine is the line of [admin] token_file (CheckTokenFile
+	// names it in its errors).
+	tokenFileLine int
 }
 
 // Log is the [log] table.
