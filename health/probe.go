@@ -212,6 +212,21 @@ func (s Spec) validate() error {
 
 func badRequestRune(r rune) bool { return r <= ' ' || r == 0x7f }
 
+// ServerNameOf returns the host of hostport ("api.internal:443",
+// "api.internal", "[::1]:443") when it can be sent as SNI, and "" when it
+// cannot (an IP address, a malformed name). Callers use it to derive a
+// check's default Spec.ServerName from a backend's or a Host's name.
+func ServerNameOf(hostport string) string {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	if !validServerName(host) {
+		return ""
+	}
+	return host
+}
+
 // validServerName reports whether name can be sent as SNI: a DNS host name
 // of at most 253 bytes made of letters, digits, '-', '_' and dots, with no
 // empty label, and not an IP address.

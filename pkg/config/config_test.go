@@ -441,7 +441,7 @@ t.toml:3: log.format: unknown format "text" (want json or console)
 t.toml:5: listeners.web.protocol: unknown protocol "sctp" (want tcp or udp)
 t.toml:9: pools.web.algorithm: unknown algorithm "random" (want round-robin, least-connections or ip-hash)
 t.toml:10: pools.web.proxy_protocol: unknown proxy protocol "v3" (want none, v1 or v2)
-t.toml:14: pools.web.health.check: unknown check "ping" (want tcp, http, send-expect or none)
+t.toml:14: pools.web.health.check: unknown check "ping" (want tcp, http, tls, https, send-expect or none)
 `,
 		},
 		{
@@ -612,8 +612,8 @@ expect_status = 200
 send = "x"
 `,
 			want: `
-t.toml:7: pools.web.health.path: only valid with check = "http"
-t.toml:8: pools.web.health.expect_status: only valid with check = "http"
+t.toml:7: pools.web.health.path: only valid with check = "http" or "https"
+t.toml:8: pools.web.health.expect_status: only valid with check = "http" or "https"
 t.toml:9: pools.web.health.send: only valid with check = "send-expect"
 `,
 		},

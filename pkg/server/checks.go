@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/health"
+	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -64,6 +65,7 @@ func newHealthMonitor(log *zap.Logger, m *metrics.Metrics) *healthMonitor {
 func (h *healthMonitor) set(p *pool, be *backend) {
 	k := be.key()
 	spec := healthSpec(p)
+	spec.ServerName = checkServerName(p.cfg.Health, be)
 	on := spec.Kind != health.KindNone
 	h.mu.Lock()
 	t := h.targets[k]
@@ -201,6 +203,31 @@ func (h *healthMonitor) onChange(ev health.Event) {
 	be.activeUp = ev.Up
 	be.publishLocked("active", ev.Reason)
 	be.mu.Unlock()
+}
+
+// checkServerName is the SNI of be's tls and https checks, what an
+// operator would type into a browser: server_name when set; else (https)
+// the name in host; else the backend's host name when its address was
+// written as a name ("api.internal:443") or a dns source found it; else
+// none, since an IP address cannot be sent as SNI. be.source is read with
+// s.mu held (set runs from commit).
+func checkServerName(hc config.Health, be *backend) string {
+	if hc.Check != string(health.KindTLS) && hc.Check != string(health.KindHTTPS) {
+		return ""
+	}
+	if hc.ServerName != "" {
+		return hc.ServerName
+	}
+	if name := health.ServerNameOf(hc.Host); hc.Check == string(health.KindHTTPS) && name != "" {
+		return name
+	}
+	if name := health.ServerNameOf(be.b.Address()); name != "" {
+		return name
+	}
+	if name, ok := strings.CutPrefix(be.source, "dns:"); ok {
+		return health.ServerNameOf(name)
+	}
+	return ""
 }
 
 func healthSpec(p *pool) health.Spec {
