@@ -444,7 +444,7 @@ func (d *decoder) health(t *table, present bool, proto string) Health {
 	if !present {
 		return h
 	}
-	check, checkOK := t.oneOf("check", "tcp", "http", "send-expect", "none")
+	check, checkOK := t.oneOf("check", "tcp", "http", "tls", "https", "send-expect", "none")
 	if checkOK {
 		h.Check = check
 	}
@@ -485,6 +485,12 @@ func (d *decoder) health(t *table, present bool, proto string) Health {
 	if r, ok := t.statusRanges("expect_status"); ok {
 		h.ExpectStatus = r
 	}
+	if s, ok := t.str("server_name"); ok {
+		if !validServerName(s) {
+			t.errf("server_name", "must be a DNS host name (not an IP address: SNI cannot carry one), got %q", s)
+		}
+		h.ServerName = s
+	}
 	if s, ok := t.str("send"); ok {
 		if b, err := unescapeBytes(s); err != nil {
 			t.errf("send", "%v", err)
@@ -501,9 +507,12 @@ func (d *decoder) health(t *table, present bool, proto string) Health {
 	}
 	if checkOK {
 		for _, k := range []string{"path", "host", "expect_status"} {
-			if h.Check != "http" && t.has(k) {
-				t.errf(k, `only valid with check = "http"`)
+			if h.Check != "http" && h.Check != "https" && t.has(k) {
+				t.errf(k, `only valid with check = "http" or "https"`)
 			}
+		}
+		if h.Check != "tls" && h.Check != "https" && t.has("server_name") {
+			t.errf("server_name", `only valid with check = "tls" or "https"`)
 		}
 		for _, k := range []string{"send", "expect"} {
 			if h.Check != "send-expect" && t.has(k) {
@@ -532,6 +541,31 @@ func (d *decoder) health(t *table, present bool, proto string) Health {
 // maxExpect is the most a send-expect check reads before giving up (the
 // health package's bound).
 const maxExpect = 64 << 10
+
+// validServerName reports whether s can be sent as SNI: a DNS host name
+// (labels of letters, digits, '-' and '_', at most 63 bytes each, 253 in
+// all; one trailing dot allowed), not an IP address.
+func validServerName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	if _, err := netip.ParseAddr(s); err == nil {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 func hasSpaceOrControl(s string) bool {
 	for i := 0; i < len(s); i++ {

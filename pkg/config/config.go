@@ -214,15 +214,16 @@ func (d Discover) Source() string {
 
 // Health is the [pools.NAME.health] table.
 type Health struct {
-	Check        string // "tcp" | "http" | "send-expect" | "none"
+	Check        string // "tcp" | "http" | "tls" | "https" | "send-expect" | "none"
 	Interval     time.Duration
 	Timeout      time.Duration
 	Rise, Fall   int
 	Port         int           // 0 = the backend's own port
-	Path         string        // http: request path, default "/"
-	Host         string        // http: Host header; "" = the backend address
-	ExpectStatus []StatusRange // http: default 200
+	Path         string        // http, https: request path, default "/"
+	Host         string        // http, https: Host header; "" = the backend address (https: the server name)
+	ExpectStatus []StatusRange // http, https: default 200
 	Send, Expect []byte        // send-expect: bytes sent, bytes expected at the start of the reply
+	ServerName   string        // tls, https: the SNI sent; "" = derived by the server (see the README)
 }
 
 // StatusRange is an inclusive range of HTTP status codes.

@@ -46,7 +46,7 @@ func TestReferenceExampleShowsEveryKey(t *testing.T) {
 		"accept_proxy_protocol", "trusted_proxies", "proxy_protocol_timeout", "responses",
 		"algorithm", "connect_timeout", "retries", "proxy_protocol", "max_fails", "fail_timeout", "slow_start",
 		"address", "weight", "backup",
-		"check", "interval", "timeout", "rise", "fall", "port", "path", "host", "expect_status", "send", "expect",
+		"check", "interval", "timeout", "rise", "fall", "port", "path", "host", "expect_status", "send", "expect", "server_name",
 		"state_file", "drain_timeout",
 		"type", "name", "resolver", "endpoints", "prefix",
 	}
