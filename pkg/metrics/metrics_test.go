@@ -72,6 +72,8 @@ func TestReasonLabels(t *testing.T) {
 		ReasonClientLimit:        "client_limit",
 		ReasonRateLimit:          "rate_limit",
 		ReasonProxyProtocol:      "proxy_protocol",
+		ReasonTLSInspect:         "tls_inspect",
+		ReasonNoRoute:            "no_route",
 		numReasons:               "",
 		255:                      "",
 	} {
@@ -96,6 +98,9 @@ func TestRejectionsByProtocol(t *testing.T) {
 	udp.Inc(ReasonProxyProtocol) // a UDP listener cannot produce it: not counted, not exported
 	udp.Inc(0)                   // no rejection
 	udp.Inc(numReasons)          // out of range
+	udp.Inc(ReasonTLSInspect)    // TCP only, as proxy_protocol
+	udp.Inc(ReasonNoRoute)       // TCP only
+	tcp.Inc(ReasonNoRoute)
 	const r = "lbctl_connections_rejected_total"
 	wantSeries(t, reg,
 		r+"{listener=web,reason=max_connections} 0",
@@ -105,6 +110,8 @@ func TestRejectionsByProtocol(t *testing.T) {
 		r+"{listener=web,reason=client_limit} 0",
 		r+"{listener=web,reason=rate_limit} 0",
 		r+"{listener=web,reason=proxy_protocol} 2",
+		r+"{listener=web,reason=tls_inspect} 0",
+		r+"{listener=web,reason=no_route} 1",
 		r+"{listener=dns,reason=max_connections} 0",
 		r+"{listener=dns,reason=acl} 0",
 		r+"{listener=dns,reason=no_backend} 0",
@@ -113,8 +120,8 @@ func TestRejectionsByProtocol(t *testing.T) {
 		r+"{listener=dns,reason=rate_limit} 1",
 	)
 	m.ForgetListener("dns")
-	if got := len(scrape(t, reg)); got != 7 {
-		t.Errorf("%d series after forgetting dns, want web's 7", got)
+	if got := len(scrape(t, reg)); got != 9 {
+		t.Errorf("%d series after forgetting dns, want web's 9", got)
 	}
 }
 

@@ -15,6 +15,8 @@ const (
 	ReasonClientLimit                          // max_connections_per_client, or the client table is full
 	ReasonRateLimit                            // connection_rate_per_client
 	ReasonProxyProtocol                        // no valid PROXY header (TCP only)
+	ReasonTLSInspect                           // no complete, valid ClientHello in tls_inspect_timeout (TCP only)
+	ReasonNoRoute                              // the ClientHello matched no route and there is no pool (TCP only)
 	numReasons
 )
 
@@ -26,6 +28,8 @@ var reasonLabels = [numReasons]string{
 	ReasonClientLimit:        "client_limit",
 	ReasonRateLimit:          "rate_limit",
 	ReasonProxyProtocol:      "proxy_protocol",
+	ReasonTLSInspect:         "tls_inspect",
+	ReasonNoRoute:            "no_route",
 }
 
 // String returns the label value, "" for the zero Reason.
@@ -47,11 +51,10 @@ func (r Reason) validFor(protocol string) bool {
 
 // tcpOnly reports whether only a TCP listener can refuse for r. A UDP
 // listener never reads a PROXY header (the config refuses
-// accept_proxy_protocol on it). A reason added for TCP connections only
-// (a TLS ClientHello, a route) belongs here too.
+// accept_proxy_protocol on it), nor a TLS ClientHello (nor routes).
 func (r Reason) tcpOnly() bool {
 	switch r {
-	case ReasonProxyProtocol:
+	case ReasonProxyProtocol, ReasonTLSInspect, ReasonNoRoute:
 		return true
 	}
 	return false
