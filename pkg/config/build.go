@@ -77,6 +77,12 @@ func (d *decoder) config(raw map[string]any) *Config {
 			usage[def.l.Pool] = map[string]bool{}
 		}
 		usage[def.l.Pool][def.l.Protocol] = true
+		for _, r := range def.l.Routes { // pools used through routes are tcp pools
+			if usage[r.Pool] == nil {
+				usage[r.Pool] = map[string]bool{}
+			}
+			usage[r.Pool]["tcp"] = true
+		}
 	}
 	declared := map[string]bool{}
 	if t, ok := root.sub("pools"); ok {
@@ -104,6 +110,7 @@ func (d *decoder) config(raw map[string]any) *Config {
 		if p := def.l.Pool; p != "" && !declared[p] {
 			def.t.errf("pool", "unknown pool %q", p)
 		}
+		d.checkRoutePools(def, declared)
 		if def.bindOK {
 			binds = append(binds, bindUse{
 				path: def.t.keyPath("bind"), line: def.t.keyLine("bind"),
@@ -196,7 +203,7 @@ func (d *decoder) listener(name string, t *table) *listenerDef {
 		if s == "" {
 			t.errf("pool", "must name the pool that serves this listener")
 		}
-	} else if !t.has("pool") {
+	} else if !t.has("pool") && !t.has("routes") {
 		t.errf("pool", "required: the pool that serves this listener")
 	}
 
@@ -259,6 +266,7 @@ func (d *decoder) listener(name string, t *table) *listenerDef {
 		d.add(t.keyPath("trusted_proxies"), line,
 			"required (non-empty) with accept_proxy_protocol = true: the peers allowed to send PROXY headers")
 	}
+	d.routes(t, l) // routes.go
 	t.finish()
 	return def
 }

@@ -114,7 +114,7 @@ type Listener struct {
 	// BindTemplate is bind as written (it equals Bind unless it uses a
 	// go-sockaddr template); a reload renders it again.
 	BindTemplate   string
-	Pool           string        // key of Config.Pools
+	Pool           string        // key of Config.Pools; "" only with Routes
 	MaxConnections int           // tcp: connections, udp: sessions; 0 = no limit
 	IdleTimeout    time.Duration // > 0
 	// HalfCloseTimeout (tcp): once one side has finished sending, the
@@ -136,6 +136,16 @@ type Listener struct {
 	ProxyProtocolTimeout time.Duration  // > 0
 
 	Responses int // udp only: replies after which a session ends; 0 = until idle
+
+	// Routes (tcp only) send TLS connections to a pool by the server name
+	// of their ClientHello, first match wins (routes.go); Pool, when set,
+	// takes what matches no route. Nil without routes: the listener
+	// proxies every connection to Pool without reading anything.
+	Routes []Route
+	// TLSInspectTimeout bounds the wait for the whole ClientHello: > 0
+	// with Routes (default DefaultTLSInspectTimeout), else unused (0
+	// unless written).
+	TLSInspectTimeout time.Duration
 }
 
 // Pool is one [pools.NAME] table.
