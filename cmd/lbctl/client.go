@@ -125,7 +125,9 @@ func (c *adminClient) send(method, path string, in, out any) error {
 	if err != nil {
 		return err
 	}
-	if in != nil {
+	if method != http.MethodGet {
+		// The admin API refuses a change of state without it (a guard
+		// against web pages of other origins).
 		req.Header.Set("Content-Type", "application/json")
 	}
 	if c.token != "" {

@@ -290,6 +290,7 @@ func (s *soak) apiToggle(rng *rand.Rand) {
 		c := http.Client{Timeout: 5 * time.Second}
 		if b.listed.now() {
 			req, _ := http.NewRequest(http.MethodDelete, base+"/"+b.addr, nil)
+			req.Header.Set("Content-Type", "application/json") // else 403
 			req.Close = true // no idle connection left in lbctl
 			resp, err := c.Do(req)
 			if err == nil {

@@ -10,8 +10,13 @@
 //	POST   /api/v1/pools/{pool}/backends/{address}/kill
 //	POST   /api/v1/reload
 //
-// Clients outside Allow get 403; with a token file, /api/ needs
-// "Authorization: Bearer <token>" (401 otherwise). Errors are JSON
+// Clients outside Allow get 403; a Host header that is not an IP literal,
+// localhost or one of Hosts gets 421 (DNS rebinding); POST, PATCH and DELETE
+// without "Content-Type: application/json" get 403 (a web page of another
+// origin cannot send that without a CORS preflight, which is never
+// granted); with a token file, /api/ needs "Authorization: Bearer <token>"
+// (401 otherwise). The control socket (NewControl, control.go) serves the
+// same endpoints without any of these checks: its file mode decides. Errors are JSON
 // {"error": "..."}: 400 for a bad body, 404 for an unknown path, pool or
 // backend, 405 for a known path asked with the wrong method, 409 for an
 // address already in the pool or the removal of a backend the API did not
@@ -72,6 +77,7 @@ type BackendEditor interface {
 type Options struct {
 	Bind      string
 	Allow     []netip.Prefix // empty: loopback only
+	Hosts     []string       // Host names accepted besides IP literals and localhost
 	TokenFile string         // empty: no token needed
 	Registry  *prometheus.Registry
 	Server    Runtime
@@ -84,6 +90,10 @@ type Server struct {
 	opts Options
 	ln   net.Listener
 	http *http.Server
+	// control: served on the control socket (control.go), without the
+	// checks of guard; unlink then removes its socket file at Close.
+	control bool
+	unlink  func()
 }
 
 // New binds the admin address. Serve then answers on it.
@@ -98,7 +108,12 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
-	s := &Server{opts: opts, ln: ln}
+	return newServer(opts, ln, false), nil
+}
+
+// newServer serves the admin API on ln; control: it is the control socket.
+func newServer(opts Options, ln net.Listener, control bool) *Server {
+	s := &Server{opts: opts, ln: ln, control: control}
 	s.http = &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -107,7 +122,7 @@ func New(opts Options) (*Server, error) {
 		IdleTimeout:       60 * time.Second,
 		ErrorLog:          zap.NewStdLog(opts.Log.Named("admin")),
 	}
-	return s, nil
+	return s
 }
 
 // Addr is the bound address.
@@ -120,7 +135,11 @@ func (s *Server) Serve() error { return s.http.Serve(s.ln) }
 func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	return s.http.Shutdown(ctx)
+	err := s.http.Shutdown(ctx)
+	if s.unlink != nil {
+		s.unlink()
+	}
+	return err
 }
 
 // Handler returns the admin API's HTTP handler.
@@ -150,7 +169,7 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("/api/", noRoute(api, "/api/"))
 	mux.Handle("/api/", s.authenticate(api))
 	mux.HandleFunc("/", noRoute(mux, "/"))
-	return s.allow(mux)
+	return s.guard(mux)
 }
 
 // noRoute answers the requests that no endpoint of mux takes (its catch-all
@@ -176,18 +195,6 @@ func noRoute(mux *http.ServeMux, catchAll string) http.HandlerFunc {
 		}
 		writeError(w, http.StatusNotFound, "no such endpoint: "+r.Method+" "+r.URL.Path)
 	}
-}
-
-// allow refuses clients outside the Allow list.
-func (s *Server) allow(next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ap, err := netip.ParseAddrPort(r.RemoteAddr)
-		if err != nil || !config.Match(s.opts.Allow, ap.Addr()) {
-			writeError(w, http.StatusForbidden, "client address not allowed")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 // authenticate checks the bearer token when a token file is configured. The

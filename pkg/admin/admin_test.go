@@ -52,6 +52,7 @@ type env struct {
 type envOptions struct {
 	token     string         // written to a token file when not ""
 	allow     []netip.Prefix // admin allow list; nil = default (loopback)
+	hosts     []string       // [admin] hosts
 	reloadErr error          // when set, Reload returns it instead of reloading
 	noStart   bool           // leave the server unstarted
 }
@@ -132,7 +133,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		return e.srv.Reload(cfg)
 	}
 	adm, err := New(Options{
-		Bind: "127.0.0.1:0", Allow: o.allow, TokenFile: tokenFile,
+		Bind: "127.0.0.1:0", Allow: o.allow, Hosts: o.hosts, TokenFile: tokenFile,
 		Registry: reg, Server: e.srv, Reload: reload, Log: log,
 	})
 	if err != nil {
@@ -171,6 +172,9 @@ func (e *env) do(method, path string, token ...string) (int, []byte) {
 	}
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	if method != http.MethodGet {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := e.client.Do(req)
 	if err != nil {
@@ -644,6 +648,7 @@ func TestUnreadableTokenFile(t *testing.T) {
 	s.opts.TokenFile = ""
 	req, _ := http.NewRequest(http.MethodPost, "/api/v1/pools/p/backends/a/drain", nil)
 	req.RemoteAddr = "127.0.0.1:4000"
+	req.Header.Set("Content-Type", "application/json")
 	rec := httptest.NewRecorder()
 	s.Handler().ServeHTTP(rec, req)
 	if rec.Code != 500 || !strings.Contains(rec.Body.String(), "boom") {
@@ -748,6 +753,8 @@ func serveFake(t *testing.T, opts Options, method, path, body string) *httptest.
 	s := &Server{opts: opts}
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
 	req.RemoteAddr = "127.0.0.1:4000"
+	req.Host = "127.0.0.1:9900"
+	req.Header.Set("Content-Type", "application/json")
 	rec := httptest.NewRecorder()
 	s.Handler().ServeHTTP(rec, req)
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" || !json.Valid(rec.Body.Bytes()) {
@@ -916,6 +923,7 @@ func (e *env) doBody(method, path, body string) (int, []byte) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := e.client.Do(req)
 	if err != nil {
 		e.t.Fatalf("%s %s: %v", method, path, err)

@@ -46,6 +46,7 @@ func (d *decoder) config(raw map[string]any) *Config {
 			cfg.StateFile = d.relPath(s)
 		}
 	}
+	cfg.ControlSocket = d.controlSocket(root)
 	if t, ok := root.sub("log"); ok {
 		d.log(t, &cfg.Log)
 	}
@@ -164,6 +165,9 @@ func (d *decoder) admin(t *table) (*Admin, *bindUse) {
 			t.errf("token_file", "must not be empty; leave the key out to need no token")
 		}
 		a.TokenFile = s
+	}
+	if t.has("hosts") {
+		a.Hosts = t.hosts("hosts")
 	}
 	t.finish()
 	return a, use

@@ -84,6 +84,11 @@ type Config struct {
 	// the config file's directory (and stored joined to it).
 	StateFile string
 
+	// ControlSocket is the unix socket serving the admin API to local
+	// clients without token ("" = none): control_socket, else
+	// $RUNTIME_DIRECTORY/lbctl.sock under systemd (DefaultControlSocket).
+	ControlSocket string
+
 	// backendLines holds, per pool, the line of each backend's address key
 	// (ResolveBackends names it in its errors).
 	backendLines map[string][]int
@@ -104,6 +109,9 @@ type Admin struct {
 	Bind      string         // rendered host:port; default 127.0.0.1:9900
 	Allow     []netip.Prefix // clients allowed; default 127.0.0.0/8 and ::1/128
 	TokenFile string         // "" = no token needed
+	// Hosts are the names a request's Host header may carry besides IP
+	// literals and localhost; others get 421 (DNS rebinding). nil = none.
+	Hosts []string
 }
 
 // Listener is one [listeners.NAME] table.

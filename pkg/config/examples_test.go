@@ -40,7 +40,7 @@ func TestReferenceExampleShowsEveryKey(t *testing.T) {
 	keys := []string{
 		"shutdown_timeout",
 		"level", "format", "access",
-		"bind", "allow", "token_file",
+		"bind", "allow", "token_file", "hosts", "control_socket",
 		"protocol", "pool", "max_connections", "idle_timeout", "deny",
 		"max_connections_per_client", "connection_rate_per_client", "connection_burst_per_client",
 		"accept_proxy_protocol", "trusted_proxies", "proxy_protocol_timeout", "responses",
