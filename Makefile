@@ -79,14 +79,21 @@ demo: build
 	$(GO) build -o bin/lbdemo ./cmd/lbdemo
 	./bin/lbdemo --lbctl ./bin/lbctl --config examples/demo.toml
 
-## install: binary, systemd units and (unless present) /etc/lbctl/lbctl.toml, under
-## $(DESTDIR); LBCTL_BIN=FILE installs that binary instead of building one
-BINDIR     ?= $(PREFIX)/bin
-UNITDIR    ?= $(PREFIX)/lib/systemd/system
-SYSCONFDIR ?= /etc
-LBCTL_BIN  ?=
-.PHONY: install uninstall
-install: $(if $(LBCTL_BIN),,build)
+## install: binary, systemd units, man pages, shell completions and (unless
+## present) /etc/lbctl/lbctl.toml, under $(DESTDIR); LBCTL_BIN=FILE installs
+## that binary instead of building one
+BINDIR      ?= $(PREFIX)/bin
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+MANDIR      ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR  ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+SYSCONFDIR  ?= /etc
+LBCTL_BIN   ?=
+# The binary installed; it also writes the man pages and completions.
+LBCTL_RUN   := $(or $(LBCTL_BIN),bin/lbctl)
+.PHONY: install install-docs uninstall docs-gen
+install: $(if $(LBCTL_BIN),,build) install-docs
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSCONFDIR)/lbctl
 	install -m 0755 $(or $(LBCTL_BIN),bin/lbctl) $(DESTDIR)$(BINDIR)/lbctl
 	sed -e 's|/usr/local/bin/lbctl|$(BINDIR)/lbctl|g' -e 's|/etc/lbctl/|$(SYSCONFDIR)/lbctl/|g' \
@@ -101,12 +108,29 @@ install: $(if $(LBCTL_BIN),,build)
 	fi
 	@echo "next: sudo systemctl daemon-reload && sudo systemctl enable --now lbctl"
 
+## install-docs: only the man pages (lbctl.1, one per command) and the bash,
+## zsh and fish completions, written by the binary itself (part of install)
+install-docs: $(if $(LBCTL_BIN),,build)
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(FISHCOMPDIR)
+	rm -f $(DESTDIR)$(MANDIR)/man1/lbctl.1 $(DESTDIR)$(MANDIR)/man1/lbctl-*.1
+	$(LBCTL_RUN) gen man $(DESTDIR)$(MANDIR)/man1
+	$(LBCTL_RUN) completion bash > $(DESTDIR)$(BASHCOMPDIR)/lbctl
+	$(LBCTL_RUN) completion zsh > $(DESTDIR)$(ZSHCOMPDIR)/_lbctl
+	$(LBCTL_RUN) completion fish > $(DESTDIR)$(FISHCOMPDIR)/lbctl.fish
+	chmod 0644 $(DESTDIR)$(BASHCOMPDIR)/lbctl $(DESTDIR)$(ZSHCOMPDIR)/_lbctl $(DESTDIR)$(FISHCOMPDIR)/lbctl.fish
+
+## docs-gen: the man pages and completions of install-docs, into build/docs/usr
+docs-gen:
+	$(MAKE) --no-print-directory install-docs DESTDIR=$(CURDIR)/build/docs PREFIX=/usr
+
 ## uninstall: remove what install put in place, except the configuration
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/lbctl $(DESTDIR)$(UNITDIR)/lbctl.service $(DESTDIR)$(UNITDIR)/lbctl.socket
+	rm -f $(DESTDIR)$(MANDIR)/man1/lbctl.1 $(DESTDIR)$(MANDIR)/man1/lbctl-*.1
+	rm -f $(DESTDIR)$(BASHCOMPDIR)/lbctl $(DESTDIR)$(ZSHCOMPDIR)/_lbctl $(DESTDIR)$(FISHCOMPDIR)/lbctl.fish
 	@echo "kept $(DESTDIR)$(SYSCONFDIR)/lbctl/ (your configuration): remove it by hand if you wish"
 
 clean:
-	rm -rf bin
+	rm -rf bin build
 
 -include bench/bench.mk

@@ -56,12 +56,14 @@ stderr (under systemd, to the journal). It is what the lbctl.service unit
 starts; there is no daemon mode: use systemd, as with "haproxy -Ws".
 
 The config is loaded and checked first; a bad one exits 2 with every
-problem and its file:line, and nothing is bound. Signals:
-  SIGTERM, SIGINT  close the listeners, let open connections finish for up
-                   to shutdown_timeout, close the rest, exit 0
-  SIGHUP           reload the config file, like "lbctl reload": a valid file
-                   takes effect without dropping connections; an invalid one
-                   is logged and the old configuration keeps running`,
+problem and its file:line, and nothing is bound.
+
+SIGTERM or SIGINT closes the listeners, lets open connections finish for up
+to shutdown_timeout, closes the rest and exits 0.
+
+SIGHUP reloads the config file, as "lbctl reload" does: a valid file takes
+effect without dropping connections; an invalid one is logged and the old
+configuration keeps running.`,
 		example: `  lbctl serve --config /etc/lbctl/lbctl.toml
 
   # Under systemd (see lbctl.service)

@@ -3,11 +3,16 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
+
+	"github.com/lbctl/lbctl/pkg/lbtest"
+	"github.com/spf13/cobra"
 )
 
 // repoRoot is the top of the source tree, where the Makefile is.
@@ -180,6 +185,120 @@ func TestUnitFileDirectives(t *testing.T) {
 				t.Errorf("%s:%d: %q has no comment above it", name, i+1, line)
 			}
 			prev = line
+		}
+	}
+}
+
+// TestMakeInstallDocs: `make install` also installs a man page for lbctl
+// and for every command, which groff renders without a warning, and the
+// bash, zsh and fish completions where those shells look for them; bash
+// sources its script and completes a command with it; `make uninstall`
+// removes them all.
+func TestMakeInstallDocs(t *testing.T) {
+	dest := t.TempDir()
+	const prefix = "/usr/local"
+	vars := []string{"DESTDIR=" + dest, "PREFIX=" + prefix}
+	runMake(t, append([]string{"install"}, vars...)...)
+
+	share := filepath.Join(dest, prefix, "share")
+	man1 := filepath.Join(share, "man", "man1")
+	bashComp := filepath.Join(share, "bash-completion", "completions", "lbctl")
+	zshComp := filepath.Join(share, "zsh", "site-functions", "_lbctl")
+	fishComp := filepath.Join(share, "fish", "vendor_completions.d", "lbctl.fish")
+
+	// One page per command an operator can type, and no other.
+	var want []string
+	walk(newRootCmd(), func(c *cobra.Command) {
+		if c.IsAvailableCommand() || !c.HasParent() {
+			want = append(want, strings.ReplaceAll(c.CommandPath(), " ", "-")+".1")
+		}
+	})
+	got, err := filepath.Glob(filepath.Join(man1, "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range got {
+		got[i] = filepath.Base(got[i])
+	}
+	sort.Strings(want)
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("man pages installed:\n%v\nwant:\n%v", got, want)
+	}
+	for _, path := range []string{filepath.Join(man1, "lbctl.1"), filepath.Join(man1, "lbctl-backend-drain.1"), bashComp, zshComp, fishComp} {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatalf("not installed: %v", err)
+		}
+		if fi.Mode().Perm() != 0o644 || fi.Size() == 0 {
+			t.Errorf("%s: mode %v, %d bytes; want 0644, not empty", path, fi.Mode().Perm(), fi.Size())
+		}
+	}
+
+	// bash sources the script cleanly.
+	bash := lbtest.Binary(t, "bash", "/bin/bash", "bash")
+	out, err := exec.Command(bash, "--norc", "--noprofile", "-c", `set -e; source "$1"; complete -p lbctl`, "bash", bashComp).CombinedOutput()
+	if err != nil || string(out) != "complete -o default -F __start_lbctl lbctl\n" {
+		t.Errorf("bash: source %s: %v\n%s", bashComp, err, out)
+	}
+	// With bash-completion loaded, as in an operator's shell, it completes
+	// "lbctl backend dr" to drain: the script asks the binary (the
+	// installed one, first on PATH).
+	t.Run("bash-completion", func(t *testing.T) {
+		const lib = "/usr/share/bash-completion/bash_completion"
+		if _, err := os.Stat(lib); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s is required under CI=true (apt-get install bash-completion)", lib)
+			}
+			t.Skipf("%s missing (apt-get install bash-completion); under CI=true this is a failure", lib)
+		}
+		script := `source "$1"; source "$2"
+COMP_WORDS=(lbctl backend dr); COMP_CWORD=2; COMP_LINE="lbctl backend dr"; COMP_POINT=${#COMP_LINE}
+__start_lbctl lbctl dr backend
+printf 'reply:%s\n' "${COMPREPLY[@]}"`
+		cmd := exec.Command(bash, "--norc", "--noprofile", "-c", script, "bash", lib, bashComp)
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Join(dest, prefix, "bin")+":"+os.Getenv("PATH"), "LBCTL_CONFIG=")
+		// (Outside a real completion, compopt complains on stderr.)
+		cmd.Stderr = io.Discard
+		out, err := cmd.Output()
+		if err != nil || string(out) != "reply:drain\n" {
+			t.Errorf("bash completion of \"lbctl backend dr\": %v, want \"reply:drain\":\n%s", err, out)
+		}
+	})
+	// zsh and fish check the syntax of theirs, where they are installed.
+	for _, sh := range []struct{ name, script string }{{"zsh", zshComp}, {"fish", fishComp}} {
+		if path, err := exec.LookPath(sh.name); err == nil {
+			if out, err := exec.Command(path, "-n", sh.script).CombinedOutput(); err != nil {
+				t.Errorf("%s -n %s: %v\n%s", sh.name, sh.script, err, out)
+			}
+		}
+	}
+
+	// The pages render: groff (Debian groff-base, which man uses) with every
+	// warning on.
+	t.Run("groff", func(t *testing.T) {
+		groff := lbtest.Binary(t, "groff", "/usr/bin/groff", "groff-base")
+		for _, page := range want {
+			var stdout, stderr bytes.Buffer
+			cmd := exec.Command(groff, "-man", "-Tutf8", "-ww", "-P", "-cbou", filepath.Join(man1, page))
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Run(); err != nil || stderr.Len() > 0 {
+				t.Errorf("groff %s: %v\n%s", page, err, stderr.String())
+			}
+			if page == "lbctl-backend-drain.1" {
+				for _, w := range []string{"lbctl backend drain POOL ADDRESS", "DESCRIPTION", "--wait", "EXAMPLE", "lbctl backend drain web 10.0.0.12:80 --wait"} {
+					if !strings.Contains(stdout.String(), w) {
+						t.Errorf("man lbctl-backend-drain lacks %q:\n%s", w, stdout.String())
+					}
+				}
+			}
+		}
+	})
+
+	runMake(t, append([]string{"uninstall"}, vars...)...)
+	left, _ := filepath.Glob(filepath.Join(man1, "lbctl*"))
+	for _, gone := range append(left, bashComp, zshComp, fishComp) {
+		if _, err := os.Stat(gone); !os.IsNotExist(err) {
+			t.Errorf("%s still there after uninstall (%v)", gone, err)
 		}
 	}
 }

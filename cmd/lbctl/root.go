@@ -24,7 +24,9 @@ func newRootCmd() *cobra.Command {
 	// --version prints what `lbctl version` prints.
 	root.Version = versionLine()
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.AddCommand(newServeCmd(), newValidateCmd(), newVersionCmd())
+	root.InitDefaultVersionFlag() // now, so that the man page lists it
+	root.Flags().Lookup("version").Usage = "print version, commit and Go version (as lbctl version)"
+	root.AddCommand(newServeCmd(), newValidateCmd(), newVersionCmd(), newGenCmd())
 	root.AddCommand(newClientCmds()...)
 	root.InitDefaultCompletionCmd() // now, so that it gets its examples too
 	applyHelp(root)
