@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/lbctl/lbctl/pkg/admin"
 	"github.com/lbctl/lbctl/pkg/config"
@@ -61,6 +62,7 @@ func serve(cfg *config.Config, path string) error {
 
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
+	m.SetBuildInfo(version, commit)
 	srv, err := server.New(cfg, server.Options{Log: log, Metrics: m, Inherited: inheritedSockets(log, cfg)})
 	if err != nil {
 		return withCode(startExitCode(err), err)
@@ -87,7 +89,7 @@ func serve(cfg *config.Config, path string) error {
 		}()
 	}
 	if err := srv.Start(); err != nil {
-		log.Error("cannot start", zap.Error(err))
+		log.Error("cannot start", server.ErrorField(err))
 		if adm != nil {
 			adm.Close()
 		}
@@ -158,8 +160,8 @@ func (d *daemon) setRunning(running bool) {
 func (d *daemon) load() error {
 	cfg, err := config.Load(d.path)
 	if err != nil {
-		d.m.ConfigReloads.WithLabelValues("failure").Inc()
-		d.log.Error("reload rejected: invalid configuration, the old one keeps running", zap.String("file", d.path), zap.Error(err))
+		d.m.ReloadResult(false, time.Now())
+		d.log.Error("reload rejected: invalid configuration, the old one keeps running", zap.String("file", d.path), server.ErrorField(err))
 		return err
 	}
 	if err := d.srv.Reload(cfg); err != nil {

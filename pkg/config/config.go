@@ -35,6 +35,7 @@
 package config
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -73,6 +74,7 @@ const (
 // Config is one loaded configuration file.
 type Config struct {
 	File            string        // the path it was loaded from
+	Digest          [32]byte      // SHA-256 of the file's bytes as parsed
 	ShutdownTimeout time.Duration // drain time on SIGTERM; 0 closes at once
 	Log             Log
 	Admin           *Admin           // nil when the [admin] table is absent (admin API disabled)
@@ -294,6 +296,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	d := &decoder{file: file, lines: indexLines(data)}
 	cfg := d.config(raw)
 	cfg.File = file
+	cfg.Digest = sha256.Sum256(data)
 	if len(d.errs) > 0 {
 		sortErrors(d.errs)
 		return nil, d.errs

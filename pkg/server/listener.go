@@ -101,6 +101,7 @@ func (s *Server) buildProxy(st *listenerState, p *pool, accessLog bool, tb *targ
 			HeaderFunc:       proxyHeaderFunc(p.cfg.ProxyProtocol, false),
 			Log:              s.log,
 			Access:           access,
+			Durations:        s.m.ForDurations(lc.Name),
 		})
 	case "udp":
 		u, err := s.buildUDPProxy(lc, p, st, accessLog, tb)

@@ -190,6 +190,7 @@ func (s *Server) commit(lp *livePool, p *pool, fresh []*backend) {
 	for i, be := range p.backends {
 		e := &lp.want[i]
 		be.weight, be.backup, be.source = e.weight, e.backup, e.source
+		be.publishSettings()
 		joined := !be.inGen
 		be.inGen, be.gen = true, p
 		if be.removing {

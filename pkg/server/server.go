@@ -34,12 +34,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"reflect"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/lbctl/lbctl/discovery"
 	"github.com/lbctl/lbctl/pkg/config"
@@ -92,6 +91,7 @@ type Server struct {
 	udpDrain chan struct{}
 	health   *healthMonitor
 	alive    aliveState // what Alive remembers between calls (alive.go)
+	file     fileCheck  // lbctl_config_file_changed (operate.go)
 }
 
 // New prepares a server for cfg. It binds nothing yet.
@@ -113,6 +113,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.killCtx, s.kill = context.WithCancel(context.Background())
 	s.health = newHealthMonitor(s.log, s.m)
 	s.cfg.Store(cfg)
+	opts.Metrics.SetConfigFileCheck(s.configFileChanged)
 	return s, nil
 }
 
@@ -141,6 +142,7 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.loadState()
+	s.m.ConfigLoaded(time.Now())
 	s.started = true
 	s.ready.Store(true)
 	return nil
@@ -167,13 +169,13 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	if err != nil {
 		s.forgetSeries(cfg, old) // what the failed build created
-		s.m.ConfigReloads.WithLabelValues("failure").Inc()
-		s.log.Error("reload failed, the old configuration keeps running", zap.Error(err))
+		s.m.ReloadResult(false, time.Now())
+		s.log.Error("reload failed, the old configuration keeps running", ErrorField(err))
 		return err
 	}
 	s.cfg.Store(cfg)
 	s.forgetSeries(old, cfg)
-	s.m.ConfigReloads.WithLabelValues("success").Inc()
+	s.m.ReloadResult(true, time.Now())
 	s.log.Info("configuration reloaded", zap.String("file", cfg.File), zap.Strings("changes", diff(old, cfg)))
 	return nil
 }
@@ -228,7 +230,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 	select {
 	case <-drained:
 	case <-ctx.Done():
-		s.log.Info("shutdown timeout reached, closing the remaining connections")
+		tcp, sessions := s.openConns()
+		s.log.Info("shutdown timeout reached, closing the remaining connections",
+			zap.Int("connections", tcp), zap.Int("udp_sessions", sessions))
 		s.kill()
 		<-drained
 	}
@@ -361,82 +365,6 @@ func (s *Server) Listeners() map[string]net.Addr {
 		}
 	}
 	return out
-}
-
-// diff describes what changed between two configurations, for the reload
-// log line.
-func diff(old, cur *config.Config) []string {
-	var out []string
-	ol := map[string]*config.Listener{}
-	for _, l := range old.Listeners {
-		ol[l.Name] = l
-	}
-	for _, l := range cur.Listeners {
-		o, ok := ol[l.Name]
-		switch {
-		case !ok:
-			out = append(out, "listener "+l.Name+" added")
-		case o.Bind != l.Bind || o.Protocol != l.Protocol:
-			out = append(out, "listener "+l.Name+" rebound")
-		case !reflect.DeepEqual(o, l):
-			out = append(out, "listener "+l.Name+" changed")
-		}
-		delete(ol, l.Name)
-	}
-	for name := range ol {
-		out = append(out, "listener "+name+" removed")
-	}
-	for name, p := range cur.Pools {
-		o, ok := old.Pools[name]
-		if !ok {
-			out = append(out, "pool "+name+" added")
-			continue
-		}
-		if poolSettingsChanged(o, p) {
-			out = append(out, "pool "+name+" changed")
-		}
-		ob := map[string]config.Backend{}
-		for _, b := range o.Backends {
-			ob[b.Address] = b
-		}
-		for _, b := range p.Backends {
-			prev, ok := ob[b.Address]
-			switch {
-			case !ok:
-				out = append(out, "pool "+name+" backend "+b.Address+" added")
-			case prev != b:
-				out = append(out, "pool "+name+" backend "+b.Address+" changed")
-			}
-			delete(ob, b.Address)
-		}
-		for a := range ob {
-			out = append(out, "pool "+name+" backend "+a+" removed")
-		}
-	}
-	for name := range old.Pools {
-		if _, ok := cur.Pools[name]; !ok {
-			out = append(out, "pool "+name+" removed")
-		}
-	}
-	if old.ShutdownTimeout != cur.ShutdownTimeout {
-		out = append(out, "shutdown_timeout changed")
-	}
-	if old.Log != cur.Log {
-		out = append(out, "log changed")
-	}
-	if !reflect.DeepEqual(old.Admin, cur.Admin) {
-		// The admin API is set up once per process.
-		out = append(out, "admin changed (takes effect at the next restart)")
-	}
-	sort.Strings(out)
-	return out
-}
-
-// poolSettingsChanged compares two pools but for their backends.
-func poolSettingsChanged(old, cur *config.Pool) bool {
-	o, c := *old, *cur
-	o.Backends, c.Backends = nil, nil
-	return !reflect.DeepEqual(o, c)
 }
 
 // resolveAll resolves every static backend address of cfg: configured

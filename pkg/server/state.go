@@ -46,6 +46,9 @@ func (s *Server) loadState() {
 		}
 		for _, be := range lp.byAddr {
 			lp.pending(be, true)
+			if be.inGen {
+				be.publishSettings()
+			}
 		}
 		// A new generation when API backends joined or weights changed.
 		if err := s.refresh(lp); err != nil {

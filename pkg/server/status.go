@@ -167,6 +167,7 @@ func (s *Server) SetBackendAdmin(pool, address string, state balancer.AdminState
 	}
 	prev := be.b.Admin()
 	be.b.SetAdmin(state)
+	be.publishSettings()
 	if prev != state {
 		be.mu.Lock()
 		be.lastChange = time.Now()

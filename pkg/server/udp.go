@@ -58,6 +58,7 @@ func (s *Server) buildUDPProxy(lc *config.Listener, p *pool, st *listenerState, 
 		Passive:          p,
 		Log:              s.log,
 		Access:           access,
+		Durations:        s.m.ForDurations(lc.Name),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("udp proxy: %w", err)

@@ -96,6 +96,9 @@ type Config struct {
 	HeaderFunc func(client, local netip.AddrPort) []byte
 	Log        *zap.Logger // errors and debug
 	Access     *zap.Logger // one line per finished connection; nil = off
+	// Durations observes the life of every connection that reached a
+	// backend, when it ends; nil records nothing.
+	Durations *metrics.Durations
 }
 
 // Proxy serves client connections for one listener generation.
@@ -130,7 +133,8 @@ func New(cfg Config) *Proxy {
 // at once (the end of a shutdown drain). Start always closes client.
 func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, done func(End)) {
 	start := time.Now()
-	backend, b, t, end := p.dial(ctx, client, clientAddr)
+	var att attempts
+	backend, b, t, end := p.dial(ctx, client, clientAddr, &att)
 	if backend == nil {
 		client.Close()
 		switch end {
@@ -139,7 +143,7 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 		case EndBackendUnavailable:
 			p.cfg.Rejections.Inc(metrics.ReasonBackendUnavailable)
 		}
-		p.logAccess(clientAddr, "", 0, 0, start, end)
+		p.logAccess(clientAddr, "", 0, 0, start, end, &att)
 		done(end)
 		return
 	}
@@ -149,7 +153,8 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 	c.onEnd = func(end End) {
 		t.Metrics.ConnClosed()
 		b.Release()
-		p.logAccess(clientAddr, b.Address(), c.in.bytes, c.out.bytes, start, end)
+		p.cfg.Durations.Observe(time.Since(start))
+		p.logAccess(clientAddr, b.Address(), c.in.bytes, c.out.bytes, start, end, &att)
 		done(end)
 	}
 	if t.Conns != nil {
@@ -171,7 +176,10 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 // With HeaderFunc set, a connect counts as made once the PROXY header is
 // written: a backend that accepts and then fails the write is one more
 // failed connect, retried on another backend.
-func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort) (*net.TCPConn, *balancer.Backend, *Target, End) {
+//
+// att counts the connects tried and, with the access log on, names the
+// backends whose connect failed.
+func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, att *attempts) (*net.TCPConn, *balancer.Backend, *Target, End) {
 	var (
 		tried balancer.Tried
 		hdr   []byte
@@ -183,6 +191,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 		}
 		b.Acquire()
 		tried.Add(b)
+		att.n++
 		t := p.cfg.Targets[b]
 		start := time.Now()
 		nc, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
@@ -198,6 +207,9 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 		}
 		if err != nil {
 			b.Release()
+			if p.cfg.Access != nil {
+				att.failed = append(att.failed, b.Address())
+			}
 			// Out of descriptors, buffers or ports here is not the
 			// backend's fault (package localerr), nor is a dial cut short by the
 			// end of a shutdown drain: no failure is held against it.
@@ -230,11 +242,22 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 	return nil, nil, nil, EndBackendUnavailable
 }
 
-func (p *Proxy) logAccess(client netip.AddrPort, backend string, in, out int64, start time.Time, end End) {
+// attempts are the connects one client connection tried: how many, and
+// the backends that failed (collected only for the access log).
+type attempts struct {
+	n      int
+	failed []string
+}
+
+// logAccess writes the access log line of a finished connection. attempts
+// is the number of backends tried (1 without a retry, 0 when none was
+// eligible); failed, present only after a failed connect, names the
+// backends that failed, in order.
+func (p *Proxy) logAccess(client netip.AddrPort, backend string, in, out int64, start time.Time, end End, att *attempts) {
 	if p.cfg.Access == nil {
 		return
 	}
-	p.cfg.Access.Info("connection",
+	fields := []zap.Field{
 		zap.String("listener", p.cfg.Listener),
 		zap.Stringer("client", client),
 		zap.String("backend", backend),
@@ -242,5 +265,10 @@ func (p *Proxy) logAccess(client netip.AddrPort, backend string, in, out int64, 
 		zap.Int64("bytes_out", out),
 		zap.Duration("duration", time.Since(start)),
 		zap.String("end", end.String()),
-	)
+		zap.Int("attempts", att.n),
+	}
+	if len(att.failed) > 0 {
+		fields = append(fields, zap.Strings("failed", att.failed))
+	}
+	p.cfg.Access.Info("connection", fields...)
 }

@@ -146,6 +146,9 @@ type Config struct {
 	Passive    PassiveObserver // optional
 	Log        *zap.Logger     // errors and debug; nil = none
 	Access     *zap.Logger     // one line per finished session; nil = off
+	// Durations observes the life of every session when it ends; nil
+	// records nothing.
+	Durations *metrics.Durations
 }
 
 // Proxy is one listener generation's forwarding configuration. It is

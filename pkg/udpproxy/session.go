@@ -160,6 +160,7 @@ func (s *session) finish(end End) {
 		cfg.Log.Debug("udp: backend refused datagrams", zap.String("pool", cfg.PoolName),
 			zap.String("backend", s.b.Address()), zap.Error(s.rerr))
 	}
+	cfg.Durations.Observe(time.Since(s.start))
 	s.p.logAccess(s, end)
 	s.l.mu.Lock()
 	rel := s.takeRelease()
