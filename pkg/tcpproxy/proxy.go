@@ -91,6 +91,9 @@ type Config struct {
 	HalfCloseTimeout time.Duration // after one side's EOF, end the connection this much later; 0 = none
 	Rejections       *metrics.Rejections
 	Passive          PassiveObserver
+	// AuthorityTLV: HeaderFunc writes a PROXY v2 header, which then
+	// carries the Prelude's SNI as a PP2_TYPE_AUTHORITY TLV.
+	AuthorityTLV bool
 	// HeaderFunc, when set, returns bytes written to the backend before any
 	// payload (a PROXY protocol header). It does not count in byte metrics.
 	HeaderFunc func(client, local netip.AddrPort) []byte
@@ -132,9 +135,15 @@ func New(cfg Config) *Proxy {
 // source when the listener accepts one). Canceling ctx ends the connection
 // at once (the end of a shutdown drain). Start always closes client.
 func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, done func(End)) {
+	p.StartWith(ctx, client, clientAddr, nil, done)
+}
+
+// StartWith is Start for a connection whose first bytes the listener has
+// read already (pre, see Prelude; nil = none).
+func (p *Proxy) StartWith(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, pre *Prelude, done func(End)) {
 	start := time.Now()
 	var att attempts
-	backend, b, t, end := p.dial(ctx, client, clientAddr, &att)
+	backend, b, t, end := p.dial(ctx, client, clientAddr, pre, &att)
 	if backend == nil {
 		client.Close()
 		switch end {
@@ -143,18 +152,21 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 		case EndBackendUnavailable:
 			p.cfg.Rejections.Inc(metrics.ReasonBackendUnavailable)
 		}
-		p.logAccess(clientAddr, "", 0, 0, start, end, &att)
+		p.logAccess(pre, clientAddr, "", 0, 0, start, end, &att)
 		done(end)
 		return
 	}
 	// b was acquired by dial.
 	t.Metrics.ConnOpened()
 	c := newConn(p, client, backend, t)
+	if pre != nil {
+		c.in.account(len(pre.Data)) // written by dial
+	}
 	c.onEnd = func(end End) {
 		t.Metrics.ConnClosed()
 		b.Release()
 		p.cfg.Durations.Observe(time.Since(start))
-		p.logAccess(clientAddr, b.Address(), c.in.bytes, c.out.bytes, start, end, &att)
+		p.logAccess(pre, clientAddr, b.Address(), c.in.bytes, c.out.bytes, start, end, &att)
 		done(end)
 	}
 	if t.Conns != nil {
@@ -179,7 +191,7 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 //
 // att counts the connects tried and, with the access log on, names the
 // backends whose connect failed.
-func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, att *attempts) (*net.TCPConn, *balancer.Backend, *Target, End) {
+func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, pre *Prelude, att *attempts) (*net.TCPConn, *balancer.Backend, *Target, End) {
 	var (
 		tried balancer.Tried
 		hdr   []byte
@@ -195,14 +207,13 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 		t := p.cfg.Targets[b]
 		start := time.Now()
 		nc, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
-		if err == nil && p.cfg.HeaderFunc != nil {
+		if err == nil && (p.cfg.HeaderFunc != nil || pre != nil) {
 			if hdr == nil {
-				local, _ := client.LocalAddr().(*net.TCPAddr)
-				hdr = p.cfg.HeaderFunc(clientAddr, local.AddrPort())
+				hdr = p.first(client, clientAddr, pre) // prelude.go
 			}
 			if _, err = nc.Write(hdr); err != nil {
 				nc.Close()
-				err = fmt.Errorf("write PROXY header: %w", err)
+				err = fmt.Errorf("write PROXY header or first bytes: %w", err)
 			}
 		}
 		if err != nil {
@@ -253,12 +264,13 @@ type attempts struct {
 // is the number of backends tried (1 without a retry, 0 when none was
 // eligible); failed, present only after a failed connect, names the
 // backends that failed, in order.
-func (p *Proxy) logAccess(client netip.AddrPort, backend string, in, out int64, start time.Time, end End, att *attempts) {
+func (p *Proxy) logAccess(pre *Prelude, client netip.AddrPort, backend string, in, out int64, start time.Time, end End, att *attempts) {
 	if p.cfg.Access == nil {
 		return
 	}
 	fields := []zap.Field{
 		zap.String("listener", p.cfg.Listener),
+		sniField(pre),
 		zap.Stringer("client", client),
 		zap.String("backend", backend),
 		zap.Int64("bytes_in", in),

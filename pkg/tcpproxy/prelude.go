@@ -1,0 +1,50 @@
+package tcpproxy
+
+import (
+	"net"
+	"net/netip"
+
+	"github.com/lbctl/lbctl/pkg/proxyheader"
+	"go.uber.org/zap"
+)
+
+// Prelude is what the listener read from the client before handing the
+// connection over (StartWith): a TLS ClientHello it routed on. The proxy
+// writes Data to the backend it connects to, after the PROXY header if
+// the pool sends one and in the same write, before any other byte; a
+// backend that fails that write is one more failed connect, and the next
+// one gets the same bytes. Data counts as bytes in.
+type Prelude struct {
+	Data []byte // the bytes read from the client, unchanged
+	// SNI is the TLS server name ("" when the hello had none): the access
+	// log's sni, and the PROXY v2 header's AUTHORITY TLV (with
+	// Config.AuthorityTLV).
+	SNI string
+}
+
+// first returns the bytes written to a backend as soon as it is
+// connected: the PROXY header (HeaderFunc), with the AUTHORITY TLV when
+// asked for, then the prelude's data.
+func (p *Proxy) first(client *net.TCPConn, clientAddr netip.AddrPort, pre *Prelude) []byte {
+	var b []byte
+	if p.cfg.HeaderFunc != nil {
+		local, _ := client.LocalAddr().(*net.TCPAddr)
+		b = p.cfg.HeaderFunc(clientAddr, local.AddrPort())
+		if p.cfg.AuthorityTLV && pre != nil && pre.SNI != "" {
+			b = proxyheader.AppendTLV(b, 0, proxyheader.TypeAuthority, []byte(pre.SNI))
+		}
+	}
+	if pre != nil {
+		b = append(b, pre.Data...)
+	}
+	return b
+}
+
+// sniField is the access log's sni: present for a connection whose hello
+// was read, even without a server name.
+func sniField(pre *Prelude) zap.Field {
+	if pre == nil {
+		return zap.Skip()
+	}
+	return zap.String("sni", pre.SNI)
+}
