@@ -59,6 +59,8 @@ func backendCmd(use, short string, args cobra.PositionalArgs, f *clientFlags, do
 			}
 			return do(cmd, c, args)
 		},
+		// POOL and ADDRESS complete from the running lbctl.
+		ValidArgsFunction: completeBackendArgs(f, 2),
 	}
 	f.register(cmd)
 	return cmd
@@ -170,6 +172,7 @@ func newBackendAddCmd() *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "pool %s backend %s: added (weight %d%s, health %s)\n", args[0], b.Address, b.Weight, role, b.Health)
 			return nil
 		})
+	cmd.ValidArgsFunction = completeBackendArgs(&f, 1) // the pool; the address is new
 	cmd.Flags().IntVar(&weight, "weight", 1, "the backend's weight, 0..1000000")
 	cmd.Flags().BoolVar(&backup, "backup", false, "a backup: takes connections only while no primary is eligible")
 	return cmd
