@@ -291,7 +291,7 @@ func (s *soak) apiToggle(rng *rand.Rand) {
 		if b.listed.now() {
 			req, _ := http.NewRequest(http.MethodDelete, base+"/"+b.addr, nil)
 			req.Header.Set("Content-Type", "application/json") // else 403
-			req.Close = true // no idle connection left in lbctl
+			req.Close = true                                   // no idle connection left in lbctl
 			resp, err := c.Do(req)
 			if err == nil {
 				io.Copy(io.Discard, resp.Body)

@@ -273,8 +273,9 @@ func TestStatusShape(t *testing.T) {
 	if err := json.Unmarshal(body, &raw); err != nil {
 		t.Fatal(err)
 	}
-	if got := keys(raw); !reflect.DeepEqual(got, []string{"listeners", "pools"}) {
-		t.Fatalf("status keys %v, want listeners, pools", got)
+	wantKeys := []string{"config_file", "last_reload", "listeners", "pools", "started", "uptime_seconds", "version"}
+	if got := keys(raw); !reflect.DeepEqual(got, wantKeys) {
+		t.Fatalf("status keys %v, want %v", got, wantKeys)
 	}
 	ls := raw["listeners"].([]any)
 	if len(ls) != 1 {

@@ -129,7 +129,7 @@ func (be *backend) stop() {
 // state is logged here, once, with the check that caused it and why; a
 // verdict that does not change the state is logged at debug level only.
 // The caller holds be.mu (so transitions are logged in order).
-func (be *backend) publishLocked(check, reason string) {
+func (be *backend) publishLocked(check, reason string, extra ...zap.Field) {
 	if be.stopped {
 		return
 	}
@@ -147,6 +147,7 @@ func (be *backend) publishLocked(check, reason string) {
 	}
 	fields := []zap.Field{zap.String("pool", be.pool), zap.String("backend", be.b.Address()),
 		zap.String("check", check), zap.String("reason", reason)}
+	fields = append(fields, extra...)
 	switch {
 	case !changed:
 		if check != "" {
@@ -219,7 +220,7 @@ func (be *backend) stopRampLocked() {
 	be.b.SetWeightScale(1000)
 }
 
-func (be *backend) connectFailed(now time.Time) {
+func (be *backend) connectFailed(now time.Time, err error) {
 	be.mu.Lock()
 	defer be.mu.Unlock()
 	if be.stopped || be.maxFails <= 0 || be.passiveDown {
@@ -251,7 +252,7 @@ func (be *backend) connectFailed(now time.Time) {
 		be.publishLocked("passive", "passive ejection over after "+ft.String())
 	})
 	be.passiveT = timer
-	be.publishLocked("passive", strconv.Itoa(be.maxFails)+" failed connects within "+ft.String())
+	be.publishLocked("passive", strconv.Itoa(be.maxFails)+" failed connects within "+ft.String(), zap.NamedError("error", err))
 }
 
 // recordCheck keeps the outcome of the backend's last active check for

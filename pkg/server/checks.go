@@ -201,7 +201,11 @@ func (h *healthMonitor) onChange(ev health.Event) {
 	}
 	be.mu.Lock()
 	be.activeUp = ev.Up
-	be.publishLocked("active", ev.Reason)
+	var extra []zap.Field
+	if ev.Err != nil {
+		extra = append(extra, zap.NamedError("error", ev.Err))
+	}
+	be.publishLocked("active", ev.Reason, extra...)
 	be.mu.Unlock()
 }
 

@@ -277,6 +277,9 @@ func TestHealthFirstCheckDecides(t *testing.T) {
 		if ctx["check"] != "active" || ctx["pool"] != "p" {
 			t.Errorf("%s: log fields %v", c.addr, ctx)
 		}
+		if e, _ := ctx["error"].(string); !strings.Contains(e, c.reason) {
+			t.Errorf("%s: error %q, want the check's socket error (%s)", c.addr, e, c.reason)
+		}
 	}
 	if es := stateLogs(logs, liveBE.Addr); len(es) != 0 {
 		t.Errorf("live backend: state logs %v, want none", es)
@@ -563,6 +566,10 @@ func TestPassiveEjection(t *testing.T) {
 		}
 		if ctx := es[0].ContextMap(); ctx["check"] != "passive" || ctx["reason"] != "2 failed connects within 3s" {
 			t.Errorf("down log fields %v", ctx)
+		}
+		// The line says why the connects failed: the last socket error.
+		if e, _ := es[0].ContextMap()["error"].(string); !strings.Contains(e, "connection refused") || !strings.Contains(e, d) {
+			t.Errorf("down log error %q, want the refused connect to %s", e, d)
 		}
 	})
 

@@ -292,14 +292,14 @@ func (s *Server) stopPool(lp *livePool) {
 
 // ConnectFailed implements tcpproxy.PassiveObserver (and udpproxy's): max_fails
 // failures within fail_timeout eject the backend for fail_timeout.
-func (p *pool) ConnectFailed(b *balancer.Backend) {
+func (p *pool) ConnectFailed(b *balancer.Backend, err error) {
 	p.live.balMu.RLock()
 	be := p.live.byBal[b]
 	p.live.balMu.RUnlock()
 	if be == nil {
 		return
 	}
-	be.connectFailed(time.Now())
+	be.connectFailed(time.Now(), err)
 }
 
 func zapPool(p string) zap.Field      { return zap.String("pool", p) }

@@ -59,6 +59,8 @@ type Options struct {
 	// NewSource makes the discovery source of a [[pools.X.discover]]
 	// entry; nil means the discovery package's (tests inject fakes).
 	NewSource func(d config.Discover) (discovery.Source, error)
+	// Version is lbctl's version, for status.
+	Version string
 }
 
 // Server runs listeners and pools for one lbctl process.
@@ -91,6 +93,7 @@ type Server struct {
 	udpDrain chan struct{}
 	health   *healthMonitor
 	alive    aliveState // what Alive remembers between calls (alive.go)
+	info     runInfo    // version, start and last reload, for status (runinfo.go)
 	file     fileCheck  // lbctl_config_file_changed (operate.go)
 }
 
@@ -142,6 +145,7 @@ func (s *Server) Start() error {
 		return err
 	}
 	s.loadState()
+	s.info.start(time.Now())
 	s.m.ConfigLoaded(time.Now())
 	s.started = true
 	s.ready.Store(true)
@@ -169,12 +173,14 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	if err != nil {
 		s.forgetSeries(cfg, old) // what the failed build created
+		s.info.reloaded(time.Now(), err)
 		s.m.ReloadResult(false, time.Now())
 		s.log.Error("reload failed, the old configuration keeps running", ErrorField(err))
 		return err
 	}
 	s.cfg.Store(cfg)
 	s.forgetSeries(old, cfg)
+	s.info.reloaded(time.Now(), nil)
 	s.m.ReloadResult(true, time.Now())
 	s.log.Info("configuration reloaded", zap.String("file", cfg.File), zap.Strings("changes", diff(old, cfg)))
 	return nil

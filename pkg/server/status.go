@@ -12,8 +12,13 @@ import (
 // Status is a snapshot of the running configuration and its counters, the
 // body of the admin API's GET /api/v1/status.
 type Status struct {
-	Listeners []ListenerStatus `json:"listeners"`
-	Pools     []PoolStatus     `json:"pools"`
+	Version       string           `json:"version"`        // lbctl's version
+	Started       time.Time        `json:"started"`        // when it started serving
+	UptimeSeconds float64          `json:"uptime_seconds"` // since Started
+	ConfigFile    string           `json:"config_file"`    // the file it loads and reloads
+	LastReload    *ReloadStatus    `json:"last_reload"`    // nil before the first reload (runinfo.go)
+	Listeners     []ListenerStatus `json:"listeners"`
+	Pools         []PoolStatus     `json:"pools"`
 }
 
 // ListenerStatus describes one listener.
@@ -71,6 +76,7 @@ func (s *Server) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := Status{Listeners: []ListenerStatus{}, Pools: []PoolStatus{}}
+	s.info.fill(&st, s.opts.Version, s.cfg.Load().File, time.Now())
 	for _, l := range s.listeners {
 		ls := l.state.Load()
 		if ls == nil {

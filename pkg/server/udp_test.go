@@ -464,7 +464,8 @@ func TestUDPDeadBackendPassiveCheck(t *testing.T) {
 	dead := lbtest.ClosedUDPPort(t, "udp4")
 	live := lbtest.NewUDP(t, "live", lbtest.UDPTagged("live"))
 	// Round robin picks the first backend first: the dead one.
-	h := startUDPServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", `fail_timeout = "1m"`, dead, live.Addr), nil)
+	core, logs := observer.New(zap.InfoLevel)
+	h := startUDPServer(t, udpListenerTOML("u", "p", "")+poolTOML("p", `fail_timeout = "1m"`, dead, live.Addr), core)
 	c := udpClient(t)
 	if _, err := c.WriteToUDPAddrPort([]byte("1"), h.udpAddr("u")); err != nil {
 		t.Fatal(err)
@@ -476,6 +477,14 @@ func TestUDPDeadBackendPassiveCheck(t *testing.T) {
 	}
 	if reply := udpExchange(c, h.udpAddr("u"), []byte("2"), 5*time.Second); string(reply) != "live|2" {
 		t.Errorf("next datagram: reply %q, want live|2", reply)
+	}
+	// The ejection's line carries the socket error (ICMP port unreachable).
+	es := stateLogs(logs, dead)
+	if len(es) != 1 || es[0].Message != "backend down" {
+		t.Fatalf("state logs %v, want one \"backend down\"", es)
+	}
+	if e, _ := es[0].ContextMap()["error"].(string); !strings.Contains(e, "connection refused") {
+		t.Errorf("down log error %q, want the refused datagram's error", e)
 	}
 }
 

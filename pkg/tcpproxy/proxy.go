@@ -74,9 +74,10 @@ type Target struct {
 	Conns *Registry
 }
 
-// PassiveObserver learns of every failed connect, for passive health checks.
+// PassiveObserver learns of every failed connect and why, for passive
+// health checks.
 type PassiveObserver interface {
-	ConnectFailed(b *balancer.Backend)
+	ConnectFailed(b *balancer.Backend, err error)
 }
 
 // Config is what a Proxy needs. All fields but Passive are required.
@@ -228,7 +229,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 				t.Metrics.ConnectFailed()
 				b.AddFailure()
 				if p.cfg.Passive != nil {
-					p.cfg.Passive.ConnectFailed(b)
+					p.cfg.Passive.ConnectFailed(b, err)
 				}
 			}
 			// Debug only: a dead backend is reported once, by the health

@@ -44,7 +44,7 @@ type rig struct {
 // max_fails = 1, marks the backend down.
 type passive struct{ failed atomic.Int64 }
 
-func (p *passive) ConnectFailed(b *balancer.Backend) {
+func (p *passive) ConnectFailed(b *balancer.Backend, _ error) {
 	p.failed.Add(1)
 	b.SetHealthy(false)
 }

@@ -265,7 +265,7 @@ func (l *Listener) dial(s *session, avoid *balancer.Backend) bool {
 			t.Metrics.ConnectFailed()
 			b.AddFailure()
 			if cfg.Passive != nil {
-				cfg.Passive.ConnectFailed(b)
+				cfg.Passive.ConnectFailed(b, err)
 			}
 			cfg.Log.Debug("udp: backend socket failed", zap.String("pool", cfg.PoolName),
 				zap.String("backend", b.Address()), zap.Error(err))

@@ -114,9 +114,10 @@ type target struct {
 }
 
 // PassiveObserver learns of every backend that refused a session's
-// datagrams (ICMP port unreachable), for passive health checks.
+// datagrams (ICMP port unreachable), and the socket error, for passive
+// health checks.
 type PassiveObserver interface {
-	ConnectFailed(b *balancer.Backend)
+	ConnectFailed(b *balancer.Backend, err error)
 }
 
 // Config is what a Proxy needs. Listener, Pool, Targets and Rejections are

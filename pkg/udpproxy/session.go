@@ -155,7 +155,7 @@ func (s *session) finish(end End) {
 		s.t.Metrics.ConnectFailed()
 		s.b.AddFailure()
 		if cfg.Passive != nil {
-			cfg.Passive.ConnectFailed(s.b)
+			cfg.Passive.ConnectFailed(s.b, s.rerr)
 		}
 		cfg.Log.Debug("udp: backend refused datagrams", zap.String("pool", cfg.PoolName),
 			zap.String("backend", s.b.Address()), zap.Error(s.rerr))
