@@ -7,6 +7,7 @@
 #   make bench                                  # full run, about 5 minutes on 2 cores
 #   BENCH_TIME=1s BENCH_ROUNDS=1 make bench     # quick look
 #   BENCH_TARGETS=direct,lbctl,haproxy make bench
+#   BENCH_MEASURES=short,sni make bench         # only some rows
 #
 # Results: bench/results/<timestamp>/{table.md,results.json,chart.svg,configs/};
 # the latest table and chart are copied to docs/bench-table.md and

@@ -10,6 +10,7 @@ import (
 // touches another, and one UDP listener.
 type ports struct {
 	Bulk, Short, RR, Idle, UDP int
+	SNI                        int // TLS passthrough routed by server name (sni.go)
 }
 
 // confParams is everything a generated proxy configuration depends on.
@@ -26,17 +27,23 @@ type confParams struct {
 // target. A proxy has one address per measure; the direct target lists
 // every backend and the client balances itself.
 type frontends struct {
-	Bulk, Short, RR, Idle, UDP []string
+	Bulk, Short, RR, Idle, UDP, SNI []string
 }
 
 func proxyFrontends(p ports) frontends {
 	a := func(port int) []string { return []string{fmt.Sprintf("127.0.0.1:%d", port)} }
-	return frontends{Bulk: a(p.Bulk), Short: a(p.Short), RR: a(p.RR), Idle: a(p.Idle), UDP: a(p.UDP)}
+	return frontends{Bulk: a(p.Bulk), Short: a(p.Short), RR: a(p.RR), Idle: a(p.Idle), UDP: a(p.UDP), SNI: a(p.SNI)}
 }
 
+// directFrontends: with no proxy there is nothing to route, so the direct
+// column's SNI figure is the echo backends answering the same hellos.
 func directFrontends(b backendAddrs) frontends {
-	return frontends{Bulk: b.Sink, Short: b.Echo, RR: b.Echo, Idle: b.Echo, UDP: b.UDP}
+	return frontends{Bulk: b.Sink, Short: b.Echo, RR: b.Echo, Idle: b.Echo, UDP: b.UDP, SNI: b.Echo}
 }
+
+// sniPools are the pools the SNI listener routes to, one per name of
+// sniNames, each holding the echo backends.
+var sniPools = []string{"sni_a", "sni_b"}
 
 // tcpRoutes pairs each TCP listener with its pool.
 func tcpRoutes(p ports) []struct {
@@ -80,10 +87,16 @@ defaults
 	for _, r := range tcpRoutes(p.Ports) {
 		fmt.Fprintf(&b, "\nfrontend %s\n    bind 127.0.0.1:%d\n    default_backend %s\n", r.name, r.port, r.pool)
 	}
+	// SNI routing as HAProxy's documentation shows it: wait (up to 5s)
+	// for a whole ClientHello, then pick the backend by req.ssl_sni.
+	fmt.Fprintf(&b, "\nfrontend sni\n    bind 127.0.0.1:%d\n    tcp-request inspect-delay 5s\n    tcp-request content accept if { req.ssl_hello_type 1 }\n", p.Ports.SNI)
+	for i, n := range sniNames {
+		fmt.Fprintf(&b, "    use_backend %s if { req.ssl_sni -i %s }\n", sniPools[i], n)
+	}
 	for _, pool := range []struct {
 		name  string
 		addrs []string
-	}{{"sink", p.Backends.Sink}, {"echo", p.Backends.Echo}} {
+	}{{"sink", p.Backends.Sink}, {"echo", p.Backends.Echo}, {sniPools[0], p.Backends.Echo}, {sniPools[1], p.Backends.Echo}} {
 		fmt.Fprintf(&b, "\nbackend %s\n    balance roundrobin\n", pool.name)
 		for i, a := range pool.addrs {
 			fmt.Fprintf(&b, "    server %s%d %s\n", pool.name, i+1, a)
@@ -133,6 +146,22 @@ stream {
 	for _, r := range tcpRoutes(p.Ports) {
 		fmt.Fprintf(&b, "\n    server {  # %s\n        listen 127.0.0.1:%d reuseport;\n        proxy_pass %s;\n    }\n", r.name, r.port, r.pool)
 	}
+	// SNI routing as nginx's documentation shows it: ssl_preread and a
+	// map from the server name to an upstream (none: the connection is
+	// closed). ssl_preread waits up to preread_timeout (30s) for the hello.
+	for _, pool := range sniPools {
+		fmt.Fprintf(&b, "\n    upstream %s {\n", pool)
+		for _, a := range p.Backends.Echo {
+			fmt.Fprintf(&b, "        server %s;\n", a)
+		}
+		b.WriteString("    }\n")
+	}
+	b.WriteString("\n    map $ssl_preread_server_name $sni_upstream {\n")
+	for i, n := range sniNames {
+		fmt.Fprintf(&b, "        %s %s;\n", n, sniPools[i])
+	}
+	b.WriteString("    }\n")
+	fmt.Fprintf(&b, "\n    server {  # sni\n        listen 127.0.0.1:%d reuseport;\n        ssl_preread on;\n        proxy_pass $sni_upstream;\n    }\n", p.Ports.SNI)
 	fmt.Fprintf(&b, `
     server {  # udp
         listen 127.0.0.1:%d udp reuseport;
@@ -159,10 +188,16 @@ access = false
 	for _, r := range tcpRoutes(p.Ports) {
 		fmt.Fprintf(&b, "\n[listeners.%s]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:%d\"\npool = \"%s\"\n", r.name, r.port, r.pool)
 	}
+	// SNI routing: one route per name, no fallback pool (a hello for
+	// another name is closed, as with HAProxy and nginx here).
+	fmt.Fprintf(&b, "\n[listeners.sni]\nprotocol = \"tcp\"\nbind = \"127.0.0.1:%d\"\ntls_inspect_timeout = \"5s\"\n", p.Ports.SNI)
+	for i, n := range sniNames {
+		fmt.Fprintf(&b, "\n  [[listeners.sni.routes]]\n  sni = [\"%s\"]\n  pool = \"%s\"\n", n, sniPools[i])
+	}
 	pools := []struct {
 		name  string
 		addrs []string
-	}{{"sink", p.Backends.Sink}, {"echo", p.Backends.Echo}}
+	}{{"sink", p.Backends.Sink}, {"echo", p.Backends.Echo}, {sniPools[0], p.Backends.Echo}, {sniPools[1], p.Backends.Echo}}
 	if !p.NoUDP {
 		fmt.Fprintf(&b, "\n[listeners.udp]\nprotocol = \"udp\"\nbind = \"127.0.0.1:%d\"\npool = \"udpecho\"\n", p.Ports.UDP)
 		pools = append(pools, struct {

@@ -13,7 +13,7 @@ import (
 func testParams(t *testing.T) confParams {
 	t.Helper()
 	return confParams{
-		Ports: ports{Bulk: 20001, Short: 20002, RR: 20003, Idle: 20004, UDP: 20005},
+		Ports: ports{Bulk: 20001, Short: 20002, RR: 20003, Idle: 20004, UDP: 20005, SNI: 20006},
 		Backends: backendAddrs{
 			Echo: []string{"127.0.0.1:30001", "127.0.0.1:30002"},
 			Sink: []string{"127.0.0.1:30011", "127.0.0.1:30012"},
@@ -35,10 +35,14 @@ func TestConfigsAreEquivalent(t *testing.T) {
 		{"haproxy", haproxyConfig(p), []string{
 			"nbthread 2", "mode tcp", "option splice-auto", "balance roundrobin",
 			"bind 127.0.0.1:20001", "bind 127.0.0.1:20004", "server echo2 127.0.0.1:30002", "server sink1 127.0.0.1:30011",
+			"bind 127.0.0.1:20006", "tcp-request inspect-delay 5s", "use_backend sni_a if { req.ssl_sni -i a.bench.test }",
+			"use_backend sni_b if { req.ssl_sni -i b.bench.test }", "server sni_b2 127.0.0.1:30002",
 		}},
 		{"nginx", nginxConfig(p), []string{
 			nginxModule, "worker_processes 2;", "worker_rlimit_nofile 20000;", "proxy_half_close on;",
 			"listen 127.0.0.1:20002 reuseport;", "listen 127.0.0.1:20005 udp reuseport;", "server 127.0.0.1:30022;",
+			"listen 127.0.0.1:20006 reuseport;", "ssl_preread on;", "map $ssl_preread_server_name $sni_upstream {",
+			"a.bench.test sni_a;", "b.bench.test sni_b;", "proxy_pass $sni_upstream;", "upstream sni_b {",
 		}},
 		{"lbctl", lbctlConfig(p), []string{
 			`level = "warn"`, "access = false", `bind = "127.0.0.1:20003"`, `protocol = "udp"`,
@@ -71,6 +75,11 @@ func TestLbctlConfigShape(t *testing.T) {
 		Admin     map[string]any
 		Listeners map[string]struct {
 			Protocol, Bind, Pool string
+			TLSInspectTimeout    string `toml:"tls_inspect_timeout"`
+			Routes               []struct {
+				SNI  []string `toml:"sni"`
+				Pool string
+			}
 		}
 		Pools map[string]struct {
 			Algorithm string
@@ -89,8 +98,19 @@ func TestLbctlConfigShape(t *testing.T) {
 		t.Errorf("admin table present")
 	}
 	wantPools := map[string]string{"bulk": "sink", "short": "echo", "rr": "echo", "idle": "echo", "udp": "udpecho"}
-	if len(c.Listeners) != len(wantPools) {
-		t.Errorf("%d listeners, want %d", len(c.Listeners), len(wantPools))
+	if len(c.Listeners) != len(wantPools)+1 {
+		t.Errorf("%d listeners, want %d and sni", len(c.Listeners), len(wantPools))
+	}
+	sni := c.Listeners["sni"]
+	if sni.Pool != "" || sni.TLSInspectTimeout != "5s" || len(sni.Routes) != 2 ||
+		len(sni.Routes[0].SNI) != 1 || sni.Routes[0].SNI[0] != "a.bench.test" || sni.Routes[0].Pool != "sni_a" ||
+		len(sni.Routes[1].SNI) != 1 || sni.Routes[1].SNI[0] != "b.bench.test" || sni.Routes[1].Pool != "sni_b" {
+		t.Errorf("listener sni = %+v, want a route per name to sni_a and sni_b, no fallback pool", sni)
+	}
+	for _, pool := range sniPools {
+		if p := c.Pools[pool]; len(p.Backends) != 2 || p.Backends[0].Address != "127.0.0.1:30001" || p.Health.Check != "none" {
+			t.Errorf("pool %s = %+v, want the echo backends, no checks", pool, p)
+		}
 	}
 	for name, pool := range wantPools {
 		l, ok := c.Listeners[name]

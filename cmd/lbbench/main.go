@@ -6,7 +6,8 @@
 // starts a child process of loopback backends (lbbench backends), generates an
 // equivalent configuration for each proxy, starts them, and runs every measure
 // against every target in interleaved rounds: bulk throughput, short
-// connections, request/response on 1 and 32 persistent connections, UDP
+// connections (plain, and TLS hellos routed by server name), request/response
+// on 1 and 32 persistent connections, UDP
 // request/response and idle connections. The proxies' CPU time, memory and
 // descriptors are read from /proc. It prints progress on stderr and a
 // markdown table on stdout, and writes results.json, table.md, chart.svg and
@@ -17,8 +18,9 @@
 // loopback backends alone and prints their addresses.
 //
 // BENCH_TIME (counted time per measure, target and round, default 4s),
-// BENCH_ROUNDS (default 3) and BENCH_TARGETS (comma list of
-// direct,lbctl,haproxy,nginx) shorten or focus a run.
+// BENCH_ROUNDS (default 3), BENCH_TARGETS (comma list of
+// direct,lbctl,haproxy,nginx) and BENCH_MEASURES (comma list of
+// bulk,short,sni,rr1,rr32,udp,idle) shorten or focus a run.
 //
 // lbbench does not install anything or tune the kernel; `make bench` installs
 // HAProxy and nginx when missing.

@@ -94,6 +94,9 @@ func metricDefs(s settings) []metricDef {
 		{"short.cps", fmt.Sprintf("Short connections, %d workers (conn/s)", s.ShortConns), true, true},
 		{"short.p50_us", "Short connection exchange p50 (µs)", false, true},
 		{"short.p99_us", "Short connection exchange p99 (µs)", false, true},
+		{"sni.cps", fmt.Sprintf("SNI-routed short connections, %d workers (conn/s)", s.ShortConns), true, true},
+		{"sni.p50_us", "  SNI-routed exchange p50 (µs)", false, true},
+		{"sni.p99_us", "  SNI-routed exchange p99 (µs)", false, true},
 		{"rr1.rps", fmt.Sprintf("Request/response, %d connection (req/s)", rr1), true, true},
 		{"rr1.p50_us", fmt.Sprintf("  %d conn p50 (µs)", rr1), false, true},
 		{"rr1.p99_us", fmt.Sprintf("  %d conn p99 (µs)", rr1), false, true},
@@ -115,6 +118,7 @@ func metricDefs(s settings) []metricDef {
 		{"udp.loss_pct", "  UDP lost or late >200ms (%)", false, false},
 		{"bulk.cpu_s_per_gb", "Proxy CPU per GB moved (s)", false, false},
 		{"short.cpu_s_per_kconn", "Proxy CPU per 1,000 connections (s)", false, false},
+		{"sni.cpu_s_per_kconn", "Proxy CPU per 1,000 SNI-routed connections (s)", false, false},
 		{"rr32.cpu_s_per_mreq", fmt.Sprintf("Proxy CPU per million requests, %d conns (s)", rr32), false, false},
 		{"udp.cpu_s_per_mdgram", "Proxy CPU per million UDP datagrams (s)", false, false},
 	}
@@ -287,6 +291,21 @@ func evalGoals(r *results) []goal {
 	cmp("bulk throughput >= 0.8 x direct (Gbit/s)", "bulk.gbps", true, 0.8, "0.8 x direct", tDirect)
 	cmp("short conn/s >= HAProxy", "short.cps", true, 1, "HAProxy", tHAProxy)
 	cmp("CPU s per 1,000 conns <= HAProxy", "short.cpu_s_per_kconn", false, 1, "HAProxy", tHAProxy)
+	// SNI routing must cost little on top of a plain connection: against
+	// lbctl's own plain short connections of the same run.
+	sg := goal{Goal: "SNI-routed conn/s >= 0.9 x plain TCP on lbctl", Value: "—", Reference: "—", Met: "—"}
+	sv, sok := r.med(tLbctl, "sni.cps")
+	pv, pok := r.med(tLbctl, "short.cps")
+	if sok {
+		sg.Value = fmtNum(sv)
+	}
+	if pok {
+		sg.Reference = fmtNum(0.9*pv) + " (0.9 x lbctl short)"
+		if sok {
+			sg.Met = yesNo(sv >= 0.9*pv)
+		}
+	}
+	gs = append(gs, sg)
 	cmp("32-conn req/s >= HAProxy", "rr32.rps", true, 1, "HAProxy", tHAProxy)
 	cmp("CPU s per million requests <= HAProxy", "rr32.cpu_s_per_mreq", false, 1, "HAProxy", tHAProxy)
 	cmp("1-conn p50 added (µs) <= best of HAProxy, nginx", "rr1.added_p50_us", false, 1, "best peer", tHAProxy, tNginx)

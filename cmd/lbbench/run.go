@@ -31,6 +31,7 @@ type settings struct {
 	IdleConns  int           `json:"idle_connections"`
 	NoFile     int           `json:"nofile_limit"`
 	Threads    int           `json:"proxy_threads"`
+	Measures   []string      `json:"measures"` // in measureOrder's order
 }
 
 func defaultSettings() settings {
@@ -47,11 +48,13 @@ func defaultSettings() settings {
 		IdleConns:  8000,
 		NoFile:     20000,
 		Threads:    runtime.NumCPU(),
+		Measures:   append([]string(nil), measureOrder...),
 	}
 }
 
 // applyEnv reads BENCH_TIME (a Go duration or a number of seconds),
-// BENCH_ROUNDS and BENCH_TARGETS (comma list) through getenv.
+// BENCH_ROUNDS, BENCH_TARGETS and BENCH_MEASURES (comma lists) through
+// getenv.
 func (s *settings) applyEnv(getenv func(string) string) error {
 	if v := getenv("BENCH_TIME"); v != "" {
 		d, err := time.ParseDuration(v)
@@ -76,6 +79,13 @@ func (s *settings) applyEnv(getenv func(string) string) error {
 			return fmt.Errorf("BENCH_ROUNDS=%q: want a positive integer", v)
 		}
 		s.Rounds = n
+	}
+	if v := getenv("BENCH_MEASURES"); v != "" {
+		ms, err := pickNames("BENCH_MEASURES", v, measureOrder)
+		if err != nil {
+			return err
+		}
+		s.Measures = ms
 	}
 	if v := getenv("BENCH_TARGETS"); v != "" {
 		var ts []string
@@ -110,18 +120,44 @@ func (s *settings) applyEnv(getenv func(string) string) error {
 	return nil
 }
 
+// pickNames parses a comma list of names out of known, in known's order.
+func pickNames(env, v string, known []string) ([]string, error) {
+	want := map[string]bool{}
+	for _, f := range strings.Split(v, ",") {
+		f = strings.TrimSpace(strings.ToLower(f))
+		if f == "" {
+			continue
+		}
+		if !contains(known, f) {
+			return nil, fmt.Errorf("%s: unknown name %q (want %s)", env, f, strings.Join(known, ","))
+		}
+		want[f] = true
+	}
+	var out []string
+	for _, k := range known {
+		if want[k] {
+			out = append(out, k)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s=%q: none given", env, v)
+	}
+	return out, nil
+}
+
 // Measure names, in the order they run within a round. idle runs last so
 // that a proxy which runs out of descriptors disturbs nothing after it.
 const (
 	mBulk  = "bulk"
 	mShort = "short"
+	mSNI   = "sni"
 	mRR1   = "rr1"
 	mRR32  = "rr32"
 	mUDP   = "udp"
 	mIdle  = "idle"
 )
 
-var measureOrder = []string{mBulk, mShort, mRR1, mRR32, mUDP, mIdle}
+var measureOrder = []string{mBulk, mShort, mSNI, mRR1, mRR32, mUDP, mIdle}
 
 // applies reports whether measure m is run for target t.
 func applies(m, t string) bool {
@@ -156,6 +192,9 @@ func plan(s settings) []step {
 	var steps []step
 	for r := 0; r < s.Rounds; r++ {
 		for _, m := range measureOrder {
+			if !contains(s.Measures, m) {
+				continue
+			}
 			slices, d := 1, s.Time
 			if m == mRR1 {
 				slices, d = rr1Slices, max(s.Time/rr1Slices, 100*time.Millisecond)
@@ -337,6 +376,10 @@ func run(ctx context.Context, opt runOptions, s settings, progress io.Writer, st
 		mach = describeMachine(lbctlBin)
 	}
 
+	hellos, err := sniHellos()
+	if err != nil {
+		return err
+	}
 	bp, err := startBackendProc(s.Backends)
 	if err != nil {
 		return err
@@ -438,7 +481,7 @@ func run(ctx context.Context, opt runOptions, s settings, progress io.Writer, st
 				continue
 			}
 		}
-		vals := runStep(ctx, s, st, t, res)
+		vals := runStep(ctx, s, st, t, res, hellos)
 		for k, v := range vals {
 			res.add(st.target, k, v)
 		}
@@ -512,7 +555,7 @@ func cpuWindow(pid int, w window) <-chan float64 {
 }
 
 // runStep runs one measure against one target and returns its figures.
-func runStep(ctx context.Context, s settings, st step, t *target, res *results) map[string]float64 {
+func runStep(ctx context.Context, s settings, st step, t *target, res *results, hellos [][]byte) map[string]float64 {
 	v := map[string]float64{}
 	m := st.measure
 	if m == mIdle {
@@ -536,6 +579,15 @@ func runStep(ctx context.Context, s settings, st step, t *target, res *results) 
 		v["short.errors"] = float64(r.Errors)
 		if c := <-cpu; c >= 0 && r.Count > 0 {
 			v["short.cpu_s_per_kconn"] = c / (float64(r.Count) / 1e3)
+		}
+	case mSNI:
+		r := measureSNI(t.fe.SNI, hellos, s.ShortConns, w)
+		v["sni.cps"] = r.Rate()
+		v["sni.p50_us"] = r.us(0.50)
+		v["sni.p99_us"] = r.us(0.99)
+		v["sni.errors"] = float64(r.Errors)
+		if c := <-cpu; c >= 0 && r.Count > 0 {
+			v["sni.cpu_s_per_kconn"] = c / (float64(r.Count) / 1e3)
 		}
 	case mRR1, mRR32:
 		n := s.RRConns[0]

@@ -26,6 +26,11 @@ func TestApplyEnv(t *testing.T) {
 		{"targets keep table order", map[string]string{"BENCH_TARGETS": "nginx, Direct"}, func(s settings) bool {
 			return reflect.DeepEqual(s.Targets, []string{tDirect, tNginx})
 		}, ""},
+		{"measures keep run order", map[string]string{"BENCH_MEASURES": "sni,short"}, func(s settings) bool {
+			return reflect.DeepEqual(s.Measures, []string{mShort, mSNI}) && len(plan(s)) == 3*2*len(allTargets)
+		}, ""},
+		{"all measures by default", nil, func(s settings) bool { return reflect.DeepEqual(s.Measures, measureOrder) }, ""},
+		{"unknown measure", map[string]string{"BENCH_MEASURES": "tls"}, nil, `unknown name "tls"`},
 		{"bad time", map[string]string{"BENCH_TIME": "soon"}, nil, "BENCH_TIME"},
 		{"tiny time", map[string]string{"BENCH_TIME": "1ms"}, nil, "at least"},
 		{"bad rounds", map[string]string{"BENCH_ROUNDS": "0"}, nil, "BENCH_ROUNDS"},
@@ -56,9 +61,9 @@ func TestPlanInterleavesAndRotates(t *testing.T) {
 	s := defaultSettings()
 	s.Rounds = 2
 	steps := plan(s)
-	// 6 measures x 4 targets, minus HAProxy UDP and direct idle, plus the
+	// 7 measures x 4 targets, minus HAProxy UDP and direct idle, plus the
 	// extra slices of rr1, per round.
-	if want := 2 * (6*4 - 2 + (rr1Slices-1)*4); len(steps) != want {
+	if want := 2 * (7*4 - 2 + (rr1Slices-1)*4); len(steps) != want {
 		t.Fatalf("%d steps, want %d", len(steps), want)
 	}
 	rr1 := map[string]int{}

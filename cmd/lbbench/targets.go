@@ -115,7 +115,7 @@ func startTarget(ctx context.Context, name, dir, lbctlBin string, b backendAddrs
 	if name == tDirect {
 		return &target{name: name, fe: directFrontends(b)}, nil
 	}
-	pp, err := freePorts(5)
+	pp, err := freePorts(6)
 	if err != nil {
 		return nil, err
 	}
@@ -124,7 +124,7 @@ func startTarget(ctx context.Context, name, dir, lbctlBin string, b backendAddrs
 		return nil, fmt.Errorf("create %s: %w", runDir, err)
 	}
 	p := confParams{
-		Ports:    ports{Bulk: pp[0], Short: pp[1], RR: pp[2], Idle: pp[3], UDP: pp[4]},
+		Ports:    ports{Bulk: pp[0], Short: pp[1], RR: pp[2], Idle: pp[3], UDP: pp[4], SNI: pp[5]},
 		Backends: b,
 		Threads:  threads,
 		Dir:      runDir,
@@ -232,15 +232,19 @@ func tail(s string, n int) string {
 // or accepts (bulk), within limit.
 func (t *target) waitReady(ctx context.Context, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
+	hello, err := clientHello(sniNames[0])
+	if err != nil {
+		return err
+	}
 	probes := []func() error{
 		func() error { return probeTCP(t.fe.Bulk[0], false) },
 		func() error { return probeTCP(t.fe.Short[0], true) },
 		func() error { return probeTCP(t.fe.RR[0], true) },
 		func() error { return probeTCP(t.fe.Idle[0], true) },
-		func() error { return probeUDP(t.fe.UDP[0]) },
+		func() error { return probeSNI(t.fe.SNI[0], hello) },
 	}
-	if len(t.fe.UDP) == 0 {
-		probes = probes[:4]
+	if len(t.fe.UDP) > 0 {
+		probes = append(probes, func() error { return probeUDP(t.fe.UDP[0]) })
 	}
 	for _, probe := range probes {
 		for {
