@@ -40,15 +40,19 @@ type listener struct {
 type listenerState struct {
 	name  string
 	cfg   *config.Listener
-	pool  *pool
+	pool  *pool // nil when routes alone serve the listener
 	gate  *gate // admission (admission.go)
 	rej   *metrics.Rejections
 	proxy *tcpproxy.Proxy // protocol "tcp"
 	udp   *udpproxy.Proxy // protocol "udp"
+	// routes: a tcp listener with routes reads each ClientHello and picks
+	// a route's proxy, else proxy (tlsroute.go); nil without routes.
+	routes *routeTable
 }
 
-func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool, tb *targetBuild) (*listenerState, error) {
-	if p == nil {
+// gens gives the generation of each pool the listener's routes name.
+func (s *Server) buildListenerState(lc *config.Listener, p *pool, gens func(string) *pool, accessLog bool, tb *targetBuild) (*listenerState, error) {
+	if p == nil && lc.Pool != "" {
 		return nil, errors.New("unknown pool " + lc.Pool)
 	}
 	st := &listenerState{
@@ -60,23 +64,38 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool, accessLog bool
 	if err := s.buildProxy(st, p, accessLog, tb); err != nil {
 		return nil, err
 	}
+	if err := s.buildRoutes(st, gens, accessLog, tb); err != nil {
+		return nil, err
+	}
 	return st, nil
 }
 
-// rebuildListenerState is st over generation p of its pool: the same
-// admission gate and limits, a proxy over p's members.
+// rebuildListenerState is st over generation p of one of its pools (its
+// own, or a route's): the same admission gate and limits, proxies over p's
+// members where st used p's pool, the others as they were.
 func (s *Server) rebuildListenerState(st *listenerState, p *pool, accessLog bool, tb *targetBuild) (*listenerState, error) {
-	ns := &listenerState{name: st.name, cfg: st.cfg, gate: st.gate, rej: st.rej}
-	if err := s.buildProxy(ns, p, accessLog, tb); err != nil {
+	ns := &listenerState{name: st.name, cfg: st.cfg, gate: st.gate, rej: st.rej, pool: st.pool, proxy: st.proxy, udp: st.udp}
+	if st.pool != nil && st.pool.live == p.live {
+		if err := s.buildProxy(ns, p, accessLog, tb); err != nil {
+			return nil, err
+		}
+	}
+	rt, err := s.rebuildRoutes(ns, st.routes, p, accessLog, tb)
+	if err != nil {
 		return nil, err
 	}
+	ns.routes = rt
 	return ns, nil
 }
 
-// buildProxy sets st's pool to p and builds the proxy over p's members.
+// buildProxy sets st's pool to p and builds the proxy over p's members;
+// a nil p (a listener that only routes) leaves both nil.
 func (s *Server) buildProxy(st *listenerState, p *pool, accessLog bool, tb *targetBuild) error {
 	lc := st.cfg
 	st.pool = p
+	if p == nil {
+		return nil
+	}
 	switch lc.Protocol {
 	case "tcp":
 		tm := make(map[*balancer.Backend]*tcpproxy.Target, len(p.backends))
@@ -99,6 +118,7 @@ func (s *Server) buildProxy(st *listenerState, p *pool, accessLog bool, tb *targ
 			Rejections:       st.rej,
 			Passive:          p,
 			HeaderFunc:       proxyHeaderFunc(p.cfg.ProxyProtocol, false),
+			AuthorityTLV:     p.cfg.ProxyProtocol == "v2",
 			Log:              s.log,
 			Access:           access,
 			Durations:        s.m.ForDurations(lc.Name),
@@ -252,7 +272,17 @@ func (s *Server) handleTCP(l *listener, st *listenerState, c *net.TCPConn, clien
 			return
 		}
 	}
-	st.proxy.Start(s.killCtx, c, client, func(tcpproxy.End) {
+	proxy, pre := st.proxy, (*tcpproxy.Prelude)(nil)
+	if st.routes != nil {
+		if proxy, pre = s.inspect(st, c, client); proxy == nil { // tlsroute.go; counted
+			c.Close()
+			release()
+			l.active.Add(-1)
+			s.conns.Done()
+			return
+		}
+	}
+	proxy.StartWith(s.killCtx, c, client, pre, func(tcpproxy.End) {
 		release()
 		l.active.Add(-1)
 		s.conns.Done()

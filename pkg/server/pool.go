@@ -257,7 +257,7 @@ func (s *Server) refresh(lp *livePool) error {
 	var tb targetBuild
 	for _, l := range s.listeners {
 		st := l.state.Load()
-		if st == nil || st.pool.live != lp {
+		if st == nil || !st.uses(lp) { // its pool or a route's (tlsroute.go)
 			continue
 		}
 		ns, err := s.rebuildListenerState(st, p, access, &tb)
@@ -323,6 +323,9 @@ func (s *Server) planPools(cfg *config.Config, resolved map[string]string) (map[
 	for _, l := range cfg.Listeners {
 		if _, ok := protocols[l.Pool]; !ok || l.Protocol == "tcp" {
 			protocols[l.Pool] = l.Protocol
+		}
+		for _, r := range l.Routes { // routes are tcp only
+			protocols[r.Pool] = "tcp"
 		}
 	}
 	plans := make(map[string]*poolPlan, len(cfg.Pools))

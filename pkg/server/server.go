@@ -267,7 +267,7 @@ func (s *Server) apply(cfg *config.Config, resolved map[string]string) error {
 		if pl := plans[lc.Pool]; pl != nil {
 			gen = pl.gen
 		}
-		st, err := s.buildListenerState(lc, gen, cfg.Log.Access, &tb)
+		st, err := s.buildListenerState(lc, gen, planGens(plans), cfg.Log.Access, &tb)
 		if err != nil {
 			tb.forget(s)
 			forgetFresh(s, plans)
@@ -317,10 +317,7 @@ func (s *Server) apply(cfg *config.Config, resolved map[string]string) error {
 			byName[lc.Name] = lc
 		}
 		for _, ol := range old.Listeners {
-			nl := byName[ol.Name]
-			if lp := s.pools[ol.Pool]; lp != nil && (nl == nil || nl.Pool != ol.Pool || nl.Protocol != ol.Protocol) {
-				s.dropTargets(lp, ol.Name)
-			}
+			s.dropLeftTargets(ol, byName[ol.Name]) // its pool and its routes' (tlsroute.go)
 		}
 	}
 	tb.adopt()
@@ -343,7 +340,7 @@ func (s *Server) apply(cfg *config.Config, resolved map[string]string) error {
 		s.listeners[k] = l
 		s.serve(l)
 		s.log.Info("listening", zap.String("listener", states[k].name), zap.String("protocol", l.protocol),
-			zap.String("bind", l.addr().String()), zap.String("pool", states[k].pool.name))
+			zap.String("bind", l.addr().String()), zap.String("pool", states[k].poolName()))
 	}
 	return nil
 }

@@ -28,6 +28,9 @@ type ListenerStatus struct {
 	Bind     string `json:"bind"`
 	Pool     string `json:"pool"`
 	Active   int64  `json:"active"`
+	// Routes are a tcp listener's routes in order (tlsroute.go); absent
+	// without routes. Pool is "" when routes alone serve the listener.
+	Routes []RouteStatus `json:"routes,omitempty"`
 }
 
 // PoolStatus describes one pool.
@@ -83,7 +86,8 @@ func (s *Server) Status() Status {
 			continue
 		}
 		st.Listeners = append(st.Listeners, ListenerStatus{
-			Name: ls.name, Protocol: l.protocol, Bind: l.addr().String(), Pool: ls.pool.name, Active: l.active.Load(),
+			Name: ls.name, Protocol: l.protocol, Bind: l.addr().String(), Pool: ls.poolName(), Active: l.active.Load(),
+			Routes: ls.routeStatus(),
 		})
 	}
 	sort.Slice(st.Listeners, func(i, j int) bool { return st.Listeners[i].Name < st.Listeners[j].Name })
