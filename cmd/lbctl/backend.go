@@ -189,7 +189,7 @@ func newBackendRemoveCmd() *cobra.Command {
 			}
 			msg := fmt.Sprintf("pool %s backend %s: removed, takes no new connections", args[0], b.Address)
 			if b.Active > 0 {
-				msg += fmt.Sprintf("; %d established continue up to the pool's drain_timeout", b.Active)
+				msg += "; " + establishedContinue(b.Active) + " up to the pool's drain_timeout"
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), msg)
 			return nil
@@ -261,7 +261,15 @@ func newBackendKillCmd() *cobra.Command {
 func backendMessage(pool string, b server.BackendStatus) string {
 	msg := fmt.Sprintf("pool %s backend %s: %s (health %s)", pool, b.Address, b.Admin, b.Health)
 	if b.Admin != "enabled" {
-		msg += fmt.Sprintf(", takes no new connections; %d established continue", b.Active)
+		msg += ", takes no new connections; " + establishedContinue(b.Active)
 	}
 	return msg
+}
+
+// establishedContinue says that n established connections go on.
+func establishedContinue(n int64) string {
+	if n == 1 {
+		return "1 established connection continues"
+	}
+	return fmt.Sprintf("%d established connections continue", n)
 }

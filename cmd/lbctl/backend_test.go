@@ -228,7 +228,7 @@ func TestBackendCommands(t *testing.T) {
 		{"remove", "remove web 127.0.0.1:9001", 0, "remove web 127.0.0.1:9001",
 			"pool web backend 127.0.0.1:9001: removed, takes no new connections\n"},
 		{"remove IPv6 with connections", "remove web [::1]:9000", 0, "remove web [::1]:9000",
-			"pool web backend [::1]:9000: removed, takes no new connections; 2 established continue up to the pool's drain_timeout\n"},
+			"pool web backend [::1]:9000: removed, takes no new connections; 2 established connections continue up to the pool's drain_timeout\n"},
 		{"remove a config backend", "remove web 127.0.0.1:9000", 1, "remove web 127.0.0.1:9000",
 			"backend 127.0.0.1:9000 in pool web was not added through the API: remove it from its source (config file or discovery) (HTTP 409)"},
 		{"remove an unknown backend", "remove web 127.0.0.1:1", 1, "remove web 127.0.0.1:1", "unknown backend 127.0.0.1:1 in pool web (HTTP 404)"},
@@ -250,7 +250,7 @@ func TestBackendCommands(t *testing.T) {
 		{"kill in an unknown pool", "kill nope 127.0.0.1:9000", 1, "kill nope 127.0.0.1:9000", "unknown pool nope (HTTP 404)"},
 
 		{"drain", "drain web [::1]:9000", 0, "draining web [::1]:9000",
-			"pool web backend [::1]:9000: draining (health up), takes no new connections; 2 established continue\n"},
+			"pool web backend [::1]:9000: draining (health up), takes no new connections; 2 established connections continue\n"},
 		{"enable", "enable web [::1]:9000", 0, "enabled web [::1]:9000", "pool web backend [::1]:9000: enabled (health up)\n"},
 		{"drain --timeout without --wait", "drain web [::1]:9000 --timeout 1s", 2, "", "--timeout needs --wait"},
 	} {
@@ -359,7 +359,7 @@ func TestBackendDrainWait(t *testing.T) {
 	t.Run("admin API gone", func(t *testing.T) {
 		_, errOut, code := lbctl(t, "backend", "drain", "web", "127.0.0.1:9000", "--wait", "--admin", freePort(t),
 			"--token-file", writeFile(t, t.TempDir(), "token", "x"))
-		if code != 1 || !strings.Contains(errOut, "cannot reach the admin API") {
+		if code != 1 || !strings.Contains(errOut, "cannot reach lbctl at") {
 			t.Fatalf("exit %d: %s", code, errOut)
 		}
 	})

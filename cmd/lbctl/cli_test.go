@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/spf13/cobra"
 )
 
@@ -155,5 +156,47 @@ func copyFile(t *testing.T, src, dst string, perm os.FileMode) {
 	}
 	if err := os.WriteFile(dst, b, perm); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestErrorsOnePerLine: the problems of a config file print one per line
+// after their count, whether validate finds them, serve at start (host
+// names that do not resolve) or a running lbctl at `lbctl reload`; the
+// server logs them as a JSON array.
+func TestErrorsOnePerLine(t *testing.T) {
+	dir := t.TempDir()
+	unresolved := writeFile(t, dir, "unresolved.toml", "[listeners.a]\nbind = \"127.0.0.1:0\"\npool = \"p\"\n"+
+		"[[pools.p.backends]]\naddress = \"one.lbctl.invalid:80\"\n[[pools.p.backends]]\naddress = \"two.lbctl.invalid:80\"\n")
+	out, code := runLbctl(t, "serve", "--config", unresolved)
+	lines := strings.Split(out[max(strings.Index(out, "lbctl: "), 0):], "\n") // after the log lines
+	if code != 2 || len(lines) < 3 || lines[0] != "lbctl: invalid configuration (2 problems):" ||
+		!strings.HasPrefix(lines[1], unresolved+":5: pools.p.backends[0].address: cannot resolve host") ||
+		!strings.HasPrefix(lines[2], unresolved+":7: pools.p.backends[1].address: cannot resolve host") {
+		t.Errorf("serve: exit %d, want 2 and the problems one per line:\n%s", code, out)
+	}
+
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	d := startProc(t, nil, "", be.Addr)
+	good, err := os.ReadFile(d.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := strings.Count(string(good), "\n")
+	if err := os.WriteFile(d.config, append(good, "bogus = 1\n[listeners.b]\npool = \"nope\"\nbind = \"127.0.0.1:0\"\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code = runLbctl(t, "reload", "--config", d.config)
+	want := "lbctl: reload rejected, the old configuration keeps running: 2 problems (HTTP 400):\n" +
+		d.config + ":" + strconv.Itoa(n+1) + ": pools.web.backends[0].bogus: unknown key\n" +
+		d.config + ":" + strconv.Itoa(n+3) + ": listeners.b.pool: unknown pool \"nope\"\n"
+	if code != 1 || out != want {
+		t.Errorf("reload: exit %d, want 1 and\n%s\ngot\n%s", code, want, out)
+	}
+	// The server's log line carries the same problems as an array.
+	if code := d.stop(); code != 0 {
+		t.Fatalf("stop: exit %d", code)
+	}
+	if want := `"errors":["` + d.config + ":" + strconv.Itoa(n+1) + `: pools.web.backends[0].bogus: unknown key","`; !strings.Contains(d.logs.String(), want) {
+		t.Errorf("log lacks %s", want)
 	}
 }

@@ -147,7 +147,7 @@ func (c *adminClient) send(method, path string, in, out any) error {
 			Error string `json:"error"`
 		}
 		if json.Unmarshal(body, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s (HTTP %d)", e.Error, resp.StatusCode)
+			return &apiError{status: resp.StatusCode, msg: e.Error}
 		}
 		return fmt.Errorf("HTTP %d: %s", resp.StatusCode, bytes.TrimSpace(body))
 	}

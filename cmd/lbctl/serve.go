@@ -65,7 +65,7 @@ func serve(cfg *config.Config, path string) error {
 	m.SetBuildInfo(version, commit)
 	srv, err := server.New(cfg, server.Options{Log: log, Metrics: m, Inherited: inheritedSockets(log, cfg)})
 	if err != nil {
-		return withCode(startExitCode(err), err)
+		return startError(err)
 	}
 	d := &daemon{path: path, log: log, level: level, m: m, srv: srv, notify: systemd.NewNotifier(log)}
 
@@ -93,7 +93,7 @@ func serve(cfg *config.Config, path string) error {
 		if adm != nil {
 			adm.Close()
 		}
-		return withCode(startExitCode(err), err)
+		return startError(err)
 	}
 	log.Info("lbctl started", zap.String("version", version), zap.String("config", path),
 		zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)))
@@ -173,13 +173,13 @@ func (d *daemon) load() error {
 	return nil
 }
 
-// startExitCode is the exit status for a failed start: 2 when the
+// startError is the error for a failed start: exit 2 when the
 // configuration itself is wrong (a static backend host name that does not
 // resolve, found only at start), 1 for a run-time failure such as a bind.
-func startExitCode(err error) int {
+func startError(err error) error {
 	var cerr config.Errors
 	if errors.As(err, &cerr) {
-		return exitUsage
+		return invalidConfig(cerr) // each problem on a line of its own
 	}
-	return exitFailure
+	return withCode(exitFailure, err)
 }

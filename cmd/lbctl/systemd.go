@@ -31,7 +31,7 @@ func (d *daemon) summary() string {
 			}
 		}
 	}
-	return fmt.Sprintf("%s, %d/%d backends up", plural(len(st.Listeners), "listener"), up, total)
+	return fmt.Sprintf("%s, %d/%s up", plural(len(st.Listeners), "listener"), up, plural(total, "backend"))
 }
 
 func plural(n int, noun string) string {

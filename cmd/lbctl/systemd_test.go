@@ -150,7 +150,7 @@ func TestSystemdNotify(t *testing.T) {
 	}, nil, "", a.Addr)
 
 	// Start: READY=1 comes first, once the listener is bound.
-	if got := sock.next(10 * time.Second).msg; got != "READY=1\nSTATUS=1 listener, 1/1 backends up" {
+	if got := sock.next(10 * time.Second).msg; got != "READY=1\nSTATUS=1 listener, 1/1 backend up" {
 		t.Fatalf("first notification %q, want READY=1 with the status", got)
 	}
 	if got := roundTrip(t, d.front, nil); string(got) != "a" {
