@@ -15,7 +15,9 @@
 //
 // lbbench load runs a single measure against addresses given by hand (a
 // proxy started outside lbbench, for profiling); lbbench backends runs the
-// loopback backends alone and prints their addresses.
+// loopback backends alone and prints their addresses; lbbench splithello
+// sends ClientHellos split over segments and records to lbctl, HAProxy and
+// nginx routing by server name and prints what each did (splithello.go).
 //
 // BENCH_TIME (counted time per measure, target and round, default 4s),
 // BENCH_ROUNDS (default 3), BENCH_TARGETS (comma list of
@@ -32,6 +34,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -75,6 +78,19 @@ func main() {
 			fmt.Fprintln(os.Stderr, "lbbench load:", err)
 			os.Exit(1)
 		}
+	case "splithello":
+		// The split-ClientHello comparison (not a measure of speed).
+		fs := flag.NewFlagSet("splithello", flag.ExitOnError)
+		lbctlBin := fs.String("lbctl", "bin/lbctl", "lbctl binary")
+		targets := fs.String("targets", "lbctl,haproxy,nginx", "comma list of lbctl, haproxy, nginx")
+		_ = fs.Parse(os.Args[2:])
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		defer stop()
+		if err := runSplitHello(ctx, *lbctlBin, strings.Split(*targets, ","), os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "lbbench splithello:", err)
+			stop()
+			os.Exit(1)
+		}
 	case "backends":
 		fs := flag.NewFlagSet("backends", flag.ExitOnError)
 		n := fs.Int("n", 2, "number of backends of each kind")
@@ -92,5 +108,6 @@ func main() {
 func usage() {
 	fmt.Fprintln(os.Stderr, `usage: lbbench run [-lbctl bin/lbctl] [-out bench/results] [-docs docs]
        lbbench backends [-n 2]
+       lbbench splithello [-lbctl bin/lbctl] [-targets lbctl,haproxy,nginx]
        lbbench load [-time 5s] [-n N] bulk|short|rr|udp|idle ADDRESS...`)
 }

@@ -33,6 +33,9 @@ type target struct {
 	config string // path of the generated configuration
 	log    string // path of the proxy's stdout/stderr
 	exited chan struct{}
+	// ready, when set, replaces the probes of the bench's listeners
+	// (lbbench splithello has one listener of its own).
+	ready func() error
 }
 
 // pid is the proxy's process id, 0 for direct.
@@ -232,18 +235,24 @@ func tail(s string, n int) string {
 // or accepts (bulk), within limit.
 func (t *target) waitReady(ctx context.Context, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
+	var probes []func() error
+	if t.ready != nil {
+		probes = []func() error{t.ready}
+	}
 	hello, err := clientHello(sniNames[0])
 	if err != nil {
 		return err
 	}
-	probes := []func() error{
-		func() error { return probeTCP(t.fe.Bulk[0], false) },
-		func() error { return probeTCP(t.fe.Short[0], true) },
-		func() error { return probeTCP(t.fe.RR[0], true) },
-		func() error { return probeTCP(t.fe.Idle[0], true) },
-		func() error { return probeSNI(t.fe.SNI[0], hello) },
+	if probes == nil {
+		probes = []func() error{
+			func() error { return probeTCP(t.fe.Bulk[0], false) },
+			func() error { return probeTCP(t.fe.Short[0], true) },
+			func() error { return probeTCP(t.fe.RR[0], true) },
+			func() error { return probeTCP(t.fe.Idle[0], true) },
+			func() error { return probeSNI(t.fe.SNI[0], hello) },
+		}
 	}
-	if len(t.fe.UDP) > 0 {
+	if t.ready == nil && len(t.fe.UDP) > 0 {
 		probes = append(probes, func() error { return probeUDP(t.fe.UDP[0]) })
 	}
 	for _, probe := range probes {
