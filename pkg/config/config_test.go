@@ -874,6 +874,7 @@ address = "127.0.0.1:9009"
 		},
 		backendLines: map[string][]int{"web": {11}, "dns": {14}, "spare": {17}},
 	}
+	cfg.Digest = [32]byte{} // the file's hash: TestDigest
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("defaults:\n got: %s\nwant: %s", dump(cfg), dump(want))
 	}
