@@ -279,7 +279,7 @@ func TestReloadLogSaysWhatChanged(t *testing.T) {
 		"listener old: removed",
 		"log.level info -> debug",
 		"pool p: retries 2 -> 1, health.interval 2s -> 5s, weight of " + a + " 3 -> 5, backend " + c + " added, backend " + b + " removed",
-		"pool q: added (1 backends)",
+		"pool q: added (1 backend)",
 		"shutdown_timeout 30s -> 10s",
 	}
 	if !slices.Equal(got, want) {
