@@ -459,9 +459,17 @@ func (se sendExpect) stream(conn net.Conn, _ string) error {
 			return nil
 		}
 		if err != nil {
-			return fmt.Errorf("%w after %d bytes: %w", ErrExpectNotSeen, len(buf), err)
+			return fmt.Errorf("%w after %s: %w", ErrExpectNotSeen, byteCount(len(buf)), err)
 		}
 	}
+}
+
+// byteCount is "1 byte" or "N bytes".
+func byteCount(n int) string {
+	if n == 1 {
+		return "1 byte"
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // datagramBufs holds the receive buffers of UDP checks, which must be large

@@ -208,6 +208,8 @@ func TestSendExpectStreamReads(t *testing.T) {
 		{"split across reads", []string{"noise +PO", "NG\r\n"}, ""},
 		{"split byte by byte", []string{"+", "P", "O", "N", "G"}, ""},
 		{"beyond the read bound", []string{strings.Repeat("a", 40<<10), strings.Repeat("a", 40<<10), "+PONG"}, "expect not seen in the first 65536 bytes"},
+		{"closed after one byte", []string{"+"}, "expect not seen after 1 byte: EOF"},
+		{"closed after two bytes", []string{"+P"}, "expect not seen after 2 bytes: EOF"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

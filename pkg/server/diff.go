@@ -49,7 +49,11 @@ func diff(old, cur *config.Config) []string {
 	for name, p := range cur.Pools {
 		o, ok := old.Pools[name]
 		if !ok {
-			out = append(out, fmt.Sprintf("pool %s: added (%d backends)", name, len(p.Backends)))
+			n := fmt.Sprintf("%d backends", len(p.Backends))
+			if len(p.Backends) == 1 {
+				n = "1 backend"
+			}
+			out = append(out, fmt.Sprintf("pool %s: added (%s)", name, n))
 			continue
 		}
 		if ch := poolChanges(o, p); len(ch) > 0 {
