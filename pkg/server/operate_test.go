@@ -261,7 +261,7 @@ func TestReloadLogSaysWhatChanged(t *testing.T) {
 	next := "shutdown_timeout = \"10s\"\n[log]\nlevel = \"debug\"\n" +
 		listenerTOML("api", "p", `idle_timeout = "5m"`) + listenerTOML("new", "q", "") +
 		poolTOML("p", `retries = 1`, a+"=5", c) + "[pools.p.health]\ncheck = \"none\"\ninterval = \"5s\"\n" +
-		poolTOML("q", "", a) + "[pools.q.health]\ncheck = \"none\"\n"
+		poolTOML("q", "", a, c) + "[pools.q.health]\ncheck = \"none\"\n"
 	if err := h.reloadFile(path, next); err != nil {
 		t.Fatal(err)
 	}
@@ -279,7 +279,7 @@ func TestReloadLogSaysWhatChanged(t *testing.T) {
 		"listener old: removed",
 		"log.level info -> debug",
 		"pool p: retries 2 -> 1, health.interval 2s -> 5s, weight of " + a + " 3 -> 5, backend " + c + " added, backend " + b + " removed",
-		"pool q: added (1 backend)",
+		"pool q: added (2 backends)",
 		"shutdown_timeout 30s -> 10s",
 	}
 	if !slices.Equal(got, want) {
