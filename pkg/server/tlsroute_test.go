@@ -21,7 +21,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
+	proxyproto "github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -318,5 +320,244 @@ tls_inspect_timeout = "10s"
 	if len(st.Listeners) != 1 || len(st.Listeners[0].Routes) != 3 || st.Listeners[0].Routes[1].SNIRegex != `^shop-[0-9]+\.example\.com$` ||
 		st.Listeners[0].Routes[2].Pool != "wild" || st.Listeners[0].Pool != "fallback" {
 		t.Errorf("status listeners: %+v", st.Listeners)
+	}
+}
+
+// helloCapture records what a TLS client writes and fails its first read,
+// so that Handshake stops right after sending the ClientHello.
+type helloCapture struct {
+	net.Conn // nil: only the methods below are called
+	buf      bytes.Buffer
+}
+
+func (c *helloCapture) Write(b []byte) (int, error)      { return c.buf.Write(b) }
+func (c *helloCapture) Read([]byte) (int, error)         { return 0, io.EOF }
+func (c *helloCapture) Close() error                     { return nil }
+func (c *helloCapture) SetDeadline(time.Time) error      { return nil }
+func (c *helloCapture) SetReadDeadline(time.Time) error  { return nil }
+func (c *helloCapture) SetWriteDeadline(time.Time) error { return nil }
+func (c *helloCapture) LocalAddr() net.Addr              { return &net.TCPAddr{} }
+func (c *helloCapture) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
+
+// clientHello is the ClientHello Go's TLS client sends with cfg.
+func clientHello(t testing.TB, cfg *tls.Config) []byte {
+	t.Helper()
+	c := &helloCapture{}
+	cfg = cfg.Clone()
+	cfg.InsecureSkipVerify = true
+	_ = tls.Client(c, cfg).Handshake()
+	return c.buf.Bytes()
+}
+
+// TestTLSRouteRejects: on a listener whose routes are its only pools,
+// plain HTTP is closed as tls_inspect, an unrouted name as no_route, and
+// hellos held half-sent (slowloris) are each closed at
+// tls_inspect_timeout while the accept loop serves others meanwhile. A
+// UDP listener exports neither reason.
+func TestTLSRouteRejects(t *testing.T) {
+	api := newRouteBackend(t, "api.example.com")
+	dns := lbtest.NewUDP(t, "dns", lbtest.UDPEcho)
+	h := startServer(t, `
+[listeners.tls]
+bind = "127.0.0.1:0"
+tls_inspect_timeout = "3s"
+  [[listeners.tls.routes]]
+  sni = ["api.example.com"]
+  pool = "api"
+[listeners.dns]
+protocol = "udp"
+bind = "127.0.0.1:0"
+pool = "dns"
+`+poolTOML("api", "", api.addr)+poolTOML("dns", "", dns.Addr))
+	rej := h.rejections("tls")
+
+	// closedBy reports whether lbctl closed c: EOF or a reset, not a timeout.
+	closedBy := func(c net.Conn, within time.Duration) error {
+		c.SetReadDeadline(time.Now().Add(within))
+		_, err := io.ReadAll(c)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return err
+		}
+		return nil
+	}
+
+	c := h.dial("tls")
+	c.Write([]byte("GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n"))
+	if err := closedBy(c, 10*time.Second); err != nil {
+		t.Fatalf("plain HTTP was not closed: %v", err)
+	}
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		return rej("tls_inspect") == 1, fmt.Sprintf("tls_inspect = %v", rej("tls_inspect"))
+	})
+
+	c = h.dial("tls")
+	c.Write(clientHello(t, &tls.Config{ServerName: "nowhere.example.com"}))
+	if err := closedBy(c, 10*time.Second); err != nil {
+		t.Fatalf("an unrouted name was not closed: %v", err)
+	}
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		return rej("no_route") == 1, fmt.Sprintf("no_route = %v", rej("no_route"))
+	})
+
+	// Slowloris: half a post-quantum hello, then nothing.
+	hello := clientHello(t, pq(&tls.Config{ServerName: "api.example.com"}))
+	const slow = 50
+	conns := make([]*net.TCPConn, slow)
+	start := time.Now()
+	for i := range conns {
+		conns[i] = h.dial("tls")
+		conns[i].Write(hello[:len(hello)/2])
+	}
+	// The accept loop is not held up: a complete hello is served while
+	// every slow one is still open (none counted yet).
+	body, _, _ := tlsGet(t, h.addr("tls"), &tls.Config{ServerName: "api.example.com"}, nil)
+	if !strings.HasPrefix(body, "api.example.com") {
+		t.Fatalf("answer %q", body)
+	}
+	if n := rej("tls_inspect"); n != 1 {
+		t.Fatalf("tls_inspect = %v while the slow hellos are within their 3s (the good connection took %v)", n, time.Since(start))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, slow)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := closedBy(c, 20*time.Second); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("a slow hello was not closed: %v", err)
+	}
+	if d := time.Since(start); d < 3*time.Second {
+		t.Fatalf("slow hellos closed after %v, before tls_inspect_timeout", d)
+	}
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		return rej("tls_inspect") == 1+slow, fmt.Sprintf("tls_inspect = %v", rej("tls_inspect"))
+	})
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		a := h.srv.Status().Listeners[1].Active
+		return a == 0, fmt.Sprintf("%d connections still active", a)
+	})
+
+	for _, s := range seriesWith(t, h.reg, "listener", "dns") {
+		if strings.Contains(s, "tls_inspect") || strings.Contains(s, "no_route") {
+			t.Errorf("a UDP listener exports %s", s)
+		}
+	}
+}
+
+// TestTLSRouteProxyV2Authority: with proxy_protocol = "v2" the header
+// before the hello carries the server name as a PP2_TYPE_AUTHORITY TLV,
+// and the hello follows it unchanged.
+func TestTLSRouteProxyV2Authority(t *testing.T) {
+	type seen struct {
+		authority string
+		rest      []byte
+		err       error
+	}
+	got := make(chan seen, 1)
+	be := lbtest.NewTCP(t, func(c *net.TCPConn) {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		hdr, err := proxyproto.Read(r)
+		if err != nil {
+			got <- seen{err: err}
+			return
+		}
+		var s seen
+		tlvs, err := hdr.TLVs()
+		for _, tlv := range tlvs {
+			if tlv.Type == proxyproto.PP2_TYPE_AUTHORITY {
+				s.authority = string(tlv.Value)
+			}
+		}
+		s.rest, s.err = io.ReadAll(r)
+		if s.err == nil {
+			s.err = err
+		}
+		got <- s
+	})
+	h := startServer(t, `
+[listeners.tls]
+bind = "127.0.0.1:0"
+  [[listeners.tls.routes]]
+  sni = ["*.example.com"]
+  pool = "v2"
+`+poolTOML("v2", `proxy_protocol = "v2"`, be.Addr))
+	hello := clientHello(t, pq(&tls.Config{ServerName: "Www.Example.com"}))
+	c := h.dial("tls")
+	c.Write(hello)
+	c.CloseWrite()
+	select {
+	case s := <-got:
+		if s.err != nil {
+			t.Fatal(s.err)
+		}
+		if s.authority != "www.example.com" {
+			t.Errorf("AUTHORITY TLV %q, want www.example.com", s.authority)
+		}
+		if !bytes.Equal(s.rest, hello) {
+			t.Errorf("after the header the backend read %d bytes, want the %d of the hello, unchanged", len(s.rest), len(hello))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the backend saw nothing")
+	}
+}
+
+// TestTLSRouteReload: a reload that changes the routes keeps the
+// listener's socket and every open connection; new connections follow
+// the new routes.
+func TestTLSRouteReload(t *testing.T) {
+	a := newRouteBackend(t, "a.example.com")
+	b := newRouteBackend(t, "b.example.com")
+	addr := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	conf := func(pool string) string {
+		return `
+[listeners.tls]
+bind = "` + addr + `"
+  [[listeners.tls.routes]]
+  sni = ["api.example.com"]
+  pool = "` + pool + `"
+` + poolTOML("a", "", a.addr) + poolTOML("b", "", b.addr)
+	}
+	h := startServer(t, conf("a"))
+
+	// A connection routed to a, handshake done, request not yet sent.
+	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(30 * time.Second))
+	open := tls.Client(raw, &tls.Config{ServerName: "api.example.com", InsecureSkipVerify: true})
+	if err := open.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Same bind, the route now goes to b.
+	cfg, err := config.Parse("test.toml", []byte(conf("b")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.srv.Reload(cfg); err != nil {
+		t.Fatalf("reload: %v", err)
+	}
+	if got := h.addr("tls"); got != addr {
+		t.Fatalf("listener moved from %s to %s", addr, got)
+	}
+	body, _, _ := tlsGet(t, addr, &tls.Config{ServerName: "api.example.com"}, nil)
+	if !strings.HasPrefix(body, "b.example.com") {
+		t.Fatalf("a new connection after the reload went to %q, want b", body)
+	}
+	fmt.Fprintf(open, "GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+	resp, err := io.ReadAll(open)
+	if err != nil || !strings.HasSuffix(string(resp), "a.example.com ") {
+		t.Fatalf("the connection open across the reload answered %q, %v; want a's answer", resp, err)
 	}
 }
