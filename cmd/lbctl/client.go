@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -22,19 +24,29 @@ const defaultAdmin = "127.0.0.1:9900"
 
 // clientFlags are the flags of the commands that talk to a running lbctl.
 type clientFlags struct {
-	admin, tokenFile, config string
+	socket, admin, tokenFile, config string
 }
 
 func (f *clientFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.admin, "admin", "", "admin API address (default: [admin] bind of the config found, else "+defaultAdmin+")")
+	cmd.Flags().StringVar(&f.socket, "socket", "", "control socket to talk to (default: the control_socket of the config found, when it exists)")
+	cmd.Flags().StringVar(&f.admin, "admin", "", "admin API address, used when no control socket is found (default: [admin] bind of the config found, else "+defaultAdmin+")")
 	cmd.Flags().StringVar(&f.tokenFile, "token-file", "", "file holding the bearer token (default: [admin] token_file of the config found)")
 	cmd.Flags().StringVarP(&f.config, "config", "c", "", "config file to take the defaults from")
 }
 
-// client returns an HTTP client for the admin API, with defaults taken from
-// the config file found, if any.
+// client returns a client for the running lbctl. It is reached, in this
+// order, through: --socket; --admin; the control socket of the config
+// found (control_socket, by default $RUNTIME_DIRECTORY/lbctl.sock) when
+// that file exists; the config's [admin] bind; 127.0.0.1:9900. The control
+// socket comes before [admin] bind because a reload never moves the admin
+// API but always moves the control socket: after an edit of [admin], the
+// file names an address the running process does not listen on yet.
 func (f *clientFlags) client() (*adminClient, error) {
-	admin, tokenFile := f.admin, f.tokenFile
+	if f.socket != "" {
+		return controlClient(f.socket), nil
+	}
+	admin, tokenFile, adminFrom := f.admin, f.tokenFile, ""
+	sock := config.DefaultControlSocket()
 	if admin == "" || tokenFile == "" {
 		// Read leniently: the file may have just been edited into an
 		// invalid state, and `lbctl reload` must still reach the server to
@@ -46,9 +58,12 @@ func (f *clientFlags) client() (*adminClient, error) {
 			if unsafe := asUnsafe(err); unsafe != nil {
 				return nil, unsafe
 			}
+			if err == nil {
+				sock = config.ControlSocketOf(path, data)
+			}
 			if bind, tf, ok := config.AdminDefaults(data); err == nil && ok {
 				if admin == "" {
-					admin = bind
+					admin, adminFrom = bind, path
 				}
 				if tokenFile == "" {
 					tokenFile = tf
@@ -56,10 +71,14 @@ func (f *clientFlags) client() (*adminClient, error) {
 			}
 		}
 	}
+	if f.admin == "" && isSocket(sock) {
+		return controlClient(sock), nil
+	}
 	if admin == "" {
 		admin = defaultAdmin
 	}
-	c := &adminClient{base: adminBase(admin), http: &http.Client{Timeout: 30 * time.Second}}
+	c := &adminClient{base: adminBase(admin), http: &http.Client{Timeout: 30 * time.Second},
+		where: admin + " (the admin API)", adminFrom: adminFrom}
 	if tokenFile != "" {
 		b, err := readTrusted("token file", tokenFile)
 		if unsafe := asUnsafe(err); unsafe != nil {
@@ -103,7 +122,39 @@ func adminBase(admin string) string {
 type adminClient struct {
 	base, token string
 	http        *http.Client
+	where       string // "ADDR (the admin API)" or "PATH (the control socket)"
+	adminFrom   string // the config file that named the admin address, if one did
 }
+
+// controlClient talks to the control socket at path: no token, any Host.
+func controlClient(path string) *adminClient {
+	var d net.Dialer
+	return &adminClient{base: "http://lbctl", where: path + " (the control socket)", http: &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", path)
+		}},
+	}}
+}
+
+// isSocket reports whether path names a unix socket.
+func isSocket(path string) bool {
+	fi, err := os.Stat(path)
+	return path != "" && err == nil && fi.Mode().Type() == os.ModeSocket
+}
+
+// unreachableError is a request that got no answer: nothing listens where
+// the client looked, or the connection failed.
+type unreachableError struct {
+	where, hint string
+	err         error
+}
+
+func (e *unreachableError) Error() string {
+	return "cannot reach lbctl at " + e.where + ": " + e.err.Error() + e.hint
+}
+
+func (e *unreachableError) Unwrap() error { return e.err }
 
 // do sends a request and decodes a 2xx JSON answer into out. Other answers
 // become errors carrying the API's message.
@@ -135,7 +186,14 @@ func (c *adminClient) send(method, path string, in, out any) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the admin API: %w", err)
+		ue := &unreachableError{where: c.where, err: err}
+		if c.adminFrom != "" {
+			// [admin] is set up once per process: an address edited into
+			// the file since it started is not served yet.
+			ue.hint = "; the running process may still listen on the old address if [admin] bind in " + c.adminFrom +
+				" was edited since it started (use --admin OLD, or SIGHUP; a control socket avoids this)"
+		}
+		return ue
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -244,6 +302,10 @@ func newReloadCmd() *cobra.Command {
 				return err
 			}
 			if err := c.do(http.MethodPost, "/api/v1/reload", nil); err != nil {
+				var unreachable *unreachableError
+				if errors.As(err, &unreachable) {
+					return withCode(exitFailure, err) // nothing was asked, nothing rejected
+				}
 				return withCode(exitFailure, fmt.Errorf("reload rejected, the old configuration keeps running: %w", err))
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "reloaded")

@@ -122,7 +122,7 @@ func TestExitCodes(t *testing.T) {
 		{"missing action", []string{"backend"}, 2, []string{"missing or unknown action"}},
 		{"unknown action", []string{"backend", "frob", "web", "1.2.3.4:80"}, 2, []string{"missing or unknown action"}},
 		{"missing command", nil, 2, []string{"missing command"}},
-		{"admin API unreachable", []string{"status", "--admin", freePort(t)}, 1, []string{"cannot reach the admin API"}},
+		{"admin API unreachable", []string{"status", "--admin", freePort(t)}, 1, []string{"cannot reach lbctl at 127.0.0.1:", "(the admin API)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, code := runLbctl(t, tc.args...)

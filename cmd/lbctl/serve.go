@@ -48,6 +48,7 @@ type daemon struct {
 	m      *metrics.Metrics
 	srv    *server.Server
 	notify *systemd.Notifier // a no-op outside systemd (systemd.go)
+	ctl    *controlSocket    // the control socket (control.go)
 
 	reloadMu sync.Mutex // one reload at a time: SIGHUP and the admin API
 	running  bool       // guarded by reloadMu: between READY=1 and STOPPING=1
@@ -63,11 +64,12 @@ func serve(cfg *config.Config, path string) error {
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
 	m.SetBuildInfo(version, commit)
-	srv, err := server.New(cfg, server.Options{Log: log, Metrics: m, Inherited: inheritedSockets(log, cfg)})
+	srv, err := server.New(cfg, server.Options{Log: log, Metrics: m, Inherited: inheritedSockets(log, cfg), Version: version})
 	if err != nil {
 		return startError(err)
 	}
 	d := &daemon{path: path, log: log, level: level, m: m, srv: srv, notify: systemd.NewNotifier(log)}
+	d.ctl = &controlSocket{log: log, opts: admin.Options{Registry: reg, Server: srv, Reload: d.reload, Log: log}}
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -76,7 +78,7 @@ func serve(cfg *config.Config, path string) error {
 	var adm *admin.Server
 	if cfg.Admin != nil {
 		adm, err = admin.New(admin.Options{
-			Bind: cfg.Admin.Bind, Allow: cfg.Admin.Allow, TokenFile: cfg.Admin.TokenFile,
+			Bind: cfg.Admin.Bind, Allow: cfg.Admin.Allow, Hosts: cfg.Admin.Hosts, TokenFile: cfg.Admin.TokenFile,
 			Registry: reg, Server: srv, Reload: d.reload, Log: log,
 		})
 		if err != nil {
@@ -88,6 +90,14 @@ func serve(cfg *config.Config, path string) error {
 			}
 		}()
 	}
+	if err := d.ctl.start(cfg.ControlSocket); err != nil {
+		log.Error("cannot start", zap.Error(err))
+		if adm != nil {
+			adm.Close()
+		}
+		return withCode(exitFailure, err)
+	}
+	defer d.ctl.close() // removes the socket file
 	if err := srv.Start(); err != nil {
 		log.Error("cannot start", server.ErrorField(err))
 		if adm != nil {
@@ -161,12 +171,23 @@ func (d *daemon) load() error {
 	cfg, err := config.Load(d.path)
 	if err != nil {
 		d.m.ReloadResult(false, time.Now())
+		d.srv.ReloadRejected(err)
 		d.log.Error("reload rejected: invalid configuration, the old one keeps running", zap.String("file", d.path), server.ErrorField(err))
 		return err
 	}
-	if err := d.srv.Reload(cfg); err != nil {
+	// A changed control_socket moves: the new socket is bound first.
+	commit, abort, err := d.ctl.prepare(cfg.ControlSocket)
+	if err != nil {
+		d.m.ReloadResult(false, time.Now())
+		d.srv.ReloadRejected(err)
+		d.log.Error("reload failed, the old configuration keeps running", zap.String("file", d.path), zap.Error(err))
 		return err
 	}
+	if err := d.srv.Reload(cfg); err != nil {
+		abort()
+		return err
+	}
+	commit()
 	if lvl, err := zap.ParseAtomicLevel(cfg.Log.Level); err == nil {
 		d.level.SetLevel(lvl.Level())
 	}

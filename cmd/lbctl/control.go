@@ -1,0 +1,125 @@
+package main
+
+import (
+	"errors"
+	"net/http"
+	"sync"
+
+	"github.com/lbctl/lbctl/pkg/admin"
+	"go.uber.org/zap"
+)
+
+// controlSocket is the daemon's control socket (control_socket, by default
+// $RUNTIME_DIRECTORY/lbctl.sock): the admin API on a unix socket, opened
+// before the listeners, moved by a reload that changes its path, removed
+// at exit. Unlike [admin], which a reload leaves alone, the control socket
+// follows the file: it is what `lbctl reload` finds through the file, so
+// the path in the file and the one served stay the same.
+type controlSocket struct {
+	opts admin.Options // what every control socket serves
+	log  *zap.Logger
+
+	mu     sync.Mutex
+	cur    *admin.Server // nil: none
+	path   string
+	closed bool
+	wg     sync.WaitGroup // Serve goroutines, and closes of moved sockets; Add under mu while !closed
+}
+
+// openLocked binds and serves a control socket at path ("" = none). The
+// caller holds c.mu.
+func (c *controlSocket) openLocked(path string) (*admin.Server, error) {
+	if path == "" {
+		return nil, nil
+	}
+	s, err := admin.NewControl(path, c.opts)
+	if err != nil {
+		return nil, err
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := s.Serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			c.log.Error("control socket stopped", zap.String("path", path), zap.Error(err))
+		}
+	}()
+	return s, nil
+}
+
+// start opens the control socket at path ("" = none).
+func (c *controlSocket) start(path string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, err := c.openLocked(path)
+	if err != nil {
+		return err
+	}
+	c.cur, c.path = s, path
+	if s != nil {
+		c.log.Info("control socket listening", zap.String("path", path))
+	}
+	return nil
+}
+
+// prepare readies a move of the control socket to path, for a reload:
+// the new socket is bound first (its failure fails the reload, the old
+// socket stays), then commit puts it in service and closes the old one
+// (without waiting: the reload may have come through it), or abort closes
+// it when the reload fails.
+func (c *controlSocket) prepare(path string) (commit, abort func(), err error) {
+	noop := func() {}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || path == c.path {
+		return noop, noop, nil
+	}
+	s, err := c.openLocked(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	commit = func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.closed {
+			c.closeLocked(s)
+			return
+		}
+		old, from := c.cur, c.path
+		c.cur, c.path = s, path
+		c.closeLocked(old)
+		c.log.Info("control socket moved", zap.String("from", from), zap.String("to", path))
+	}
+	abort = func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		c.closeLocked(s)
+	}
+	return commit, abort, nil
+}
+
+// closeLocked closes s (nil: nothing) in the background. The caller holds
+// c.mu.
+func (c *controlSocket) closeLocked(s *admin.Server) {
+	if s == nil {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		s.Close()
+	}()
+}
+
+// close closes the control socket, removes its file and waits for every
+// socket this controlSocket served to be closed.
+func (c *controlSocket) close() {
+	c.mu.Lock()
+	c.closed = true
+	cur := c.cur
+	c.cur = nil
+	c.mu.Unlock()
+	if cur != nil {
+		cur.Close()
+	}
+	c.wg.Wait()
+}
