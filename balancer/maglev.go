@@ -234,6 +234,27 @@ func tableDigest(size int, hashKey string, primary, backup *maglev) string {
 	return hex.EncodeToString(d.Sum(nil)[:8])
 }
 
+// membersDigest is the digest of a pool of another algorithm than maglev:
+// its algorithm, hash key, and members sorted by address.
+func membersDigest(algorithm, hashKey string, members []Member) string {
+	ms := slices.Clone(members)
+	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.Backend.address, b.Backend.address) })
+	d := sha256.New()
+	d.Write([]byte("lbctl pool v1\x00" + algorithm + "\x00" + hashKey + "\x00"))
+	var buf [8]byte
+	for _, m := range ms {
+		binary.LittleEndian.PutUint64(buf[:], uint64(len(m.Backend.address)))
+		d.Write(buf[:])
+		d.Write([]byte(m.Backend.address))
+		binary.LittleEndian.PutUint64(buf[:], uint64(m.Weight))
+		if m.Backup {
+			buf[7] = 1
+		}
+		d.Write(buf[:])
+	}
+	return hex.EncodeToString(d.Sum(nil)[:8])
+}
+
 // IsPrime reports whether n is a prime, for validating table sizes.
 func IsPrime(n int) bool {
 	if n < 2 {

@@ -309,8 +309,29 @@ func TestMaglevDigest(t *testing.T) {
 			t.Errorf("another %s, same digest %s", name, d)
 		}
 	}
-	if d := mustPool(t, IPHash, members(1, 2, 3)).TableDigest(); d != "" {
-		t.Errorf("ip-hash pool: digest %q, want \"\"", d)
+	ipPort, err := New(IPHash, members(1, 2, 3), WithHashKey(HashKeyIPPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Other algorithms: a digest of the members, equal for the same
+	// members in any order, changed by a weight or a backup flag.
+	ih := mustPool(t, IPHash, members(1, 2, 3)).TableDigest()
+	if len(ih) != 16 || ih == base {
+		t.Errorf("ip-hash pool: digest %q, want 16 hex digits, not the maglev pool's", ih)
+	}
+	ms = members(1, 2, 3)
+	if d := mustPool(t, IPHash, []Member{ms[1], ms[2], ms[0]}).TableDigest(); d != ih {
+		t.Errorf("ip-hash pool, reordered members: digest %s, want %s", d, ih)
+	}
+	for name, d := range map[string]string{
+		"weight":    mustPool(t, IPHash, members(1, 2, 4)).TableDigest(),
+		"backup":    mustPool(t, IPHash, backup).TableDigest(),
+		"algorithm": mustPool(t, RoundRobin, members(1, 2, 3)).TableDigest(),
+		"hash key":  ipPort.TableDigest(),
+	} {
+		if d == ih {
+			t.Errorf("ip-hash pool: another %s, same digest %s", name, d)
+		}
 	}
 }
 

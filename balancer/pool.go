@@ -66,7 +66,7 @@ type Pool struct {
 	backends  []*Backend // the members' backends, same order
 	hashKey   string     // "ip" or "ip-port" for ip-hash and maglev, else ""
 	tableSize int        // maglev only, else 0
-	digest    string     // maglev only, else ""
+	digest    string     // see TableDigest
 	primary   tier
 	backup    tier
 }
@@ -126,6 +126,8 @@ func New(algorithm string, members []Member, opts ...Option) (*Pool, error) {
 	p.backup = newTier(algorithm, backups, o)
 	if algorithm == Maglev {
 		p.digest = tableDigest(o.tableSize, o.hashKey, p.primary.mg, p.backup.mg)
+	} else {
+		p.digest = membersDigest(algorithm, p.hashKey, p.members)
 	}
 	return p, nil
 }
@@ -219,10 +221,13 @@ func (p *Pool) HashKey() string { return p.hashKey }
 // TableSize returns the size of a maglev pool's lookup table, or 0.
 func (p *Pool) TableSize() int { return p.tableSize }
 
-// TableDigest returns a maglev pool's table digest, or "": 16 hex digits
-// of a SHA-256 over the table size, the hash key, and each tier's members'
-// addresses and table entries. Pools built from the same members
-// (addresses, weights, backup flags; in any order), table size and hash key
-// have the same digest in every process, and then pick alike for every
-// client whose backend is eligible in both.
+// TableDigest returns 16 hex digits that are equal for pools built alike
+// in any process. For maglev, the digest of its lookup tables: a SHA-256
+// over the table size, the hash key, and each tier's members' addresses
+// and table entries. Pools built from the same members (addresses,
+// weights, backup flags; in any order), table size and hash key have the
+// same digest, and then pick alike for every client whose backend is
+// eligible in both. For the other algorithms, a SHA-256 over the
+// algorithm, the hash key and the members (sorted by address) with their
+// weights and backup flags.
 func (p *Pool) TableDigest() string { return p.digest }

@@ -294,7 +294,7 @@ func TestStatusShape(t *testing.T) {
 		t.Fatalf("%d pools, want 2: %s", len(ps), body)
 	}
 	p := ps[1].(map[string]any) // sorted by name: v6, web
-	if got, want := keys(p), []string{"algorithm", "backends", "name"}; !reflect.DeepEqual(got, want) {
+	if got, want := keys(p), []string{"algorithm", "backends", "name", "table_digest"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("pool keys %v, want %v", got, want)
 	}
 	if p["name"] != "web" || p["algorithm"] != "round-robin" {

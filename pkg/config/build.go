@@ -358,9 +358,10 @@ func (d *decoder) pool(name string, t *table, proto string) (*Pool, []int) {
 	if name == "" {
 		t.errf("", "a pool name must not be empty")
 	}
-	if v, ok := t.oneOf("algorithm", "round-robin", "least-connections", "ip-hash"); ok {
+	if v, ok := t.oneOf("algorithm", "round-robin", "least-connections", "ip-hash", "maglev"); ok {
 		p.Algorithm = v
 	}
+	d.hashing(t, p)
 	if v, ok := t.duration("connect_timeout", true); ok {
 		p.ConnectTimeout = v
 	}

@@ -161,7 +161,13 @@ type Listener struct {
 // Pool is one [pools.NAME] table.
 type Pool struct {
 	Name      string
-	Algorithm string // "round-robin" | "least-connections" | "ip-hash"
+	Algorithm string // "round-robin" | "least-connections" | "ip-hash" | "maglev"
+	// TableSize is a maglev pool's lookup table size, a prime (default
+	// 65537); 0 for the other algorithms.
+	TableSize int
+	// HashKey is what an ip-hash or maglev pool hashes: "ip" (default) or
+	// "ip-port"; "" for the other algorithms.
+	HashKey string
 	// Protocol is the protocol of the listeners that use the pool: "udp"
 	// when only udp listeners use it, else "tcp" (also for unused pools).
 	Protocol       string

@@ -439,7 +439,7 @@ check = "ping"
 t.toml:2: log.level: unknown level "trace" (want debug, info, warn or error)
 t.toml:3: log.format: unknown format "text" (want json or console)
 t.toml:5: listeners.web.protocol: unknown protocol "sctp" (want tcp or udp)
-t.toml:9: pools.web.algorithm: unknown algorithm "random" (want round-robin, least-connections or ip-hash)
+t.toml:9: pools.web.algorithm: unknown algorithm "random" (want round-robin, least-connections, ip-hash or maglev)
 t.toml:10: pools.web.proxy_protocol: unknown proxy protocol "v3" (want none, v1 or v2)
 t.toml:14: pools.web.health.check: unknown check "ping" (want tcp, http, tls, https, send-expect or none)
 `,
@@ -805,7 +805,7 @@ t.toml:1: shutdown_timeout: invalid duration "soon"
 t.toml:3: log.level: unknown level "loud" (want debug, info, warn or error)
 t.toml:6: listeners.web.pool: unknown pool "api"
 t.toml:7: listeners.web.extra: unknown key
-t.toml:9: pools.web.algorithm: unknown algorithm "fastest" (want round-robin, least-connections or ip-hash)
+t.toml:9: pools.web.algorithm: unknown algorithm "fastest" (want round-robin, least-connections, ip-hash or maglev)
 t.toml:12: pools.web.backends[0].weight: must not be negative, got -5
 t.toml:14: pools.web.health.interval: invalid duration "2x"
 t.toml:15: pools.web.health.rise: must be at least 1, got 0

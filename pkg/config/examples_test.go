@@ -45,6 +45,7 @@ func TestReferenceExampleShowsEveryKey(t *testing.T) {
 		"max_connections_per_client", "connection_rate_per_client", "connection_burst_per_client",
 		"accept_proxy_protocol", "trusted_proxies", "proxy_protocol_timeout", "responses",
 		"algorithm", "connect_timeout", "retries", "proxy_protocol", "max_fails", "fail_timeout", "slow_start",
+		"table_size", "hash_key",
 		"address", "weight", "backup",
 		"check", "interval", "timeout", "rise", "fall", "port", "path", "host", "expect_status", "send", "expect", "server_name",
 		"state_file", "drain_timeout",

@@ -49,6 +49,8 @@ type Metrics struct {
 	DiscoveryLastSuccess *prometheus.GaugeVec
 	// Build, configuration, backend settings, connection life (operate.go).
 	operating
+	// Maglev pools' lookup tables (table.go).
+	tables
 }
 
 // ConnectBuckets fit both LAN connects (tens of microseconds) and WAN or
@@ -130,6 +132,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	m.newOperating(reg)
+	m.newTables(reg)
 	// Show the reload counters at zero from the start, so a dashboard can
 	// tell "never reloaded" from "not scraped".
 	m.ConfigReloads.WithLabelValues("success")

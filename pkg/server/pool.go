@@ -160,7 +160,7 @@ func (s *Server) buildGen(lp *livePool, pc *config.Pool, protocol string) (*pool
 		// keeps its own until commit.
 		members[i] = balancer.Member{Backend: be.b, Weight: e.weight, Backup: e.backup}
 	}
-	bal, err := balancer.New(pc.Algorithm, members)
+	bal, err := balancer.New(pc.Algorithm, members, balancerOptions(pc)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("pool %s: %w", lp.name, err)
 	}
@@ -186,6 +186,7 @@ func (s *Server) commit(lp *livePool, p *pool, fresh []*backend) {
 	old := lp.gen
 	lp.gen = p
 	lp.cfg = p.cfg
+	s.publishTable(old, p)
 	settingsChanged := old == nil || old.cfg != p.cfg
 	for i, be := range p.backends {
 		e := &lp.want[i]
@@ -282,6 +283,7 @@ func (s *Server) refresh(lp *livePool) error {
 // stop forgets every backend of a pool that left the configuration: its
 // sources stop, and its backends' connections finish on their own.
 func (s *Server) stopPool(lp *livePool) {
+	s.m.ForgetPoolTable(lp.name)
 	for _, r := range lp.srcs {
 		s.stopSource(r)
 	}

@@ -38,6 +38,15 @@ type PoolStatus struct {
 	Name      string          `json:"name"`
 	Algorithm string          `json:"algorithm"`
 	Backends  []BackendStatus `json:"backends"`
+	// TableDigest is 16 hex digits, equal on every instance that built
+	// the same pool: for maglev, the digest of its lookup table (members,
+	// weights, table_size, hash_key); for the other algorithms, of its
+	// algorithm, hash_key and members with their weights.
+	TableDigest string `json:"table_digest"`
+	// TableSize and HashKey are the pool's table_size (maglev) and
+	// hash_key (ip-hash and maglev); absent for the other algorithms.
+	TableSize int    `json:"table_size,omitempty"`
+	HashKey   string `json:"hash_key,omitempty"`
 }
 
 // BackendStatus describes one backend.
@@ -92,7 +101,8 @@ func (s *Server) Status() Status {
 	}
 	sort.Slice(st.Listeners, func(i, j int) bool { return st.Listeners[i].Name < st.Listeners[j].Name })
 	for _, lp := range s.pools {
-		ps := PoolStatus{Name: lp.name, Algorithm: lp.cfg.Algorithm, Backends: []BackendStatus{}}
+		ps := PoolStatus{Name: lp.name, Algorithm: lp.cfg.Algorithm, Backends: []BackendStatus{},
+			TableDigest: lp.gen.bal.TableDigest(), TableSize: lp.gen.bal.TableSize(), HashKey: lp.gen.bal.HashKey()}
 		for _, be := range lp.gen.backends {
 			ps.Backends = append(ps.Backends, backendStatus(be))
 		}
