@@ -14,7 +14,9 @@ import (
 // and only its warnings and errors keep their level.
 type zapLogger struct{ l *zap.Logger }
 
-func newLogger(l *zap.Logger) *zapLogger { return &zapLogger{l: l.With(zap.String("component", "gobgp"))} }
+func newLogger(l *zap.Logger) *zapLogger {
+	return &zapLogger{l: l.With(zap.String("component", "gobgp"))}
+}
 
 func (z *zapLogger) log(level zapcore.Level, msg string, fields gobgplog.Fields) {
 	if ce := z.l.Check(level, msg); ce != nil {
