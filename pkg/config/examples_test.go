@@ -44,6 +44,7 @@ func TestReferenceExampleShowsEveryKey(t *testing.T) {
 		"protocol", "pool", "max_connections", "idle_timeout", "deny",
 		"max_connections_per_client", "connection_rate_per_client", "connection_burst_per_client",
 		"accept_proxy_protocol", "trusted_proxies", "proxy_protocol_timeout", "responses",
+		"tls_inspect_timeout", "sni", "sni_regex", "alpn",
 		"algorithm", "connect_timeout", "retries", "proxy_protocol", "max_fails", "fail_timeout", "slow_start",
 		"table_size", "hash_key",
 		"address", "weight", "backup",
@@ -56,7 +57,7 @@ func TestReferenceExampleShowsEveryKey(t *testing.T) {
 			t.Errorf("examples/lbctl.toml does not show key %q", k)
 		}
 	}
-	for _, table := range []string{`\[log\]`, `\[admin\]`, `\[listeners\.`, `\[pools\.`, `\[\[pools\.\w+\.backends\]\]`, `\[pools\.\w+\.health\]`, `\[\[pools\.\w+\.discover\]\]`} {
+	for _, table := range []string{`\[log\]`, `\[admin\]`, `\[listeners\.`, `\[pools\.`, `\[\[pools\.\w+\.backends\]\]`, `\[pools\.\w+\.health\]`, `\[\[pools\.\w+\.discover\]\]`, `\[\[listeners\.\w+\.routes\]\]`} {
 		if !regexp.MustCompile(`(?m)^\s*` + table).Match(data) {
 			t.Errorf("examples/lbctl.toml has no %s table", table)
 		}

@@ -39,8 +39,14 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("valid config without listeners")
 		}
 		for _, l := range cfg.Listeners {
-			if _, ok := cfg.Pools[l.Pool]; !ok {
+			if _, ok := cfg.Pools[l.Pool]; !ok && (l.Pool != "" || len(l.Routes) == 0) {
 				t.Fatalf("listener %q names missing pool %q", l.Name, l.Pool)
+			}
+			for _, r := range l.Routes {
+				if _, ok := cfg.Pools[r.Pool]; !ok || l.Protocol != "tcp" || l.TLSInspectTimeout <= 0 ||
+					len(r.SNI) == 0 && r.SNIRegex == nil {
+					t.Fatalf("listener %q: route breaks an invariant: %+v", l.Name, r)
+				}
 			}
 			// Port 0 (any free port) is a valid bind.
 			if _, err := netip.ParseAddrPort(l.Bind); err != nil {
