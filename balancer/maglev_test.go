@@ -457,22 +457,29 @@ func TestMaglevSameInAnotherProcess(t *testing.T) {
 }
 
 // BenchmarkMaglevPick is one pick from a table of 65537 entries over N
-// backends, a different key each time.
+// backends, a different key each time, beside ip-hash (rendezvous: O(N))
+// over the same backends.
 func BenchmarkMaglevPick(b *testing.B) {
-	for _, n := range []int{10, 100} {
-		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
-			p := maglevPool(b, members(slices.Repeat([]int{1}, n)...))
-			ks := keys(1024)
-			b.ReportAllocs()
-			i := 0
-			for b.Loop() {
-				var tried Tried
-				if p.Pick(ks[i&1023], &tried) == nil {
-					b.Fatal("nil pick")
+	for _, alg := range []string{Maglev, IPHash} {
+		for _, n := range []int{10, 100, 1000} {
+			b.Run(fmt.Sprintf("%s/N=%d", alg, n), func(b *testing.B) {
+				ms := make([]Member, n)
+				for i := range ms {
+					ms[i] = Member{Backend: NewBackend(fmt.Sprintf("10.0.%d.%d:80", i/250, 1+i%250)), Weight: 1}
 				}
-				i++
-			}
-		})
+				p := mustPool(b, alg, ms)
+				ks := keys(1024)
+				b.ReportAllocs()
+				i := 0
+				for b.Loop() {
+					var tried Tried
+					if p.Pick(ks[i&1023], &tried) == nil {
+						b.Fatal("nil pick")
+					}
+					i++
+				}
+			})
+		}
 	}
 }
 
@@ -480,13 +487,12 @@ func BenchmarkMaglevPick(b *testing.B) {
 // reload or a change of the backend set does: M=65537, N backends of mixed
 // weights.
 func BenchmarkMaglevBuild(b *testing.B) {
-	for _, n := range []int{10, 100} {
+	for _, n := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
-			ws := make([]int, n)
-			for i := range ws {
-				ws[i] = 1 + i%5
+			ms := make([]Member, n)
+			for i := range ms {
+				ms[i] = Member{Backend: NewBackend(fmt.Sprintf("10.0.%d.%d:80", i/250, 1+i%250)), Weight: 1 + i%5}
 			}
-			ms := members(ws...)
 			b.ReportAllocs()
 			for b.Loop() {
 				maglevPool(b, ms)
