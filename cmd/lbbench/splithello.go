@@ -41,6 +41,9 @@ type helloShape struct {
 	// Chromium's randomised extension order often does: in a hello split
 	// at 1448 bytes the name then arrives in the second segment.
 	SNILast bool
+	// Truncate sends only the first Truncate bytes and then waits: a hello
+	// that never completes, held open past the proxies' 10 s timeout.
+	Truncate int
 }
 
 // helloShapes are the shapes compared. The pauses keep every hello well
@@ -55,6 +58,7 @@ var helloShapes = []helloShape{
 	{Name: "PQ hello in 64-byte TLS records, one write", PQ: true, Records: 64},
 	{Name: "PQ hello in 512-byte TLS records, one per segment 50 ms apart", PQ: true, Records: 512, Chunks: 517, Pause: 50 * time.Millisecond},
 	{Name: "PQ hello, first record header alone, then the rest 200 ms later", PQ: true, FirstChunk: 5, Pause: 200 * time.Millisecond},
+	{Name: "PQ hello cut short after 1000 bytes, held open past the 10 s timeout", PQ: true, Truncate: 1000},
 }
 
 // shapeWire returns the bytes of hello as shape sends them, and the
@@ -65,7 +69,10 @@ func shapeWire(hello []byte, s helloShape) (wire []byte, pieces [][]byte) {
 		wire = sniLast(wire)
 	}
 	if s.Records > 0 {
-		wire = reframe(hello, s.Records)
+		wire = reframe(wire, s.Records)
+	}
+	if s.Truncate > 0 && s.Truncate < len(wire) {
+		wire = wire[:s.Truncate]
 	}
 	switch {
 	case s.FirstChunk > 0 && s.FirstChunk < len(wire):
@@ -203,10 +210,12 @@ func startHelloBackend(name string) (*helloBackend, error) {
 			go func() {
 				defer b.wg.Done()
 				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+				_ = c.SetDeadline(time.Now().Add(15 * time.Second))
 				h, err := readHello(c)
 				if err != nil {
-					fmt.Fprintf(c, "%s ERR %v\n", b.name, err)
+					// The deadline also bounds this write: move it.
+					_ = c.SetDeadline(time.Now().Add(time.Second))
+					fmt.Fprintf(c, "%s incomplete\n", b.name)
 					return
 				}
 				fmt.Fprintf(c, "%s %d %08x\n", b.name, len(h), crc32.ChecksumIEEE(h))
@@ -243,16 +252,21 @@ func sendShaped(addr string, hello []byte, s helloShape, wantPool string) (strin
 			return outClosed, fmt.Sprintf("write after %d pieces: %v", i, err)
 		}
 	}
+	sent := time.Now()
 	reply, err := io.ReadAll(io.LimitReader(c, 256))
 	line := strings.TrimSpace(string(reply))
 	if line == "" {
 		if err == nil {
 			err = io.EOF
 		}
-		return outClosed, err.Error()
+		return outClosed, fmt.Sprintf("%v, %.1f s after the last byte sent", err, time.Since(sent).Seconds())
 	}
 	f := strings.Fields(line)
 	switch {
+	case len(f) == 2 && f[1] == "incomplete" && f[0] == "fallback":
+		return outFallback, "the incomplete hello was forwarded to the fallback pool"
+	case len(f) == 2 && f[1] == "incomplete":
+		return outWrong, "the incomplete hello was forwarded to pool " + f[0]
 	case len(f) != 3:
 		return outCorrupt, line
 	case f[1] != strconv.Itoa(len(wire)) || f[2] != fmt.Sprintf("%08x", crc32.ChecksumIEEE(wire)):

@@ -47,6 +47,12 @@ func TestHelloShapes(t *testing.T) {
 			if (s.Chunks > 0 || s.FirstChunk > 0) && len(pieces) < 2 {
 				t.Errorf("%d pieces, want several", len(pieces))
 			}
+			if s.Truncate > 0 {
+				if len(wire) != s.Truncate {
+					t.Errorf("cut short to %d bytes, want %d", len(wire), s.Truncate)
+				}
+				return
+			}
 			if name, ok := parsedSNI(t, wire); !ok || name != "a.split.test" {
 				t.Errorf("a TLS server parsed server name %q (%v), want a.split.test", name, ok)
 			}
