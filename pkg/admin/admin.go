@@ -1,6 +1,7 @@
 // Package admin serves lbctl's HTTP admin API and Prometheus metrics on the
 // [admin] bind address:
 //
+//	GET    /                                                    the status page (page.go; no token needed)
 //	GET    /metrics, /healthz, /readyz                          (no token needed)
 //	GET    /api/v1/status
 //	POST   /api/v1/pools/{pool}/backends/{address}/{drain|enable|disable}
@@ -168,6 +169,7 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("POST /api/v1/reload", s.reload)
 	api.HandleFunc("/api/", noRoute(api, "/api/"))
 	mux.Handle("/api/", s.authenticate(api))
+	mux.HandleFunc("GET /{$}", s.servePage)
 	mux.HandleFunc("/", noRoute(mux, "/"))
 	return s.guard(mux)
 }
