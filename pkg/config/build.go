@@ -121,6 +121,13 @@ func (d *decoder) config(raw map[string]any) *Config {
 		cfg.Listeners = append(cfg.Listeners, def.l)
 	}
 	d.checkBinds(binds)
+	if t, ok := root.sub("bgp"); ok {
+		names := make(map[string]bool, len(defs))
+		for _, def := range defs {
+			names[def.l.Name] = true
+		}
+		cfg.BGP = d.bgp(t, names)
+	}
 	sort.Slice(cfg.Listeners, func(i, j int) bool { return cfg.Listeners[i].Name < cfg.Listeners[j].Name })
 	root.finish()
 	return cfg

@@ -91,6 +91,10 @@ type Config struct {
 	// $RUNTIME_DIRECTORY/lbctl.sock under systemd (DefaultControlSocket).
 	ControlSocket string
 
+	// BGP announces service addresses to routers (bgp.go); nil when the
+	// [bgp] table is absent.
+	BGP *BGP
+
 	// backendLines holds, per pool, the line of each backend's address key
 	// (ResolveBackends names it in its errors).
 	backendLines map[string][]int

@@ -51,13 +51,14 @@ func TestReferenceExampleShowsEveryKey(t *testing.T) {
 		"check", "interval", "timeout", "rise", "fall", "port", "path", "host", "expect_status", "send", "expect", "server_name",
 		"state_file", "drain_timeout",
 		"type", "name", "resolver", "endpoints", "prefix",
+		"asn", "router_id", "withdraw_delay", "listeners",
 	}
 	for _, k := range keys {
 		if !regexp.MustCompile(`(?m)^[ #]*` + k + ` += `).Match(data) {
 			t.Errorf("examples/lbctl.toml does not show key %q", k)
 		}
 	}
-	for _, table := range []string{`\[log\]`, `\[admin\]`, `\[listeners\.`, `\[pools\.`, `\[\[pools\.\w+\.backends\]\]`, `\[pools\.\w+\.health\]`, `\[\[pools\.\w+\.discover\]\]`, `\[\[listeners\.\w+\.routes\]\]`} {
+	for _, table := range []string{`\[log\]`, `\[admin\]`, `\[listeners\.`, `\[pools\.`, `\[\[pools\.\w+\.backends\]\]`, `\[pools\.\w+\.health\]`, `\[\[pools\.\w+\.discover\]\]`, `\[\[listeners\.\w+\.routes\]\]`, `\[bgp\]`, `\[\[bgp\.peers\]\]`, `\[\[bgp\.announce\]\]`} {
 		if !regexp.MustCompile(`(?m)^\s*` + table).Match(data) {
 			t.Errorf("examples/lbctl.toml has no %s table", table)
 		}

@@ -51,6 +51,8 @@ type Metrics struct {
 	operating
 	// Maglev pools' lookup tables (table.go).
 	tables
+	// BGP peers and announcements (bgp.go).
+	bgpSeries
 }
 
 // ConnectBuckets fit both LAN connects (tens of microseconds) and WAN or
@@ -133,6 +135,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	)
 	m.newOperating(reg)
 	m.newTables(reg)
+	m.newBGP(reg)
 	// Show the reload counters at zero from the start, so a dashboard can
 	// tell "never reloaded" from "not scraped".
 	m.ConfigReloads.WithLabelValues("success")
