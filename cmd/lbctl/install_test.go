@@ -264,14 +264,22 @@ printf 'reply:%s\n' "${COMPREPLY[@]}"`
 			t.Errorf("bash completion of \"lbctl backend dr\": %v, want \"reply:drain\":\n%s", err, out)
 		}
 	})
-	// zsh and fish check the syntax of theirs, where they are installed.
-	for _, sh := range []struct{ name, script string }{{"zsh", zshComp}, {"fish", fishComp}} {
-		if path, err := exec.LookPath(sh.name); err == nil {
-			if out, err := exec.Command(path, "-n", sh.script).CombinedOutput(); err != nil {
-				t.Errorf("%s -n %s: %v\n%s", sh.name, sh.script, err, out)
-			}
+	// zsh reads its script without a syntax error; fish completes with its.
+	t.Run("zsh", func(t *testing.T) {
+		zsh := lbtest.Binary(t, "zsh", "/usr/bin/zsh", "zsh")
+		if out, err := exec.Command(zsh, "-n", zshComp).CombinedOutput(); err != nil {
+			t.Errorf("zsh -n %s: %v\n%s", zshComp, err, out)
 		}
-	}
+	})
+	t.Run("fish", func(t *testing.T) {
+		fish := lbtest.Binary(t, "fish", "/usr/bin/fish", "fish")
+		cmd := exec.Command(fish, "--no-config", "-c", `source $argv[1]; complete -C "lbctl backend dr"`, fishComp)
+		cmd.Env = append(os.Environ(), "PATH="+filepath.Join(dest, prefix, "bin")+":"+os.Getenv("PATH"), "LBCTL_CONFIG=")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), "drain\t") || strings.Count(string(out), "\n") != 1 {
+			t.Errorf("fish completion of \"lbctl backend dr\": %v, want drain and its description:\n%s", err, out)
+		}
+	})
 
 	// The pages render: groff (Debian groff-base, which man uses) with every
 	// warning on.
