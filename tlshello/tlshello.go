@@ -132,16 +132,19 @@ type reader struct {
 	raw []byte
 }
 
-// fill reads until r.raw holds n bytes. The buffer grows by doubling
-// (from 2 KiB, which holds a post-quantum hello) but never past n, the
-// length declared so far.
+// fill reads until r.raw holds n bytes. The buffer grows only once it is
+// full, to twice its size, or at once to n when n is at most 2 KiB (a
+// whole hello of common size, a post-quantum one included, in one
+// allocation): it never holds more than twice what arrived, or 2 KiB,
+// whatever the peer declared. A hello in many small records doubles its
+// way up, never copying more than twice its bytes.
 func (r *reader) fill(n int) error {
 	if n > MaxSize {
 		return fmt.Errorf("%w: more than %d bytes", ErrTooLarge, MaxSize)
 	}
 	for len(r.raw) < n {
 		if len(r.raw) == cap(r.raw) {
-			c := min(max(2*cap(r.raw), 2048), n)
+			c := min(max(2*cap(r.raw), min(n, 2048)), MaxSize)
 			grown := make([]byte, len(r.raw), c)
 			copy(grown, r.raw)
 			r.raw = grown
