@@ -22,11 +22,12 @@ var helpTexts = map[string]helpText{
 		long: `lbctl is a Layer-4 (TCP and UDP) load balancer: HAProxy's "mode tcp" or
 nginx's "stream" module in one small binary with one TOML file.
 
-A listener accepts connections (or UDP datagrams) and hands them to a pool;
-the pool picks a backend by weighted round-robin, least-connections or
-consistent IP hash, checks its health, and lbctl moves the bytes both ways.
-Backends can be changed, drained and reloaded at run time without dropping a
-connection.
+A listener accepts connections (or UDP datagrams) and hands them to a pool
+(or, for TLS, to the pool its server name routes to, without decrypting);
+the pool picks a backend by weighted round-robin, least-connections,
+consistent IP hash or Maglev, checks its health, and lbctl moves the bytes
+both ways. Backends can be changed, drained and reloaded at run time without
+dropping a connection.
 
 "lbctl serve" runs the load balancer; "lbctl validate" checks a config the
 way "haproxy -c" or "nginx -t" do. The other commands talk to a running
@@ -34,8 +35,9 @@ lbctl through its control socket or admin API, much as HAProxy's runtime
 API (socat on the stats socket) does: status, backend, reload.
 
 Without --config, serve and validate use $LBCTL_CONFIG, then ./lbctl.toml,
-then /etc/lbctl/lbctl.toml; the client commands find the admin address and
-token file in that same config.
+then /etc/lbctl/lbctl.toml; the client commands find the control socket, the
+admin address and the token file in that same config (--socket, --admin and
+--token-file override them).
 
 Exit status: 0 success; 1 run-time failure (cannot bind, admin API
 unreachable, reload rejected); 2 bad configuration or usage.`,
@@ -100,6 +102,7 @@ A weight marked * was overridden at run time ("lbctl backend weight"); a
 backend marked (removing) has left its pool and is draining its last
 connections. Exit status 1 when the running lbctl cannot be reached.`,
 		example: `  lbctl status
+  sudo lbctl status --socket /run/lbctl/lbctl.sock
   lbctl status --admin 10.0.0.5:9900 --token-file /etc/lbctl/token
   lbctl status --json | jq '.pools[].backends[] | select(.health == "down")'`,
 	},
@@ -109,7 +112,10 @@ connections. Exit status 1 when the running lbctl cannot be reached.`,
 first: an invalid file changes nothing, and its problems are printed, one
 per line (exit 1). A valid file takes effect without dropping an
 established connection or refusing a new one. SIGHUP does the same, but
-only the log says whether it worked.`,
+only the log says whether it worked.
+
+Through the control socket (under systemd, in its RuntimeDirectory) this
+works without an [admin] table, and after [admin] was edited.`,
 		example: `  lbctl reload
   sudo systemctl reload lbctl          # runs lbctl reload`,
 	},
