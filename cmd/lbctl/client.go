@@ -10,9 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/lbctl/lbctl/pkg/config"
@@ -247,47 +245,13 @@ func newStatusCmd() *cobra.Command {
 			if err := json.Unmarshal(raw, &st); err != nil {
 				return withCode(exitFailure, err)
 			}
-			printStatus(cmd.OutOrStdout(), st)
+			printStatus(cmd.OutOrStdout(), st, time.Now())
 			return nil
 		},
 	}
 	f.register(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the raw JSON")
 	return cmd
-}
-
-// printStatus writes the status as two tables, listeners then backends by
-// pool.
-func printStatus(out io.Writer, st server.Status) {
-	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "LISTENER\tPROTOCOL\tBIND\tPOOL\tACTIVE")
-	for _, l := range st.Listeners {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", l.Name, l.Protocol, l.Bind, l.Pool, l.Active)
-	}
-	if len(st.Listeners) == 0 {
-		fmt.Fprintln(w, "(none)")
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "POOL\tALGORITHM\tBACKEND\tSOURCE\tHEALTH\tADMIN\tWEIGHT\tBACKUP\tACTIVE\tTOTAL\tFAILURES")
-	for _, p := range st.Pools {
-		for _, b := range p.Backends {
-			backup := "-"
-			if b.Backup {
-				backup = "yes"
-			}
-			addr := b.Address
-			if b.Removing { // left the pool, draining its connections
-				addr += " (removing)"
-			}
-			weight := strconv.Itoa(b.Weight)
-			if b.WeightOverride != nil {
-				weight += "*" // overridden at run time
-			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\n",
-				p.Name, p.Algorithm, addr, b.Source, b.Health, b.Admin, weight, backup, b.Active, b.Total, b.Failures)
-		}
-	}
-	w.Flush()
 }
 
 func newReloadCmd() *cobra.Command {

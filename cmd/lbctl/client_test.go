@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/lbctl/lbctl/pkg/server"
@@ -32,24 +33,59 @@ func TestAdminBase(t *testing.T) {
 }
 
 func TestPrintStatus(t *testing.T) {
+	now := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	changed := now.Add(-5*time.Minute - 3*time.Second)
 	var out bytes.Buffer
 	printStatus(&out, server.Status{
 		Listeners: []server.ListenerStatus{{Name: "web", Protocol: "tcp", Bind: "0.0.0.0:8080", Pool: "web", Active: 12}},
 		Pools: []server.PoolStatus{{Name: "web", Algorithm: "round-robin", Backends: []server.BackendStatus{
-			{Address: "10.0.0.11:80", Weight: 3, Health: "up", Admin: "enabled", Active: 10, Total: 1234, Failures: 0, Source: "config"},
+			{Address: "10.0.0.11:80", Weight: 3, Health: "up", Admin: "enabled", Active: 10, Total: 1234, Failures: 0, Source: "config",
+				LastCheck: &server.CheckStatus{Result: "success", DurationSeconds: 0.0021, At: now.Add(-1200 * time.Millisecond)}},
 			{Address: "[2001:db8::12]:80", Weight: 1, Backup: true, Health: "down", Admin: "draining", Active: 2, Total: 5, Failures: 7,
-				Source: "dns:web.internal", WeightOverride: new(int), Removing: true},
+				Source: "dns:web.internal", WeightOverride: new(int), Removing: true, LastChange: &changed,
+				LastCheck: &server.CheckStatus{Result: "failure", Reason: "dial tcp [2001:db8::12]:80: connect: connection refused",
+					DurationSeconds: 0.0004, At: now.Add(-2 * time.Second)}},
 		}}},
-	})
+	}, now)
 	want := `LISTENER  PROTOCOL  BIND          POOL  ACTIVE
 web       tcp       0.0.0.0:8080  web   12
 
-POOL  ALGORITHM    BACKEND                       SOURCE            HEALTH  ADMIN     WEIGHT  BACKUP  ACTIVE  TOTAL  FAILURES
-web   round-robin  10.0.0.11:80                  config            up      enabled   3       -       10      1234   0
-web   round-robin  [2001:db8::12]:80 (removing)  dns:web.internal  down    draining  1*      yes     2       5      7
+POOL  ALGORITHM    BACKEND                       SOURCE            HEALTH  ADMIN     WEIGHT  BACKUP  ACTIVE  TOTAL  FAILURES  SINCE  LAST CHECK
+web   round-robin  10.0.0.11:80                  config            up      enabled   3       -       10      1234   0         -      success 1s ago (2ms)
+web   round-robin  [2001:db8::12]:80 (removing)  dns:web.internal  down    draining  1*      yes     2       5      7         5m3s   failure 2s ago (400µs): dial tcp [2001:db8::12]:80: connect: connection refused
 `
 	if out.String() != want {
 		t.Fatalf("status table:\n%s\nwant:\n%s", out.String(), want)
+	}
+
+	// The process: version, uptime, config file and the last reload, its
+	// problems one per line.
+	out.Reset()
+	printStatus(&out, server.Status{
+		Version: "1.4.0", Started: now.Add(-(26*time.Hour + 10*time.Minute)), ConfigFile: "/etc/lbctl/lbctl.toml",
+		LastReload: &server.ReloadStatus{Time: now.Add(-90 * time.Second), Result: "failed",
+			Error: "2 problems:\n/etc/lbctl/lbctl.toml:8: pools.web.algorithm: bad\n/etc/lbctl/lbctl.toml:9: pools.web.bogus: unknown key"},
+	}, now)
+	want = `lbctl 1.4.0, up 1d2h (since 2026-12-05 09:50:00 UTC), config /etc/lbctl/lbctl.toml
+last reload: FAILED, 1m30s ago (2026-12-06 11:58:30 UTC), the previous configuration kept running:
+  2 problems:
+  /etc/lbctl/lbctl.toml:8: pools.web.algorithm: bad
+  /etc/lbctl/lbctl.toml:9: pools.web.bogus: unknown key
+
+LISTENER  PROTOCOL  BIND  POOL  ACTIVE
+(none)
+
+POOL  ALGORITHM  BACKEND  SOURCE  HEALTH  ADMIN  WEIGHT  BACKUP  ACTIVE  TOTAL  FAILURES  SINCE  LAST CHECK
+`
+	if out.String() != want {
+		t.Fatalf("status with the process:\n%s\nwant:\n%s", out.String(), want)
+	}
+	out.Reset()
+	printStatus(&out, server.Status{Version: "1.4.0", Started: now.Add(-3 * time.Second), ConfigFile: "x.toml",
+		LastReload: &server.ReloadStatus{Time: now.Add(-time.Second), Result: "ok"}}, now)
+	if first := strings.SplitN(out.String(), "\n", 3); first[0] != "lbctl 1.4.0, up 3s (since 2026-12-06 11:59:57 UTC), config x.toml" ||
+		first[1] != "last reload: ok, 1s ago (2026-12-06 11:59:59 UTC)" {
+		t.Fatalf("status header:\n%s", out.String())
 	}
 }
 

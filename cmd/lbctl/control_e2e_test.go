@@ -148,6 +148,9 @@ func TestReloadWithoutAdmin(t *testing.T) {
 	if code != 0 || !strings.Contains(out, a.Addr) || !strings.Contains(out, b.Addr) {
 		t.Fatalf("status after the reload: exit %d\n%s", code, out)
 	}
+	if !strings.Contains(out, ", config "+conf+"\n") || !strings.Contains(out, "last reload: ok, ") || !strings.HasPrefix(out, "lbctl ") {
+		t.Fatalf("status does not tell the process and its last reload:\n%s", out)
+	}
 	// The JSON tells how the reload went.
 	out, code = runLbctlIn(t, t.TempDir(), env, "status", "--json", "--config", conf)
 	if code != 0 || !strings.Contains(out, `"result": "ok"`) || !strings.Contains(out, `"config_file": "`+conf+`"`) {
