@@ -76,8 +76,16 @@ func (t *table) has(key string) bool {
 func (t *table) get(key string) (any, bool) {
 	v, ok := t.m[key]
 	t.known[key] = true
+	if keyHook != nil {
+		keyHook(t.keyPath(key))
+	}
 	return v, ok
 }
+
+// keyHook, when set (by a test, before parsing), is called with the path
+// of every key the decoder asks for, present or not: the schema, as
+// docs/reference.md documents it (reference_test.go).
+var keyHook func(path string)
 
 // str returns the string at key; ok is false when it is absent or not a string.
 func (t *table) str(key string) (string, bool) {
