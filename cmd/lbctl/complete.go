@@ -70,3 +70,15 @@ func completionStatus(f *clientFlags) (server.Status, error) {
 	err = c.do(http.MethodGet, "/api/v1/status", &st)
 	return st, err
 }
+
+// completeConfigFlags makes every --config flag below root complete TOML
+// files only.
+func completeConfigFlags(root *cobra.Command) {
+	walk(root, func(c *cobra.Command) {
+		if c.Flags().Lookup("config") != nil {
+			c.RegisterFlagCompletionFunc("config", func(*cobra.Command, []string, string) ([]cobra.Completion, cobra.ShellCompDirective) {
+				return []cobra.Completion{"toml"}, cobra.ShellCompDirectiveFilterFileExt
+			})
+		}
+	})
+}

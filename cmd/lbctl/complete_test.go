@@ -71,3 +71,13 @@ func TestCompletionFromRunningServer(t *testing.T) {
 		t.Errorf("after drain: %q", got)
 	}
 }
+
+// TestCompletionOfConfigFlag: --config completes TOML files, on every
+// command that has it.
+func TestCompletionOfConfigFlag(t *testing.T) {
+	for _, args := range [][]string{{"validate", "--config", ""}, {"serve", "-c", ""}, {"backend", "drain", "--config", ""}, {"status", "--config", ""}} {
+		if got, want := complete(t, args...), "toml\n:8\n"; got != want {
+			t.Errorf("lbctl __complete %s: %q, want %q (.toml files)", strings.Join(args, " "), got, want)
+		}
+	}
+}

@@ -30,6 +30,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(newClientCmds()...)
 	root.InitDefaultCompletionCmd() // now, so that it gets its examples too
 	applyHelp(root)
+	completeConfigFlags(root)
 	return root
 }
 
