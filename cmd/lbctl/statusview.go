@@ -35,7 +35,7 @@ func printStatus(out io.Writer, st server.Status, now time.Time) {
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "LISTENER\tPROTOCOL\tBIND\tPOOL\tACTIVE")
 	for _, l := range st.Listeners {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", l.Name, l.Protocol, l.Bind, l.Pool, l.Active)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", l.Name, l.Protocol, l.Bind, poolColumn(l), l.Active)
 	}
 	if len(st.Listeners) == 0 {
 		fmt.Fprintln(w, "(none)")
