@@ -267,6 +267,11 @@ func TestServeReloadAndStop(t *testing.T) {
 	lbtest.Eventually(t, 10*time.Second, func() bool {
 		return d.metric(`lbctl_config_reloads_total{result="success"} 1`)
 	}, "reload not counted")
+	for _, m := range []string{"lbctl_config_last_reload_successful 1", "lbctl_config_file_changed 0"} {
+		if !d.metric(m) {
+			t.Errorf("after a good reload, /metrics has no %q", m)
+		}
+	}
 	seen := map[string]bool{}
 	for i := 0; i < 4; i++ {
 		seen[string(roundTrip(t, d.front, nil))] = true
@@ -281,6 +286,12 @@ func TestServeReloadAndStop(t *testing.T) {
 	lbtest.Eventually(t, 10*time.Second, func() bool {
 		return d.metric(`lbctl_config_reloads_total{result="failure"} 1`)
 	}, "failed reload not counted")
+	// The invalid file is not in force: both show it.
+	for _, m := range []string{"lbctl_config_last_reload_successful 0", "lbctl_config_file_changed 1"} {
+		if !d.metric(m) {
+			t.Errorf("after a rejected reload, /metrics has no %q", m)
+		}
+	}
 	if got := roundTrip(t, d.front, nil); len(got) != 1 {
 		t.Fatalf("after a rejected reload got %q", got)
 	}
