@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"strings"
 	"testing"
 )
@@ -54,6 +55,10 @@ func TestCheckTokenFile(t *testing.T) {
 	if err := os.WriteFile(empty, []byte(" \n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	fifo := filepath.Join(dir, "fifo") // opening it would wait for a writer
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	const tail = "[listeners.web]\nbind = \"127.0.0.1:8080\"\npool = \"web\"\n[[pools.web.backends]]\naddress = \"127.0.0.1:9001\"\n"
 	for _, tc := range []struct {
 		name, admin, want string
@@ -64,7 +69,9 @@ func TestCheckTokenFile(t *testing.T) {
 		{"missing", "[admin]\nbind = \"127.0.0.1:9900\"\ntoken_file = " + strconv.Quote(filepath.Join(dir, "none")) + "\n",
 			"t.toml:3: admin.token_file: cannot read " + strconv.Quote(filepath.Join(dir, "none")) + ": no such file or directory"},
 		{"a directory", "\n[admin]\ntoken_file = " + strconv.Quote(dir) + "\n",
-			"t.toml:3: admin.token_file: cannot read " + strconv.Quote(dir) + ": is a directory"},
+			"t.toml:3: admin.token_file: " + strconv.Quote(dir) + " is a directory, not the file holding the token"},
+		{"a FIFO", "[admin]\ntoken_file = " + strconv.Quote(fifo) + "\n",
+			"t.toml:2: admin.token_file: " + strconv.Quote(fifo) + " is not a regular file"},
 		{"empty", "[admin]\ntoken_file = " + strconv.Quote(empty) + "\n",
 			"t.toml:2: admin.token_file: " + strconv.Quote(empty) + " is empty: every API request would be refused; write the token into it"},
 	} {
