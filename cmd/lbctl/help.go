@@ -98,6 +98,12 @@ backend's health, admin state (enabled, draining, disabled), weight and
 connection counters: what HAProxy's stats page or "show servers state"
 shows. --json prints the admin API's JSON as it is, for scripts.
 
+First come the version, the uptime, the config file and the last reload
+(and, when it failed, why, one problem per line). Then, per backend, SINCE
+is how long ago its state last changed, and LAST CHECK the result of its
+last health check, how long ago, how long it took and, when it failed, why
+(the socket error: "connection refused", "i/o timeout", the status code...).
+
 A weight marked * was overridden at run time ("lbctl backend weight"); a
 backend marked (removing) has left its pool and is draining its last
 connections. Exit status 1 when the running lbctl cannot be reached.`,
