@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lbctl/lbctl/balancer"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
 	proxyproto "github.com/pires/go-proxyproto"
@@ -360,7 +361,7 @@ func TestTLSRouteRejects(t *testing.T) {
 	h := startServer(t, `
 [listeners.tls]
 bind = "127.0.0.1:0"
-tls_inspect_timeout = "3s"
+tls_inspect_timeout = "5s"
   [[listeners.tls.routes]]
   sni = ["api.example.com"]
   pool = "api"
@@ -416,7 +417,7 @@ pool = "dns"
 		t.Fatalf("answer %q", body)
 	}
 	if n := rej("tls_inspect"); n != 1 {
-		t.Fatalf("tls_inspect = %v while the slow hellos are within their 3s (the good connection took %v)", n, time.Since(start))
+		t.Fatalf("tls_inspect = %v while the slow hellos are within their 5s (the good connection took %v)", n, time.Since(start))
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, slow)
@@ -434,7 +435,7 @@ pool = "dns"
 	for err := range errs {
 		t.Fatalf("a slow hello was not closed: %v", err)
 	}
-	if d := time.Since(start); d < 3*time.Second {
+	if d := time.Since(start); d < 5*time.Second {
 		t.Fatalf("slow hellos closed after %v, before tls_inspect_timeout", d)
 	}
 	lbtest.Until(t, 5*time.Second, func() (bool, string) {
@@ -559,5 +560,42 @@ bind = "` + addr + `"
 	resp, err := io.ReadAll(open)
 	if err != nil || !strings.HasSuffix(string(resp), "a.example.com ") {
 		t.Fatalf("the connection open across the reload answered %q, %v; want a's answer", resp, err)
+	}
+}
+
+// TestTLSRoutePoolRefresh: a pool used only through a route gets a new
+// generation when its backend set changes (here through the API), and the
+// route's new connections follow it.
+func TestTLSRoutePoolRefresh(t *testing.T) {
+	a := newRouteBackend(t, "a.example.com")
+	b := newRouteBackend(t, "b.example.com")
+	h := startServer(t, `
+[listeners.tls]
+bind = "127.0.0.1:0"
+  [[listeners.tls.routes]]
+  sni = ["api.example.com"]
+  pool = "api"
+`+poolTOML("api", "", a.addr))
+	get := func() string {
+		body, _, _ := tlsGet(t, h.addr("tls"), &tls.Config{ServerName: "api.example.com"}, nil)
+		name, _, _ := strings.Cut(body, " ")
+		return name
+	}
+	if got := get(); got != "a.example.com" {
+		t.Fatalf("before: %q", got)
+	}
+	if _, err := h.srv.AddBackend("api", BackendSpec{Address: b.addr, Weight: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.srv.RemoveBackend("api", a.addr); err == nil {
+		t.Fatal("removing a config backend through the API should fail")
+	}
+	if _, err := h.srv.SetBackendAdmin("api", a.addr, balancer.Disabled); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if got := get(); got != "b.example.com" {
+			t.Fatalf("after the refresh: %q, want b (the API's backend)", got)
+		}
 	}
 }
