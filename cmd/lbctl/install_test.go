@@ -173,6 +173,7 @@ func TestUnitFileDirectives(t *testing.T) {
 		"Restart=on-failure", "WatchdogSec=", "LimitNOFILE=1048576", "DynamicUser=yes",
 		"AmbientCapabilities=CAP_NET_BIND_SERVICE", "NoNewPrivileges=yes", "ProtectSystem=strict",
 		"ProtectHome=yes", "PrivateTmp=yes", "RestrictAddressFamilies=",
+		"RuntimeDirectory=lbctl", "RuntimeDirectoryMode=0750", // the control socket's directory
 	} {
 		if !strings.Contains(service, "\n"+want) {
 			t.Errorf("lbctl.service lacks %q", want)
