@@ -69,6 +69,8 @@ type backend struct {
 	udpTargets map[string]*udpproxy.Target
 	tcpConns   tcpproxy.Registry // its connections, for kill
 	udpConns   udpproxy.Registry // its sessions, for kill
+	// The admin state and weight last exported (operate.go).
+	settings settingsPub
 
 	mu          sync.Mutex
 	upGauge     prometheus.Gauge // lbctl_backend_up; set by start, deleted by stop

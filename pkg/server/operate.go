@@ -14,16 +14,32 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lbctl/lbctl/balancer"
 	"github.com/lbctl/lbctl/pkg/config"
 	"go.uber.org/zap"
 )
 
-// publishSettings sets be's admin state and weight series. Called with
-// s.mu held whenever either may have changed: a generation put in service
-// (commit), SetBackendAdmin, the state file read at start. The series go
-// with the backend's other pool series (ForgetPoolBackend).
+// settingsPub is what publishSettings last exported for a backend; the
+// zero value is nothing (forgetBackendSeries resets it with the series).
+type settingsPub struct {
+	ok     bool
+	admin  balancer.AdminState
+	weight int
+}
+
+// publishSettings sets be's admin state and weight series when they
+// changed since it last did. Called with s.mu held whenever either may
+// have changed: a generation put in service (commit), SetBackendAdmin, the
+// state file read at start. The series go with the backend's other pool
+// series (ForgetPoolBackend). Skipping the unchanged ones keeps a refresh
+// of a large pool from resolving four series per backend.
 func (be *backend) publishSettings() {
-	be.m.SetBackendSettings(be.pool, be.b.Address(), be.b.Admin().String(), be.weight)
+	a := be.b.Admin()
+	if be.settings == (settingsPub{true, a, be.weight}) {
+		return
+	}
+	be.settings = settingsPub{true, a, be.weight}
+	be.m.SetBackendSettings(be.pool, be.b.Address(), a.String(), be.weight)
 }
 
 // fileCheck remembers what the config file looked like at its last

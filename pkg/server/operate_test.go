@@ -102,7 +102,10 @@ func TestOperatingMetrics(t *testing.T) {
 		}
 		return strings.Join(in, "+")
 	}
-	weight := func(backend string) float64 { t.Helper(); return v("lbctl_backend_weight", "pool", "p", "backend", backend) }
+	weight := func(backend string) float64 {
+		t.Helper()
+		return v("lbctl_backend_weight", "pool", "p", "backend", backend)
+	}
 	if admin(a.Addr) != "enabled" || admin(b.Addr) != "enabled" || weight(a.Addr) != 3 || weight(b.Addr) != 1 {
 		t.Errorf("at start: a %s weight %v, b %s weight %v; want enabled 3, enabled 1",
 			admin(a.Addr), weight(a.Addr), admin(b.Addr), weight(b.Addr))

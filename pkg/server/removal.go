@@ -89,6 +89,7 @@ func (s *Server) forgetBackendSeries(be *backend) {
 	}
 	be.tcpTargets, be.udpTargets = nil, nil
 	s.m.ForgetPoolBackend(be.pool, be.b.Address())
+	be.settings = settingsPub{}
 }
 
 // reap runs while backends drain: it forgets those whose last connection
