@@ -95,6 +95,7 @@ type Server struct {
 	alive    aliveState // what Alive remembers between calls (alive.go)
 	info     runInfo    // version, start and last reload, for status (runinfo.go)
 	file     fileCheck  // lbctl_config_file_changed (operate.go)
+	bgp      bgpState   // the BGP speaker and the announcements (bgp.go)
 }
 
 // New prepares a server for cfg. It binds nothing yet.
@@ -141,9 +142,14 @@ func (s *Server) Start() error {
 	if s.started {
 		return errors.New("server: already started")
 	}
+	if err := s.startBGP(s.cfg.Load()); err != nil {
+		return fmt.Errorf("bgp: %w", err)
+	}
 	if err := s.apply(s.cfg.Load(), resolved); err != nil {
+		s.stopBGP()
 		return err
 	}
+	s.runBGP() // announces once an eligible backend is seen
 	s.loadState()
 	s.info.start(time.Now())
 	s.m.ConfigLoaded(time.Now())
@@ -180,6 +186,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.cfg.Store(cfg)
 	s.forgetSeries(old, cfg)
+	s.reloadBGP(old, cfg)
 	s.info.reloaded(time.Now(), nil)
 	s.m.ReloadResult(true, time.Now())
 	s.log.Info("configuration reloaded", zap.String("file", cfg.File), zap.Strings("changes", diff(old, cfg)))
@@ -195,7 +202,19 @@ func (s *Server) Reload(cfg *config.Config) error {
 // The lock is held only while the listeners close and when the pools stop,
 // not during the drain, so Status and SetBackendAdmin keep answering (the
 // admin API stays usable while connections finish).
+//
+// With [bgp], every announced prefix is withdrawn first and the listeners
+// close withdraw_delay later (or when ctx is done, if sooner), so that
+// routers stop sending new flows while lbctl still accepts them (bgp.go).
 func (s *Server) Shutdown(ctx context.Context) {
+	if d := s.withdrawBGP(); d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
 	s.mu.Lock()
 	if !s.stopping.Swap(true) {
 		close(s.udpDrain)
@@ -251,6 +270,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 	for _, lp := range s.pools {
 		s.stopPool(lp)
 	}
+	s.stopBGP()
 }
 
 // apply builds the runtime for cfg and swaps it in. Everything that can

@@ -19,6 +19,7 @@ type Status struct {
 	LastReload    *ReloadStatus    `json:"last_reload"`    // nil before the first reload (runinfo.go)
 	Listeners     []ListenerStatus `json:"listeners"`
 	Pools         []PoolStatus     `json:"pools"`
+	BGP           *BGPStatus       `json:"bgp"` // nil without [bgp] (bgp.go)
 }
 
 // ListenerStatus describes one listener.
@@ -117,6 +118,7 @@ func (s *Server) Status() Status {
 		st.Pools = append(st.Pools, ps)
 	}
 	sort.Slice(st.Pools, func(i, j int) bool { return st.Pools[i].Name < st.Pools[j].Name })
+	st.BGP = s.bgpStatus()
 	return st
 }
 
