@@ -60,7 +60,7 @@ func peekLength(c *net.TCPConn) (int, error) {
 			// every limit, so n < len(buf) here). A peer that has shut
 			// down its side will never send them.
 			if peerClosed(fd) {
-				perr = fmt.Errorf("peek PROXY header: %w after %d bytes", io.ErrUnexpectedEOF, n)
+				perr = fmt.Errorf("peek PROXY header: %w after %s", io.ErrUnexpectedEOF, byteCount(n))
 				return true
 			}
 			return false

@@ -135,9 +135,9 @@ func Parse(b []byte) (Header, error) {
 	case err != nil:
 		return Header{}, err
 	case n == 0 || n > len(b):
-		return Header{}, fmt.Errorf("%w: incomplete (%d bytes)", ErrMalformed, len(b))
+		return Header{}, fmt.Errorf("%w: incomplete (%s)", ErrMalformed, byteCount(len(b)))
 	case n < len(b):
-		return Header{}, fmt.Errorf("%w: %d bytes after the header", ErrMalformed, len(b)-n)
+		return Header{}, fmt.Errorf("%w: %s after the header", ErrMalformed, byteCount(len(b)-n))
 	}
 	br := bytes.NewReader(b)
 	// A buffer as large as the header holds it whole after one read, which
