@@ -61,11 +61,12 @@ func TestSeriesFollowProtocol(t *testing.T) {
 		slices.Sort(byListener[listener])
 		return byListener[listener]
 	}
-	all := []string{"acl", "backend_unavailable", "client_limit", "max_connections", "no_backend", "proxy_protocol", "rate_limit"}
+	all := []string{"acl", "backend_unavailable", "client_limit", "max_connections", "no_backend", "no_route", "proxy_protocol", "rate_limit", "tls_inspect"}
+	tcpOnly := []string{"no_route", "proxy_protocol", "tls_inspect"}
 	if got := reasons("l"); !slices.Equal(got, all) {
 		t.Errorf("tcp listener rejection reasons %v, want %v", got, all)
 	}
-	if got, want := reasons("u"), slices.DeleteFunc(slices.Clone(all), func(r string) bool { return r == "proxy_protocol" }); !slices.Equal(got, want) {
+	if got, want := reasons("u"), slices.DeleteFunc(slices.Clone(all), func(r string) bool { return slices.Contains(tcpOnly, r) }); !slices.Equal(got, want) {
 		t.Errorf("udp listener rejection reasons %v, want %v", got, want)
 	}
 }
