@@ -3,6 +3,7 @@ package admin
 import (
 	"io"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -106,5 +107,25 @@ func TestStatusPageServed(t *testing.T) {
 	// The data still needs the token.
 	if resp, body := e.get(http.MethodGet, "/api/v1/status"); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("GET /api/v1/status without the token: %d %s", resp.StatusCode, body)
+	}
+}
+
+// TestStatusPageControlSocket: the control socket serves the same page.
+func TestStatusPageControlSocket(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	path := filepath.Join(t.TempDir(), "lbctl.sock")
+	e.startControl(path, func() error { return nil })
+	resp, err := unixClient(path).Get("http://localhost/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || string(body) != string(statusPage) ||
+		resp.Header.Get("Content-Security-Policy") != statusPageCSP {
+		t.Fatalf("GET / over the control socket: %d, %d bytes, CSP %q", resp.StatusCode, len(body), resp.Header.Get("Content-Security-Policy"))
 	}
 }
