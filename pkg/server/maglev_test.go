@@ -192,3 +192,68 @@ func TestMaglevHashKeyIPPortUDP(t *testing.T) {
 		t.Errorf("30 client ports of one address all went to %v, want a spread", spread)
 	}
 }
+
+// TestMaglevRebuildOnSetChange: a backend added through the API rebuilds
+// the table (the digest is the balancer's over the four, the metric shows
+// it alone) and takes about a quarter of the clients, nearly all others
+// staying; removing it again gives back the first table, digest and
+// assignment exactly.
+func TestMaglevRebuildOnSetChange(t *testing.T) {
+	var addrs []string
+	for _, n := range []string{"a", "b", "c", "d"} {
+		addrs = append(addrs, lbtest.NewTCP(t, lbtest.Named(n)).Addr)
+	}
+	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", `algorithm = "maglev"`, addrs[:3]...)+noHealth)
+	digest0 := h.poolStatus("p").TableDigest
+	sources := maglevSources(120)
+	before := map[string]string{}
+	for _, src := range sources {
+		before[src] = servedFrom(t, src, h.addr("l"))
+	}
+
+	if _, err := h.srv.AddBackend("p", BackendSpec{Address: addrs[3], Weight: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var ms []balancer.Member
+	for _, a := range addrs {
+		ms = append(ms, balancer.Member{Backend: balancer.NewBackend(a), Weight: 1})
+	}
+	want, err := balancer.New(balancer.Maglev, ms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest1 := h.poolStatus("p").TableDigest
+	if digest1 != want.TableDigest() || digest1 == digest0 {
+		t.Fatalf("digest after the add %s (before %s), want the balancer's over four backends %s", digest1, digest0, want.TableDigest())
+	}
+	if _, ok := sample(t, h.reg, "lbctl_pool_table_info", map[string]string{"digest": digest0}); ok {
+		t.Error("the first table's series is still exported after the add")
+	}
+	if v := value(t, h.reg, "lbctl_pool_table_info", "pool", "p", "digest", digest1); v != 1 {
+		t.Errorf("lbctl_pool_table_info for the new table = %v, want 1", v)
+	}
+	toD, others := 0, 0
+	for _, src := range sources {
+		switch got := servedFrom(t, src, h.addr("l")); {
+		case got == "d":
+			toD++
+		case got != before[src]:
+			others++
+		}
+	}
+	if toD < 15 || toD > 50 || others > 6 {
+		t.Errorf("after adding d: %d of %d clients moved to d (want about a quarter), %d moved elsewhere (want few)", toD, len(sources), others)
+	}
+
+	if _, err := h.srv.RemoveBackend("p", addrs[3]); err != nil {
+		t.Fatal(err)
+	}
+	if d := h.poolStatus("p").TableDigest; d != digest0 {
+		t.Errorf("digest after the removal %s, want the first one %s", d, digest0)
+	}
+	for _, src := range sources {
+		if got := servedFrom(t, src, h.addr("l")); got != before[src] {
+			t.Fatalf("client %s on %s after the removal, was on %s with the same set", src, got, before[src])
+		}
+	}
+}
