@@ -208,3 +208,39 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestAnnounceIPv6: over an IPv6 session the IPv6 prefix is announced with
+// the speaker's IPv6 address towards the router as next hop, and the IPv4
+// prefix is not sent there.
+func TestAnnounceIPv6(t *testing.T) {
+	ns := lbtest.NewNetns(t)
+	r := lbtest.NewBird(t, ns, lbtest.BirdBGP(ns.NSAddr, 65000,
+		[]lbtest.BirdPeer{{Name: "lbctl6", Address: ns.HostAddr6, ASN: 65010, Local: ns.NSAddr6}}, ""))
+	sp, err := New(Config{ASN: 65010, RouterID: ns.HostAddr, Peers: []Peer{{Address: ns.NSAddr6, ASN: 65000}}},
+		Options{Log: zaptest.NewLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := sp.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Stop()
+	for _, p := range []string{"fd99:1::/64", "10.99.0.3/32"} {
+		if err := sp.SetAnnounced(ctx, netip.MustParsePrefix(p), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitState(t, sp, ns.NSAddr6, true, 10*time.Second)
+	if st := peerState(sp, ns.NSAddr6); st.Local != ns.HostAddr6 {
+		t.Fatalf("local address %v, want %v", st.Local, ns.HostAddr6)
+	}
+	waitRoute(t, r, "fd99:1::/64", []netip.Addr{ns.HostAddr6})
+	if got := r.Route("10.99.0.3/32"); len(got) != 0 {
+		t.Fatalf("the IPv4 prefix reached the IPv6 session: %v", got)
+	}
+	if err := sp.SetAnnounced(ctx, netip.MustParsePrefix("fd99:1::/64"), false); err != nil {
+		t.Fatal(err)
+	}
+	waitRoute(t, r, "fd99:1::/64", nil)
+}

@@ -34,16 +34,21 @@ type BirdPeer struct {
 	Name    string // the BGP protocol's name in bird (show protocols NAME)
 	Address netip.Addr
 	ASN     uint32
+	Local   netip.Addr // the router's address for this session; zero: BirdBGP's local
 }
 
-// BirdBGP is a bird configuration for a router at local (its router ID
-// too) in AS asn that listens on port 179 (passive: the peers connect to
+// BirdBGP is a bird configuration for a router at local (an IPv4 address,
+// its router ID too; a peer's Local overrides it for that session) in AS asn that listens on port 179 (passive: the peers connect to
 // it), accepts every IPv4 and IPv6 route its peers announce and sends
 // them none. extra is appended (a kernel protocol, ECMP settings, ...).
 func BirdBGP(local netip.Addr, asn uint32, peers []BirdPeer, extra string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "router id %s;\nlog stderr all;\nprotocol device { scan time 1; }\n", local)
 	for _, p := range peers {
+		l := local
+		if p.Local.IsValid() {
+			l = p.Local
+		}
 		fmt.Fprintf(&b, `protocol bgp %s {
 	local %s as %d;
 	neighbor %s as %d;
@@ -53,7 +58,7 @@ func BirdBGP(local netip.Addr, asn uint32, peers []BirdPeer, extra string) strin
 	ipv4 { import all; export none; };
 	ipv6 { import all; export none; };
 }
-`, p.Name, local, asn, p.Address, p.ASN)
+`, p.Name, l, asn, p.Address, p.ASN)
 	}
 	b.WriteString(extra)
 	return b.String()

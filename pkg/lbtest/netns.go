@@ -24,6 +24,9 @@ type Netns struct {
 	HostAddr netip.Addr // the test's side of the veth pair
 	NSAddr   netip.Addr // the namespace's side
 	HostIf   string     // the host side's interface name
+	// HostAddr6 and NSAddr6 are the two ends' IPv6 addresses, on a /64 of
+	// a random unique local prefix (fdXX:...), usable at once (no DAD).
+	HostAddr6, NSAddr6 netip.Addr
 }
 
 // NeedRoot skips the test unless it runs as root (network namespaces and
@@ -57,6 +60,14 @@ func NewNetns(t testing.TB) *Netns {
 		}
 		id := fmt.Sprintf("%d%04x", os.Getpid()%100000, rand.Uint32()&0xffff)
 		n = &Netns{Name: "lbt" + id, HostAddr: host, NSAddr: nsAddr, HostIf: "lbh" + id}
+		var ula [16]byte
+		ula[0] = 0xfd
+		for i := 1; i < 8; i++ {
+			ula[i] = byte(rand.Uint32())
+		}
+		ula[15] = 1
+		n.HostAddr6 = netip.AddrFrom16(ula)
+		n.NSAddr6 = n.HostAddr6.Next()
 		break
 	}
 	if n == nil {
@@ -70,8 +81,10 @@ func NewNetns(t testing.TB) *Netns {
 	run(t, "ip", "netns", "add", n.Name)
 	run(t, "ip", "link", "add", n.HostIf, "type", "veth", "peer", "name", peerIf, "netns", n.Name)
 	run(t, "ip", "addr", "add", n.HostAddr.String()+"/30", "dev", n.HostIf)
+	run(t, "ip", "-6", "addr", "add", n.HostAddr6.String()+"/64", "dev", n.HostIf, "nodad")
 	run(t, "ip", "link", "set", n.HostIf, "up")
 	n.Exec(t, "ip", "addr", "add", n.NSAddr.String()+"/30", "dev", peerIf)
+	n.Exec(t, "ip", "-6", "addr", "add", n.NSAddr6.String()+"/64", "dev", peerIf, "nodad")
 	n.Exec(t, "ip", "link", "set", peerIf, "up")
 	n.Exec(t, "ip", "link", "set", "lo", "up")
 	return n
