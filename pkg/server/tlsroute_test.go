@@ -15,6 +15,7 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"github.com/lbctl/lbctl/balancer"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
+	"github.com/lbctl/lbctl/pkg/proxyheader"
 	proxyproto "github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -598,4 +600,50 @@ bind = "127.0.0.1:0"
 			t.Fatalf("after the refresh: %q, want b (the API's backend)", got)
 		}
 	}
+}
+
+// TestTLSRouteAfterProxyHeader: on a listener that takes PROXY headers,
+// the header comes first, then the ClientHello is read and routed; the
+// client the header names is the one the access log shows.
+func TestTLSRouteAfterProxyHeader(t *testing.T) {
+	api := newRouteBackend(t, "api.example.com")
+	core, logs := observer.New(zap.InfoLevel)
+	h := startServerLog(t, `
+[listeners.tls]
+bind = "127.0.0.1:0"
+accept_proxy_protocol = true
+trusted_proxies = ["127.0.0.1"]
+  [[listeners.tls.routes]]
+  sni = ["api.example.com"]
+  pool = "api"
+`+poolTOML("api", "", api.addr), core)
+	raw, err := net.DialTimeout("tcp", h.addr("tls"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(30 * time.Second))
+	src := netip.MustParseAddrPort("192.0.2.7:4242")
+	dst := netip.MustParseAddrPort("192.0.2.1:443")
+	if _, err := raw.Write(proxyheader.AppendV2(nil, src, dst, false)); err != nil {
+		t.Fatal(err)
+	}
+	tc := tls.Client(raw, &tls.Config{ServerName: "api.example.com", InsecureSkipVerify: true})
+	fmt.Fprintf(tc, "GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+	resp, err := io.ReadAll(tc)
+	if err != nil || !strings.HasSuffix(string(resp), "api.example.com ") {
+		t.Fatalf("answer %q, %v", resp, err)
+	}
+	if !bytes.Equal(tc.ConnectionState().PeerCertificates[0].Raw, api.cert) {
+		t.Fatal("not the backend's certificate")
+	}
+	raw.Close() // the connection ends: its access log line follows
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		for _, e := range logs.FilterMessage("connection").All() {
+			if m := e.ContextMap(); m["client"] == src.String() && m["sni"] == "api.example.com" {
+				return true, ""
+			}
+		}
+		return false, "no access log line for the client the PROXY header named"
+	})
 }
