@@ -22,6 +22,7 @@ import (
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
+	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
@@ -282,11 +283,13 @@ func artifact(t *testing.T, name string, data []byte) {
 	t.Logf("wrote %s (%d bytes)", path, len(data))
 }
 
-// requests records the URLs the tab requests and the answers' statuses.
+// requests records the URLs the tab requests, the answers' statuses, and
+// the page's uncaught exceptions.
 type requests struct {
-	mu     sync.Mutex
-	urls   []string
-	status map[string][]int64 // by URL
+	mu         sync.Mutex
+	urls       []string
+	status     map[string][]int64 // by URL
+	exceptions []string
 }
 
 func recordRequests(t *testing.T, ctx context.Context) *requests {
@@ -300,6 +303,13 @@ func recordRequests(t *testing.T, ctx context.Context) *requests {
 			r.urls = append(r.urls, ev.Request.URL)
 		case *network.EventResponseReceived:
 			r.status[ev.Response.URL] = append(r.status[ev.Response.URL], ev.Response.Status)
+		case *runtime.EventExceptionThrown:
+			d := ev.ExceptionDetails
+			msg := fmt.Sprintf("%s:%d: %s", d.URL, d.LineNumber+1, d.Text)
+			if d.Exception != nil {
+				msg += " " + d.Exception.Description
+			}
+			r.exceptions = append(r.exceptions, msg)
 		}
 	})
 	if err != nil {
@@ -448,6 +458,17 @@ func TestStatusPageBrowser(t *testing.T) {
 	})
 	shot("status-page-phone.png")
 
+	// A wall screen: the text grows with the screen, a DOWN badge most.
+	do(t, ctx, chromedp.EmulateViewport(2560, 1440))
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		px := eval[[]float64](t, ctx, fmt.Sprintf(`[window.innerWidth,
+			parseFloat(getComputedStyle(document.documentElement).fontSize),
+			parseFloat(getComputedStyle(document.querySelector('article[data-address=%q] .health')).fontSize)]`, web2))
+		return px[0] == 2560 && px[1] >= 20 && px[2] >= 24,
+			fmt.Sprintf("viewport %v: text %vpx, DOWN badge %vpx; want at least 20 and 24", px[0], px[1], px[2])
+	})
+	shot("status-page-wall.png")
+
 	// Every request went to the admin API's origin; the status was polled.
 	urls, _ := reqs.snapshot()
 	polls := 0
@@ -464,6 +485,11 @@ func TestStatusPageBrowser(t *testing.T) {
 	}
 	if v := eval[[]string](t, ctx, `window.__violations`); len(v) > 0 {
 		t.Errorf("CSP violations: %v", v)
+	}
+	reqs.mu.Lock()
+	defer reqs.mu.Unlock()
+	if len(reqs.exceptions) > 0 {
+		t.Errorf("uncaught exceptions in the page: %q", reqs.exceptions)
 	}
 }
 
