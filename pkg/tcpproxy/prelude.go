@@ -26,18 +26,18 @@ type Prelude struct {
 // connected: the PROXY header (HeaderFunc), with the AUTHORITY TLV when
 // asked for, then the prelude's data.
 func (p *Proxy) first(client *net.TCPConn, clientAddr netip.AddrPort, pre *Prelude) []byte {
-	var b []byte
-	if p.cfg.HeaderFunc != nil {
-		local, _ := client.LocalAddr().(*net.TCPAddr)
-		b = p.cfg.HeaderFunc(clientAddr, local.AddrPort())
-		if p.cfg.AuthorityTLV && pre != nil && pre.SNI != "" {
-			b = proxyheader.AppendTLV(b, 0, proxyheader.TypeAuthority, []byte(pre.SNI))
-		}
+	if p.cfg.HeaderFunc == nil {
+		return pre.Data // dial calls first only with a header or a prelude; no copy
 	}
-	if pre != nil {
-		b = append(b, pre.Data...)
+	local, _ := client.LocalAddr().(*net.TCPAddr)
+	b := p.cfg.HeaderFunc(clientAddr, local.AddrPort())
+	if pre == nil {
+		return b
 	}
-	return b
+	if p.cfg.AuthorityTLV && pre.SNI != "" {
+		b = proxyheader.AppendTLV(b, 0, proxyheader.TypeAuthority, []byte(pre.SNI))
+	}
+	return append(b, pre.Data...)
 }
 
 // sniField is the access log's sni: present for a connection whose hello
