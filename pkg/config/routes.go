@@ -109,7 +109,11 @@ func (d *decoder) routes(t *table, l *Listener) {
 			}
 		}
 		if s, ok := rt.str("sni_regex"); ok {
-			re, err := regexp.Compile("(?i)" + s)
+			_, err := regexp.Compile(s) // its own error names what was written
+			var re *regexp.Regexp
+			if err == nil {
+				re, err = regexp.Compile("(?i)" + s)
+			}
 			switch {
 			case s == "":
 				rt.errf("sni_regex", "empty pattern would match every name: leave the key out")

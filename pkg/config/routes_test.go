@@ -139,6 +139,19 @@ t.toml:10: listeners.tls.routes[2].pool: unknown pool "nope"
 `,
 		},
 		{
+			name: "the error names the pattern as written",
+			src: `
+[listeners.tls]
+bind = "127.0.0.1:8443"
+  [[listeners.tls.routes]]
+  sni_regex = "a(("
+  pool = "api"
+`,
+			want: `
+t.toml:4: listeners.tls.routes[0].sni_regex: invalid regular expression "a((": missing closing ): ` + "`a((`" + `
+`,
+		},
+		{
 			name: "routes on a udp listener",
 			src: `
 [listeners.dns]
