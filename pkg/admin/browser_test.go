@@ -469,6 +469,17 @@ func TestStatusPageBrowser(t *testing.T) {
 	})
 	shot("status-page-wall.png")
 
+	// Sections the page does not know by name (bgp) show as tables.
+	extra := eval[string](t, ctx, `renderExtra({bgp: {
+		peers: [{address: "10.0.0.1", asn: 65000, state: "established", since: "2026-01-02T03:04:05Z"}],
+		announcements: [{prefix: "10.99.0.1/32", listeners: ["web"], announced: true}]}});
+		document.getElementById("extra").innerText`)
+	for _, w := range []string{"bgp", "peers", "10.0.0.1", "65000", "established", "announcements", "10.99.0.1/32", `["web"]`, "true"} {
+		if !strings.Contains(extra, w) {
+			t.Errorf("bgp section lacks %q: %q", w, extra)
+		}
+	}
+
 	// Every request went to the admin API's origin; the status was polled.
 	urls, _ := reqs.snapshot()
 	polls := 0
