@@ -32,22 +32,29 @@ type tlsCheckBackend struct {
 	sni  []string
 }
 
-func newTLSCheckBackend(t *testing.T) *tlsCheckBackend {
+// selfSignedFor is a certificate for name signed by its own key, as a
+// backend with a private certificate has.
+func selfSignedFor(t *testing.T, name string) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "check.test"},
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, DNSNames: []string{name},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func newTLSCheckBackend(t *testing.T) *tlsCheckBackend {
+	t.Helper()
 	b := &tlsCheckBackend{}
 	b.code.Store(200)
 	cfg := &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}},
+		Certificates: []tls.Certificate{selfSignedFor(t, "check.test")},
 		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
 			b.mu.Lock()
 			b.sni = append(b.sni, h.ServerName)
