@@ -104,9 +104,11 @@ is how long ago its state last changed, and LAST CHECK the result of its
 last health check, how long ago, how long it took and, when it failed, why
 (the socket error: "connection refused", "i/o timeout", the status code...).
 
-A weight marked * was overridden at run time ("lbctl backend weight"); a
-backend marked (removing) has left its pool and is draining its last
-connections. Exit status 1 when the running lbctl cannot be reached.`,
+A listener that routes TLS by server name shows its routes' pools after
+its own ("web +routes api,shop"). A weight marked * was overridden at run
+time ("lbctl backend weight"); a backend marked (removing) has left its
+pool and is draining its last connections. Exit status 1 when the running
+lbctl cannot be reached.`,
 		example: `  lbctl status
   sudo lbctl status --socket /run/lbctl/lbctl.sock
   lbctl status --admin 10.0.0.5:9900 --token-file /etc/lbctl/token
