@@ -69,8 +69,14 @@ func (f *clientFlags) client() (*adminClient, error) {
 			}
 		}
 	}
-	if f.admin == "" && isSocket(sock) {
-		return controlClient(sock), nil
+	if f.admin == "" {
+		// The file's socket; else systemd's default, which the running
+		// process still serves when control_socket was just edited in.
+		for _, s := range []string{sock, config.DefaultControlSocket()} {
+			if usableSocket(s) {
+				return controlClient(s), nil
+			}
+		}
 	}
 	if admin == "" {
 		admin = defaultAdmin
@@ -135,10 +141,12 @@ func controlClient(path string) *adminClient {
 	}}
 }
 
-// isSocket reports whether path names a unix socket.
-func isSocket(path string) bool {
+// usableSocket reports whether path names a unix socket this user may
+// connect to (write permission; socket_unix.go). A user who may not falls
+// back to the admin API.
+func usableSocket(path string) bool {
 	fi, err := os.Stat(path)
-	return path != "" && err == nil && fi.Mode().Type() == os.ModeSocket
+	return path != "" && err == nil && fi.Mode().Type() == os.ModeSocket && mayConnect(path)
 }
 
 // unreachableError is a request that got no answer: nothing listens where
