@@ -273,7 +273,7 @@ func TestStatusShape(t *testing.T) {
 	if err := json.Unmarshal(body, &raw); err != nil {
 		t.Fatal(err)
 	}
-	wantKeys := []string{"config_file", "last_reload", "listeners", "pools", "started", "uptime_seconds", "version"}
+	wantKeys := []string{"bgp", "config_file", "last_reload", "listeners", "pools", "started", "uptime_seconds", "version"}
 	if got := keys(raw); !reflect.DeepEqual(got, wantKeys) {
 		t.Fatalf("status keys %v, want %v", got, wantKeys)
 	}
