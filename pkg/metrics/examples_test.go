@@ -335,8 +335,9 @@ func dropAnnotations(text string) string {
 
 // alertTests is a promtool unit test of the rules file: instance a has a
 // backend down, a pool with nothing eligible, a rejected reload, an edited
-// file, descriptors at 90%, rejections and connect errors at 2/s and 1/s;
-// instance ok has healthy values of the same series and fires nothing.
+// file, descriptors at 90%, rejections and connect errors at 2/s and 1/s,
+// a BGP session down and a maglev table that differs from ok's; instance
+// ok has healthy values of the same series and fires nothing.
 func alertTests(rules string) string {
 	return `rule_files: [` + rules + `]
 evaluation_interval: 1m
@@ -370,6 +371,13 @@ tests:
       - {series: 'lbctl_connections_rejected_total{job="lb",instance="ok",listener="web",reason="acl"}', values: '0+6x30'}
       - {series: 'lbctl_backend_connect_errors_total{job="lb",instance="a",pool="web",backend="b1"}', values: '0+60x30'}
       - {series: 'lbctl_backend_connect_errors_total{job="lb",instance="ok",pool="web",backend="b1"}', values: '0+1x30'}
+      - {series: 'lbctl_bgp_peer_up{job="lb",instance="a",peer="10.0.0.1"}', values: '0x30'}
+      - {series: 'lbctl_bgp_peer_up{job="lb",instance="ok",peer="10.0.0.1"}', values: '1x30'}
+      # pool web's table differs between a and ok; pool api's is the same.
+      - {series: 'lbctl_pool_table_info{job="lb",instance="a",pool="web",digest="d1"}', values: '1x30'}
+      - {series: 'lbctl_pool_table_info{job="lb",instance="ok",pool="web",digest="d2"}', values: '1x30'}
+      - {series: 'lbctl_pool_table_info{job="lb",instance="a",pool="api",digest="d3"}', values: '1x30'}
+      - {series: 'lbctl_pool_table_info{job="lb",instance="ok",pool="api",digest="d3"}', values: '1x30'}
     alert_rule_test:
       - eval_time: 20m
         alertname: LbctlBackendDown
@@ -398,6 +406,14 @@ tests:
         alertname: LbctlRejectionsRising
         exp_alerts:
           - exp_labels: {severity: warning, job: lb, instance: a, listener: web, reason: no_backend}
+      - eval_time: 20m
+        alertname: LbctlBGPPeerDown
+        exp_alerts:
+          - exp_labels: {severity: warning, job: lb, instance: a, peer: 10.0.0.1}
+      - eval_time: 20m
+        alertname: LbctlMaglevTablesDiffer
+        exp_alerts:
+          - exp_labels: {severity: warning, pool: web}
       - eval_time: 20m
         alertname: LbctlBackendConnectErrors
         exp_alerts:
