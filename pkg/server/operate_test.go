@@ -411,3 +411,36 @@ func TestErrorField(t *testing.T) {
 		t.Errorf("one-line error logged as %#v", m)
 	}
 }
+
+// TestDiffTablesAndLists: keys of nested tables carry their table's name,
+// arrays of tables say they changed, the admin table says when it takes
+// effect, and an unchanged file changes nothing.
+func TestDiffTablesAndLists(t *testing.T) {
+	parse := func(toml string) *config.Config {
+		t.Helper()
+		cfg, err := config.Parse("d.toml", []byte(toml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	base := "[listeners.tls]\nbind = \"127.0.0.1:1443\"\npool = \"p\"\n" +
+		"[[listeners.tls.routes]]\nsni = [%q]\npool = \"p\"\n" +
+		"[pools.p]\n[[pools.p.backends]]\naddress = \"127.0.0.1:1\"\n" +
+		"[admin]\nhosts = [%s]\n"
+	old := parse(fmt.Sprintf(base, "a.example.com", ""))
+	if got := diff(old, parse(fmt.Sprintf(base, "a.example.com", ""))); len(got) != 0 {
+		t.Errorf("the same file: changes %q, want none", got)
+	}
+	got := diff(old, parse(fmt.Sprintf(base, "b.example.com", `"lb1.internal"`)))
+	want := []string{
+		"admin.hosts [] -> [lb1.internal] (takes effect at the next restart)",
+		"listener tls: routes changed",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("changes:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+	if s := snake("TLSInspectTimeout") + " " + snake("MaxConnectionsPerClient") + " " + snake("SNIRegex"); s != "tls_inspect_timeout max_connections_per_client sni_regex" {
+		t.Errorf("snake: %s", s)
+	}
+}
