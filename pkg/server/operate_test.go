@@ -444,3 +444,25 @@ func TestDiffTablesAndLists(t *testing.T) {
 		t.Errorf("snake: %s", s)
 	}
 }
+
+// TestUDPAccessLogAttempts: a UDP session's access line says how many
+// backends it tried.
+func TestUDPAccessLogAttempts(t *testing.T) {
+	ube := lbtest.NewUDP(t, "u", lbtest.UDPEcho)
+	core, logs := observer.New(zap.InfoLevel)
+	h := startServerLog(t, udpListenerTOML("u", "q", "responses = 1")+poolTOML("q", "", ube.Addr)+
+		"[pools.q.health]\ncheck = \"none\"\n", core)
+	if got := udpExchange(udpClient(t), h.udpAddr("u"), []byte("ping"), 5*time.Second); string(got) != "ping" {
+		t.Fatalf("udp exchange: got %q", got)
+	}
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		e := logs.FilterMessage("session").All()
+		if len(e) == 0 {
+			return false, "no session access line"
+		}
+		if m := e[0].ContextMap(); m["attempts"] != int64(1) || m["backend"] != ube.Addr {
+			t.Errorf("session line: attempts %v backend %v, want 1 and %s", m["attempts"], m["backend"], ube.Addr)
+		}
+		return true, ""
+	})
+}

@@ -271,6 +271,7 @@ func (l *Listener) dial(s *session, avoid *balancer.Backend) bool {
 				zap.String("backend", b.Address()), zap.Error(err))
 			continue
 		}
+		s.attempts = tried.Len()
 		if l.starved {
 			cfg.Log.Info("udp: new sessions accepted again", zap.String("listener", cfg.Listener),
 				zap.Int64("refused", l.refused))

@@ -212,5 +212,6 @@ func (p *Proxy) logAccess(s *session, end End) {
 		zap.Int64("datagrams_out", s.dgOut),
 		zap.Duration("duration", time.Since(s.start)),
 		zap.String("end", string(end)),
+		zap.Int("attempts", s.attempts),
 	)
 }

@@ -23,6 +23,9 @@ type session struct {
 	start  time.Time
 	opened int64  // nanotime of start
 	hdr    []byte // put in front of every datagram to the backend (Config.Header), or nil
+	// attempts is the number of backends dial tried for it (more than 1
+	// when a backend socket failed), for the access log.
+	attempts int
 
 	last     atomic.Int64 // nanotime of the last datagram either way
 	heard    atomic.Bool  // the backend has replied at least once
