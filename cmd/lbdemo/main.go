@@ -13,6 +13,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -115,7 +116,7 @@ func run(lbctlPath, cfg string, keep bool) error {
 
 	step("stopping backend-2: the health check takes it out of the pool")
 	backends[1].stop()
-	if err := waitFor(func() bool { return strings.Contains(statusText(lbctlPath), "127.0.0.1:9002  down") }, 10*time.Second, exited); err != nil {
+	if err := waitFor(func() bool { return health("127.0.0.1:9002") == "down" }, 10*time.Second, exited); err != nil {
 		return err
 	}
 	tally(6)
@@ -126,7 +127,7 @@ func run(lbctlPath, cfg string, keep bool) error {
 		return err
 	}
 	backends[1] = b
-	if err := waitFor(func() bool { return strings.Contains(statusText(lbctlPath), "127.0.0.1:9002  up") }, 10*time.Second, exited); err != nil {
+	if err := waitFor(func() bool { return health("127.0.0.1:9002") == "up" }, 10*time.Second, exited); err != nil {
 		return err
 	}
 	tally(6)
@@ -201,6 +202,32 @@ func get(url string) error {
 		return fmt.Errorf("HTTP %d", resp.StatusCode)
 	}
 	return nil
+}
+
+// health is the backend's health in the status JSON ("up", "down"), "" when
+// it cannot be read. The demo waits on it rather than on the text of lbctl
+// status, whose columns may change.
+func health(address string) string {
+	body, err := fetch("http://" + admin + "/api/v1/status")
+	if err != nil {
+		return ""
+	}
+	var st struct {
+		Pools []struct {
+			Backends []struct{ Address, Health string }
+		}
+	}
+	if json.Unmarshal([]byte(body), &st) != nil {
+		return ""
+	}
+	for _, p := range st.Pools {
+		for _, b := range p.Backends {
+			if b.Address == address {
+				return b.Health
+			}
+		}
+	}
+	return ""
 }
 
 func statusText(lbctl string) string {
