@@ -303,6 +303,26 @@ func TestServeReloadAndStop(t *testing.T) {
 // TestSplicePath proves that bulk bytes move with splice(2), by tracing the
 // real binary.
 func TestSplicePath(t *testing.T) {
+	strace := needStrace(t)
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	d := startProc(t, nil, "", be.Addr)
+
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
+	n := splicesDuring(t, strace, d.cmd.Process.Pid, func() {
+		got := roundTrip(t, d.front, msg)
+		if sha256.Sum256(got) != sha256.Sum256(msg) {
+			t.Fatalf("echo through lbctl under strace: %d bytes back, want %d identical", len(got), len(msg))
+		}
+	})
+	if n < 4 {
+		t.Fatalf("%d splice calls traced for 4 MiB each way, want many", n)
+	}
+}
+
+// needStrace returns the path of strace, or skips the test where it is
+// not installed (fails it in CI, whose set-up installs it).
+func needStrace(t *testing.T) string {
+	t.Helper()
 	strace, err := exec.LookPath("strace")
 	if err != nil {
 		if os.Getenv("CI") != "" {
@@ -310,13 +330,17 @@ func TestSplicePath(t *testing.T) {
 		}
 		t.Skip("strace not installed")
 	}
-	trace := filepath.Join(t.TempDir(), "trace")
-	be := lbtest.NewTCP(t, lbtest.Echo)
-	d := startProc(t, nil, "", be.Addr)
+	return strace
+}
 
-	// Attach to the running lbctl (all its threads) and wait until strace
-	// says so, then move 4 MiB each way.
-	st := exec.Command(strace, "-f", "-e", "trace=splice", "-o", trace, "-p", strconv.Itoa(d.cmd.Process.Pid))
+// splicesDuring attaches strace to the process pid (all its threads),
+// waits until strace says it is attached, runs fn, detaches, and returns
+// how many splice(2) calls were traced. It skips the test where ptrace is
+// not permitted.
+func splicesDuring(t *testing.T, strace string, pid int, fn func()) int {
+	t.Helper()
+	trace := filepath.Join(t.TempDir(), "trace")
+	st := exec.Command(strace, "-f", "-e", "trace=splice", "-o", trace, "-p", strconv.Itoa(pid))
 	stderr, err := st.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -324,7 +348,7 @@ func TestSplicePath(t *testing.T) {
 	if err := st.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { // on a failure below: never leave strace attached
+	t.Cleanup(func() { // on a failure in fn: never leave strace attached
 		if st.ProcessState == nil {
 			st.Process.Kill()
 			st.Wait()
@@ -355,20 +379,14 @@ func TestSplicePath(t *testing.T) {
 		st.Wait()
 		t.Fatal("strace did not attach")
 	}
-	msg := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
-	got := roundTrip(t, d.front, msg)
-	if sha256.Sum256(got) != sha256.Sum256(msg) {
-		t.Fatalf("echo through lbctl under strace: %d bytes back, want %d identical", len(got), len(msg))
-	}
-	st.Process.Signal(syscall.SIGINT) // strace detaches and exits; lbctl runs on
+	fn()
+	st.Process.Signal(syscall.SIGINT) // strace detaches and exits; the process runs on
 	st.Wait()
 	out, err := os.ReadFile(trace)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := bytes.Count(out, []byte("splice(")); n < 4 {
-		t.Fatalf("%d splice calls traced for 4 MiB each way, want many", n)
-	}
+	return bytes.Count(out, []byte("splice("))
 }
 
 func TestClientCommands(t *testing.T) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
@@ -9,10 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -42,13 +37,7 @@ func (c *helloWriter) RemoteAddr() net.Addr             { return &net.TCPAddr{} 
 // 4 MiB that follow each way with splice(2), as for any connection. The
 // routes come in by a reload (SIGHUP) of the running binary.
 func TestSplicePathRouted(t *testing.T) {
-	strace, err := exec.LookPath("strace")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("strace is required in CI (.ci/run installs it)")
-		}
-		t.Skip("strace not installed")
-	}
+	strace := needStrace(t)
 	be := lbtest.NewTCP(t, lbtest.Echo)
 	d := startProc(t, nil, "", be.Addr)
 
@@ -95,58 +84,14 @@ tls_inspect_timeout = "5s"
 		return d.metric(`lbctl_connections_rejected_total{listener="web",reason="no_route"} 1`)
 	}, "no_route not counted")
 
-	trace := filepath.Join(t.TempDir(), "trace")
-	st := exec.Command(strace, "-f", "-e", "trace=splice", "-o", trace, "-p", strconv.Itoa(d.cmd.Process.Pid))
-	stderr, err := st.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { // on a failure below: never leave strace attached
-		if st.ProcessState == nil {
-			st.Process.Kill()
-			st.Wait()
+	msg := append(hello, bytes.Repeat([]byte("0123456789abcdef"), 1<<18)...) // the hello, then 4 MiB
+	n := splicesDuring(t, strace, d.cmd.Process.Pid, func() {
+		got := roundTrip(t, d.front, msg)
+		if sha256.Sum256(got) != sha256.Sum256(msg) {
+			t.Fatalf("routed echo under strace: %d bytes back, want %d identical", len(got), len(msg))
 		}
 	})
-	attached := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		ok := false
-		for sc.Scan() {
-			if !ok && strings.Contains(sc.Text(), "attached") {
-				ok = true
-				attached <- true
-			}
-		}
-		if !ok {
-			attached <- false
-		}
-	}()
-	select {
-	case ok := <-attached:
-		if !ok {
-			st.Wait()
-			t.Skip("strace could not attach (ptrace not permitted here)")
-		}
-	case <-time.After(10 * time.Second):
-		st.Process.Kill()
-		st.Wait()
-		t.Fatal("strace did not attach")
-	}
-	msg := append(hello, bytes.Repeat([]byte("0123456789abcdef"), 1<<18)...) // the hello, then 4 MiB
-	got := roundTrip(t, d.front, msg)
-	if sha256.Sum256(got) != sha256.Sum256(msg) {
-		t.Fatalf("routed echo under strace: %d bytes back, want %d identical", len(got), len(msg))
-	}
-	st.Process.Signal(syscall.SIGINT) // strace detaches and exits; lbctl runs on
-	st.Wait()
-	out, err := os.ReadFile(trace)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := bytes.Count(out, []byte("splice(")); n < 4 {
+	if n < 4 {
 		t.Fatalf("%d splice calls traced for a routed connection moving 4 MiB each way, want many", n)
 	}
 	if !d.metric(`lbctl_connections_total{backend="` + be.Addr + `",listener="web",pool="web"} 1`) {
