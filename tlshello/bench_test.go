@@ -3,6 +3,8 @@ package tlshello
 import (
 	"testing"
 	"time"
+
+	"github.com/lbctl/lbctl/tlshello/tlshellotest"
 )
 
 // BenchmarkRead reads and parses a post-quantum ClientHello (one record,
@@ -27,7 +29,7 @@ func BenchmarkRead(b *testing.B) {
 // BenchmarkReadSplit is BenchmarkRead with the hello in records of 100
 // bytes (reassembled: one more copy).
 func BenchmarkReadSplit(b *testing.B) {
-	hello := reframeForBench(b, captureHello(b, pqConfig("api.example.com")))
+	hello := tlshellotest.Reframe(captureHello(b, pqConfig("api.example.com")), 100)
 	conn := &scripted{}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -37,5 +39,3 @@ func BenchmarkReadSplit(b *testing.B) {
 		}
 	}
 }
-
-func reframeForBench(b *testing.B, hello []byte) []byte { return reframe(b, hello, 100) }

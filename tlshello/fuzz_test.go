@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/lbctl/lbctl/tlshello/tlshellotest"
 )
 
 // FuzzRead feeds arbitrary bytes, cut into pieces of arbitrary sizes, to
@@ -27,7 +29,7 @@ func FuzzRead(f *testing.F) {
 	plain := captureHello(f, &tls.Config{ServerName: "api.example.com", InsecureSkipVerify: true,
 		NextProtos: []string{"h2", "http/1.1"}})
 	pq := captureHello(f, pqConfig("shop-1.example.com"))
-	for _, s := range [][]byte{plain, pq, reframe(f, plain, 3), reframe(f, pq, 100),
+	for _, s := range [][]byte{plain, pq, tlshellotest.Reframe(plain, 3), tlshellotest.Reframe(pq, 100),
 		captureHello(f, &tls.Config{InsecureSkipVerify: true}),
 		[]byte("GET / HTTP/1.1\r\n\r\n"), {0x16, 0x03, 0x01, 0x00, 0x01, 0x01}} {
 		f.Add(s, uint8(0))
@@ -105,16 +107,6 @@ func goServerSees(raw []byte) (name string, alpn []string, ok bool) {
 		name, alpn, ok = chi.ServerName, chi.SupportedProtos, true
 		return nil, stop
 	}}
-	c := &captureConn{}
-	srv := tls.Server(&replayConn{captureConn: c, r: bytes.NewReader(raw)}, cfg)
-	_ = srv.Handshake()
+	_ = tls.Server(&tlshellotest.Conn{R: bytes.NewReader(raw)}, cfg).Handshake()
 	return name, alpn, ok
 }
-
-// replayConn replays bytes to a TLS server and swallows what it writes.
-type replayConn struct {
-	*captureConn
-	r *bytes.Reader
-}
-
-func (c *replayConn) Read(b []byte) (int, error) { return c.r.Read(b) }

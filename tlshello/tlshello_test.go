@@ -12,34 +12,19 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/lbctl/lbctl/tlshello/tlshellotest"
 )
-
-// captureConn records what a TLS client writes and fails its first read,
-// so that Handshake stops right after sending the ClientHello.
-type captureConn struct {
-	net.Conn // nil: only the methods below are called
-	buf      bytes.Buffer
-}
-
-func (c *captureConn) Write(b []byte) (int, error)      { return c.buf.Write(b) }
-func (c *captureConn) Read([]byte) (int, error)         { return 0, io.EOF }
-func (c *captureConn) Close() error                     { return nil }
-func (c *captureConn) SetDeadline(time.Time) error      { return nil }
-func (c *captureConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *captureConn) SetWriteDeadline(time.Time) error { return nil }
-func (c *captureConn) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c *captureConn) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
 
 // captureHello returns the ClientHello that Go's crypto/tls client sends
 // with cfg, exactly as it goes on the wire.
 func captureHello(t testing.TB, cfg *tls.Config) []byte {
 	t.Helper()
-	c := &captureConn{}
-	_ = tls.Client(c, cfg).Handshake() // fails at the read after the hello
-	if c.buf.Len() == 0 {
-		t.Fatal("the TLS client wrote nothing")
+	hello, err := tlshellotest.Hello(cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return c.buf.Bytes()
+	return hello
 }
 
 // pqConfig makes Go's client send an X25519MLKEM768 key share (about
@@ -47,29 +32,6 @@ func captureHello(t testing.TB, cfg *tls.Config) []byte {
 func pqConfig(name string) *tls.Config {
 	return &tls.Config{ServerName: name, InsecureSkipVerify: true,
 		CurvePreferences: []tls.CurveID{tls.X25519MLKEM768, tls.X25519}}
-}
-
-// reframe cuts the handshake bytes carried by hello's records into
-// records of at most size bytes each.
-func reframe(t testing.TB, hello []byte, size int) []byte {
-	t.Helper()
-	var hs []byte
-	for b := hello; len(b) > 0; {
-		if len(b) < 5 {
-			t.Fatal("trailing bytes in captured hello")
-		}
-		n := int(b[3])<<8 | int(b[4])
-		hs = append(hs, b[5:5+n]...)
-		b = b[5+n:]
-	}
-	var out []byte
-	for len(hs) > 0 {
-		k := min(size, len(hs))
-		out = append(out, 0x16, 0x03, 0x01, byte(k>>8), byte(k))
-		out = append(out, hs[:k]...)
-		hs = hs[k:]
-	}
-	return out
 }
 
 // pair returns both ends of a real loopback TCP connection.
@@ -137,10 +99,10 @@ func TestReadRealHellos(t *testing.T) {
 		{name: "pq whole", wire: pq, sni: "shop-7.example.com"},
 		{name: "pq two segments", wire: pq, sni: "shop-7.example.com", chunk: 1400, pause: 20 * time.Millisecond},
 		{name: "pq one byte per segment", wire: pq, sni: "shop-7.example.com", chunk: 1, pause: 200 * time.Microsecond},
-		{name: "pq records of 100 bytes", wire: reframe(t, pq, 100), sni: "shop-7.example.com"},
-		{name: "records of 100 bytes, a byte at a time", wire: reframe(t, plain, 100), sni: "api.example.com", chunk: 1},
-		{name: "records of 1 byte", wire: reframe(t, plain, 1), sni: "api.example.com", chunk: 7},
-		{name: "records of 3 bytes: split handshake header", wire: reframe(t, upper, 3), sni: "api.example.com",
+		{name: "pq records of 100 bytes", wire: tlshellotest.Reframe(pq, 100), sni: "shop-7.example.com"},
+		{name: "records of 100 bytes, a byte at a time", wire: tlshellotest.Reframe(plain, 100), sni: "api.example.com", chunk: 1},
+		{name: "records of 1 byte", wire: tlshellotest.Reframe(plain, 1), sni: "api.example.com", chunk: 7},
+		{name: "records of 3 bytes: split handshake header", wire: tlshellotest.Reframe(upper, 3), sni: "api.example.com",
 			alpn: []string{"h2", "http/1.1"}},
 		{name: "upper case name", wire: upper, sni: "api.example.com", alpn: []string{"h2", "http/1.1"}},
 		{name: "no SNI", wire: noSNI, alpn: []string{"h2"}},
