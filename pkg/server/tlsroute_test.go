@@ -26,6 +26,7 @@ import (
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/lbctl/lbctl/pkg/proxyheader"
+	"github.com/lbctl/lbctl/tlshello/tlshellotest"
 	proxyproto "github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -127,7 +128,7 @@ func (c *shapedConn) Write(b []byte) (int, error) {
 	}
 	wire := b
 	if c.recordSize > 0 {
-		wire = reframeHello(b, c.recordSize)
+		wire = tlshellotest.Reframe(b, c.recordSize)
 	}
 	c.firstBytes = len(wire)
 	if !c.bytewise {
@@ -144,25 +145,6 @@ func (c *shapedConn) Write(b []byte) (int, error) {
 		time.Sleep(100 * time.Microsecond) // pacing segments, not synchronisation
 	}
 	return len(b), nil
-}
-
-// reframeHello re-frames the handshake bytes of the TLS records in b into
-// records of at most size bytes.
-func reframeHello(b []byte, size int) []byte {
-	var hs []byte
-	for len(b) >= 5 {
-		n := int(b[3])<<8 | int(b[4])
-		hs = append(hs, b[5:5+n]...)
-		b = b[5+n:]
-	}
-	var out []byte
-	for len(hs) > 0 {
-		k := min(size, len(hs))
-		out = append(out, 0x16, 0x03, 0x01, byte(k>>8), byte(k))
-		out = append(out, hs[:k]...)
-		hs = hs[k:]
-	}
-	return out
 }
 
 // tlsGet connects to addr with Go's TLS client (cfg), shaping its hello,
@@ -326,30 +308,17 @@ tls_inspect_timeout = "10s"
 	}
 }
 
-// helloCapture records what a TLS client writes and fails its first read,
-// so that Handshake stops right after sending the ClientHello.
-type helloCapture struct {
-	net.Conn // nil: only the methods below are called
-	buf      bytes.Buffer
-}
-
-func (c *helloCapture) Write(b []byte) (int, error)      { return c.buf.Write(b) }
-func (c *helloCapture) Read([]byte) (int, error)         { return 0, io.EOF }
-func (c *helloCapture) Close() error                     { return nil }
-func (c *helloCapture) SetDeadline(time.Time) error      { return nil }
-func (c *helloCapture) SetReadDeadline(time.Time) error  { return nil }
-func (c *helloCapture) SetWriteDeadline(time.Time) error { return nil }
-func (c *helloCapture) LocalAddr() net.Addr              { return &net.TCPAddr{} }
-func (c *helloCapture) RemoteAddr() net.Addr             { return &net.TCPAddr{} }
-
-// clientHello is the ClientHello Go's TLS client sends with cfg.
+// clientHello is the ClientHello Go's TLS client sends with cfg (made
+// insecure: no handshake follows).
 func clientHello(t testing.TB, cfg *tls.Config) []byte {
 	t.Helper()
-	c := &helloCapture{}
 	cfg = cfg.Clone()
 	cfg.InsecureSkipVerify = true
-	_ = tls.Client(c, cfg).Handshake()
-	return c.buf.Bytes()
+	hello, err := tlshellotest.Hello(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hello
 }
 
 // TestTLSRouteRejects: on a listener whose routes are its only pools,
