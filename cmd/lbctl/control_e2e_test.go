@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -22,72 +21,25 @@ import (
 // systemd unit does: RuntimeDirectory=lbctl sets $RUNTIME_DIRECTORY for
 // ExecStart and ExecReload alike.
 
-// ctlProc is an lbctl serve process whose config the test writes whole.
-type ctlProc struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	logs   *bytes.Buffer
-	exited chan error
-}
-
 // startCtl runs `lbctl serve --config config` with env added to the
 // test's, and waits until socket answers /readyz.
-func startCtl(t *testing.T, config, socket string, env ...string) *ctlProc {
+func startCtl(t *testing.T, config, socket string, env ...string) *proc {
 	t.Helper()
 	p := startCtlNoWait(t, config, env...)
 	lbtest.Eventually(t, 20*time.Second, func() bool { return unixGetCode(socket, "/readyz") == 200 }, "lbctl not ready on its control socket")
 	return p
 }
 
-func startCtlNoWait(t *testing.T, config string, env ...string) *ctlProc {
+// startCtlNoWait is startCtl without waiting: for a config the test
+// writes whole (ctlConfig), so the proc has no admin, front or config.
+func startCtlNoWait(t *testing.T, config string, env ...string) *proc {
 	t.Helper()
-	p := &ctlProc{t: t, logs: &bytes.Buffer{}, exited: make(chan error, 1)}
+	p := &proc{t: t, logs: &bytes.Buffer{}, exited: make(chan error, 1)}
 	p.cmd = exec.Command(lbctlBin, "serve", "--config", config)
 	p.cmd.Env = append(append(os.Environ(), "LBCTL_CONFIG=", "RUNTIME_DIRECTORY="), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.exited <- p.cmd.Wait() }()
-	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.exited
-		if t.Failed() {
-			t.Logf("lbctl logs:\n%s", p.logs)
-		}
-	})
+	p.start()
 	return p
-}
-
-// stop sends SIGTERM and waits for the exit.
-func (p *ctlProc) stop() {
-	p.t.Helper()
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-p.exited:
-		p.exited <- err
-		if err != nil {
-			p.t.Fatalf("lbctl exit: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		p.t.Fatal("lbctl did not stop on SIGTERM")
-	}
-}
-
-// wait returns the exit status once the process ends.
-func (p *ctlProc) wait() int {
-	p.t.Helper()
-	select {
-	case err := <-p.exited:
-		p.exited <- err
-		if ee, ok := err.(*exec.ExitError); ok {
-			return ee.ExitCode()
-		}
-		return 0
-	case <-time.After(20 * time.Second):
-		p.t.Fatal("lbctl did not exit")
-		return -1
-	}
 }
 
 func unixGetCode(path, urlPath string) int {
@@ -164,7 +116,9 @@ func TestReloadWithoutAdmin(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "reload rejected") || !strings.Contains(out, "bogus_key") {
 		t.Fatalf("reload of a broken file: exit %d\n%s", code, out)
 	}
-	p.stop()
+	if code := p.stop(); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0", code)
+	}
 	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
 		t.Fatalf("control socket left after exit: %v", err)
 	}
@@ -212,7 +166,9 @@ func TestReloadAfterAdminBindEdited(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("reload through the old address: exit %d\n%s", code, out)
 		}
-		p.stop()
+		if code := p.stop(); code != 0 {
+			t.Fatalf("exit %d after SIGTERM, want 0", code)
+		}
 	})
 }
 
@@ -293,7 +249,9 @@ func TestControlSocketLifecycle(t *testing.T) {
 	if code != 0 || !strings.Contains(out, a.Addr) {
 		t.Fatalf("status through the moved socket: exit %d\n%s", code, out)
 	}
-	p.stop()
+	if code := p.stop(); code != 0 {
+		t.Fatalf("exit %d after SIGTERM, want 0", code)
+	}
 	if _, err := os.Lstat(moved); !os.IsNotExist(err) {
 		t.Fatalf("moved control socket left after exit: %v", err)
 	}

@@ -171,17 +171,7 @@ func startProcWith(t *testing.T, setup func(d *proc), prefix []string, extra str
 		setup(d)
 	}
 	d.writeConfig(extra, backends...)
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.exited <- d.cmd.Wait() }()
-	t.Cleanup(func() {
-		d.cmd.Process.Kill()
-		<-d.exited
-		if t.Failed() {
-			t.Logf("lbctl logs:\n%s", d.logs)
-		}
-	})
+	d.start()
 	lbtest.Eventually(t, 20*time.Second, func() bool { return d.get("/readyz") == 200 }, "lbctl not ready")
 	return d
 }
@@ -218,9 +208,33 @@ func (d *proc) metric(line string) bool {
 	return bytes.Contains(b, []byte(line))
 }
 
+// start starts d.cmd; the test's cleanup kills it, and shows its logs
+// when the test failed.
+func (d *proc) start() {
+	d.t.Helper()
+	if err := d.cmd.Start(); err != nil {
+		d.t.Fatal(err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	d.t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		<-d.exited
+		if d.t.Failed() {
+			d.t.Logf("lbctl logs:\n%s", d.logs)
+		}
+	})
+}
+
+// stop sends SIGTERM and returns the exit status.
 func (d *proc) stop() int {
 	d.t.Helper()
 	d.cmd.Process.Signal(syscall.SIGTERM)
+	return d.wait()
+}
+
+// wait returns the exit status once the process ends.
+func (d *proc) wait() int {
+	d.t.Helper()
 	select {
 	case err := <-d.exited:
 		d.exited <- err
@@ -228,8 +242,8 @@ func (d *proc) stop() int {
 			return ee.ExitCode()
 		}
 		return 0
-	case <-time.After(15 * time.Second):
-		d.t.Fatal("lbctl did not stop on SIGTERM")
+	case <-time.After(20 * time.Second):
+		d.t.Fatal("lbctl did not exit")
 		return -1
 	}
 }
