@@ -153,7 +153,9 @@ func (p *Proxy) StartWith(ctx context.Context, client *net.TCPConn, clientAddr n
 		case EndBackendUnavailable:
 			p.cfg.Rejections.Inc(metrics.ReasonBackendUnavailable)
 		}
-		p.logAccess(pre, clientAddr, "", 0, 0, start, end, &att)
+		if p.cfg.Access != nil {
+			p.logAccess(pre, clientAddr, "", 0, 0, time.Since(start), end, att)
+		}
 		done(end)
 		return
 	}
@@ -163,11 +165,13 @@ func (p *Proxy) StartWith(ctx context.Context, client *net.TCPConn, clientAddr n
 	if pre != nil {
 		c.in.account(len(pre.Data)) // written by dial
 	}
+	tries := att // the closure holds this copy, so att stays on the stack
 	c.onEnd = func(end End) {
 		t.Metrics.ConnClosed()
 		b.Release()
-		p.cfg.Durations.Observe(time.Since(start))
-		p.logAccess(pre, clientAddr, b.Address(), c.in.bytes, c.out.bytes, start, end, &att)
+		d := time.Since(start) // one clock read for the histogram and the log
+		p.cfg.Durations.Observe(d)
+		p.logAccess(pre, clientAddr, b.Address(), c.in.bytes, c.out.bytes, d, end, tries)
 		done(end)
 	}
 	if t.Conns != nil {
@@ -265,7 +269,7 @@ type attempts struct {
 // is the number of backends tried (1 without a retry, 0 when none was
 // eligible); failed, present only after a failed connect, names the
 // backends that failed, in order.
-func (p *Proxy) logAccess(pre *Prelude, client netip.AddrPort, backend string, in, out int64, start time.Time, end End, att *attempts) {
+func (p *Proxy) logAccess(pre *Prelude, client netip.AddrPort, backend string, in, out int64, d time.Duration, end End, att attempts) {
 	if p.cfg.Access == nil {
 		return
 	}
@@ -276,7 +280,7 @@ func (p *Proxy) logAccess(pre *Prelude, client netip.AddrPort, backend string, i
 		zap.String("backend", backend),
 		zap.Int64("bytes_in", in),
 		zap.Int64("bytes_out", out),
-		zap.Duration("duration", time.Since(start)),
+		zap.Duration("duration", d),
 		zap.String("end", end.String()),
 		zap.Int("attempts", att.n),
 	}
