@@ -197,7 +197,7 @@ const (
 	EndDrainTimeout End = "drain_timeout"     // its backend was removed from the pool and its drain_timeout passed
 )
 
-func (p *Proxy) logAccess(s *session, end End) {
+func (p *Proxy) logAccess(s *session, end End, d time.Duration) {
 	if p.cfg.Access == nil {
 		return
 	}
@@ -210,7 +210,7 @@ func (p *Proxy) logAccess(s *session, end End) {
 		zap.Int64("bytes_out", s.bytesOut),
 		zap.Int64("datagrams_in", s.dgIn.Load()),
 		zap.Int64("datagrams_out", s.dgOut),
-		zap.Duration("duration", time.Since(s.start)),
+		zap.Duration("duration", d),
 		zap.String("end", string(end)),
 		zap.Int("attempts", s.attempts),
 	)
