@@ -182,13 +182,7 @@ t.toml:14: bgp.withdraw_dealy: unknown key (did you mean "withdraw_delay"?)
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := parse(bgpListeners + strings.TrimPrefix(tt.src, "\n"))
-			if err == nil {
-				t.Fatal("Parse accepted the file")
-			}
-			if got, want := err.Error(), strings.TrimSpace(tt.want); got != want {
-				t.Errorf("errors:\n%s\nwant:\n%s", got, want)
-			}
+			checkErrors(t, bgpListeners+strings.TrimPrefix(tt.src, "\n"), tt.want)
 		})
 	}
 }

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -212,18 +211,7 @@ t.toml:1: listeners.tls.pool: required: the pool that serves this listener
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, err := parse(tt.src + routePools)
-			if err == nil {
-				t.Fatalf("Parse succeeded (%+v), want errors:\n%s", cfg, tt.want)
-			}
-			var errs Errors
-			if !errors.As(err, &errs) {
-				t.Fatalf("error is %T, want config.Errors: %v", err, err)
-			}
-			want := strings.TrimSpace(tt.want)
-			if got := err.Error(); got != want {
-				t.Errorf("errors:\n got: %s\nwant: %s", strings.ReplaceAll(got, "\n", "\n      "), strings.ReplaceAll(want, "\n", "\n      "))
-			}
+			checkErrors(t, tt.src+routePools, tt.want)
 		})
 	}
 }

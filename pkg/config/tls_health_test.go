@@ -54,10 +54,7 @@ func TestTLSHealthChecks(t *testing.T) {
 	}
 	for _, tc := range invalid {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Parse("t.toml", []byte(base+tc.body))
-			if err == nil || err.Error() != tc.want {
-				t.Fatalf("got  %v\nwant %s", err, tc.want)
-			}
+			checkErrors(t, base+tc.body, tc.want)
 		})
 	}
 }
