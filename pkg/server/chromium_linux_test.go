@@ -14,11 +14,9 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -150,56 +148,24 @@ func (l recordingListener) Accept() (net.Conn, error) {
 	return &helloRecorder{Conn: c}, nil
 }
 
-// vethPair is a network namespace joined to this one by a veth pair with
-// MTU 1500: Host is the address on this side, Peer the one inside.
-type vethPair struct {
-	NS, HostIf string
-	Host, Peer netip.Addr
-}
-
-// requireRootForNetns skips a test that must create network namespaces, unless
-// CI=true, where it fails.
-func requireRootForNetns(t *testing.T) {
+// newMTU1500Netns is lbtest.NewNetns with both ends of the veth pair at
+// MTU 1500 and generic segmentation offload off inside, so that what the
+// namespace sends crosses the veth as the MSS-sized segments a real
+// 1500-byte link carries (a veth would otherwise pass a 64 KB GSO packet as
+// one).
+func newMTU1500Netns(t *testing.T) *lbtest.Netns {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
+	ns := lbtest.NewNetns(t)
+	if out, err := exec.Command("ip", "link", "set", ns.HostIf, "mtu", "1500").CombinedOutput(); err != nil {
+		t.Fatalf("ip link set %s mtu 1500: %v\n%s", ns.HostIf, err, out)
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test creates a network namespace and must run as root under CI=true")
+	f := strings.Fields(ns.Exec(t, "ip", "-o", "link", "show", "type", "veth")) // "2: NAME@ifN: <...> ..."
+	if len(f) < 2 {
+		t.Fatalf("no veth in namespace %s", ns.Name)
 	}
-	t.Skip("not root: this test creates a network namespace and a veth pair (run as root; under CI=true this is a failure)")
-}
-
-// newVethPair creates the namespace and the pair, with generic segmentation
-// offload off inside, so that what the namespace sends crosses the veth as
-// the MSS-sized segments a real 1500-byte link carries (a veth would
-// otherwise pass a 64 KB GSO packet as one).
-func newVethPair(t *testing.T) *vethPair {
-	t.Helper()
-	ip := lbtest.Binary(t, "ip", "/usr/sbin/ip", "iproute2")
-	tag := fmt.Sprintf("%d%03d", os.Getpid()%10000, rand.IntN(1000))
-	octet := 1 + rand.IntN(250)
-	v := &vethPair{
-		NS: "lbctl-t" + tag, HostIf: "lbh" + tag,
-		Host: netip.AddrFrom4([4]byte{10, 213, byte(octet), 1}),
-		Peer: netip.AddrFrom4([4]byte{10, 213, byte(octet), 2}),
-	}
-	peerIf := "lbn" + tag
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(ip, args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	run("netns", "add", v.NS)
-	t.Cleanup(func() { exec.Command(ip, "netns", "del", v.NS).Run() }) // takes the veth pair with it
-	run("link", "add", v.HostIf, "mtu", "1500", "type", "veth", "peer", "name", peerIf, "mtu", "1500", "netns", v.NS)
-	run("addr", "add", v.Host.String()+"/30", "dev", v.HostIf)
-	run("link", "set", v.HostIf, "up")
-	run("-n", v.NS, "addr", "add", v.Peer.String()+"/30", "dev", peerIf)
-	run("-n", v.NS, "link", "set", peerIf, "gso_max_segs", "1", "up")
-	run("-n", v.NS, "link", "set", "lo", "up")
-	return v
+	peerIf, _, _ := strings.Cut(f[1], "@")
+	ns.Exec(t, "ip", "link", "set", peerIf, "mtu", "1500", "gso_max_segs", "1")
+	return ns
 }
 
 // segmentCapture reads the IPv4 packets arriving on one interface
@@ -324,9 +290,9 @@ func (c *segmentCapture) split(size int) (flows [][2]int) {
 // backend its name routes to, and each hello must have crossed the veth as
 // more than one segment.
 func TestChromiumRoutesBySNI(t *testing.T) {
-	requireRootForNetns(t)
+	lbtest.NeedRoot(t)
 	chromium := lbtest.Binary(t, "chromium", "/usr/bin/chromium", "chromium")
-	v := newVethPair(t)
+	ns := newMTU1500Netns(t)
 	a, b := newNamedTLSBackend(t, "backend-a"), newNamedTLSBackend(t, "backend-b")
 	h := startServer(t, fmt.Sprintf(`
 [listeners.tls]
@@ -338,10 +304,10 @@ tls_inspect_timeout = "10s"
   [[listeners.tls.routes]]
   sni = ["b.test"]
   pool = "b"
-`, v.Host)+poolTOML("a", "", a.addr)+"[pools.a.health]\ncheck = \"none\"\n"+
+`, ns.HostAddr)+poolTOML("a", "", a.addr)+"[pools.a.health]\ncheck = \"none\"\n"+
 		poolTOML("b", "", b.addr)+"[pools.b.health]\ncheck = \"none\"\n")
 	lb := netip.MustParseAddrPort(h.addr("tls"))
-	capture := newSegmentCapture(t, v.HostIf, v.Peer, lb)
+	capture := newSegmentCapture(t, ns.HostIf, ns.NSAddr, lb)
 
 	// Both browsers run at once: each takes seconds to start.
 	tests := []struct {
@@ -355,7 +321,7 @@ tls_inspect_timeout = "10s"
 		tc := &tests[i]
 		wg.Go(func() {
 			url := fmt.Sprintf("https://%s:%d/", tc.host, lb.Port())
-			tc.dom, tc.err = runChromium(chromium, v.NS, url, t.TempDir(), "MAP a.test "+v.Host.String()+", MAP b.test "+v.Host.String())
+			tc.dom, tc.err = runChromium(chromium, ns.Name, url, t.TempDir(), "MAP a.test "+ns.HostAddr.String()+", MAP b.test "+ns.HostAddr.String())
 		})
 	}
 	wg.Wait()
