@@ -562,29 +562,12 @@ func (d *decoder) health(t *table, present bool, proto string) Health {
 // health package's bound).
 const maxExpect = 64 << 10
 
-// validServerName reports whether s can be sent as SNI: a DNS host name
-// (labels of letters, digits, '-' and '_', at most 63 bytes each, 253 in
-// all; one trailing dot allowed), not an IP address.
+// validServerName reports whether s can be sent as SNI: a host name
+// (validHostname), not an IP address. The health package's own test
+// accepts every such name.
 func validServerName(s string) bool {
-	s = strings.TrimSuffix(s, ".")
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	if _, err := netip.ParseAddr(s); err == nil {
-		return false
-	}
-	for _, label := range strings.Split(s, ".") {
-		if label == "" || len(label) > 63 {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
-				return false
-			}
-		}
-	}
-	return true
+	_, err := netip.ParseAddr(s)
+	return err != nil && validHostname(s)
 }
 
 func hasSpaceOrControl(s string) bool {

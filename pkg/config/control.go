@@ -86,21 +86,8 @@ func (t *table) hosts(key string) []string {
 
 // checkHostName accepts a DNS name or an IP address, without port.
 func checkHostName(s string) error {
-	if _, err := netip.ParseAddr(s); err == nil {
-		return nil // always allowed anyway
-	}
-	if s == "" || len(s) > 253 {
-		return fmt.Errorf("invalid host name %q", s)
-	}
-	for _, label := range strings.Split(strings.TrimSuffix(s, "."), ".") {
-		if label == "" || len(label) > 63 {
-			return fmt.Errorf("invalid host name %q (want a name such as \"lb1.internal\", without port)", s)
-		}
-		for _, c := range label {
-			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-				return fmt.Errorf("invalid host name %q (want a name such as \"lb1.internal\", without port)", s)
-			}
-		}
+	if _, err := netip.ParseAddr(s); err != nil && !validHostname(s) {
+		return fmt.Errorf("invalid host name %q (want a name such as \"lb1.internal\", without port)", s)
 	}
 	return nil
 }
