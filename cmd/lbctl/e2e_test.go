@@ -317,7 +317,7 @@ func TestServeReloadAndStop(t *testing.T) {
 // TestSplicePath proves that bulk bytes move with splice(2), by tracing the
 // real binary.
 func TestSplicePath(t *testing.T) {
-	strace := needStrace(t)
+	strace := lbtest.Binary(t, "strace", "/usr/bin/strace", "strace")
 	be := lbtest.NewTCP(t, lbtest.Echo)
 	d := startProc(t, nil, "", be.Addr)
 
@@ -331,20 +331,6 @@ func TestSplicePath(t *testing.T) {
 	if n < 4 {
 		t.Fatalf("%d splice calls traced for 4 MiB each way, want many", n)
 	}
-}
-
-// needStrace returns the path of strace, or skips the test where it is
-// not installed (fails it in CI, whose set-up installs it).
-func needStrace(t *testing.T) string {
-	t.Helper()
-	strace, err := exec.LookPath("strace")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("strace is required in CI (.ci/run installs it)")
-		}
-		t.Skip("strace not installed")
-	}
-	return strace
 }
 
 // splicesDuring attaches strace to the process pid (all its threads),

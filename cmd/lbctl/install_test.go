@@ -140,10 +140,7 @@ func runLbctlAt(t *testing.T, bin string, args ...string) (string, int) {
 // for unknown keys and bad values, so any line it prints about our units
 // fails the test.
 func TestUnitFilesVerify(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze not installed (Debian package systemd)")
-	}
+	analyze := lbtest.Binary(t, "systemd-analyze", "/usr/bin/systemd-analyze", "systemd")
 	dir := t.TempDir()
 	runMake(t, "install", "PREFIX="+filepath.Join(dir, "usr"), "SYSCONFDIR="+filepath.Join(dir, "etc"))
 	unitDir := filepath.Join(dir, "usr", "lib", "systemd", "system")

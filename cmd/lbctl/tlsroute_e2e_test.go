@@ -37,7 +37,7 @@ func (c *helloWriter) RemoteAddr() net.Addr             { return &net.TCPAddr{} 
 // 4 MiB that follow each way with splice(2), as for any connection. The
 // routes come in by a reload (SIGHUP) of the running binary.
 func TestSplicePathRouted(t *testing.T) {
-	strace := needStrace(t)
+	strace := lbtest.Binary(t, "strace", "/usr/bin/strace", "strace")
 	be := lbtest.NewTCP(t, lbtest.Echo)
 	d := startProc(t, nil, "", be.Addr)
 
