@@ -9,7 +9,6 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/lbctl/lbctl/pkg/admin"
 	"github.com/lbctl/lbctl/pkg/config"
@@ -170,7 +169,6 @@ func (d *daemon) setRunning(running bool) {
 func (d *daemon) load() error {
 	cfg, err := config.Load(d.path)
 	if err != nil {
-		d.m.ReloadResult(false, time.Now())
 		d.srv.ReloadRejected(err)
 		d.log.Error("reload rejected: invalid configuration, the old one keeps running", zap.String("file", d.path), server.ErrorField(err))
 		return err
@@ -178,7 +176,6 @@ func (d *daemon) load() error {
 	// A changed control_socket moves: the new socket is bound first.
 	commit, abort, err := d.ctl.prepare(cfg.ControlSocket)
 	if err != nil {
-		d.m.ReloadResult(false, time.Now())
 		d.srv.ReloadRejected(err)
 		d.log.Error("reload failed, the old configuration keeps running", zap.String("file", d.path), zap.Error(err))
 		return err

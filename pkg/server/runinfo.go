@@ -55,6 +55,10 @@ func (ri *runInfo) fill(st *Status, version, file string, now time.Time) {
 
 // ReloadRejected records a reload that failed before the server saw a
 // configuration (the file did not load, or could not be applied around the
-// server): status shows it as the last reload. Reload records its own
-// outcome.
-func (s *Server) ReloadRejected(err error) { s.info.reloaded(time.Now(), err) }
+// server), as Reload records its own failures: status shows it as the last
+// reload, and lbctl_config_reloads_total{result="failure"} counts it.
+func (s *Server) ReloadRejected(err error) {
+	now := time.Now()
+	s.info.reloaded(now, err)
+	s.m.ReloadResult(false, now)
+}
