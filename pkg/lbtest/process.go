@@ -58,14 +58,14 @@ func FreePort(t testing.TB) int {
 type Process struct {
 	cmd    *exec.Cmd
 	exited chan struct{}
-	out    *syncBuffer
+	out    *SyncBuffer
 	Stop   func() // idempotent; returns once the process has exited
 }
 
 // Start runs bin with args, its output kept for Output.
 func Start(t testing.TB, bin string, args ...string) *Process {
 	t.Helper()
-	p := &Process{cmd: exec.Command(bin, args...), exited: make(chan struct{}), out: &syncBuffer{}}
+	p := &Process{cmd: exec.Command(bin, args...), exited: make(chan struct{}), out: &SyncBuffer{}}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
@@ -103,18 +103,20 @@ func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig)
 // Output is what the process wrote to stdout and stderr so far.
 func (p *Process) Output() string { return p.out.String() }
 
-type syncBuffer struct {
+// SyncBuffer is a strings.Builder that goroutines may write and read at
+// once: a child process's output, collected while the test reads it.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()

@@ -8,12 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/lbctl/lbctl/pkg/config"
+	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -45,7 +45,7 @@ type Child struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	out    chan string // stdout, a line at a time; closed at EOF
-	stderr lockedBuffer
+	stderr lbtest.SyncBuffer
 }
 
 // StartChild re-executes this test binary to run only the tests matching
@@ -129,24 +129,6 @@ func (c *Child) Stderr() string { return c.stderr.String() }
 
 // Pid is the child's process ID.
 func (c *Child) Pid() int { return c.cmd.Process.Pid }
-
-// lockedBuffer collects a child's stderr.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // The child's side. Nothing here returns an error: a child that fails
 // says why on stderr, where the parent collects it, and exits.
