@@ -78,7 +78,7 @@ func newLivePool(name string) *livePool {
 type pool struct {
 	name     string
 	cfg      *config.Pool
-	protocol string // "tcp" or "udp": the protocol of the listeners using it
+	protocol string // cfg.Protocol: "tcp" or "udp", the protocol of the listeners using it
 	live     *livePool
 	bal      *balancer.Pool
 	backends []*backend // member order
@@ -134,8 +134,8 @@ func (lp *livePool) add(es []entry) {
 // buildGen builds a generation over lp.want. Backends lp does not know
 // yet are made here but not registered anywhere: fresh returns them, for
 // commit to adopt (a reload that fails later leaves no trace of them).
-func (s *Server) buildGen(lp *livePool, pc *config.Pool, protocol string) (*pool, []*backend, error) {
-	p := &pool{name: lp.name, cfg: pc, protocol: protocol, live: lp, health: s.health,
+func (s *Server) buildGen(lp *livePool, pc *config.Pool) (*pool, []*backend, error) {
+	p := &pool{name: lp.name, cfg: pc, protocol: pc.Protocol, live: lp, health: s.health,
 		backends: make([]*backend, len(lp.want))}
 	members := make([]balancer.Member, len(lp.want))
 	var fresh []*backend
@@ -245,11 +245,7 @@ func (s *Server) refresh(lp *livePool) error {
 	if !lp.merge(lp.conf, lp.srcs) {
 		return nil
 	}
-	protocol := "tcp"
-	if lp.gen != nil {
-		protocol = lp.gen.protocol
-	}
-	p, fresh, err := s.buildGen(lp, lp.cfg, protocol)
+	p, fresh, err := s.buildGen(lp, lp.cfg)
 	if err != nil {
 		return err
 	}
@@ -321,15 +317,6 @@ type poolPlan struct {
 // entries, the API's, and the last good sets of the sources it keeps
 // (a new source starts empty). It changes nothing in service.
 func (s *Server) planPools(cfg *config.Config, resolved map[string]string) (map[string]*poolPlan, error) {
-	protocols := map[string]string{}
-	for _, l := range cfg.Listeners {
-		if _, ok := protocols[l.Pool]; !ok || l.Protocol == "tcp" {
-			protocols[l.Pool] = l.Protocol
-		}
-		for _, r := range l.Routes { // routes are tcp only
-			protocols[r.Pool] = "tcp"
-		}
-	}
 	plans := make(map[string]*poolPlan, len(cfg.Pools))
 	for name, pc := range cfg.Pools {
 		lp := s.pools[name]
@@ -353,11 +340,7 @@ func (s *Server) planPools(cfg *config.Config, resolved map[string]string) (map[
 		}
 		pl.srcs = s.planSources(lp, pc)
 		lp.merge(pl.conf, pl.srcs)
-		protocol := protocols[name]
-		if protocol == "" {
-			protocol = "tcp"
-		}
-		gen, fresh, err := s.buildGen(lp, pc, protocol)
+		gen, fresh, err := s.buildGen(lp, pc)
 		if err != nil {
 			forgetFresh(s, plans)
 			return nil, err
