@@ -55,6 +55,8 @@ type envOptions struct {
 	hosts     []string       // [admin] hosts
 	reloadErr error          // when set, Reload returns it instead of reloading
 	noStart   bool           // leave the server unstarted
+	config    string         // the config file; "" = configText of a new echo backend (e.be)
+	version   string         // the server's version (server.Options)
 }
 
 // configText renders the test configuration: listener web in front of pool
@@ -87,10 +89,14 @@ func newEnv(t *testing.T, o envOptions) *env {
 		Timeout:   10 * time.Second,
 		Transport: &http.Transport{DisableKeepAlives: true},
 	}}
-	e.be = lbtest.NewTCP(t, lbtest.Echo)
+	text := o.config
+	if text == "" {
+		e.be = lbtest.NewTCP(t, lbtest.Echo)
+		text = configText(e.be.Addr, 1)
+	}
 	dir := t.TempDir()
 	e.path = filepath.Join(dir, "lbctl.toml")
-	e.writeConfig(configText(e.be.Addr, 1))
+	e.writeConfig(text)
 	cfg, err := config.Load(e.path)
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +104,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	reg := prometheus.NewRegistry()
 	e.m = metrics.New(reg)
 	log := zap.NewNop()
-	e.srv, err = server.New(cfg, server.Options{Log: log, Metrics: e.m})
+	e.srv, err = server.New(cfg, server.Options{Log: log, Metrics: e.m, Version: o.version})
 	if err != nil {
 		t.Fatal(err)
 	}

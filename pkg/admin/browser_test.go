@@ -7,7 +7,6 @@ package admin
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -24,12 +23,8 @@ import (
 	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
-	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/lbtest"
-	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/lbctl/lbctl/pkg/server"
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 )
 
 // pageInterval is the health check interval of the page tests (fall = 1):
@@ -41,22 +36,17 @@ const pageInterval = 500 * time.Millisecond
 // page/index.html).
 const pagePoll = time.Second
 
-// pageEnv is a running server with TCP health checks, its admin API, and
-// real backends: web1 (weight 3), web2, web3 (backup) in pool web, db1 in
-// pool db (no checks).
+// pageEnv is an env (newEnv) whose server has TCP health checks and real
+// backends: web1 (weight 3), web2, web3 (backup) in pool web, db1 in pool
+// db (no checks).
 type pageEnv struct {
-	t        *testing.T
-	srv      *server.Server
-	base     string // http://127.0.0.1:port of the admin API
-	token    string
+	*env
 	backends map[string]*lbtest.Backend
-	client   *http.Client
 }
 
 func newPageEnv(t *testing.T, token string) *pageEnv {
 	t.Helper()
-	e := &pageEnv{t: t, token: token, backends: map[string]*lbtest.Backend{},
-		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}}
+	e := &pageEnv{backends: map[string]*lbtest.Backend{}}
 	for _, name := range []string{"web1", "web2", "web3", "db1"} {
 		e.backends[name] = lbtest.NewTCP(t, lbtest.Echo)
 	}
@@ -93,71 +83,17 @@ algorithm = "least-connections"
   [pools.db.health]
   check = "none"
 `, e.backends["web1"].Addr, e.backends["web2"].Addr, e.backends["web3"].Addr, pageInterval.String(), e.backends["db1"].Addr)
-	cfg, err := config.Parse("page.toml", []byte(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg := prometheus.NewRegistry()
-	e.srv, err = server.New(cfg, server.Options{Log: zap.NewNop(), Metrics: metrics.New(reg), Version: "v1.2.3-test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		e.srv.Shutdown(ctx)
-	})
-	var tokenFile string
-	if token != "" {
-		tokenFile = filepath.Join(t.TempDir(), "token")
-		if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	adm, err := New(Options{Bind: "127.0.0.1:0", TokenFile: tokenFile, Registry: reg, Server: e.srv,
-		Reload: func() error {
-			cfg, err := config.Parse("page.toml", []byte(text))
-			if err != nil {
-				return err
-			}
-			return e.srv.Reload(cfg)
-		}, Log: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- adm.Serve() }()
-	t.Cleanup(func() {
-		adm.Close()
-		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	e.base = "http://" + adm.Addr().String()
+	e.env = newEnv(t, envOptions{token: token, config: text, version: "v1.2.3-test"})
 	return e
 }
 
 // backend reads one backend's status from GET /api/v1/status.
 func (e *pageEnv) backend(pool, address string) server.BackendStatus {
 	e.t.Helper()
-	req, err := http.NewRequest(http.MethodGet, e.base+"/api/v1/status", nil)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if e.token != "" {
-		req.Header.Set("Authorization", "Bearer "+e.token)
-	}
-	resp, err := e.client.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	code, body := e.do(http.MethodGet, "/api/v1/status")
 	var st server.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != http.StatusOK {
-		e.t.Fatalf("status: %d %v", resp.StatusCode, err)
+	if err := json.Unmarshal(body, &st); err != nil || code != http.StatusOK {
+		e.t.Fatalf("status: %d %v", code, err)
 	}
 	for _, p := range st.Pools {
 		for _, b := range p.Backends {
@@ -168,26 +104,6 @@ func (e *pageEnv) backend(pool, address string) server.BackendStatus {
 	}
 	e.t.Fatalf("no backend %s in pool %s", address, pool)
 	return server.BackendStatus{}
-}
-
-// post sends a POST to the admin API as the CLI does and returns the
-// status code.
-func (e *pageEnv) post(path string) int {
-	e.t.Helper()
-	req, err := http.NewRequest(http.MethodPost, e.base+path, strings.NewReader("{}"))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if e.token != "" {
-		req.Header.Set("Authorization", "Bearer "+e.token)
-	}
-	resp, err := e.client.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
 }
 
 // newBrowser starts a headless Chromium for the test and returns the
@@ -363,7 +279,7 @@ func TestStatusPageBrowser(t *testing.T) {
 		}
 	}
 	header := eval[string](t, ctx, `document.querySelector("header").innerText`)
-	for _, w := range []string{"version v1.2.3-test", "page.toml", "up "} {
+	for _, w := range []string{"version v1.2.3-test", "lbctl.toml", "up "} {
 		if !strings.Contains(header, w) {
 			t.Errorf("header lacks %q: %q", w, header)
 		}
@@ -424,7 +340,7 @@ func TestStatusPageBrowser(t *testing.T) {
 		t.Errorf("the Drain button of a draining backend is enabled")
 	}
 	// A reload shows in the header.
-	if code := e.post("/api/v1/reload"); code != http.StatusOK {
+	if code, _ := e.do(http.MethodPost, "/api/v1/reload"); code != http.StatusOK {
 		t.Fatalf("reload: %d", code)
 	}
 	lbtest.Until(t, pagePoll+margin, func() (bool, string) {

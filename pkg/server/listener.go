@@ -272,19 +272,18 @@ func (s *Server) handleTCP(l *listener, st *listenerState, c *net.TCPConn, clien
 			return
 		}
 	}
+	done := func(tcpproxy.End) {
+		release()
+		l.active.Add(-1)
+		s.conns.Done()
+	}
 	proxy, pre := st.proxy, (*tcpproxy.Prelude)(nil)
 	if st.routes != nil {
 		if proxy, pre = s.inspect(st, c, client); proxy == nil { // tlsroute.go; counted
 			c.Close()
-			release()
-			l.active.Add(-1)
-			s.conns.Done()
+			done(0) // no End: the connection never reached a proxy
 			return
 		}
 	}
-	proxy.StartWith(s.killCtx, c, client, pre, func(tcpproxy.End) {
-		release()
-		l.active.Add(-1)
-		s.conns.Done()
-	})
+	proxy.StartWith(s.killCtx, c, client, pre, done)
 }
