@@ -61,6 +61,9 @@ type Options struct {
 	NewSource func(d config.Discover) (discovery.Source, error)
 	// Version is lbctl's version, for status.
 	Version string
+	// HoldUDP: the UDP listeners do not read from their sockets until
+	// ReleaseUDP (the new process of an upgrade, handover.go).
+	HoldUDP bool
 }
 
 // Server runs listeners and pools for one lbctl process.
