@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 )
@@ -17,6 +18,7 @@ type results struct {
 	Wall     string                          `json:"wall_time"`
 	Machine  machine                         `json:"machine"`
 	Settings settings                        `json:"settings"`
+	Pin      pinInfo                         `json:"pin"`
 	Configs  map[string]string               `json:"configs"` // target -> path under the results folder
 	Raw      map[string]map[string][]float64 `json:"raw"`     // target -> metric -> one value per round
 	Idle     map[string][]idleResult         `json:"idle"`    // target -> one per round
@@ -168,6 +170,7 @@ func renderTable(r *results) string {
 	var b strings.Builder
 	ts := r.Settings.Targets
 	hasL := contains(ts, tLbctl)
+	b.WriteString(describePin(r) + "\n\n")
 	b.WriteString("| measure |")
 	for _, t := range ts {
 		fmt.Fprintf(&b, " %s |", t)
@@ -235,6 +238,10 @@ func renderTable(r *results) string {
 		fmt.Fprintf(&b, "\nMachine: %s, %d cores, Linux %s, %s; %s; %s; %s; run took %s.\n",
 			orDash(m.CPU), m.Cores, orDash(m.Kernel), orDash(m.Go), orDash(m.HAProxy), orDash(m.Nginx), orDash(m.Lbctl), orDash(r.Wall))
 	}
+	if a := describeAffinities(r.Pin); a != "" {
+		b.WriteString("\n" + a + "\n")
+	}
+	b.WriteString(renderCounters(r))
 	if len(r.Goals) > 0 {
 		b.WriteString("\n| lbctl goal | lbctl | reference | met |\n|---|---:|---:|:---:|\n")
 		for _, g := range r.Goals {
@@ -464,4 +471,192 @@ func writeResults(r *results, table, dir, docsDir string, progress io.Writer) er
 	}
 	fmt.Fprintf(progress, "lbbench: results in %s (wall time %s)\n", dir, r.Wall)
 	return nil
+}
+
+// counterRows are the rows of the per-request table, per measure.
+var counterRows = []struct{ key, label string }{
+	{cSyscalls, "syscalls"},
+	{cCtxSwitches, "context switches"},
+	{cWakeups, "wake-ups of the proxy"},
+	{cWakeupsIssue, "wake-ups issued by the proxy"},
+	{cHandoffs, "of which hand-offs between its threads"},
+}
+
+// counterUnit is what one "request" is in a measure.
+func counterUnit(m string) string {
+	switch m {
+	case mShort:
+		return "connection"
+	case mUDP:
+		return "datagram"
+	}
+	return "request"
+}
+
+// counterLabel names a measure in the per-request tables.
+func counterLabel(s settings, m string) string {
+	switch m {
+	case mShort:
+		return fmt.Sprintf("short conns (%d workers)", s.ShortConns)
+	case mRR1:
+		return fmt.Sprintf("req/resp, %d conn", s.RRConns[0])
+	case mRR32:
+		return fmt.Sprintf("req/resp, %d conns", s.RRConns[len(s.RRConns)-1])
+	case mUDP:
+		return fmt.Sprintf("UDP, %d sockets", s.UDPWorkers)
+	}
+	return m
+}
+
+// renderCounters is the per-request table (syscalls, context switches,
+// wake-ups) and the syscalls by kind, "" when nothing was counted.
+func renderCounters(r *results) string {
+	var proxies []string
+	for _, t := range r.Settings.Targets {
+		if t != tDirect {
+			proxies = append(proxies, t)
+		}
+	}
+	var b strings.Builder
+	header := func(first string) {
+		fmt.Fprintf(&b, "| %s |", first)
+		for _, t := range proxies {
+			fmt.Fprintf(&b, " %s |", t)
+		}
+		b.WriteString("\n|---|")
+		for range proxies {
+			b.WriteString("---:|")
+		}
+		b.WriteString("\n")
+	}
+	row := func(label, key string) bool {
+		cells, any := "", false
+		for _, t := range proxies {
+			s, ok := r.Summary[t][key]
+			if !ok {
+				cells += " — |"
+				continue
+			}
+			any = true
+			cells += " " + fmtNum(s.Median)
+			if s.Rounds > 1 && s.SpreadPct >= 5 {
+				cells += fmt.Sprintf(" ±%.0f%%", s.SpreadPct)
+			}
+			cells += " |"
+		}
+		if any {
+			fmt.Fprintf(&b, "| %s |%s\n", label, cells)
+		}
+		return any
+	}
+	var measured []string
+	for _, m := range countedMeasures {
+		for _, t := range proxies {
+			if _, ok := r.Summary[t][m+".per_req."+cCtxSwitches]; ok {
+				measured = append(measured, m)
+				break
+			}
+		}
+	}
+	if len(measured) == 0 {
+		return ""
+	}
+	b.WriteString("\nPer request (per connection for short connections, per datagram for UDP), counted in separate steps under `perf stat` and /proc; the proxy's threads only:\n\n")
+	header("per request ↓")
+	for _, m := range measured {
+		for _, c := range counterRows {
+			row(fmt.Sprintf("%s: %s per %s", counterLabel(r.Settings, m), c.label, counterUnit(m)), m+".per_req."+c.key)
+		}
+	}
+	// Syscalls by kind: every kind some proxy makes at least once per
+	// 100 requests, most frequent first (by the largest of the proxies).
+	var kindRows strings.Builder
+	for _, m := range measured {
+		type kv struct {
+			kind string
+			top  float64
+		}
+		var ks []kv
+		seen := map[string]bool{}
+		for _, t := range proxies {
+			for key, s := range r.Summary[t] {
+				k, ok := strings.CutPrefix(key, m+".per_req."+sysPrefix)
+				if !ok || seen[k] {
+					continue
+				}
+				seen[k] = true
+				top := s.Median
+				for _, u := range proxies {
+					if v, ok := r.med(u, key); ok {
+						top = math.Max(top, v)
+					}
+				}
+				if top >= 0.01 {
+					ks = append(ks, kv{k, top})
+				}
+			}
+		}
+		sort.Slice(ks, func(i, j int) bool {
+			if ks[i].top != ks[j].top {
+				return ks[i].top > ks[j].top
+			}
+			return ks[i].kind < ks[j].kind
+		})
+		for _, k := range ks {
+			kindRows.WriteString(fmt.Sprintf("| %s: %s |", counterLabel(r.Settings, m), k.kind))
+			for _, t := range proxies {
+				if v, ok := r.med(t, m+".per_req."+sysPrefix+k.kind); ok {
+					kindRows.WriteString(" " + fmtNum(v) + " |")
+				} else {
+					kindRows.WriteString(" — |")
+				}
+			}
+			kindRows.WriteString("\n")
+		}
+	}
+	if kindRows.Len() > 0 {
+		b.WriteString("\nSyscalls per request by kind (\"other\": the kinds not counted one by one):\n\n")
+		header("syscalls per request ↓")
+		b.WriteString(kindRows.String())
+	}
+	return b.String()
+}
+
+// describePin is the line above the table that says how the run was
+// pinned.
+func describePin(r *results) string {
+	p := r.Pin
+	switch {
+	case p.Variant == pinSplit && p.CPUs != nil:
+		s := fmt.Sprintf("**BENCH_PIN=split**: lbbench (the load generator) and the backends on CPU %d; the proxy under test, every thread and process of it, alone on CPU %d, with one thread (HAProxy `nbthread 1`, nginx `worker_processes 1`, lbctl GOMAXPROCS %s, from its runtime).",
+			p.CPUs.Load, p.CPUs.Proxy, gmpOrDash(p.LbctlGOMAXPROCS))
+		return s
+	case p.Variant == pinSplit:
+		return "**BENCH_PIN=split**"
+	default:
+		return fmt.Sprintf("**BENCH_PIN=none**: load generator, backends and proxy share every CPU; %d threads or workers per proxy (lbctl GOMAXPROCS %s, from its runtime).",
+			r.Settings.Threads, gmpOrDash(p.LbctlGOMAXPROCS))
+	}
+}
+
+func gmpOrDash(n int) string {
+	if n == 0 {
+		return "—"
+	}
+	return fmt.Sprint(n)
+}
+
+// describeAffinities lists what each process tree was seen allowed to run
+// on, in a fixed order.
+func describeAffinities(p pinInfo) string {
+	var parts []string
+	for _, k := range []string{"lbbench", "backends", tLbctl, tHAProxy, tNginx} {
+		if a, ok := p.Affinity[k]; ok {
+			parts = append(parts, k+": "+a)
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "Affinity seen after start-up: " + strings.Join(parts, "; ") + "."
 }

@@ -62,8 +62,11 @@ func TestFinishDerivesAddedLatencyPerRound(t *testing.T) {
 func TestRenderTable(t *testing.T) {
 	table := renderTable(sampleResults())
 	lines := strings.Split(table, "\n")
-	if want := "| measure | direct | lbctl | haproxy | nginx | lbctl / haproxy | lbctl / nginx |"; lines[0] != want {
-		t.Errorf("header %q, want %q", lines[0], want)
+	if !strings.HasPrefix(lines[0], "**BENCH_PIN=none**") || lines[1] != "" {
+		t.Errorf("first lines %q, %q: want the pinning variant, then a blank line", lines[0], lines[1])
+	}
+	if want := "| measure | direct | lbctl | haproxy | nginx | lbctl / haproxy | lbctl / nginx |"; lines[2] != want {
+		t.Errorf("header %q, want %q", lines[2], want)
 	}
 	for _, want := range []string{
 		"| Bulk throughput, 4 streams (Gbit/s) ↑ | 32.0 ±6% | 26.0 (0.81x) | 16.0 (0.50x) | 11.0 ±9% (0.34x) | 1.62x | 2.36x |",

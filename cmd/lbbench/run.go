@@ -32,6 +32,14 @@ type settings struct {
 	NoFile     int           `json:"nofile_limit"`
 	Threads    int           `json:"proxy_threads"`
 	Measures   []string      `json:"measures"` // in measureOrder's order
+	// Pin is this run's variant, pinNone or pinSplit (pin.go); Pins
+	// are the variants BENCH_PIN asked for, run one after the other.
+	Pin  string   `json:"pin"`
+	Pins []string `json:"-"`
+	// Counters adds a count step (counters.go) after each timed step of
+	// the small-message measures, CountTime long.
+	Counters  bool          `json:"counters"`
+	CountTime time.Duration `json:"count_time"`
 }
 
 func defaultSettings() settings {
@@ -49,13 +57,36 @@ func defaultSettings() settings {
 		NoFile:     20000,
 		Threads:    runtime.NumCPU(),
 		Measures:   append([]string(nil), measureOrder...),
+		Pin:        pinNone,
+		Pins:       []string{pinNone},
+		Counters:   true,
+		CountTime:  2 * time.Second,
 	}
 }
 
 // applyEnv reads BENCH_TIME (a Go duration or a number of seconds),
-// BENCH_ROUNDS, BENCH_TARGETS and BENCH_MEASURES (comma lists) through
-// getenv.
+// BENCH_ROUNDS, BENCH_TARGETS and BENCH_MEASURES (comma lists), BENCH_PIN
+// (none, split or both) and BENCH_COUNTERS (on or off) through getenv.
 func (s *settings) applyEnv(getenv func(string) string) error {
+	switch v := strings.ToLower(strings.TrimSpace(getenv("BENCH_PIN"))); v {
+	case "":
+	case pinNone, pinSplit:
+		s.Pins = []string{v}
+	case pinBoth:
+		s.Pins = []string{pinNone, pinSplit}
+	default:
+		return fmt.Errorf("BENCH_PIN=%q: want none, split or both", v)
+	}
+	s.Pin = s.Pins[0]
+	switch v := strings.ToLower(strings.TrimSpace(getenv("BENCH_COUNTERS"))); v {
+	case "":
+	case "on", "1", "true", "yes":
+		s.Counters = true
+	case "off", "0", "false", "no":
+		s.Counters = false
+	default:
+		return fmt.Errorf("BENCH_COUNTERS=%q: want on or off", v)
+	}
 	if v := getenv("BENCH_TIME"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {
@@ -72,6 +103,7 @@ func (s *settings) applyEnv(getenv func(string) string) error {
 		if w := d / 8; w < s.Warmup {
 			s.Warmup = max(w, 100*time.Millisecond)
 		}
+		s.CountTime = min(s.CountTime, d)
 	}
 	if v := getenv("BENCH_ROUNDS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -176,6 +208,9 @@ type step struct {
 	measure string
 	target  string
 	time    time.Duration // counted time of this step
+	// count marks a count step: the measure runs again under the
+	// per-request counters (counters.go), and only those are kept.
+	count bool
 }
 
 // rr1Slices is how many slices the one-connection measure is cut into per
@@ -206,6 +241,15 @@ func plan(s settings) []step {
 					if applies(m, t) {
 						steps = append(steps, step{round: r, measure: m, target: t, time: d})
 					}
+				}
+			}
+			if !s.Counters || !contains(countedMeasures, m) {
+				continue
+			}
+			for i := 0; i < n; i++ {
+				t := s.Targets[(i+r)%n]
+				if t != tDirect && applies(m, t) {
+					steps = append(steps, step{round: r, measure: m, target: t, time: s.CountTime, count: true})
 				}
 			}
 		}
@@ -292,12 +336,18 @@ type backendProc struct {
 	addrs backendAddrs
 }
 
-func startBackendProc(n int) (*backendProc, error) {
+// startBackendProc starts the backends child, on the CPU list pinCPUs when
+// not "".
+func startBackendProc(n int, pinCPUs string) (*backendProc, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find own binary: %w", err)
 	}
-	cmd := exec.Command(self, "backends", "-n", strconv.Itoa(n))
+	argv := []string{self, "backends", "-n", strconv.Itoa(n)}
+	if pinCPUs != "" {
+		argv = pinArgv(argv, pinCPUs)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	in, err := cmd.StdinPipe()
@@ -344,25 +394,106 @@ type runOptions struct {
 	DocsDir  string // latest table and chart are copied here ("" = no copy)
 }
 
-// run is "lbbench run": the whole benchmark.
+// run is "lbbench run": the whole benchmark, once per variant of BENCH_PIN
+// (s.Pins). Each variant writes its own results folder; the docs get every
+// variant's table, one after the other, and the first variant's chart.
 func run(ctx context.Context, opt runOptions, s settings, progress io.Writer, stdout io.Writer) error {
+	var tables []string
+	var chart string
+	for i, pin := range s.Pins {
+		v := s
+		v.Pin = pin
+		v.Targets = append([]string(nil), s.Targets...)
+		if len(s.Pins) > 1 {
+			fmt.Fprintf(progress, "lbbench: variant %d of %d: BENCH_PIN=%s\n", i+1, len(s.Pins), pin)
+		}
+		res, table, err := runVariant(ctx, opt, v, progress)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, table)
+		tables = append(tables, table)
+		if chart == "" {
+			chart = renderChart(res)
+		}
+	}
+	if opt.DocsDir == "" {
+		return nil
+	}
+	files := map[string]string{
+		"bench-table.md":  strings.Join(tables, "\n"),
+		"bench-chart.svg": chart,
+	}
+	for name, data := range files {
+		p := filepath.Join(opt.DocsDir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return fmt.Errorf("create %s: %w", filepath.Dir(p), err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// runVariant runs every step of the plan with one pinning variant (s.Pin)
+// and writes its results folder.
+func runVariant(ctx context.Context, opt runOptions, s settings, progress io.Writer) (*results, string, error) {
 	started := time.Now()
 	nofile, err := raiseNoFile(s.NoFile)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	s.NoFile = nofile
 	// Absolute: nginx resolves relative paths against its -p prefix.
 	out, err := filepath.Abs(opt.OutDir)
 	if err != nil {
-		return fmt.Errorf("results dir: %w", err)
+		return nil, "", fmt.Errorf("results dir: %w", err)
 	}
-	dir := filepath.Join(out, started.UTC().Format("20060102-150405"))
+	stamp := started.UTC().Format("20060102-150405")
+	if s.Pin != pinNone {
+		stamp += "-pin-" + s.Pin
+	}
+	dir := filepath.Join(out, stamp)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create results dir: %w", err)
+		return nil, "", fmt.Errorf("create results dir: %w", err)
 	}
 
 	var notes []string
+	pins := pinInfo{Variant: s.Pin, Affinity: map[string]string{}}
+	var loadCPUs, proxyCPUs string
+	if s.Pin == pinSplit {
+		pp, err := choosePins()
+		if err != nil {
+			return nil, "", err
+		}
+		loadCPUs, proxyCPUs = strconv.Itoa(pp.Load), strconv.Itoa(pp.Proxy)
+		pins.CPUs = &pp
+		restore, err := pinSelf(loadCPUs)
+		if err != nil {
+			return nil, "", fmt.Errorf("pin lbbench: %w", err)
+		}
+		defer func() {
+			if err := restore(); err != nil {
+				fmt.Fprintf(progress, "lbbench: unpin: %v\n", err)
+			}
+		}()
+		// One CPU for the proxy: one thread or worker for each.
+		s.Threads = 1
+	}
+	pins.Affinity["lbbench"] = treeAffinity(os.Getpid())
+
+	usePerf := false
+	var kinds []string
+	if s.Counters {
+		if err := perfCheck(); err != nil {
+			notes = append(notes, fmt.Sprintf("per-request counters without perf (context switches from /proc only): %v", err))
+		} else {
+			usePerf = true
+			kinds = availableKinds()
+		}
+	}
+
 	// Drop lbctl from the run when there is no binary, and say so.
 	if contains(s.Targets, tLbctl) {
 		if _, err := os.Stat(opt.LbctlBin); err != nil {
@@ -378,13 +509,14 @@ func run(ctx context.Context, opt runOptions, s settings, progress io.Writer, st
 
 	hellos, err := sniHellos()
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	bp, err := startBackendProc(s.Backends)
+	bp, err := startBackendProc(s.Backends, loadCPUs)
 	if err != nil {
-		return err
+		return nil, "", err
 	}
 	defer bp.stop()
+	pins.Affinity["backends"] = treeAffinity(bp.cmd.Process.Pid)
 
 	targets := map[string]*target{}
 	defer func() {
@@ -393,12 +525,12 @@ func run(ctx context.Context, opt runOptions, s settings, progress io.Writer, st
 		}
 	}()
 	for _, name := range s.Targets {
-		t, err := startTarget(ctx, name, dir, lbctlBin, bp.addrs, s.Threads, s.NoFile, false)
+		t, err := startTarget(ctx, name, dir, lbctlBin, bp.addrs, s.Threads, s.NoFile, false, proxyCPUs)
 		if err != nil && name == tLbctl {
 			// An lbctl that cannot serve UDP yet still gets its TCP columns.
 			fmt.Fprintf(progress, "lbbench: %v\nlbbench: retrying lbctl without its UDP listener\n", err)
 			var err2 error
-			if t, err2 = startTarget(ctx, name, dir, lbctlBin, bp.addrs, s.Threads, s.NoFile, true); err2 == nil {
+			if t, err2 = startTarget(ctx, name, dir, lbctlBin, bp.addrs, s.Threads, s.NoFile, true, proxyCPUs); err2 == nil {
 				notes = append(notes, fmt.Sprintf("lbctl ran without UDP: %s", lastLine(err.Error())))
 				err = nil
 			}
@@ -409,6 +541,14 @@ func run(ctx context.Context, opt runOptions, s settings, progress io.Writer, st
 			continue
 		}
 		targets[name] = t
+		if t.cmd != nil {
+			pins.Affinity[name] = treeAffinity(t.pid())
+		}
+		if name == tLbctl {
+			if b, err := os.ReadFile(t.log); err == nil {
+				pins.LbctlGOMAXPROCS = goMaxProcs(b)
+			}
+		}
 	}
 	var running []string
 	for _, name := range s.Targets {
@@ -425,6 +565,7 @@ func run(ctx context.Context, opt runOptions, s settings, progress io.Writer, st
 		Started:  started.UTC(),
 		Machine:  mach,
 		Settings: s,
+		Pin:      pins,
 		Raw:      map[string]map[string][]float64{},
 		Idle:     map[string][]idleResult{},
 		Notes:    notes,
@@ -439,21 +580,32 @@ func run(ctx context.Context, opt runOptions, s settings, progress io.Writer, st
 	steps := plan(s)
 	spent := map[string]time.Duration{}
 	runs := map[string]int{}
-	gone := map[string]bool{} // targets that died and would not restart
+	gone := map[string]bool{}     // targets that died and would not restart
+	countErr := map[string]bool{} // targets whose counters failed once (noted once)
+	kind := func(st step) string {
+		if st.count {
+			return st.measure + "/count"
+		}
+		return st.measure
+	}
 	for i, st := range steps {
 		if err := ctx.Err(); err != nil {
-			return err
+			return nil, "", err
 		}
 		left := time.Duration(0)
 		for _, rest := range steps[i:] {
-			if runs[rest.measure] > 0 {
-				left += spent[rest.measure] / time.Duration(runs[rest.measure])
+			if runs[kind(rest)] > 0 {
+				left += spent[kind(rest)] / time.Duration(runs[kind(rest)])
 			} else {
 				left += s.expected(rest)
 			}
 		}
-		fmt.Fprintf(progress, "[%3d/%d] round %d/%d  %-5s  %-7s  about %s left\n",
-			i+1, len(steps), st.round+1, s.Rounds, st.measure, st.target, left.Round(time.Second))
+		label := st.measure
+		if st.count {
+			label += " (counters)"
+		}
+		fmt.Fprintf(progress, "[%3d/%d] round %d/%d  %-16s  %-7s  about %s left\n",
+			i+1, len(steps), st.round+1, s.Rounds, label, st.target, left.Round(time.Second))
 		t0 := time.Now()
 		t := targets[st.target]
 		if st.measure == mUDP && len(t.fe.UDP) == 0 {
@@ -481,18 +633,28 @@ func run(ctx context.Context, opt runOptions, s settings, progress io.Writer, st
 				continue
 			}
 		}
-		vals := runStep(ctx, s, st, t, res, hellos)
+		var vals map[string]float64
+		if st.count {
+			var err error
+			vals, err = countStep(ctx, s, st, t, filepath.Join(dir, "run", "count", st.target), usePerf, kinds)
+			if err != nil && !countErr[st.target] {
+				countErr[st.target] = true
+				res.Notes = append(res.Notes, fmt.Sprintf("round %d, %s counters of %s: %v", st.round+1, st.measure, st.target, err))
+				fmt.Fprintf(progress, "lbbench: counters of %s: %v\n", st.target, err)
+			}
+		} else {
+			vals = runStep(ctx, s, st, t, res, hellos)
+		}
 		for k, v := range vals {
 			res.add(st.target, k, v)
 		}
-		spent[st.measure] += time.Since(t0)
-		runs[st.measure]++
+		spent[kind(st)] += time.Since(t0)
+		runs[kind(st)]++
 	}
 	res.Wall = time.Since(started).Round(time.Second).String()
 	res.finish()
 	table := renderTable(res)
-	fmt.Fprintln(stdout, table)
-	return writeResults(res, table, dir, opt.DocsDir, progress)
+	return res, table, writeResults(res, table, dir, "", progress)
 }
 
 func lastLine(s string) string {
@@ -698,4 +860,59 @@ func runLoad(measure string, addrs []string, n int, d time.Duration, out io.Writ
 	}
 	_, err = fmt.Fprintln(out, string(b))
 	return err
+}
+
+// countStep runs a small-message measure again under the per-request
+// counters of counters.go and returns "<measure>.per_req.<counter>"
+// figures; its rates and latencies are not kept (perf costs a little per
+// event). The error says why some counters are missing.
+func countStep(ctx context.Context, s settings, st step, t *target, dir string, usePerf bool, kinds []string) (map[string]float64, error) {
+	if t.pid() == 0 {
+		return nil, nil
+	}
+	// perf is set up before the window opens: its start-up is not counted.
+	c := startCounting(t.pid(), dir, usePerf, kinds)
+	w := newWindow(time.Now(), s.Warmup, st.time)
+	edges := make(chan struct{})
+	go func() {
+		defer close(edges)
+		time.Sleep(time.Until(w.warm))
+		c.begin()
+		time.Sleep(time.Until(w.end))
+		c.end()
+	}()
+	var n uint64
+	switch st.measure {
+	case mShort:
+		n = measureShort(t.fe.Short, s.ShortConns, w).Count
+	case mRR1, mRR32:
+		conns := s.RRConns[0]
+		if st.measure == mRR32 {
+			conns = s.RRConns[len(s.RRConns)-1]
+		}
+		n = measureRR(t.fe.RR, conns, w).Count
+	case mUDP:
+		r, _ := measureUDP(t.fe.UDP, s.UDPWorkers, w)
+		n = r.Count
+	}
+	<-edges
+	per, err := c.finish(n)
+	v := map[string]float64{}
+	for k, x := range per {
+		v[st.measure+".per_req."+k] = x
+	}
+	pause(ctx, 200*time.Millisecond)
+	return v, err
+}
+
+// pinInfo is how a run was pinned, and what each process's threads were
+// seen to be allowed (pin.go).
+type pinInfo struct {
+	Variant string   `json:"variant"` // pinNone or pinSplit
+	CPUs    *pinPlan `json:"cpus,omitempty"`
+	// Affinity is, per process tree (lbbench, backends, each proxy),
+	// the CPU lists its threads may run on, read after start-up.
+	Affinity map[string]string `json:"affinity"`
+	// LbctlGOMAXPROCS is what lbctl's Go runtime chose (0: not seen).
+	LbctlGOMAXPROCS int `json:"lbctl_gomaxprocs,omitempty"`
 }

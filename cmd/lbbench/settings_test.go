@@ -27,7 +27,9 @@ func TestApplyEnv(t *testing.T) {
 			return reflect.DeepEqual(s.Targets, []string{tDirect, tNginx})
 		}, ""},
 		{"measures keep run order", map[string]string{"BENCH_MEASURES": "sni,short"}, func(s settings) bool {
-			return reflect.DeepEqual(s.Measures, []string{mShort, mSNI}) && len(plan(s)) == 3*2*len(allTargets)
+			// Each round: both measures on every target, and a count
+			// step of short on each proxy.
+			return reflect.DeepEqual(s.Measures, []string{mShort, mSNI}) && len(plan(s)) == 3*(2*len(allTargets)+len(allTargets)-1)
 		}, ""},
 		{"all measures by default", nil, func(s settings) bool { return reflect.DeepEqual(s.Measures, measureOrder) }, ""},
 		{"unknown measure", map[string]string{"BENCH_MEASURES": "tls"}, nil, `unknown name "tls"`},
@@ -60,6 +62,7 @@ func TestApplyEnv(t *testing.T) {
 func TestPlanInterleavesAndRotates(t *testing.T) {
 	s := defaultSettings()
 	s.Rounds = 2
+	s.Counters = false
 	steps := plan(s)
 	// 7 measures x 4 targets, minus HAProxy UDP and direct idle, plus the
 	// extra slices of rr1, per round.

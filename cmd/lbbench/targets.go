@@ -36,6 +36,9 @@ type target struct {
 	// ready, when set, replaces the probes of the bench's listeners
 	// (lbbench splithello has one listener of its own).
 	ready func() error
+	// pinCPUs are the CPUs the proxy is started on (taskset -c), ""
+	// for no pinning (BENCH_PIN, pin.go).
+	pinCPUs string
 }
 
 // pid is the proxy's process id, 0 for direct.
@@ -114,7 +117,9 @@ func readFileOr(path, def string) string {
 // startTarget writes the target's configuration under dir/configs, starts
 // the proxy with its output in dir/logs, and waits until every listener
 // answers.
-func startTarget(ctx context.Context, name, dir, lbctlBin string, b backendAddrs, threads, nofile int, noUDP bool) (*target, error) {
+//
+// pinCPUs, when not "", is the CPU list the proxy runs on.
+func startTarget(ctx context.Context, name, dir, lbctlBin string, b backendAddrs, threads, nofile int, noUDP bool, pinCPUs string) (*target, error) {
 	if name == tDirect {
 		return &target{name: name, fe: directFrontends(b)}, nil
 	}
@@ -172,7 +177,7 @@ func startTarget(ctx context.Context, name, dir, lbctlBin string, b backendAddrs
 	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
 		return nil, err
 	}
-	t := &target{name: name, fe: proxyFrontends(p.Ports), argv: argv, config: cfg, log: logPath}
+	t := &target{name: name, fe: proxyFrontends(p.Ports), argv: argv, config: cfg, log: logPath, pinCPUs: pinCPUs}
 	if noUDP || name == tHAProxy {
 		t.fe.UDP = nil // HAProxy has no UDP
 	}
@@ -189,8 +194,17 @@ func (t *target) start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("open log: %w", err)
 	}
-	cmd := exec.Command(t.argv[0], t.argv[1:]...)
+	argv := t.argv
+	if t.pinCPUs != "" {
+		argv = pinArgv(argv, t.pinCPUs)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if t.name == tLbctl {
+		// The Go runtime prints its GOMAXPROCS once at start-up (and
+		// then once an hour): the run records what lbctl chose.
+		cmd.Env = append(os.Environ(), "GODEBUG="+joinGODEBUG(os.Getenv("GODEBUG"), "schedtrace=3600000"))
+	}
 	// Own process group: a Ctrl-C reaches lbbench, which stops the proxy
 	// itself, in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -322,4 +336,12 @@ func (t *target) stop() {
 		_ = t.cmd.Process.Kill()
 		<-t.exited
 	}
+}
+
+// joinGODEBUG adds setting to a GODEBUG value.
+func joinGODEBUG(old, setting string) string {
+	if old == "" {
+		return setting
+	}
+	return old + "," + setting
 }
