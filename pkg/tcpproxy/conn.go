@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,21 @@ type conn struct {
 	eofs            atomic.Int32 // directions that ended with a clean EOF
 	stopCtx         func() bool  // unregisters the shutdown callback
 	onEnd           func(End)
+	halfAt          int64 // nanotime the half-close timer fires at (set with halfTimer)
+	// What a detach carries over besides the directions' state (State).
+	p        *Proxy
+	t        *Target
+	peer     netip.AddrPort // the client as lbctl sees it
+	pre      *Prelude       // nil when no hello was routed on
+	attempts int            // connects tried
+	started  int64          // nanotime the connection was accepted (or before the dial)
+	// Detach (detach.go): detaching is true while a detach asks the
+	// directions to stop at their next clean point; the rest is guarded
+	// by dmu.
+	detaching atomic.Bool
+	dmu       sync.Mutex
+	dr        *detachRun // the detach under way, nil when none
+	exited    int        // directions whose goroutine is over (or never ran)
 	// The backend's Registry and this connection's links in it; guarded
 	// by reg.mu.
 	reg        *Registry
@@ -67,11 +83,15 @@ type direction struct {
 	// one, so a reader that sees the same even value twice knows nothing
 	// was held in between (see conn.unsent).
 	busy atomic.Uint32
+	// exited: the direction's goroutine is over, or was never started
+	// (adopted after its EOF); guarded by c.dmu.
+	exited bool
 	platformCopier
 }
 
 func newConn(p *Proxy, client, backend *net.TCPConn, t *Target) *conn {
-	c := &conn{client: client, backend: backend, idleTimeout: p.cfg.IdleTimeout, halfClose: p.cfg.HalfCloseTimeout}
+	c := &conn{client: client, backend: backend, idleTimeout: p.cfg.IdleTimeout, halfClose: p.cfg.HalfCloseTimeout,
+		p: p, t: t}
 	c.in = direction{c: c, src: client, dst: backend, m: t.Metrics, dir: metrics.In}
 	c.out = direction{c: c, src: backend, dst: client, m: t.Metrics, dir: metrics.Out}
 	return c
@@ -88,14 +108,7 @@ func (d *direction) account(n int) {
 // to stop reports the end.
 func (c *conn) start(ctx context.Context) {
 	c.running.Store(2)
-	if err := c.in.initPlatform(); err != nil {
-		c.end(EndClientError)
-		c.finished()
-		return
-	}
-	if err := c.out.initPlatform(); err != nil {
-		c.end(EndBackendError)
-		c.finished()
+	if !c.init() {
 		return
 	}
 	c.last.Store(nanotime())
@@ -107,9 +120,32 @@ func (c *conn) start(ctx context.Context) {
 	go c.out.copy(EndBackendError, EndClientError)
 }
 
+// init prepares both directions' platform copiers. On failure it ends the
+// connection (onEnd runs) and reports false.
+func (c *conn) init() bool {
+	why := End(0)
+	if err := c.in.initPlatform(); err != nil {
+		why = EndClientError
+	} else if err := c.out.initPlatform(); err != nil {
+		why = EndBackendError
+	}
+	if why == 0 {
+		return true
+	}
+	c.end(why)
+	c.dmu.Lock()
+	c.in.exited, c.out.exited, c.exited = true, true, 2
+	c.dmu.Unlock()
+	c.finished()
+	return false
+}
+
 // copy is one direction's goroutine.
 func (d *direction) copy(srcFailed, dstFailed End) {
-	d.finish(d.run(), srcFailed, dstFailed)
+	if err := d.run(); err != errMoved {
+		d.finish(err, srcFailed, dstFailed)
+	}
+	d.exit()
 	if d.c.running.Add(-1) == 0 {
 		d.c.finished()
 	}
@@ -128,7 +164,7 @@ func (d *direction) finish(err error, srcFailed, dstFailed End) {
 		// sees the failure itself and ends the connection.
 		d.dst.CloseWrite()
 		if d.c.halfClose > 0 {
-			d.c.halfTimer = time.AfterFunc(d.c.halfClose, func() { d.c.end(EndHalfClose) })
+			d.c.armHalfClose(d.c.halfClose)
 		}
 		return
 	}
@@ -141,6 +177,13 @@ func (d *direction) finish(err error, srcFailed, dstFailed End) {
 		return
 	}
 	d.c.end(srcFailed)
+}
+
+// armHalfClose ends the connection in d (EndHalfClose), once one side
+// has finished sending.
+func (c *conn) armHalfClose(d time.Duration) {
+	c.halfAt = nanotime() + int64(d)
+	c.halfTimer = time.AfterFunc(d, func() { c.end(EndHalfClose) })
 }
 
 // writeError is a failure of the destination: writing to it failed.
@@ -191,6 +234,12 @@ func (c *conn) finished() {
 		c.reg.remove(c)
 	}
 	c.onEnd(End(c.reason.Load()))
+	c.dmu.Lock()
+	r := c.dr
+	c.dmu.Unlock()
+	if r != nil && r.moved {
+		close(r.gone) // Detach returns
+	}
 }
 
 // unsent reports whether closing now would lose bytes: a direction holds

@@ -55,6 +55,7 @@ type platformCopier struct {
 	pipe                     *pipe   // during a burst
 	piped                    int     // bytes in pipe
 	err                      error   // a failed call inside a callback
+	bursts                   int     // bulk bursts so far (tests)
 }
 
 func (d *direction) initPlatform() error {
@@ -70,10 +71,19 @@ func (d *direction) initPlatform() error {
 }
 
 // run moves bytes from src to dst until src reaches EOF (nil) or either side
-// fails (the error; a writeError when dst failed).
+// fails (the error; a writeError when dst failed), or the connection is
+// detached (errMoved). A detach is looked for before each read, with
+// nothing held, and between two bursts.
 func (d *direction) run() error {
 	for {
+		if d.c.detaching.Load() && d.park() { // detach.go
+			return errMoved
+		}
 		if err := d.srcRaw.Read(d.readFn); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				d.woken()
+				continue
+			}
 			return err
 		}
 		if d.err != nil {
@@ -188,6 +198,7 @@ func (d *direction) burst() error {
 		return nil
 	}
 	d.pipe = p
+	d.bursts++
 	var err error
 	for {
 		if err = d.srcRaw.Control(d.fillFn); err != nil {
@@ -202,6 +213,9 @@ func (d *direction) burst() error {
 		}
 		if err = d.rawWrite(d.drainFn); err != nil {
 			break
+		}
+		if d.c.detaching.Load() {
+			break // the pipe is empty: a clean point between two bursts
 		}
 	}
 	d.pipe = nil

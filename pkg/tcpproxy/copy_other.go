@@ -2,7 +2,11 @@
 
 package tcpproxy
 
-import "io"
+import (
+	"errors"
+	"io"
+	"os"
+)
 
 // The portable path: a pooled buffer per direction, held while waiting
 // (without raw readiness it cannot be given back in between), one write per
@@ -17,6 +21,9 @@ func (d *direction) run() error {
 	b := bufPool.Get().(*[]byte)
 	defer bufPool.Put(b)
 	for {
+		if d.c.detaching.Load() && d.park() { // detach.go
+			return errMoved
+		}
 		n, err := d.src.Read(*b)
 		if n > 0 {
 			d.busy.Add(1)
@@ -28,6 +35,10 @@ func (d *direction) run() error {
 			d.account(n)
 		}
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				d.woken()
+				continue
+			}
 			if err == io.EOF {
 				return nil
 			}

@@ -17,6 +17,7 @@ const (
 	EndBackendUnavailable                // every connect attempt failed
 	EndKilled                            // reset by Registry.Kill (lbctl backend kill)
 	EndDrainTimeout                      // reset at the drain_timeout of a backend removed from the pool
+	EndMoved                             // detached: it goes on in another process (detach.go); no access line
 )
 
 var endNames = [...]string{
@@ -30,6 +31,7 @@ var endNames = [...]string{
 	EndBackendUnavailable: "backend_unavailable",
 	EndKilled:             "killed",
 	EndDrainTimeout:       "drain_timeout",
+	EndMoved:              "moved",
 }
 
 // String returns the access log's word for e.

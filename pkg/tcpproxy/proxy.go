@@ -142,7 +142,7 @@ func (p *Proxy) Start(ctx context.Context, client *net.TCPConn, clientAddr netip
 // StartWith is Start for a connection whose first bytes the listener has
 // read already (pre, see Prelude; nil = none).
 func (p *Proxy) StartWith(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, pre *Prelude, done func(End)) {
-	start := time.Now()
+	start := nanotime()
 	var att attempts
 	backend, b, t, end := p.dial(ctx, client, clientAddr, pre, &att)
 	if backend == nil {
@@ -154,7 +154,7 @@ func (p *Proxy) StartWith(ctx context.Context, client *net.TCPConn, clientAddr n
 			p.cfg.Rejections.Inc(metrics.ReasonBackendUnavailable)
 		}
 		if p.cfg.Access != nil {
-			p.logAccess(pre, clientAddr, "", 0, 0, time.Since(start), end, att)
+			p.logAccess(pre, clientAddr, "", 0, 0, time.Duration(nanotime()-start), end, att)
 		}
 		done(end)
 		return
@@ -162,6 +162,7 @@ func (p *Proxy) StartWith(ctx context.Context, client *net.TCPConn, clientAddr n
 	// b was acquired by dial.
 	t.Metrics.ConnOpened()
 	c := newConn(p, client, backend, t)
+	c.peer, c.pre, c.attempts, c.started = clientAddr, pre, att.n, start
 	if pre != nil {
 		c.in.account(len(pre.Data)) // written by dial
 	}
@@ -169,9 +170,11 @@ func (p *Proxy) StartWith(ctx context.Context, client *net.TCPConn, clientAddr n
 	c.onEnd = func(end End) {
 		t.Metrics.ConnClosed()
 		b.Release()
-		d := time.Since(start) // one clock read for the histogram and the log
-		p.cfg.Durations.Observe(d)
-		p.logAccess(pre, clientAddr, b.Address(), c.in.bytes, c.out.bytes, d, end, tries)
+		if end != EndMoved { // a moved connection is logged where it ends (detach.go)
+			d := time.Duration(nanotime() - start) // one clock read for the histogram and the log
+			p.cfg.Durations.Observe(d)
+			p.logAccess(pre, clientAddr, b.Address(), c.in.bytes, c.out.bytes, d, end, tries)
+		}
 		done(end)
 	}
 	if t.Conns != nil {
