@@ -99,7 +99,7 @@ func (s *Server) newBackend(pool, name string, ap netip.AddrPort) *backend {
 		hkey:     pool + "|" + addr,
 		log:      s.log,
 		m:        s.m,
-		activeUp: true,
+		activeUp: !s.handover.wasDown(pool, ap), // down in the old process of an upgrade: until checked
 		fresh:    true,
 	}
 }

@@ -34,6 +34,12 @@ type listener struct {
 	// its sessions run on for drainFor at most (set before).
 	removed  chan struct{}
 	drainFor time.Duration
+	// pause: StopAccepting (upgrade.go). While paused is not nil the
+	// accept loop waits for it to close instead of accepting, and closes
+	// parked once it waits.
+	pauseMu sync.Mutex
+	paused  chan struct{}
+	parked  chan struct{}
 }
 
 // listenerState is one generation of a listener's configuration.
@@ -216,6 +222,9 @@ func (s *Server) acceptLoop(l *listener) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			if l.waitResume() {
+				continue
+			}
 			if backoff == 0 {
 				backoff = acceptBackoffMin
 				// Logged once per episode, not per failed accept.
@@ -254,6 +263,57 @@ func (s *Server) acceptLoop(l *listener) {
 		s.conns.Add(1)
 		go s.handleTCP(l, st, c, peer, release)
 	}
+}
+
+// pause makes the accept loop stop accepting, without closing the socket:
+// its deadline is put in the past, so a waiting Accept returns, and the
+// loop then waits for resume (waitResume). It returns a channel closed
+// once the loop waits, or has returned.
+func (l *listener) pause() <-chan struct{} {
+	l.pauseMu.Lock()
+	if l.paused == nil {
+		l.paused, l.parked = make(chan struct{}), make(chan struct{})
+	}
+	parked := l.parked
+	l.pauseMu.Unlock()
+	l.tcp.SetDeadline(time.Unix(1, 0))
+	return parked
+}
+
+// resume undoes pause: the accept loop accepts again.
+func (l *listener) resume() {
+	l.tcp.SetDeadline(time.Time{})
+	l.pauseMu.Lock()
+	ch := l.paused
+	l.paused = nil
+	l.pauseMu.Unlock()
+	if ch != nil {
+		close(ch)
+	}
+}
+
+// waitResume is called by the accept loop after a failed Accept: when the
+// listener is paused it reports that it waits (parked), waits until resume
+// or close, and returns true; else it returns false at once.
+func (l *listener) waitResume() bool {
+	l.pauseMu.Lock()
+	resume, parked := l.paused, l.parked
+	if resume != nil {
+		select {
+		case <-parked:
+		default:
+			close(parked)
+		}
+	}
+	l.pauseMu.Unlock()
+	if resume == nil {
+		return false
+	}
+	select {
+	case <-resume:
+	case <-l.closing:
+	}
+	return true
 }
 
 // handleTCP sets up one connection. It returns once the bytes are

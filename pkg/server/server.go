@@ -64,6 +64,10 @@ type Options struct {
 	// HoldUDP: the UDP listeners do not read from their sockets until
 	// ReleaseUDP (the new process of an upgrade, handover.go).
 	HoldUDP bool
+	// Handover is the run-time state the old process of an upgrade passed
+	// (HandoverState, upgrade.go); Start applies it after the state file.
+	// Its backends that were down start down.
+	Handover []byte
 }
 
 // Server runs listeners and pools for one lbctl process.
@@ -95,10 +99,11 @@ type Server struct {
 	// sessions and close once theirs have ended (drainUDP).
 	udpDrain chan struct{}
 	health   *healthMonitor
-	alive    aliveState // what Alive remembers between calls (alive.go)
-	info     runInfo    // version, start and last reload, for status (runinfo.go)
-	file     fileCheck  // lbctl_config_file_changed (operate.go)
-	bgp      bgpState   // the BGP speaker and the announcements (bgp.go)
+	alive    aliveState     // what Alive remembers between calls (alive.go)
+	info     runInfo        // version, start and last reload, for status (runinfo.go)
+	file     fileCheck      // lbctl_config_file_changed (operate.go)
+	bgp      bgpState       // the BGP speaker and the announcements (bgp.go)
+	handover *handoverState // Options.Handover decoded (upgrade.go)
 }
 
 // New prepares a server for cfg. It binds nothing yet.
@@ -117,6 +122,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		done:      make(chan struct{}),
 		udpDrain:  make(chan struct{}),
 	}
+	h, err := decodeHandover(opts.Handover)
+	if err != nil {
+		return nil, err
+	}
+	s.handover = h
 	s.killCtx, s.kill = context.WithCancel(context.Background())
 	s.health = newHealthMonitor(s.log, s.m)
 	s.cfg.Store(cfg)
@@ -154,6 +164,7 @@ func (s *Server) Start() error {
 	}
 	s.runBGP() // announces once an eligible backend is seen
 	s.loadState()
+	s.applyHandover() // upgrade.go
 	s.info.start(time.Now())
 	s.m.ConfigLoaded(time.Now())
 	s.started = true

@@ -9,6 +9,8 @@ package server
 // again, with what is pending.
 
 import (
+	"maps"
+
 	"github.com/lbctl/lbctl/balancer"
 	"go.uber.org/zap"
 )
@@ -26,21 +28,42 @@ func (s *Server) loadState() {
 		s.log.Error("state file not read, starting without saved state", zap.Error(err))
 		return
 	}
+	s.applyState(st, "state file")
+}
+
+// applyState puts st into the pools: the API backends join (those already
+// there are skipped), admin states and weight overrides wait for their
+// backend and apply to those present. from names where st came from, for
+// the log. Called with s.mu held, once the pools are in service.
+func (s *Server) applyState(st State, from string) {
 	for name, ps := range st.Pools {
 		lp := s.pools[name]
 		if lp == nil {
-			s.log.Info("state file: pool no longer configured, its saved state is ignored", zapPool(name))
+			s.log.Info(from+": pool no longer configured, its saved state is ignored", zapPool(name))
 			continue
 		}
-		lp.pendAdmin, lp.pendOverride = ps.Admin, ps.WeightOverrides
+		if lp.pendAdmin == nil {
+			lp.pendAdmin = map[string]balancer.AdminState{}
+		}
+		if lp.pendOverride == nil {
+			lp.pendOverride = map[string]int{}
+		}
+		maps.Copy(lp.pendAdmin, ps.Admin)
+		maps.Copy(lp.pendOverride, ps.WeightOverrides)
+	specs:
 		for _, spec := range ps.Backends {
 			ap, err := parseBackendAddr(spec.Address)
 			if err == nil {
 				err = checkWeight(spec.Weight)
 			}
 			if err != nil {
-				s.log.Warn("state file: backend ignored", zapPool(name), zapBackend(spec.Address), zap.Error(err))
+				s.log.Warn(from+": backend ignored", zapPool(name), zapBackend(spec.Address), zap.Error(err))
 				continue
+			}
+			for _, e := range lp.api {
+				if e.ap == ap {
+					continue specs // there already (the state file had it)
+				}
 			}
 			lp.api = append(lp.api, entry{ap: ap, weight: spec.Weight, backup: spec.Backup, source: sourceAPI})
 		}
@@ -52,9 +75,9 @@ func (s *Server) loadState() {
 		}
 		// A new generation when API backends joined or weights changed.
 		if err := s.refresh(lp); err != nil {
-			s.log.Error("state file: pool not refreshed", zapPool(name), zap.Error(err))
+			s.log.Error(from+": pool not refreshed", zapPool(name), zap.Error(err))
 		}
-		s.log.Info("state file read", zapPool(name), zap.Int("api_backends", len(ps.Backends)),
+		s.log.Info(from+" read", zapPool(name), zap.Int("api_backends", len(ps.Backends)),
 			zap.Int("admin_states", len(ps.Admin)), zap.Int("weight_overrides", len(ps.WeightOverrides)))
 	}
 }
@@ -91,6 +114,15 @@ func (s *Server) saveState() {
 	if path == "" {
 		return
 	}
+	if err := SaveState(path, s.snapshotState()); err != nil {
+		s.log.Error("state file not written", zap.String("path", path), zap.Error(err))
+	}
+}
+
+// snapshotState is what the state file keeps, as it is now: the admin
+// states, weight overrides and API backends of every pool, and the saved
+// ones still waiting for their backend. Called with s.mu held.
+func (s *Server) snapshotState() State {
 	st := State{Pools: map[string]PoolState{}}
 	for name, lp := range s.pools {
 		ps := PoolState{Admin: map[string]balancer.AdminState{}, WeightOverrides: map[string]int{}}
@@ -118,7 +150,5 @@ func (s *Server) saveState() {
 			st.Pools[name] = ps
 		}
 	}
-	if err := SaveState(path, st); err != nil {
-		s.log.Error("state file not written", zap.String("path", path), zap.Error(err))
-	}
+	return st
 }
