@@ -10,6 +10,7 @@
 //	PATCH  /api/v1/pools/{pool}/backends/{address}              {"weight": N} or {"weight": null}
 //	POST   /api/v1/pools/{pool}/backends/{address}/kill
 //	POST   /api/v1/reload
+//	POST   /api/v1/upgrade                                      {"binary": "PATH", "timeout": "30s"}, both optional (upgrade.go)
 //
 // Clients outside Allow get 403; a Host header that is not an IP literal,
 // localhost or one of Hosts gets 421 (DNS rebinding); POST, PATCH and DELETE
@@ -83,7 +84,13 @@ type Options struct {
 	Registry  *prometheus.Registry
 	Server    Runtime
 	Reload    func() error // reloads the config file; a config.Errors result is a 400
-	Log       *zap.Logger
+	// Upgrade starts the new binary and hands everything over to it
+	// (POST /api/v1/upgrade, upgrade.go); nil answers 501.
+	Upgrade func(UpgradeRequest) (UpgradeResult, error)
+	// Listener, when set, is served instead of binding Bind (New) or path
+	// (NewControl): the socket the old process of an upgrade passed.
+	Listener net.Listener
+	Log      *zap.Logger
 }
 
 // Server is a running admin API.
@@ -105,9 +112,12 @@ func New(opts Options) (*Server, error) {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
-	ln, err := net.Listen("tcp", opts.Bind)
-	if err != nil {
-		return nil, fmt.Errorf("admin: %w", err)
+	ln := opts.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", opts.Bind); err != nil {
+			return nil, fmt.Errorf("admin: %w", err)
+		}
 	}
 	return newServer(opts, ln, false), nil
 }
@@ -131,6 +141,19 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Serve answers requests until Close.
 func (s *Server) Serve() error { return s.http.Serve(s.ln) }
+
+// Listening returns the socket the API is served on (for an upgrade to
+// pass to the new process).
+func (s *Server) Listening() net.Listener { return s.ln }
+
+// StopListening closes the socket so that new connections go to another
+// process serving a duplicate of it (the new process of an upgrade);
+// requests in flight finish, and a later Close leaves the control socket's
+// file alone, since the other process serves it now.
+func (s *Server) StopListening() {
+	s.unlink = nil
+	s.ln.Close()
+}
 
 // Close stops the admin API, letting requests in flight finish for a moment.
 func (s *Server) Close() error {
@@ -167,6 +190,7 @@ func (s *Server) Handler() http.Handler {
 	api.HandleFunc("PATCH /api/v1/pools/{pool}/backends/{address}", s.editor(s.setWeight))
 	api.HandleFunc("POST /api/v1/pools/{pool}/backends/{address}/kill", s.editor(s.killBackend))
 	api.HandleFunc("POST /api/v1/reload", s.reload)
+	api.HandleFunc("POST /api/v1/upgrade", s.upgrade)
 	api.HandleFunc("/api/", noRoute(api, "/api/"))
 	mux.Handle("/api/", s.authenticate(api))
 	mux.HandleFunc("GET /{$}", s.servePage)

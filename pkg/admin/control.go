@@ -22,14 +22,20 @@ import (
 // a file that is not a socket, or a socket a live process answers on
 // (another lbctl), is an error and nothing is touched. Close removes the
 // socket file, unless another process has replaced it meanwhile.
+//
+// With opts.Listener (the control socket the old process of an upgrade
+// passed, still bound at path), that socket is served and nothing is bound.
 func NewControl(path string, opts Options) (*Server, error) {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
 	opts.Bind, opts.Allow, opts.Hosts, opts.TokenFile = "", nil, nil, ""
-	ln, err := listenControl(path)
-	if err != nil {
-		return nil, err
+	ln := opts.Listener
+	if ln == nil {
+		var err error
+		if ln, err = listenControl(path); err != nil {
+			return nil, err
+		}
 	}
 	s := newServer(opts, ln, true)
 	st, err := os.Stat(path)
