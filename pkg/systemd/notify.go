@@ -37,6 +37,7 @@ package systemd
 
 import (
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -98,6 +99,18 @@ func (n *Notifier) Reloading() {
 // saying what happens meanwhile (draining connections).
 func (n *Notifier) Stopping(status string) {
 	n.sendStatus(daemon.SdNotifyStopping, status, true)
+}
+
+// MainPID tells the service manager that pid is now the service's main
+// process: the old process of `lbctl upgrade` sends it once the new one
+// has taken over, before it exits. systemd honours it from the main
+// process; the new process's own READY=1 and WATCHDOG=1, which may come
+// first, need NotifyAccess=all in the unit (examples/lbctl.service).
+func (n *Notifier) MainPID(pid int) {
+	if !n.enabled {
+		return
+	}
+	n.send("MAINPID=" + strconv.Itoa(pid))
 }
 
 // Status sends STATUS=status when it differs from the last status sent.

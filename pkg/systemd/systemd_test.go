@@ -347,3 +347,17 @@ func parseInt(t *testing.T, s string) int64 {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// TestNotifierMainPID: MAINPID= alone in its datagram; nothing without
+// $NOTIFY_SOCKET.
+func TestNotifierMainPID(t *testing.T) {
+	ms := newManagerSocket(t)
+	log, _ := observed()
+	NewNotifier(log).MainPID(4242)
+	if got := ms.next(5 * time.Second); got != "MAINPID=4242" {
+		t.Fatalf("datagram %q", got)
+	}
+	t.Setenv("NOTIFY_SOCKET", "")
+	NewNotifier(log).MainPID(4243)
+	ms.none()
+}
