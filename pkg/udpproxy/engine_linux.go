@@ -52,11 +52,21 @@ type engine struct {
 	evfd   int             // eventfd in the epoll set: wakes the replier
 	stop   atomic.Bool     // set by the reader when the listener socket closed
 	done   chan struct{}   // closed when the replier has returned
-	nextID uint32          // session ids, reader-owned
+	nextID atomic.Uint32   // session ids (the reader's, and Adopt's)
 
 	// Guarded by l.mu.
-	byFD    []*session // open backend sockets by descriptor
-	retired []*session // sessions the reader ended, for the replier to close
+	byFD    []*session   // open backend sockets by descriptor
+	retired []*session   // sessions the reader ended, for the replier to close
+	handReq *handRequest // a Detach for the replier to carry out
+	gone    bool         // the replier has ended its sessions: Adopt adds none
+}
+
+// handRequest is a Detach for the replier, which owns the sessions' reply
+// counters and closes their sockets.
+type handRequest struct {
+	out  []Handoff
+	err  error
+	done chan struct{} // closed once out and err are set
 }
 
 type sock struct {
@@ -75,10 +85,15 @@ func (l *Listener) run() {
 		if !errors.Is(err, net.ErrClosed) { // else closed before it served
 			l.log().Error("udp: listener cannot serve", zap.Error(err))
 		}
+		l.mu.Lock()
+		l.gone = true // no epoll set to adopt sessions into
+		l.mu.Unlock()
+		l.setUp()
 		l.drainUntilClosed()
 		return
 	}
 	go l.replier()
+	l.setUp()
 	l.reader()
 	l.stop.Store(true)
 	l.wake()
@@ -213,7 +228,12 @@ func (l *Listener) reader() {
 		n    int
 		rerr error
 	)
+	held := false
 	recv := func(fd uintptr) bool {
+		if l.holding() {
+			held = true
+			return true
+		}
 		rx.resetRecv(oob)
 		for {
 			r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&rx.hdrs[0])),
@@ -234,7 +254,18 @@ func (l *Listener) reader() {
 	var backoff time.Duration
 	for {
 		if err := l.lrc.Read(recv); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				l.unkick() // a kick (handover.go): look at the hold
+				continue
+			}
 			return // closed
+		}
+		if held {
+			held = false
+			if !l.park() {
+				return // closed while held
+			}
+			continue
 		}
 		if rerr != nil {
 			backoff = l.backoff(backoff, rerr)
@@ -274,8 +305,7 @@ func (l *Listener) connect(s *session, t *target) error {
 		unix.Close(fd)
 		return fmt.Errorf("connect %s: %w", ap, err)
 	}
-	l.nextID++
-	s.fd, s.id = fd, l.nextID
+	s.fd, s.id = fd, l.nextID.Add(1)
 	s.namelen = clientSockaddr(l.family, s.client, &s.name)
 	l.mu.Lock()
 	if fd >= len(l.byFD) {
@@ -366,6 +396,7 @@ func (l *Listener) replier() {
 	events := make([]unix.EpollEvent, batchSize)
 	ready := make([]*session, 0, batchSize)
 	var ended, retired []*session
+	var hand *handRequest
 	stopping := false
 
 	// One pass: the sessions with a reply ready, one reply each.
@@ -380,6 +411,9 @@ func (l *Listener) replier() {
 				clear(l.retired)
 				l.retired = l.retired[:0]
 				stopping = stopping || l.stop.Load()
+				if l.handReq != nil {
+					hand, l.handReq = l.handReq, nil
+				}
 				continue
 			}
 			if int(ev.Fd) < len(l.byFD) {
@@ -433,6 +467,13 @@ func (l *Listener) replier() {
 			ended = ended[:0]
 			l.close(retired, EndShutdown)
 			retired = retired[:0]
+			if hand != nil {
+				// After the replies read in this pass went out: the ones
+				// still queued in the backend sockets go to the adopter.
+				hand.out, hand.err = l.detachAll()
+				close(hand.done)
+				hand = nil
+			}
 			if stopping {
 				return true
 			}
@@ -455,6 +496,10 @@ func (l *Listener) replier() {
 			continue
 		}
 		backoff = 0
+	}
+	if hand != nil {
+		hand.err = net.ErrClosed
+		close(hand.done)
 	}
 	l.shutdown()
 }
@@ -561,6 +606,12 @@ func (l *Listener) sweep() time.Duration {
 func (l *Listener) shutdown() {
 	var all []*session
 	l.mu.Lock()
+	l.gone = true
+	if r := l.handReq; r != nil {
+		r.err = net.ErrClosed
+		close(r.done)
+		l.handReq = nil
+	}
 	for _, s := range l.byFD {
 		if s != nil {
 			all = append(all, s)
@@ -653,4 +704,109 @@ func clientSockaddr(family int, ap netip.AddrPort, b *[unix.SizeofSockaddrInet6]
 		}
 	}
 	return unix.SizeofSockaddrInet6
+}
+
+// detach is Detach's work once the reader has stopped: the replier takes
+// the sessions out (detachAll).
+func (l *Listener) detach() ([]Handoff, error) {
+	req := &handRequest{done: make(chan struct{})}
+	l.mu.Lock()
+	if l.gone {
+		l.mu.Unlock()
+		return nil, net.ErrClosed
+	}
+	l.handReq = req
+	l.mu.Unlock()
+	l.wake()
+	<-req.done // the replier answers, or shutdown does
+	return req.out, req.err
+}
+
+// detachAll takes every open session out of the table and the epoll set
+// and returns it with a duplicate of its backend socket, whose queued
+// replies stay unread; the session is then accounted for as ended (moved).
+// Called by the replier, once the reader has stopped (so no session opens
+// and none is written to).
+func (l *Listener) detachAll() ([]Handoff, error) {
+	var moving []*session
+	l.mu.Lock()
+	for _, s := range l.table {
+		l.endLocked(s, endMoved) // deleting during range is allowed
+		if l.byFD[s.fd] == s {
+			l.byFD[s.fd] = nil
+		}
+		moving = append(moving, s)
+	}
+	l.mu.Unlock()
+	out := make([]Handoff, 0, len(moving))
+	var errs []error
+	for _, s := range moving {
+		unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+		dup, err := unix.FcntlInt(uintptr(s.fd), unix.F_DUPFD_CLOEXEC, 0)
+		if err != nil {
+			// Out of descriptors: this one ends here.
+			errs = append(errs, fmt.Errorf("session %s: dup: %w", s.clientLog(), err))
+			s.end = EndShutdown
+		} else {
+			name := fmt.Sprintf("udp-session %s→%s", s.clientLog(), s.t.udpAddr)
+			out = append(out, s.handoff(os.NewFile(uintptr(dup), name)))
+		}
+		s.closed = true
+		if s.ref.close() { // the reader is stopped: nobody holds it
+			unix.Close(s.fd)
+		}
+		s.finish(s.end)
+	}
+	return out, errors.Join(errs...)
+}
+
+// join puts an adopted session's socket (a duplicate of f's) into the
+// table and the epoll set: its queued replies are read at once.
+func (l *Listener) join(s *session, f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var (
+		fd   int
+		derr error
+	)
+	if err := rc.Control(func(u uintptr) { fd, derr = unix.FcntlInt(u, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return err
+	}
+	if derr != nil {
+		return fmt.Errorf("dup: %w", derr)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("nonblock: %w", err)
+	}
+	s.fd, s.id = fd, l.nextID.Add(1)
+	s.namelen = clientSockaddr(l.family, s.client, &s.name)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.gone:
+		unix.Close(fd)
+		return net.ErrClosed
+	case l.table[s.client] != nil:
+		unix.Close(fd)
+		return errors.New("the client has a session here already")
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: int32(s.id)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("epoll add: %w", err)
+	}
+	// Under mu with the epoll add, so that no sweep or close sees the
+	// session before its descriptor is in the set.
+	if fd >= len(l.byFD) {
+		grown := make([]*session, max(fd+1, 2*len(l.byFD)))
+		copy(grown, l.byFD)
+		l.byFD = grown
+	}
+	l.byFD[fd] = s
+	l.table[s.client] = s
+	l.live++
+	return nil
 }

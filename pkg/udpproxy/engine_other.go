@@ -4,6 +4,7 @@ package udpproxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -17,11 +18,15 @@ import (
 // one (engine_linux.go).
 
 type engine struct {
-	wg sync.WaitGroup // one per session goroutine
+	wg   sync.WaitGroup // one per session goroutine
+	gone bool           // shutdown has ended the sessions: Adopt adds none; guarded by l.mu
 }
 
 type sock struct {
 	conn *net.UDPConn
+	// moved receives the session's Handoff once Detach has taken it:
+	// its goroutine describes it; set with l.mu held before it is marked.
+	moved chan<- Handoff
 }
 
 func enablePktinfo(*net.UDPConn) (int, error) {
@@ -31,13 +36,24 @@ func enablePktinfo(*net.UDPConn) (int, error) {
 func replyOOB(int, netip.Addr) []byte { return nil }
 
 func (l *Listener) run() {
+	l.setUp()
 	buf := make([]byte, MaxDatagram)
 	var backoff time.Duration
 	for {
+		if l.holding() {
+			if !l.park() {
+				break // closed while held
+			}
+			continue
+		}
 		n, from, err := l.Conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				break
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				l.unkick() // a kick (handover.go): look at the hold
+				continue
 			}
 			backoff = l.backoff(backoff, err)
 			continue
@@ -88,6 +104,7 @@ func (l *Listener) retire(s *session, end End) bool {
 
 func (l *Listener) shutdown() {
 	l.mu.Lock()
+	l.gone = true
 	dying := make([]*session, 0, len(l.table))
 	for _, s := range l.table {
 		dying = append(dying, s)
@@ -106,6 +123,13 @@ func (l *Listener) shutdown() {
 func (s *session) run() {
 	defer s.l.wg.Done()
 	end := s.serve()
+	if end == endMoved {
+		h := s.handoff(nil)
+		if f, err := s.conn.File(); err == nil {
+			h.File = f
+		}
+		s.moved <- h // buffered for every session Detach took
+	}
 	s.conn.Close()
 	s.finish(end)
 }
@@ -131,6 +155,11 @@ func (s *session) serve() End {
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			s.l.mu.Lock()
+			if s.dead { // Detach took it (or it ended otherwise)
+				end := s.end
+				s.l.mu.Unlock()
+				return end
+			}
 			end, d := s.expired(nanotime())
 			if end != "" {
 				s.l.endLocked(s, end)
@@ -147,4 +176,65 @@ func (s *session) serve() End {
 			return s.stop(EndShutdown) // closed by someone else, who recorded why
 		}
 	}
+}
+
+// detach is Detach's work once the reader has stopped: each session's
+// goroutine, woken by a read deadline in the past, describes it, and
+// duplicates and closes its socket (replies it read before are sent).
+func (l *Listener) detach() ([]Handoff, error) {
+	l.mu.Lock()
+	if l.gone {
+		l.mu.Unlock()
+		return nil, net.ErrClosed
+	}
+	moved := make(chan Handoff, len(l.table))
+	var moving []*session
+	for _, s := range l.table {
+		s.moved = moved
+		l.endLocked(s, endMoved)
+		moving = append(moving, s)
+	}
+	l.mu.Unlock()
+	for _, s := range moving {
+		s.conn.SetReadDeadline(time.Unix(1, 0))
+	}
+	out := make([]Handoff, 0, len(moving))
+	var errs []error
+	for range moving {
+		h := <-moved
+		if h.File == nil {
+			errs = append(errs, fmt.Errorf("session %s: no duplicate of its socket", h.Client))
+			continue
+		}
+		out = append(out, h)
+	}
+	return out, errors.Join(errs...)
+}
+
+// join serves an adopted session on a duplicate of f's socket.
+func (l *Listener) join(s *session, f *os.File) error {
+	pc, err := net.FilePacketConn(f)
+	if err != nil {
+		return err
+	}
+	conn, ok := pc.(*net.UDPConn)
+	if !ok {
+		pc.Close()
+		return errors.New("not a UDP socket")
+	}
+	s.conn = conn
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.gone:
+		conn.Close()
+		return net.ErrClosed
+	case l.table[s.client] != nil:
+		conn.Close()
+		return errors.New("the client has a session here already")
+	}
+	l.table[s.client] = s
+	l.live++
+	l.start(s)
+	return nil
 }

@@ -42,6 +42,13 @@ type Listener struct {
 	// session that replaces one whose backend failed takes over that one's
 	// admission instead of asking again.
 	Admit func(client netip.Addr, evict func() bool) (release func())
+	// Hold makes Serve start without reading from Conn until Release: the
+	// new process of an upgrade, whose listener shares its socket with the
+	// old process until the old one's sessions have moved here (Adopt).
+	// Replies of adopted sessions leave through Conn meanwhile.
+	Hold bool
+
+	ctl readerCtl // holds and releases the reader (handover.go)
 
 	mu       sync.Mutex
 	table    map[netip.AddrPort]*session // open sessions by client; guarded by mu
@@ -68,8 +75,12 @@ func nanotime() int64 { return int64(time.Since(epoch)) }
 // session and returns once all of them are accounted for. Transient read
 // errors are retried after a short back-off.
 func (l *Listener) Serve() {
+	l.mu.Lock()
 	l.table = make(map[netip.AddrPort]*session)
+	l.mu.Unlock()
 	l.evictFn = l.evict
+	l.startCtl()
+	defer l.endCtl()
 	if la, ok := l.Conn.LocalAddr().(*net.UDPAddr); ok && la.IP.IsUnspecified() {
 		// A wildcard bind: replies must leave from the address each client
 		// sent to, not whatever the routing table prefers.
@@ -200,17 +211,7 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 		}
 	}
 	s := &session{l: l, p: p, client: from, start: time.Now(), opened: now, release: release}
-	if l.pktinfo != 0 && dst.IsValid() {
-		s.oob = replyOOB(l.pktinfo, dst)
-	}
-	if cfg.Header != nil {
-		local := l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
-		if dst.IsValid() {
-			local = netip.AddrPortFrom(dst, local.Port())
-		}
-		s.hdr = cfg.Header(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()),
-			netip.AddrPortFrom(local.Addr().Unmap(), local.Port()))
-	}
+	l.address(s, dst)
 	if !l.dial(s, avoid) {
 		putFD()
 		if release != nil {
@@ -235,6 +236,24 @@ func (l *Listener) open(from netip.AddrPort, dst netip.Addr, now int64, avoid *b
 	l.mu.Unlock()
 	l.start(s)
 	return s
+}
+
+// address sets what s needs of the address the client sent to, dst (the
+// zero Addr unless the bind is a wildcard): the packet info of its replies
+// and its header. s.p and s.client are set.
+func (l *Listener) address(s *session, dst netip.Addr) {
+	if l.pktinfo != 0 && dst.IsValid() {
+		s.dst = dst
+		s.oob = replyOOB(l.pktinfo, dst)
+	}
+	if h := s.p.cfg.Header; h != nil {
+		local := l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
+		if dst.IsValid() {
+			local = netip.AddrPortFrom(dst, local.Port())
+		}
+		s.hdr = h(netip.AddrPortFrom(s.client.Addr().Unmap(), s.client.Port()),
+			netip.AddrPortFrom(local.Addr().Unmap(), local.Port()))
+	}
 }
 
 // dial picks a backend for s and opens the session's connected socket to

@@ -19,6 +19,7 @@ type session struct {
 	b      *balancer.Backend
 	t      *target
 	client netip.AddrPort // as read from the listener socket (maybe IPv4-mapped)
+	dst    netip.Addr     // the address the client sent to (wildcard bind with packet info), else zero
 	oob    []byte         // packet info for replies (wildcard bind), else nil
 	start  time.Time
 	opened int64  // nanotime of start
@@ -163,9 +164,19 @@ func (s *session) finish(end End) {
 		cfg.Log.Debug("udp: backend refused datagrams", zap.String("pool", cfg.PoolName),
 			zap.String("backend", s.b.Address()), zap.Error(s.rerr))
 	}
-	d := time.Since(s.start) // one clock read for the histogram and the log
-	cfg.Durations.Observe(d)
-	s.p.logAccess(s, end, d)
+	if end != endMoved { // it goes on in the other process, which logs it
+		d := time.Since(s.start) // one clock read for the histogram and the log
+		cfg.Durations.Observe(d)
+		s.p.logAccess(s, end, d)
+	}
+	s.unaccount()
+	s.l.left()
+}
+
+// unaccount gives back what an open session holds (its admission, its
+// place in the registry, its descriptor, its counts), but for its place in
+// l.live.
+func (s *session) unaccount() {
 	s.l.mu.Lock()
 	rel := s.takeRelease()
 	s.l.mu.Unlock()
@@ -181,7 +192,6 @@ func (s *session) finish(end End) {
 	if s.l.Sessions != nil {
 		s.l.Sessions.Add(-1)
 	}
-	s.l.left()
 }
 
 // clientLog is the client address for logs: IPv4 clients of a dual-stack
