@@ -52,7 +52,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -160,8 +159,13 @@ func Start(opts Options) (l *Lab, err error) {
 		}
 	}
 	l.progress("instances: 3 lbctl processes started")
-	_, err = l.WaitHops(30*time.Second, "lb1", "lb2", "lb3")
-	return l, err
+	begin := time.Now()
+	var at time.Time
+	if at, err = l.WaitHops(30*time.Second, "lb1", "lb2", "lb3"); err != nil {
+		return l, err
+	}
+	l.progress("router: ECMP route through lb1, lb2 and lb3, %v after their start", at.Sub(begin).Round(time.Millisecond))
+	return l, nil
 }
 
 func (l *Lab) progress(format string, args ...any) {
@@ -536,19 +540,15 @@ func (l *Lab) Instance(name string) *Instance {
 	return nil
 }
 
-// Close stops every process the lab started (by PID: SIGTERM, SIGKILL
-// after 5 s), closes the backends, deletes the namespaces (and with
+// Close kills every process the lab started (by PID), closes the backends, deletes the namespaces (and with
 // them their veth pairs) and, if it made it, the directory. It may be
 // called more than once, and on a partly built lab.
 func (l *Lab) Close() {
 	l.closeOnce.Do(func() {
-		for _, in := range l.Instances {
-			if in.Proc != nil {
-				in.Proc.Stop()
-			}
-		}
-		if l.Bird != nil {
-			l.Bird.Stop()
+		// Killed, not stopped: the lab is going away, there is nothing to
+		// drain, and each lbctl would wait its withdraw_delay.
+		for _, p := range l.processes() {
+			p.Kill()
 		}
 		for _, f := range l.udp {
 			f.conn.Close()
@@ -628,18 +628,26 @@ func (p *Process) Err() error {
 // Output is what it wrote so far.
 func (p *Process) Output() string { return p.out.String() }
 
-// Stop sends SIGTERM, then SIGKILL if it has not exited after 5 s, and
-// returns once it has exited.
-func (p *Process) Stop() {
+// Kill sends SIGKILL and returns once it has exited.
+func (p *Process) Kill() {
 	p.stop.Do(func() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.exited:
-		case <-time.After(5 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.exited
-		}
+		p.cmd.Process.Kill()
+		<-p.exited
 	})
+}
+
+// processes are the processes the lab started.
+func (l *Lab) processes() []*Process {
+	var ps []*Process
+	for _, in := range l.Instances {
+		if in.Proc != nil {
+			ps = append(ps, in.Proc)
+		}
+	}
+	if l.Bird != nil {
+		ps = append(ps, l.Bird)
+	}
+	return ps
 }
 
 type syncBuffer struct {
