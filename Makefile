@@ -79,6 +79,17 @@ demo: build
 	$(GO) build -o bin/lbdemo ./cmd/lbdemo
 	./bin/lbdemo --lbctl ./bin/lbctl --config examples/demo.toml
 
+## lab: three lbctl instances behind a bird2 router with ECMP, announcing one
+## address over BGP, in network namespaces: where 1,000 clients' flows go, an
+## instance losing its backends, SIGTERM to one (root; bird2 and iproute2)
+.PHONY: lab
+lab: build
+	@[ "$$(id -u)" = 0 ] || { echo "make lab creates network namespaces: run it as root (sudo make lab)"; exit 1; }
+	@for p in ip bird birdc; do command -v $$p >/dev/null || [ -x /usr/sbin/$$p ] || \
+		{ echo "make lab needs $$p: apt-get install bird2 iproute2"; exit 1; }; done
+	$(GO) build -o bin/lblab ./cmd/lblab
+	./bin/lblab --lbctl ./bin/lbctl
+
 ## install: binary, systemd units, man pages, shell completions and (unless
 ## present) /etc/lbctl/lbctl.toml, under $(DESTDIR); LBCTL_BIN=FILE installs
 ## that binary instead of building one
