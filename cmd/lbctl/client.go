@@ -226,7 +226,7 @@ func (c *adminClient) send(method, path string, in, out any) error {
 }
 
 func newClientCmds() []*cobra.Command {
-	return []*cobra.Command{newStatusCmd(), newBackendCmd(), newReloadCmd()}
+	return []*cobra.Command{newStatusCmd(), newBackendCmd(), newReloadCmd(), newUpgradeCmd()}
 }
 
 func newStatusCmd() *cobra.Command {

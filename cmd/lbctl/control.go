@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"net"
 	"net/http"
 	"sync"
 
@@ -26,31 +27,35 @@ type controlSocket struct {
 	wg     sync.WaitGroup // Serve goroutines, and closes of moved sockets; Add under mu while !closed
 }
 
-// openLocked binds and serves a control socket at path ("" = none). The
-// caller holds c.mu.
-func (c *controlSocket) openLocked(path string) (*admin.Server, error) {
+// openLocked binds and serves a control socket at path ("" = none), or
+// serves ln, the socket bound there that an upgrade passed, when not nil.
+// The caller holds c.mu.
+func (c *controlSocket) openLocked(path string, ln net.Listener) (*admin.Server, error) {
 	if path == "" {
 		return nil, nil
 	}
-	s, err := admin.NewControl(path, c.opts)
+	opts := c.opts
+	opts.Listener = ln
+	s, err := admin.NewControl(path, opts)
 	if err != nil {
 		return nil, err
 	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		if err := s.Serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.Serve(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 			c.log.Error("control socket stopped", zap.String("path", path), zap.Error(err))
 		}
 	}()
 	return s, nil
 }
 
-// start opens the control socket at path ("" = none).
-func (c *controlSocket) start(path string) error {
+// start opens the control socket at path ("" = none); ln, when not nil, is
+// the socket bound there that the old process of an upgrade passed.
+func (c *controlSocket) start(path string, ln net.Listener) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	s, err := c.openLocked(path)
+	s, err := c.openLocked(path, ln)
 	if err != nil {
 		return err
 	}
@@ -73,7 +78,7 @@ func (c *controlSocket) prepare(path string) (commit, abort func(), err error) {
 	if c.closed || path == c.path {
 		return noop, noop, nil
 	}
-	s, err := c.openLocked(path)
+	s, err := c.openLocked(path, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -95,6 +100,27 @@ func (c *controlSocket) prepare(path string) (commit, abort func(), err error) {
 		c.closeLocked(s)
 	}
 	return commit, abort, nil
+}
+
+// listening returns the control socket's path and socket (nil: none), for
+// an upgrade to pass.
+func (c *controlSocket) listening() (string, net.Listener) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur == nil {
+		return "", nil
+	}
+	return c.path, c.cur.Listening()
+}
+
+// stopListening stops accepting on the control socket and leaves its file
+// alone at close: the new process of an upgrade serves it.
+func (c *controlSocket) stopListening() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cur != nil {
+		c.cur.StopListening()
+	}
 }
 
 // closeLocked closes s (nil: nothing) in the background. The caller holds

@@ -65,7 +65,11 @@ to shutdown_timeout, closes the rest and exits 0.
 
 SIGHUP reloads the config file, as "lbctl reload" does: a valid file takes
 effect without dropping connections; an invalid one is logged and the old
-configuration keeps running.`,
+configuration keeps running.
+
+SIGUSR2 upgrades, as "lbctl upgrade" does with its defaults: the binary
+lbctl was started from, as it is on disk now, starts and takes everything
+over; only the log says whether it worked.`,
 		example: `  lbctl serve --config /etc/lbctl/lbctl.toml
 
   # Under systemd (see lbctl.service)
@@ -126,6 +130,29 @@ Through the control socket (under systemd, in its RuntimeDirectory) this
 works without an [admin] table, and after [admin] was edited.`,
 		example: `  lbctl reload
   sudo systemctl reload lbctl          # runs lbctl reload`,
+	},
+	"lbctl upgrade": {
+		long: `Replace the running lbctl by a new binary without dropping anything, like
+nginx's USR2 or "haproxy -x": the new process (--binary, default the
+executable the running lbctl was started from, as it is on disk now, so
+after a package upgrade the new version) starts with the same arguments,
+takes every listening socket (no connection refused meanwhile), the admin
+API, the control socket and the run-time state (admin states, weight
+overrides, API backends, backends down), then the established TCP
+connections and UDP sessions. The old process exits once what it could not
+hand over within shutdown_timeout has finished.
+
+The new process has --timeout (default 30s) to become ready. If it fails to
+start, exits or is not ready in time, it is killed, the running lbctl keeps
+serving everything, and upgrade exits 1 with the reason. Only one upgrade
+runs at a time. Exit status 0 once the new process serves.
+
+Under systemd the new process becomes the unit's main process (MAINPID=);
+"systemctl reload" stays a reload.`,
+		example: `  # After the package manager replaced /usr/bin/lbctl
+  sudo lbctl upgrade
+  lbctl upgrade --binary /opt/lbctl-1.4/lbctl --timeout 1m
+  sudo systemctl kill --signal=USR2 --kill-whom=main lbctl   # the same, without an answer`,
 	},
 	"lbctl backend": {
 		long: `Change a pool's backends while lbctl runs, without a reload: HAProxy's

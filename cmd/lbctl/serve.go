@@ -4,17 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/lbctl/lbctl/pkg/admin"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/lbctl/lbctl/pkg/server"
 	"github.com/lbctl/lbctl/pkg/systemd"
+	"github.com/lbctl/lbctl/pkg/upgrade"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -50,7 +53,14 @@ type daemon struct {
 	ctl    *controlSocket    // the control socket (control.go)
 
 	reloadMu sync.Mutex // one reload at a time: SIGHUP and the admin API
-	running  bool       // guarded by reloadMu: between READY=1 and STOPPING=1
+	running  bool       // guarded by reloadMu: between READY=1 and STOPPING=1 (or an upgrade's handover)
+
+	// lbctl upgrade (upgrade.go)
+	exe        string        // the executable this process runs, resolved at start: the default new binary
+	adm        *admin.Server // the admin API; nil without [admin]
+	adminBind  string        // its bind as configured
+	upgradeMu  sync.Mutex    // one upgrade at a time
+	handedOver chan struct{} // closed once an upgrade handed everything over: this process exits
 }
 
 func serve(cfg *config.Config, path string) error {
@@ -60,52 +70,92 @@ func serve(cfg *config.Config, path string) error {
 	}
 	defer log.Sync()
 
+	// Started by `lbctl upgrade` (upgrade_child.go): the old process's
+	// sockets and state come first, and every failure before this process
+	// serves goes back to it (h.fail).
+	up, err := upgrade.FromEnv()
+	if err != nil {
+		log.Error("cannot start", zap.Error(err))
+		return withCode(exitFailure, err)
+	}
+	var h *handover
+	if up != nil {
+		defer up.Close()
+		if h, err = receiveHandover(up, log); err != nil {
+			log.Error("cannot start", zap.Error(err))
+			return withCode(exitFailure, err)
+		}
+		log.Info("upgrade: received the listening sockets and the state of the old process", zap.Int("sockets", len(h.sockets)))
+	}
+
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
 	m.SetBuildInfo(version, commit)
-	srv, err := server.New(cfg, server.Options{Log: log, Metrics: m, Inherited: inheritedSockets(log, cfg), Version: version})
+	opts := server.Options{Log: log, Metrics: m, Version: version}
+	if h != nil {
+		opts.Inherited, opts.Handover, opts.HoldUDP = h.sockets, h.state, true
+	} else {
+		opts.Inherited = inheritedSockets(log, cfg)
+	}
+	srv, err := server.New(cfg, opts)
 	if err != nil {
+		h.fail(err)
 		return startError(err)
 	}
-	d := &daemon{path: path, log: log, level: level, m: m, srv: srv, notify: systemd.NewNotifier(log)}
-	d.ctl = &controlSocket{log: log, opts: admin.Options{Registry: reg, Server: srv, Reload: d.reload, Log: log}}
+	d := &daemon{path: path, log: log, level: level, m: m, srv: srv, notify: systemd.NewNotifier(log),
+		handedOver: make(chan struct{})}
+	if d.exe, err = os.Executable(); err != nil {
+		log.Warn("cannot tell which executable runs; lbctl upgrade needs --binary", zap.Error(err))
+	}
+	d.ctl = &controlSocket{log: log, opts: admin.Options{Registry: reg, Server: srv, Reload: d.reload, Upgrade: d.upgrade, Log: log}}
 
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR2)
 	defer signal.Stop(sigs)
 
 	var adm *admin.Server
 	if cfg.Admin != nil {
 		adm, err = admin.New(admin.Options{
 			Bind: cfg.Admin.Bind, Allow: cfg.Admin.Allow, Hosts: cfg.Admin.Hosts, TokenFile: cfg.Admin.TokenFile,
-			Registry: reg, Server: srv, Reload: d.reload, Log: log,
+			Registry: reg, Server: srv, Reload: d.reload, Upgrade: d.upgrade, Log: log,
+			Listener: h.adminListener(cfg.Admin.Bind),
 		})
 		if err != nil {
+			h.fail(err)
 			return withCode(exitFailure, err)
 		}
+		d.adm, d.adminBind = adm, cfg.Admin.Bind
 		go func() {
-			if err := adm.Serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := adm.Serve(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 				log.Error("admin API stopped", zap.Error(err))
 			}
 		}()
 	}
-	if err := d.ctl.start(cfg.ControlSocket); err != nil {
+	if err := d.ctl.start(cfg.ControlSocket, h.controlListener(cfg.ControlSocket)); err != nil {
 		log.Error("cannot start", zap.Error(err))
+		h.fail(err)
 		if adm != nil {
 			adm.Close()
 		}
 		return withCode(exitFailure, err)
 	}
-	defer d.ctl.close() // removes the socket file
+	defer d.ctl.close() // removes the socket file, unless an upgrade handed it over
 	if err := srv.Start(); err != nil {
 		log.Error("cannot start", server.ErrorField(err))
+		h.fail(err)
 		if adm != nil {
 			adm.Close()
 		}
 		return startError(err)
 	}
 	log.Info("lbctl started", zap.String("version", version), zap.String("config", path),
-		zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)))
+		zap.Int("listeners", len(cfg.Listeners)), zap.Int("pools", len(cfg.Pools)), zap.Bool("upgrade", h != nil))
+	if h != nil {
+		// Serving on the passed sockets: tell the old process, and take
+		// its sessions and connections over.
+		h.started()
+		h.run(srv, srv.Config().ShutdownTimeout+time.Minute)
+	}
 	// Every listener is bound: tell systemd, then feed its watchdog while
 	// the accept loops and health checkers are alive.
 	d.setRunning(true)
@@ -113,9 +163,33 @@ func serve(cfg *config.Config, path string) error {
 	stopKeepalive := d.notify.Keepalive(srv.Alive, d.summary)
 	defer stopKeepalive()
 
-	for sig := range sigs {
-		if sig == syscall.SIGHUP {
+	for {
+		var sig os.Signal
+		select {
+		case sig = <-sigs:
+		case <-d.handedOver:
+			// lbctl upgrade: the new process serves everything; what
+			// could not be handed over finishes here, as at a stop, but
+			// the service manager hears nothing of it (the new process
+			// is the service now).
+			stopKeepalive()
+			log.Info("upgrade done: this process exits once the connections it kept have finished",
+				zap.Duration("shutdown_timeout", srv.Config().ShutdownTimeout))
+			ctx, cancel := context.WithTimeout(context.Background(), srv.Config().ShutdownTimeout)
+			srv.Shutdown(ctx)
+			cancel()
+			if adm != nil {
+				adm.Close()
+			}
+			log.Info("stopped after upgrade")
+			return nil
+		}
+		switch sig {
+		case syscall.SIGHUP:
 			d.reload()
+			continue
+		case syscall.SIGUSR2:
+			go func() { d.upgrade(admin.UpgradeRequest{}) }() // logs its outcome
 			continue
 		}
 		log.Info("stopping", zap.String("signal", sig.String()), zap.Duration("shutdown_timeout", srv.Config().ShutdownTimeout))
@@ -131,7 +205,6 @@ func serve(cfg *config.Config, path string) error {
 		log.Info("stopped")
 		return nil
 	}
-	return nil
 }
 
 // reload loads the config file again and applies it: the one reload path,
