@@ -63,6 +63,16 @@ soak: build
 	$(GO) build -o bin/lbsoak ./cmd/lbsoak
 	bin/lbsoak -lbctl bin/lbctl -duration $(DURATION)
 
+## soak-upgrade: issue 16's upgrade load on a real lbctl: 2,000 checksummed
+## TCP streams, 500 UDP sessions and 500 new connections a second while
+## lbctl is upgraded UPGRADES times in a row (default 10); prints a report
+## (docs/upgrade-soak.md) and exits 1 if anything was lost (not in CI)
+UPGRADES ?= 10
+.PHONY: soak-upgrade
+soak-upgrade: build
+	$(GO) build -o bin/lbsoak ./cmd/lbsoak
+	bin/lbsoak -lbctl bin/lbctl -upgrades $(UPGRADES)
+
 vet:
 	$(GO) vet $(PKGS)
 

@@ -33,6 +33,11 @@
 // with other bytes than were sent. At the end lbsoak prints a table and
 // exits 1 when a failure was seen or a resource grew beyond its bound.
 //
+// Upgrade mode (-upgrades N, make soak-upgrade; upgrade.go): instead of
+// the above, issue 16's load (2,000 TCP streams checksummed both ways, 500
+// UDP sessions, 500 new connections a second) through lbctl upgraded N
+// times in a row, with a report of what was lost (nothing, to pass).
+//
 // It is not part of `make test`: a run takes minutes and two busy cores.
 package main
 
@@ -90,6 +95,16 @@ func main() {
 	flag.DurationVar(&o.drainTimeout, "drain-timeout", 90*time.Second, "the live pool's drain_timeout (longer than a live long transfer may take)")
 	flag.StringVar(&o.dir, "dir", "", "directory for lbctl's config and log (default: a temporary one)")
 	flag.Uint64Var(&o.seed, "seed", uint64(time.Now().UnixNano()), "seed of the load's random choices")
+	var u upgradeOptions
+	flag.IntVar(&u.upgrades, "upgrades", 0, "upgrade mode: this many upgrades in a row under issue 16's load (0 = the mixed soak)")
+	flag.IntVar(&u.streams, "streams", 2000, "upgrade mode: long-lived TCP streams")
+	flag.IntVar(&u.sessions, "udp-sessions", 500, "upgrade mode: UDP sessions")
+	flag.IntVar(&u.connRate, "conn-rate", 500, "upgrade mode: new short connections per second")
+	flag.IntVar(&u.streamChunk, "stream-chunk", 1024, "upgrade mode: bytes each stream sends each way every 100ms")
+	flag.DurationVar(&u.every, "upgrade-every", 5*time.Second, "upgrade mode: least time between upgrades")
+	flag.DurationVar(&u.oldExit, "old-exit", 2*time.Second, "upgrade mode: time the old process may take to exit after the upgrade answered")
+	flag.Float64Var(&u.maxLoss, "max-udp-loss", 0.001, "upgrade mode: UDP loss allowed (a fraction)")
+	flag.BoolVar(&u.restart, "upgrade-restart", false, "upgrade mode: a plain restart instead of each upgrade (to see the report fail)")
 	flag.Parse()
 	if o.tcpBackends < 2 || o.udpBackends < 2 || o.liveBackends < 2 {
 		fmt.Fprintln(os.Stderr, "lbsoak: at least 2 TCP, 2 UDP and 2 live backends (one may be down at a time)")
@@ -106,7 +121,13 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	ok, err := run(ctx, o)
+	var ok bool
+	var err error
+	if u.upgrades > 0 {
+		ok, err = runUpgrades(ctx, o, u)
+	} else {
+		ok, err = run(ctx, o)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lbsoak:", err)
 		os.Exit(1)

@@ -1,0 +1,248 @@
+package main
+
+// The upgrade mode of lbsoak (-upgrades N, make soak-upgrade): issue 16's
+// full load through a real lbctl upgraded N times in a row, each upgrade
+// once the process serving has moved the load, by POST /api/v1/upgrade
+// (the same binary, as after a package upgrade). The load is
+// lbtest.Load's: long-lived TCP streams carrying checksummed data both
+// ways through two CheckPeers, UDP sessions exchanging numbered datagrams
+// through two UDPEchoPeers, and a steady rate of new short connections.
+// Nothing may be lost: the run passes when no stream or connection was
+// reset, refused, cut short or corrupted (as either end saw it), UDP loss
+// stayed under 0.1 % without a duplicate, every old process exited within
+// 2 s of its upgrade's answer having left no connection behind, and the
+// last process served a new connection and stopped on SIGTERM.
+//
+// -upgrade-restart replaces each upgrade by a plain restart (SIGTERM, then
+// a new process), to see the same report fail.
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/lbctl/lbctl/pkg/lbtest"
+)
+
+// upgradeOptions are the flags of the upgrade mode.
+type upgradeOptions struct {
+	upgrades    int
+	streams     int
+	sessions    int
+	connRate    int
+	every       time.Duration
+	restart     bool
+	oldExit     time.Duration
+	maxLoss     float64
+	streamChunk int
+}
+
+// runUpgrades is the upgrade mode: true when nothing was lost.
+func runUpgrades(ctx context.Context, o options, u upgradeOptions) (bool, error) {
+	limit, err := lbtest.RaiseFileLimit()
+	if err != nil {
+		return false, err
+	}
+	if need := uint64(3*u.streams + 2*u.sessions + 8*u.connRate + 1000); limit < need {
+		fmt.Printf("lbsoak: RLIMIT_NOFILE %d, this load wants about %d\n", limit, need)
+	}
+	pat := lbtest.NewPattern(o.seed)
+	var peers []*lbtest.CheckPeer
+	for range 2 {
+		p, err := lbtest.NewCheckPeer("127.0.0.1:0", pat)
+		if err != nil {
+			return false, err
+		}
+		defer p.Close()
+		peers = append(peers, p)
+	}
+	var udp []*lbtest.UDPEchoPeer
+	for range 2 {
+		p, err := lbtest.NewUDPEchoPeer("127.0.0.1:0")
+		if err != nil {
+			return false, err
+		}
+		defer p.Close()
+		udp = append(udp, p)
+	}
+	ports, err := freePorts(3)
+	if err != nil {
+		return false, err
+	}
+	admin := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	tcpAddr := fmt.Sprintf("127.0.0.1:%d", ports[1])
+	udpAddr := fmt.Sprintf("127.0.0.1:%d", ports[2])
+	conf := fmt.Sprintf(`shutdown_timeout = "30s"
+[log]
+level = "info"
+access = false
+[admin]
+bind = %q
+[listeners.load]
+bind = %q
+pool = "peers"
+idle_timeout = "5m"
+[pools.peers]
+  [pools.peers.health]
+  check = "none"
+  [[pools.peers.backends]]
+  address = %q
+  [[pools.peers.backends]]
+  address = %q
+[listeners.dgram]
+protocol = "udp"
+bind = %q
+pool = "udp"
+idle_timeout = "5m"
+[pools.udp]
+  [[pools.udp.backends]]
+  address = %q
+  [[pools.udp.backends]]
+  address = %q
+`, admin, tcpAddr, peers[0].Addr, peers[1].Addr, udpAddr, udp[0].Addr, udp[1].Addr)
+	cfgPath := filepath.Join(o.dir, "lbctl.toml")
+	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
+		return false, err
+	}
+	logPath := filepath.Join(o.dir, "lbctl.log")
+	lb, err := lbtest.StartLbctl(o.lbctl, logPath, admin, "--config", cfgPath)
+	if err != nil {
+		return false, err
+	}
+	defer lb.Kill()
+
+	// The streams last the whole run: the time to connect them, every
+	// upgrade, and a margin.
+	duration := 10*time.Second + time.Duration(u.upgrades+1)*u.every
+	mode := "upgrade (POST /api/v1/upgrade)"
+	if u.restart {
+		mode = "plain restart (SIGTERM, then a new process)"
+	}
+	fmt.Printf("lbsoak upgrade: lbctl pid %d (%s); %d TCP streams, %d UDP sessions, %d new connections/s for %v; %d x %s, one every %v or more; seed %d\n",
+		lb.PID(), o.lbctl, u.streams, u.sessions, u.connRate, duration, u.upgrades, mode, u.every, o.seed)
+	ld := lbtest.NewLoad(lbtest.LoadConfig{
+		TCPAddr: tcpAddr, UDPAddr: udpAddr,
+		Streams: u.streams, StreamChunk: u.streamChunk, StreamTick: 100 * time.Millisecond,
+		UDPSessions: u.sessions, UDPTick: 100 * time.Millisecond,
+		ConnRate: u.connRate, Duration: duration, Deadline: duration + 3*time.Minute,
+		Ramp: 5 * time.Second,
+	}, pat)
+	start := time.Now()
+	ld.Start()
+	defer ld.Stop()
+	if err := ld.WaitEstablished(time.Minute); err != nil {
+		return false, err
+	}
+	fmt.Printf("  %6.1fs  %d streams connected\n", time.Since(start).Seconds(), u.streams)
+
+	ok := true
+	fail := func(format string, args ...any) {
+		ok = false
+		fmt.Printf("  FAIL: "+format+"\n", args...)
+	}
+	var handovers []*lbtest.Handover
+	next := time.Now().Add(u.every)
+	var lastBytes, lastReplies int64
+	for i := 0; i < u.upgrades && ctx.Err() == nil; i++ {
+		// The process serving moves the load before it is upgraded.
+		deadline := time.Now().Add(time.Minute)
+		for {
+			b, r := ld.Progress()
+			if b > lastBytes && (u.sessions == 0 || r > lastReplies) && !time.Now().Before(next) {
+				break
+			}
+			if time.Now().After(deadline) {
+				fail("before upgrade %d: the load did not move for a minute (stream bytes %d, udp replies %d)", i+1, b, r)
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		lastBytes, lastReplies = ld.Progress()
+		var h *lbtest.Handover
+		if u.restart {
+			h, err = lb.Restart(time.Minute)
+		} else {
+			h, err = lb.Upgrade("", u.oldExit)
+		}
+		next = time.Now().Add(u.every)
+		if err != nil {
+			fail("upgrade %d: %v", i+1, err)
+			if h == nil || h.NewPID == 0 || !lbtest.Alive(lb.PID()) {
+				break
+			}
+			continue
+		}
+		handovers = append(handovers, h)
+		fmt.Printf("  %6.1fs  upgrade %2d: %s\n", time.Since(start).Seconds(), i+1, h)
+		if !u.restart && (h.TCPLeft != 0 || h.TCPMoved < u.streams || h.UDPMoved < u.sessions) {
+			fail("upgrade %d moved %d TCP connections (%d left in the old process) and %d UDP sessions; want at least %d and %d",
+				i+1, h.TCPMoved, h.TCPLeft, h.UDPMoved, u.streams, u.sessions)
+		}
+		if lb.Get("/readyz") != 200 {
+			fail("upgrade %d: the new process is not ready", i+1)
+		}
+	}
+	fmt.Printf("  %6.1fs  upgrades done; the load runs to its end\n", time.Since(start).Seconds())
+	r := ld.Wait()
+	for _, p := range peers {
+		r.Add(p.Report())
+	}
+
+	// The last process serves a new connection alone, then stops.
+	if c, err := net.DialTimeout("tcp", tcpAddr, 5*time.Second); err != nil {
+		fail("a new connection after the upgrades: %v", err)
+	} else {
+		c.Close()
+	}
+	last := lb.PID()
+	stopErr := lb.Stop(45 * time.Second)
+
+	fmt.Printf("\nlbsoak upgrade report (%d x %s, %v of load)\n%s", len(handovers), mode, r.Elapsed.Round(time.Second), r)
+	var took, exit []string
+	var maxExit time.Duration
+	for _, h := range handovers {
+		took = append(took, h.Took.Round(time.Millisecond).String())
+		exit = append(exit, h.OldExit.Round(time.Millisecond).String())
+		maxExit = max(maxExit, h.OldExit)
+	}
+	fmt.Printf("upgrade answered after: %s\nold process exited after the answer: %s (max %v)\n",
+		strings.Join(took, " "), strings.Join(exit, " "), maxExit.Round(time.Millisecond))
+	check := func(name string, pass bool, detail string) {
+		mark := "ok  "
+		if !pass {
+			mark = "FAIL"
+			ok = false
+		}
+		fmt.Printf("  %s %-38s %s\n", mark, name, detail)
+	}
+	fmt.Println("criteria:")
+	resets := r.Streams.Reset.Load() + r.PeerStreams.Reset.Load() + r.Conns.Reset.Load()
+	check("zero resets", resets == 0, fmt.Sprint(resets))
+	bad := r.Streams.Corrupt.Load() + r.Streams.Short.Load() + r.Streams.Long.Load() +
+		r.PeerStreams.Corrupt.Load() + r.PeerStreams.Short.Load() + r.PeerStreams.Long.Load() +
+		r.Conns.Corrupt.Load() + r.Conns.Short.Load() + r.Conns.Long.Load()
+	check("zero corrupted or missing bytes", bad == 0, fmt.Sprintf("%d streams or connections", bad))
+	check("zero refused connects", r.Conns.Refused.Load()+r.Streams.Refused.Load() == 0, fmt.Sprint(r.Conns.Refused.Load()+r.Streams.Refused.Load()))
+	other := r.Streams.Failed.Load() + r.PeerStreams.Failed.Load() + r.Conns.Failed.Load()
+	check("zero other TCP failures (timeouts...)", other == 0, fmt.Sprint(other))
+	check("every stream whole", r.Streams.OK.Load() == int64(u.streams), fmt.Sprintf("%d of %d", r.Streams.OK.Load(), u.streams))
+	check("UDP loss < 0.1 %", r.UDP.Sent.Load() > 0 && r.UDP.LossRate() < u.maxLoss,
+		fmt.Sprintf("%.4f %% (%d of %d)", 100*r.UDP.LossRate(), r.UDP.Lost(), r.UDP.Sent.Load()))
+	check("no UDP duplicate or corrupt reply", r.UDP.Duplicates.Load()+r.UDP.Corrupt.Load() == 0,
+		fmt.Sprintf("%d duplicates, %d corrupt", r.UDP.Duplicates.Load(), r.UDP.Corrupt.Load()))
+	check(fmt.Sprintf("%d upgrades in a row", u.upgrades), len(handovers) == u.upgrades, fmt.Sprint(len(handovers)))
+	if !u.restart {
+		check("old process exits within 2 s", len(handovers) > 0 && maxExit <= u.oldExit, maxExit.Round(time.Millisecond).String())
+	}
+	check("last process stops on SIGTERM", stopErr == nil, fmt.Sprintf("pid %d: %v", last, stopErr))
+	fmt.Printf("short connections made: %d (%.0f/s); skipped by the generator: %d\n",
+		r.Conns.OK.Load(), float64(r.Conns.OK.Load())/r.Elapsed.Seconds(), r.Skipped.Load())
+	if !ok {
+		fmt.Printf("\nlbctl log (end):\n%s\n", lb.Tail(6000))
+	}
+	return ok, nil
+}
