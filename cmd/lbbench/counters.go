@@ -56,7 +56,11 @@ var syscallKinds = []string{
 	"epoll_ctl", "accept", "accept4", "connect", "socket", "close", "shutdown",
 	"setsockopt", "getsockopt", "getsockname", "getpeername", "fcntl", "ioctl",
 	"futex", "nanosleep", "clock_nanosleep", "sched_yield", "tgkill", "getpid",
-	"gettid", "rt_sigreturn", "madvise", "mmap", "munmap", "io_uring_enter",
+	"gettid", "rt_sigreturn", "rt_sigprocmask", "madvise", "mmap", "munmap", "brk",
+	"io_uring_enter", "sendfile64", "poll", "ppoll", "select", "pselect6",
+	// Clocks: a clock that the vDSO cannot read (a thread's CPU time,
+	// which HAProxy reads every loop) is a real syscall.
+	"clock_gettime", "gettimeofday", "getrusage", "timer_settime", "timerfd_settime", "setitimer",
 }
 
 // Counter names: keys of a counts map, and the suffixes of the metrics
