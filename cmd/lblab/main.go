@@ -26,8 +26,9 @@ import (
 func main() {
 	lbctl := flag.String("lbctl", "bin/lbctl", "the lbctl binary the instances run")
 	keep := flag.Bool("keep", false, "after the tour, keep the lab up until Ctrl-C (the namespaces are named lblab<pid>-*)")
+	dir := flag.String("dir", "", "write the configurations, sockets and logs (bird's, each lbctl's) here and keep them; default: a temporary directory, removed")
 	flag.Parse()
-	if err := run(*lbctl, *keep); err != nil {
+	if err := run(*lbctl, *dir, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "lblab:", err)
 		os.Exit(1)
 	}
@@ -51,7 +52,7 @@ func need(lbctl string) error {
 	return nil
 }
 
-func run(lbctl string, keep bool) error {
+func run(lbctl, dir string, keep bool) error {
 	if err := need(lbctl); err != nil {
 		return err
 	}
@@ -71,7 +72,13 @@ func run(lbctl string, keep bool) error {
 	result := make(chan error, 1)
 	go func() {
 		var err error
-		l, err = lab.Start(lab.Options{Lbctl: lbctl, Progress: os.Stdout})
+		if dir != "" {
+			if err = os.MkdirAll(dir, 0o755); err != nil {
+				result <- err
+				return
+			}
+		}
+		l, err = lab.Start(lab.Options{Lbctl: lbctl, Dir: dir, Progress: os.Stdout})
 		if err == nil {
 			_, err = l.Tour(os.Stdout)
 		}
@@ -87,7 +94,7 @@ func run(lbctl string, keep bool) error {
 		<-result
 	}
 	if err == nil && keep {
-		fmt.Println("\nlblab: the lab is up (ip netns list; birdc -s ... show route); Ctrl-C removes it")
+		fmt.Println("\nlblab: the lab is up (ip netns list; its files: " + l.Dir() + "); Ctrl-C removes it")
 		<-interrupted
 	}
 	close(done)

@@ -327,6 +327,9 @@ func (l *Lab) startBird() error {
 
 func (l *Lab) birdSock() string { return filepath.Join(l.opts.Dir, "bird.ctl") }
 
+// Dir is the directory of the lab's configurations, sockets and logs.
+func (l *Lab) Dir() string { return l.opts.Dir }
+
 // Birdc runs birdc ARGS against the router's bird.
 func (l *Lab) Birdc(args ...string) (string, error) {
 	return run(l.opts.Birdc, append([]string{"-s", l.birdSock()}, args...)...)

@@ -27,15 +27,20 @@ func (n netns) ip(args ...string) (string, error) {
 	return run("ip", args...)
 }
 
-// exec runs a program inside the namespace.
-func (n netns) exec(bin string, args ...string) (string, error) {
-	return run("ip", append([]string{"netns", "exec", string(n), bin}, args...)...)
-}
-
-// sysctl sets kernel parameters of the namespace (key=value each).
+// sysctl sets kernel parameters of the namespace (key=value each),
+// writing /proc/sys from a thread inside it (a net.* file opened there is
+// the namespace's own): no sysctl program needed.
 func (n netns) sysctl(kv ...string) error {
-	_, err := n.exec("sysctl", append([]string{"-q", "-w"}, kv...)...)
-	return err
+	return n.do(func() error {
+		for _, s := range kv {
+			k, v, _ := strings.Cut(s, "=")
+			p := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
+			if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+				return fmt.Errorf("sysctl %s in %s: %w", s, n, err)
+			}
+		}
+		return nil
+	})
 }
 
 // batch runs ip -n NS -batch - with the commands on its standard input,

@@ -1,6 +1,8 @@
 package lab
 
 import (
+	"cmp"
+	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -104,16 +106,22 @@ func (l *Lab) Tour(w io.Writer) (*TourResult, error) {
 	if st.ExitErr != nil {
 		exit = st.ExitErr.Error()
 	}
-	for _, e := range []struct {
-		at   time.Duration
-		what string
-	}{
-		{0, "SIGTERM"},
+	seen := fmt.Sprintf("still there at %+.3fs; polled every 10 ms", st.RouteSeen.Seconds())
+	if st.RouteSeen == 0 {
+		seen = "gone at the first look"
+	}
+	events := []event{
+		{0, "SIGTERM to " + lb1.Name},
 		{st.LastServed, "the last connection through the router served by " + lb1.Name + " ends"},
-		{st.RouteGone, fmt.Sprintf("the router's route no longer has %s (it had at %+.3fs)", lb1.Name, st.RouteSeen.Seconds())},
+		{st.RouteGone, fmt.Sprintf("the router's route no longer has %s (%s)", lb1.Name, seen)},
 		{st.FirstRefused, lb1.Name + "'s listener refuses a connection (closed)"},
 		{st.Exited, lb1.Name + " has exited, status " + exit},
-	} {
+	}
+	events = append(events, logSince(lb1, st.Begin)...)
+	slices.SortStableFunc(events, func(a, b event) int {
+		return cmp.Compare(a.at, b.at)
+	})
+	for _, e := range events {
 		fmt.Fprintf(w, "  %+8.3fs  %s\n", e.at.Seconds(), e.what)
 	}
 	fmt.Fprintf(w, "  %d new TCP connections through the router, from 1 s before the SIGTERM to after the exit:\n", len(st.Flows))
@@ -188,4 +196,35 @@ func indent(s string) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	lines = slices.DeleteFunc(lines, func(s string) bool { return strings.TrimSpace(s) == "" })
 	return "  " + strings.Join(lines, "\n  ") + "\n"
+}
+
+// event is a line of the SIGTERM timeline.
+type event struct {
+	at   time.Duration
+	what string
+}
+
+// logSince is what in logged from begin on (its JSON lines' ts and msg,
+// with the fields that say what), as timeline events.
+func logSince(in *Instance, begin time.Time) []event {
+	var out []event
+	for _, line := range strings.Split(in.Proc.Output(), "\n") {
+		var e map[string]any
+		if json.Unmarshal([]byte(line), &e) != nil {
+			continue
+		}
+		ts, _ := e["ts"].(string)
+		at, err := time.Parse(time.RFC3339Nano, ts)
+		if err != nil || at.Before(begin.Add(-time.Second)) {
+			continue
+		}
+		what := fmt.Sprintf("%s log: %v", in.Name, e["msg"])
+		for _, k := range []string{"prefix", "withdraw_delay", "connections", "reason"} {
+			if v, ok := e[k]; ok {
+				what += fmt.Sprintf(" %s=%v", k, v)
+			}
+		}
+		out = append(out, event{at.Sub(begin), what})
+	}
+	return out
 }
