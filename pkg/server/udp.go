@@ -85,22 +85,21 @@ func (s *Server) bindUDP(lc *config.Listener) (*net.UDPConn, error) {
 // serveUDP reads the listener socket until it is closed: by drainUDP once
 // the listener has drained, or by l.close(). It returns, and closes l.done,
 // once every session of the listener has ended.
+//
+// With Options.HoldUDP (the new process of an upgrade), the listener does
+// not read until ReleaseUDP (handover_udp.go).
 func (s *Server) serveUDP(l *listener) {
-	defer close(l.done)
-	ul := &udpproxy.Listener{
-		Conn: l.udp,
-		Proxy: func() *udpproxy.Proxy {
-			if st := l.state.Load(); st != nil {
-				return st.udp
-			}
-			return nil
-		},
-		Sessions: &l.active,
-		// Once per new session, with the generation in force.
-		Admit: func(client netip.Addr, evict func() bool) func() {
-			return l.state.Load().gate.admitUDP(l, client, evict)
-		},
-	}
+	udpServing.mu.Lock()
+	ul := s.udpListenerFor(l) // made here, or by AdoptUDP just before
+	udpServing.mu.Unlock()
+	defer func() {
+		// Under udpServing.mu, so that AdoptUDP makes no Listener for l
+		// once this one is gone.
+		udpServing.mu.Lock()
+		delete(udpServing.ls, l)
+		close(l.done)
+		udpServing.mu.Unlock()
+	}()
 	served := make(chan struct{})
 	defer close(served)
 	go s.drainUDP(l, ul, served)

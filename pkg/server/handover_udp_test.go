@@ -1,0 +1,231 @@
+//go:build linux
+
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lbctl/lbctl/pkg/lbtest"
+	"golang.org/x/sys/unix"
+)
+
+// handoverPipe carries HandoverBatches from one Server to another over a
+// unix SOCK_SEQPACKET pair with SCM_RIGHTS, as two processes would.
+type handoverPipe struct {
+	t    *testing.T
+	a, b int
+}
+
+func newHandoverPipe(t *testing.T) *handoverPipe {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &handoverPipe{t: t, a: fds[0], b: fds[1]}
+	t.Cleanup(func() { unix.Close(p.a); unix.Close(p.b) })
+	return p
+}
+
+// pass sends b through the pair and returns what the other end reads: the
+// same Meta, and new descriptors for the same sockets.
+func (p *handoverPipe) pass(b HandoverBatch) (HandoverBatch, error) {
+	if len(b.Files) > MaxHandoverFiles {
+		return HandoverBatch{}, fmt.Errorf("%d files in one batch", len(b.Files))
+	}
+	fds := make([]int, len(b.Files))
+	for i, f := range b.Files {
+		fds[i] = int(f.Fd())
+	}
+	if err := unix.Sendmsg(p.a, b.Meta, unix.UnixRights(fds...), nil, 0); err != nil {
+		return HandoverBatch{}, err
+	}
+	buf := make([]byte, 1<<20)
+	oob := make([]byte, unix.CmsgSpace(4*MaxHandoverFiles))
+	n, oobn, flags, _, err := unix.Recvmsg(p.b, buf, oob, unix.MSG_CMSG_CLOEXEC)
+	if err != nil {
+		return HandoverBatch{}, err
+	}
+	if flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 {
+		return HandoverBatch{}, errors.New("batch truncated")
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil {
+		return HandoverBatch{}, err
+	}
+	out := HandoverBatch{Meta: buf[:n]}
+	for _, m := range msgs {
+		rights, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			return HandoverBatch{}, err
+		}
+		for _, fd := range rights {
+			out.Files = append(out.Files, os.NewFile(uintptr(fd), "passed"))
+		}
+	}
+	return out, nil
+}
+
+// TestUDPHandover moves 100 UDP sessions from one Server to another that
+// shares its listener socket (inherited by both, as after an upgrade)
+// while each session exchanges numbered datagrams: under 0.1 % lost, each
+// keeps its backend and its backend socket, and the new Server serves
+// them, and new clients, after the old one has shut down.
+func TestUDPHandover(t *testing.T) {
+	const clients, before, after = 100, 10, 30
+	b1 := lbtest.NewUDP(t, "b1", lbtest.UDPTagged("b1"))
+	b2 := lbtest.NewUDP(t, "b2", lbtest.UDPTagged("b2"))
+	inh, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inh.Close()
+	addr := inh.LocalAddr().(*net.UDPAddr).AddrPort()
+	toml := fmt.Sprintf("[listeners.dns]\nprotocol = \"udp\"\nbind = %q\npool = \"p\"\nidle_timeout = \"30s\"\n", addr.String()) +
+		poolTOML("p", "", b1.Addr, b2.Addr) + noHealth
+	inherited := map[SocketKey]InheritedSocket{NewSocketKey("udp", addr): inh}
+	old := startWith(t, toml, nil, Options{Inherited: inherited})
+
+	type result struct {
+		backend        string
+		sent, answered int
+		missing        []int
+		err            error
+	}
+	results := make([]result, clients)
+	var (
+		wg      sync.WaitGroup
+		started sync.WaitGroup
+		moved   = make(chan struct{})
+	)
+	started.Add(clients)
+	for i := range clients {
+		c := udpClient(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &results[i]
+			buf := make([]byte, 1500)
+			left := -1
+			for seq := 0; left != 0; seq++ {
+				if seq == before {
+					started.Done()
+				}
+				if left < 0 {
+					select {
+					case <-moved:
+						left = after
+					default:
+					}
+				} else {
+					left--
+				}
+				msg := fmt.Appendf(nil, "%d-%d", i, seq)
+				if _, err := c.WriteToUDPAddrPort(msg, addr); err != nil {
+					r.err = err
+					return
+				}
+				r.sent++
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				n, _, err := c.ReadFromUDPAddrPort(buf)
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					r.missing = append(r.missing, seq)
+					continue
+				}
+				if err != nil {
+					r.err = err
+					return
+				}
+				name, payload, _ := bytes.Cut(buf[:n], []byte("|"))
+				if !bytes.Equal(payload, msg) {
+					r.err = fmt.Errorf("reply %q to %q", buf[:n], msg)
+					return
+				}
+				if r.backend == "" {
+					r.backend = string(name)
+				} else if r.backend != string(name) {
+					r.err = fmt.Errorf("datagram %d answered by %s, the session's backend is %s", seq, name, r.backend)
+					return
+				}
+				r.answered++
+			}
+		}()
+	}
+	started.Wait()
+	peersBefore := map[netip.AddrPort]bool{}
+	for _, b := range []*lbtest.UDPBackend{b1, b2} {
+		for p := range b.Peers() {
+			peersBefore[p] = true
+		}
+	}
+
+	nu := startWith(t, toml, nil, Options{Inherited: inherited, HoldUDP: true})
+	pipe := newHandoverPipe(t)
+	batches := 0
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := old.srv.DetachUDP(ctx, func(b HandoverBatch) error {
+		batches++
+		got, err := pipe.pass(b)
+		if err != nil {
+			return err
+		}
+		return nu.srv.AdoptUDP(got)
+	})
+	if err != nil || n != clients {
+		t.Fatalf("DetachUDP: %d moved, %v; want %d", n, err, clients)
+	}
+	nu.srv.ReleaseUDP()
+	sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer scancel()
+	t0 := time.Now()
+	old.srv.Shutdown(sctx)
+	if d := time.Since(t0); d > time.Second {
+		t.Errorf("the old server took %v to shut down with no session left", d)
+	}
+	close(moved)
+	wg.Wait()
+
+	var sent, lost int
+	for i, r := range results {
+		sent += r.sent
+		lost += len(r.missing)
+		if r.err != nil {
+			t.Errorf("client %d: %v", i, r.err)
+		}
+	}
+	t.Logf("%d sessions moved in %d batch(es); %d datagrams each way, %d lost", n, batches, sent, lost)
+	if lost*1000 >= sent {
+		t.Errorf("%d of %d datagrams lost (≥ 0.1 %%)", lost, sent)
+	}
+	for p := range b1.Peers() {
+		if !peersBefore[p] {
+			t.Errorf("backend b1 heard from a new socket %v: a session changed socket", p)
+		}
+	}
+	for p := range b2.Peers() {
+		if !peersBefore[p] {
+			t.Errorf("backend b2 heard from a new socket %v: a session changed socket", p)
+		}
+	}
+	var active float64
+	for _, b := range []*lbtest.UDPBackend{b1, b2} {
+		active += counter(nu.m.UDPSessionsActive.WithLabelValues("dns", "p", b.Addr))
+	}
+	if active != clients {
+		t.Errorf("the new server has %v sessions active, want %d", active, clients)
+	}
+	// A new client is served by the new server alone.
+	if got := udpExchange(udpClient(t), addr, []byte("new"), 5*time.Second); !bytes.HasSuffix(got, []byte("|new")) {
+		t.Errorf("a new client after the handover got %q", got)
+	}
+}
