@@ -224,7 +224,11 @@ func logSince(in *Instance, begin time.Time) []event {
 				what += fmt.Sprintf(" %s=%v", k, v)
 			}
 		}
-		out = append(out, event{at.Sub(begin), what})
+		d := at.Sub(begin)
+		if d < 0 && d > -time.Millisecond {
+			d = 0 // lbctl logs milliseconds: truncated, not earlier
+		}
+		out = append(out, event{d, what})
 	}
 	return out
 }
