@@ -106,9 +106,9 @@ func (l *Lab) Tour(w io.Writer) (*TourResult, error) {
 	if st.ExitErr != nil {
 		exit = st.ExitErr.Error()
 	}
-	seen := fmt.Sprintf("still there at %+.3fs; polled every 10 ms", st.RouteSeen.Seconds())
+	seen := fmt.Sprintf("it still had it at %+.3fs", st.RouteSeen.Seconds())
 	if st.RouteSeen == 0 {
-		seen = "gone at the first look"
+		seen = "the first look after the SIGTERM"
 	}
 	events := []event{
 		{0, "SIGTERM to " + lb1.Name},
