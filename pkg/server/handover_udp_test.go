@@ -229,3 +229,44 @@ func TestUDPHandover(t *testing.T) {
 		t.Errorf("a new client after the handover got %q", got)
 	}
 }
+
+// TestUDPHandoverSendFails: when a batch cannot be passed (the new process
+// died), DetachUDP takes its sessions back and the listener reads again:
+// each session goes on with its backend socket, and none is counted twice.
+func TestUDPHandoverSendFails(t *testing.T) {
+	be := lbtest.NewUDP(t, "b1", lbtest.UDPTagged("b1"))
+	h := startUDPServer(t, udpListenerTOML("dns", "p", "")+poolTOML("p", "", be.Addr)+noHealth, nil)
+	addr := h.udpAddr("dns")
+	var cs []*net.UDPConn
+	for i := range 5 {
+		c := udpClient(t)
+		if got := udpExchange(c, addr, fmt.Appendf(nil, "a%d", i), 5*time.Second); string(got) != fmt.Sprintf("b1|a%d", i) {
+			t.Fatalf("client %d: %q", i, got)
+		}
+		cs = append(cs, c)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	calls := 0
+	n, err := h.srv.DetachUDP(ctx, func(b HandoverBatch) error {
+		calls++
+		if len(b.Files) != len(cs) {
+			t.Errorf("batch of %d files, want %d", len(b.Files), len(cs))
+		}
+		return errors.New("peer gone")
+	})
+	if err == nil || n != 0 || calls != 1 {
+		t.Fatalf("DetachUDP with a failing send: %d moved, %v, %d calls", n, err, calls)
+	}
+	for i, c := range cs {
+		if got := udpExchange(c, addr, fmt.Appendf(nil, "b%d", i), 5*time.Second); string(got) != fmt.Sprintf("b1|b%d", i) {
+			t.Errorf("client %d after the failed handover: %q", i, got)
+		}
+	}
+	if peers := len(be.Peers()); peers != len(cs) {
+		t.Errorf("the backend heard from %d sockets, want %d: the sessions kept theirs", peers, len(cs))
+	}
+	if got := counter(h.m.UDPSessionsActive.WithLabelValues("dns", "p", be.Addr)); got != float64(len(cs)) {
+		t.Errorf("%v sessions active, want %d", got, len(cs))
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -76,6 +77,7 @@ type readerCtl struct {
 	mu     sync.Mutex
 	init   bool          // held has been set, by Serve or Release
 	held   bool          // the reader must not read
+	heldA  atomic.Bool   // held, for the reader's check before every read
 	parked chan struct{} // closed once the reader has stopped for the current hold (or returned)
 	parkOK bool          // parked is closed
 	ready  chan struct{} // closed once Serve has set up (Adopt waits for it)
@@ -100,6 +102,7 @@ func (l *Listener) startCtl() {
 	defer c.mu.Unlock()
 	if !c.init {
 		c.init, c.held = true, l.Hold
+		c.heldA.Store(c.held)
 		if c.held {
 			c.parked = make(chan struct{})
 		}
@@ -133,12 +136,7 @@ func (l *Listener) endCtl() {
 
 // holding reports whether the reader must stop reading. The reader checks
 // it before every read.
-func (l *Listener) holding() bool {
-	c := &l.ctl
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.held
-}
+func (l *Listener) holding() bool { return l.ctl.heldA.Load() }
 
 // hold makes the reader stop before its next read and returns the channel
 // closed once it has.
@@ -147,6 +145,7 @@ func (l *Listener) hold() <-chan struct{} {
 	c.mu.Lock()
 	if !c.held || c.parked == nil {
 		c.init, c.held = true, true
+		c.heldA.Store(true)
 		c.parked, c.parkOK = make(chan struct{}), false
 		if c.over {
 			c.parkOK = true
@@ -166,6 +165,7 @@ func (l *Listener) Release() {
 	c := &l.ctl
 	c.mu.Lock()
 	c.init, c.held = true, false
+	c.heldA.Store(false)
 	c.mu.Unlock()
 	l.kick()
 }

@@ -389,3 +389,83 @@ func queued(t *testing.T, f *os.File) int {
 	rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
 	return n
 }
+
+// TestHoldDetachTakeBack: a held listener reads nothing (the datagram
+// waits in its socket), a Listener takes back the sessions it detached
+// (a handover that failed) and serves them on the same backend socket
+// once released, and a held listener's Serve returns when its socket
+// closes.
+func TestHoldDetachTakeBack(t *testing.T) {
+	fds := lbtest.OpenFDs(t)
+	be := newLateBackend(t, "b1")
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	sd := newSide(t, conn, true, be.addr())
+	c := client(t, "127.0.0.1")
+	waitQueued := func(what string) {
+		t.Helper()
+		lbtest.Until(t, 5*time.Second, func() (bool, string) {
+			f, err := conn.File()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			n := queued(t, f)
+			return n > 0, fmt.Sprintf("%s: %d bytes queued in the listener socket", what, n)
+		})
+	}
+	if _, err := c.WriteToUDPAddrPort([]byte("q1"), addr); err != nil {
+		t.Fatal(err)
+	}
+	waitQueued("held from the start")
+	heard := 0
+	be.peers.Range(func(any, any) bool { heard++; return true })
+	if heard != 0 || sd.l.Len() != 0 {
+		t.Fatalf("a held listener forwarded: %d sessions, the backend heard from %d sockets", sd.l.Len(), heard)
+	}
+	sd.l.Release()
+	if reply, _ := receive(c, 5*time.Second); string(reply) != "b1|q1" {
+		t.Fatalf("after Release: reply %q", reply)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	hs, err := sd.l.Detach(ctx)
+	if err != nil || len(hs) != 1 {
+		t.Fatalf("Detach: %d sessions, %v", len(hs), err)
+	}
+	if _, err := c.WriteToUDPAddrPort([]byte("q2"), addr); err != nil {
+		t.Fatal(err)
+	}
+	waitQueued("detached")
+	if n, err := sd.l.Adopt(hs); n != 1 || err != nil {
+		t.Fatalf("taking the session back: %d, %v", n, err)
+	}
+	sd.l.Release()
+	if reply, _ := receive(c, 5*time.Second); string(reply) != "b1|q2" {
+		t.Fatalf("after taking back: reply %q", reply)
+	}
+	peers := 0
+	be.peers.Range(func(any, any) bool { peers++; return true })
+	if peers != 1 {
+		t.Errorf("the backend heard from %d sockets, want 1: the session kept its socket", peers)
+	}
+	if got := sd.sessions.Load(); got != 1 {
+		t.Errorf("%d sessions counted, want 1", got)
+	}
+
+	hs, err = sd.l.Detach(ctx)
+	if err != nil || len(hs) != 1 {
+		t.Fatalf("second Detach: %d sessions, %v", len(hs), err)
+	}
+	hs[0].File.Close()
+	sd.stop(t) // held: Serve returns all the same
+	c.Close()
+	be.close()
+	if got := lbtest.OpenFDs(t); got != fds {
+		t.Errorf("%d descriptors open after the test, %d before", got, fds)
+	}
+}
