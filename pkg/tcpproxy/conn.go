@@ -86,6 +86,7 @@ type direction struct {
 	// exited: the direction's goroutine is over, or was never started
 	// (adopted after its EOF); guarded by c.dmu.
 	exited bool
+	bursts int // bulk bursts (splices) so far; owned by the direction's goroutine (tests)
 	platformCopier
 }
 

@@ -2,6 +2,7 @@ package tcpproxy
 
 import (
 	"errors"
+	"net"
 	"os"
 	"syscall"
 	"time"
@@ -55,7 +56,6 @@ type platformCopier struct {
 	pipe                     *pipe   // during a burst
 	piped                    int     // bytes in pipe
 	err                      error   // a failed call inside a callback
-	bursts                   int     // bulk bursts so far (tests)
 }
 
 func (d *direction) initPlatform() error {
@@ -311,4 +311,23 @@ func tcpProgress(raw syscall.RawConn) (n uint64, ok bool) {
 		}
 	})
 	return n, ok
+}
+
+// dupSocket returns a duplicate of c's descriptor (close-on-exec), as a
+// file the caller owns. Unlike TCPConn.File it leaves the socket's mode
+// alone.
+func dupSocket(c *net.TCPConn) (*os.File, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	fd := -1
+	var derr error
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return nil, err
+	}
+	if derr != nil {
+		return nil, derr
+	}
+	return os.NewFile(uintptr(fd), "tcp"), nil
 }

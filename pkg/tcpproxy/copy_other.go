@@ -5,6 +5,7 @@ package tcpproxy
 import (
 	"errors"
 	"io"
+	"net"
 	"os"
 )
 
@@ -53,3 +54,7 @@ func (c *conn) queued() bool { return false }
 
 // kernelProgress is not known here.
 func (c *conn) kernelProgress() (uint64, bool) { return 0, false }
+
+// dupSocket returns a duplicate of c's descriptor, as a file the caller
+// owns.
+func dupSocket(c *net.TCPConn) (*os.File, error) { return c.File() }

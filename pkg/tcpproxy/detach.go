@@ -38,7 +38,6 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/balancer"
-	"golang.org/x/sys/unix"
 )
 
 // errMoved is what a direction's run returns once its connection was
@@ -260,25 +259,6 @@ func (c *conn) resume(r *detachRun) {
 	c.detaching.Store(false)
 	c.dmu.Unlock()
 	close(r.release)
-}
-
-// dupSocket returns a duplicate of c's descriptor (close-on-exec), as a
-// file the caller owns. Unlike TCPConn.File it leaves the socket's mode
-// alone.
-func dupSocket(c *net.TCPConn) (*os.File, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	fd := -1
-	var derr error
-	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-		return nil, err
-	}
-	if derr != nil {
-		return nil, derr
-	}
-	return os.NewFile(uintptr(fd), "tcp"), nil
 }
 
 // Adopt serves a connection another process detached: client and backend

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -245,7 +246,7 @@ func TestDetachBulkSplice(t *testing.T) {
 	}
 	c.Close()
 	waitEnd(t, newEnds, tcpproxy.EndDone)
-	if in, _ := tcpproxy.Bursts(nh); in == 0 {
+	if in, _ := tcpproxy.Bursts(nh); in == 0 && runtime.GOOS == "linux" {
 		t.Fatal("the adopted connection never spliced")
 	}
 }
