@@ -21,6 +21,7 @@ import (
 
 	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/lbctl/lbctl/pkg/server"
+	"golang.org/x/sys/unix"
 )
 
 // upgraded is an lbctl serve followed across upgrades: its output goes to
@@ -38,8 +39,9 @@ type upgraded struct {
 }
 
 // startUpgradable starts `lbctl serve` with config (control_socket set to
-// u.sock by the caller's text) and waits until it is ready.
-func startUpgradable(t *testing.T, dir, config string) *upgraded {
+// u.sock by the caller's text), env added to the test's (without what
+// systemd sets), and waits until it is ready.
+func startUpgradable(t *testing.T, dir, config string, env ...string) *upgraded {
 	t.Helper()
 	u := &upgraded{t: t, dir: dir, config: filepath.Join(dir, "lbctl.toml"), sock: filepath.Join(dir, "lbctl.sock"),
 		logs: filepath.Join(dir, "lbctl.log"), exited: make(chan struct{})}
@@ -50,7 +52,7 @@ func startUpgradable(t *testing.T, dir, config string) *upgraded {
 	}
 	defer logf.Close()
 	cmd := exec.Command(lbctlBin, "serve", "--config", u.config)
-	cmd.Env = append(os.Environ(), "LBCTL_CONFIG=", "RUNTIME_DIRECTORY=", "NOTIFY_SOCKET=")
+	cmd.Env = append(systemdEnv("LBCTL_CONFIG=", "RUNTIME_DIRECTORY="), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -389,4 +391,136 @@ func writeFileMode(t *testing.T, dir, name, content string, mode os.FileMode) st
 func closedPortE2E(t *testing.T) string {
 	t.Helper()
 	return fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+}
+
+// credDatagram is a notification and the PID that sent it.
+type credDatagram struct {
+	pid int
+	msg string
+}
+
+// credNotifySocket is a fake service manager that, as systemd does, learns
+// each notification's sender from SO_PASSCRED.
+func credNotifySocket(t *testing.T) (path string, in <-chan credDatagram) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, _ := conn.SyscallConn()
+	rc.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PASSCRED, 1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch := make(chan credDatagram, 1024)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf, oob := make([]byte, 4096), make([]byte, 1024)
+		for {
+			n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+			if err != nil {
+				return
+			}
+			d := credDatagram{msg: string(buf[:n])}
+			if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+				for _, m := range msgs {
+					if cred, err := unix.ParseUnixCredentials(&m); err == nil {
+						d.pid = int(cred.Pid)
+					}
+				}
+			}
+			ch <- d
+		}
+	}()
+	t.Cleanup(func() { conn.Close(); <-done })
+	return path, ch
+}
+
+// TestUpgradeSystemdNotify: under a (fake) service manager, the old
+// process names the new one with MAINPID= and sends nothing after (no
+// STOPPING=1: the service goes on); the new one sends READY=1 and feeds
+// the watchdog, and its reload and stop notifications follow as before.
+func TestUpgradeSystemdNotify(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	notify, in := credNotifySocket(t)
+	dir := t.TempDir()
+	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	conf := fmt.Sprintf("shutdown_timeout = \"2s\"\ncontrol_socket = %q\n[listeners.web]\nbind = %q\npool = \"web\"\n"+
+		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n",
+		filepath.Join(dir, "lbctl.sock"), front, be.Addr)
+	u := startUpgradable(t, dir, conf, "NOTIFY_SOCKET="+notify, "WATCHDOG_USEC=200000")
+	old := u.pid()
+	next := func(what string, match func(credDatagram) bool) credDatagram {
+		t.Helper()
+		timeout := time.After(20 * time.Second)
+		for {
+			select {
+			case d := <-in:
+				if match(d) {
+					return d
+				}
+			case <-timeout:
+				t.Fatalf("no %s within 20s", what)
+			}
+		}
+	}
+	next("READY=1 from the old process", func(d credDatagram) bool {
+		return d.pid == old && strings.HasPrefix(d.msg, "READY=1")
+	})
+
+	if out, code := u.upgrade(); code != 0 {
+		t.Fatalf("upgrade: exit %d: %s", code, out)
+	}
+	nw := u.pid()
+	var mainPID, ready, watchdog bool
+	for !(mainPID && ready && watchdog) {
+		d := next("MAINPID=, READY=1 and WATCHDOG=1", func(credDatagram) bool { return true })
+		switch {
+		case d.pid == old && d.msg == fmt.Sprintf("MAINPID=%d", nw):
+			mainPID = true
+		case d.pid == old && d.msg != "WATCHDOG=1":
+			t.Fatalf("the old process sent %q", d.msg)
+		case d.pid == nw && strings.HasPrefix(d.msg, "READY=1\nSTATUS=1 listener"):
+			ready = true
+		case d.pid == nw && d.msg == "WATCHDOG=1":
+			watchdog = ready // keep-alives count once the new one is ready
+		case d.pid == nw:
+			t.Fatalf("the new process sent %q before READY=1", d.msg)
+		}
+	}
+	if !lbtest.WaitGone(old, 5*time.Second) {
+		t.Fatalf("old pid %d still runs", old)
+	}
+
+	// A reload reaches the new process; its notifications come from it.
+	if out, code := runLbctl(t, "reload", "--socket", u.sock); code != 0 {
+		t.Fatalf("reload: exit %d: %s", code, out)
+	}
+	notWatchdog := func(d credDatagram) bool { return d.msg != "WATCHDOG=1" }
+	if d := next("RELOADING=1", notWatchdog); d.pid != nw || !strings.HasPrefix(d.msg, "RELOADING=1") {
+		t.Fatalf("after reload: %+v, want RELOADING=1 from %d", d, nw)
+	}
+	if d := next("READY=1", notWatchdog); d.pid != nw || !strings.HasPrefix(d.msg, "READY=1") {
+		t.Fatalf("after reload: %+v, want READY=1 from %d", d, nw)
+	}
+	next("WATCHDOG=1 after the reload", func(d credDatagram) bool { return d.pid == nw && d.msg == "WATCHDOG=1" })
+	syscall.Kill(nw, syscall.SIGTERM)
+	if d := next("STOPPING=1", notWatchdog); d.pid != nw || !strings.HasPrefix(d.msg, "STOPPING=1") {
+		t.Fatalf("at stop: %+v, want STOPPING=1 from %d", d, nw)
+	}
+	if !lbtest.WaitGone(nw, 10*time.Second) {
+		t.Fatalf("new pid %d did not stop", nw)
+	}
+}
+
+// TestChildEnv: the new process does not inherit what names the old one.
+func TestChildEnv(t *testing.T) {
+	got := childEnv([]string{"PATH=/bin", "LISTEN_FDS=2", "LISTEN_PID=7", "LISTEN_FDNAMES=a:b", "WATCHDOG_PID=7",
+		"WATCHDOG_USEC=1000", "NOTIFY_SOCKET=/run/n", "LBCTL_UPGRADE_FD=3"})
+	want := []string{"PATH=/bin", "WATCHDOG_USEC=1000", "NOTIFY_SOCKET=/run/n", "LBCTL_UPGRADE_FD=3"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("childEnv = %q, want %q", got, want)
+	}
 }
