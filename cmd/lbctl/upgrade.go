@@ -215,7 +215,7 @@ func (d *daemon) runUpgrade(bin string, timeout time.Duration, log *zap.Logger) 
 	// From here on the new process serves too.
 	if err := d.handOver(conn, ch, &res, log); err != nil {
 		d.srv.ResumeAccepting()
-		d.srv.ReleaseUDP() // readers stopped by DetachUDP read again
+		d.srv.ResumeUDP() // readers stopped by DetachUDP read again
 		return fail("handover to the new process failed, this process serves again (connections handed over before the failure are lost): %w", err)
 	}
 	// The new process serves the admin API and the control socket; this
