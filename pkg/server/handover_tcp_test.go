@@ -348,3 +348,55 @@ func TestHandoverTCP(t *testing.T) {
 		t.Errorf("the PROXY source still holds %d after its connection ended", got)
 	}
 }
+
+// TestHandoverTCPSendFails: when the new process cannot take a batch,
+// its connections come back to the old server and go on there, intact.
+func TestHandoverTCPSendFails(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	hp := startHandoverPair(t, be.Addr, be.Addr)
+	const n = 4
+	streams := make([]*stream, n)
+	for i := range streams {
+		streams[i] = startStream(t, hp.binds["web"], byte(i))
+	}
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		for i, s := range streams {
+			if s.back.Load() < 64<<10 {
+				return false, fmt.Sprintf("stream %d: %d bytes back", i, s.back.Load())
+			}
+		}
+		return true, ""
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	broken := errors.New("new process gone")
+	moved, err := hp.old.srv.DetachTCP(ctx, func(HandoverBatch) error { return broken })
+	if !errors.Is(err, broken) || moved != 0 {
+		t.Fatalf("DetachTCP: %d moved, %v; want 0 and the send error", moved, err)
+	}
+	if a := hp.old.active("web"); a != n {
+		t.Fatalf("old server: %d connections on web after the failed handover, want %d", a, n)
+	}
+	// They still flow: more comes back after the failure.
+	mark := make([]int64, n)
+	for i, s := range streams {
+		mark[i] = s.back.Load()
+	}
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		for i, s := range streams {
+			if s.back.Load() <= mark[i]+64<<10 {
+				return false, fmt.Sprintf("stream %d: %d bytes back, %d at the failure", i, s.back.Load(), mark[i])
+			}
+		}
+		return true, ""
+	})
+	for _, s := range streams {
+		close(s.stop)
+	}
+	for _, s := range streams {
+		s.finish(t)
+	}
+	if a := be.Accepted(); a != n {
+		t.Fatalf("backend accepted %d connections, want %d", a, n)
+	}
+}
