@@ -74,12 +74,6 @@ type doneMeta struct {
 	UDP int `json:"udp"`
 }
 
-// notBuilt reports the handover parts that are not built yet (their stubs
-// in pkg/server): nothing moved, the connections finish here.
-func notBuilt(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "not built yet")
-}
-
 // upgrade runs one upgrade (the sequence above). Only one at a time:
 // another request meanwhile gets admin.ErrUpgradeInProgress.
 func (d *daemon) upgrade(req admin.UpgradeRequest) (admin.UpgradeResult, error) {
@@ -213,7 +207,7 @@ func (d *daemon) runUpgrade(bin string, timeout time.Duration, log *zap.Logger) 
 	log.Info("upgrade: the new process is ready; handing over connections")
 
 	// From here on the new process serves too.
-	if err := d.handOver(conn, ch, &res, log); err != nil {
+	if err := d.handOver(conn, ch, &res); err != nil {
 		d.srv.ResumeAccepting()
 		d.srv.ResumeUDP() // readers stopped by DetachUDP read again
 		return fail("handover to the new process failed, this process serves again (connections handed over before the failure are lost): %w", err)
@@ -296,7 +290,7 @@ func (d *daemon) sendSetup(conn *upgrade.Conn) error {
 
 // handOver is step 4: stop accepting, pass the sessions and the
 // connections, and wait until the new process has them.
-func (d *daemon) handOver(conn *upgrade.Conn, ch *child, res *admin.UpgradeResult, log *zap.Logger) error {
+func (d *daemon) handOver(conn *upgrade.Conn, ch *child, res *admin.UpgradeResult) error {
 	if err := d.srv.StopAccepting(); err != nil {
 		return err
 	}
@@ -308,10 +302,6 @@ func (d *daemon) handOver(conn *upgrade.Conn, ch *child, res *admin.UpgradeResul
 	ctx, cancel := context.WithTimeout(context.Background(), d.srv.Config().ShutdownTimeout)
 	defer cancel()
 	udp, err := d.srv.DetachUDP(ctx, send(msgUDP))
-	if notBuilt(err) {
-		log.Debug("upgrade: UDP sessions are not handed over yet; they finish here", zap.Error(err))
-		err = nil
-	}
 	if err != nil {
 		return fmt.Errorf("UDP sessions: %w", err)
 	}
@@ -320,10 +310,6 @@ func (d *daemon) handOver(conn *upgrade.Conn, ch *child, res *admin.UpgradeResul
 		return err
 	}
 	tcp, err := d.srv.DetachTCP(ctx, send(msgTCP))
-	if notBuilt(err) {
-		log.Debug("upgrade: TCP connections are not handed over yet; they finish here", zap.Error(err))
-		err = nil
-	}
 	if err != nil {
 		return fmt.Errorf("TCP connections: %w", err)
 	}
