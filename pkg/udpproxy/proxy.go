@@ -50,6 +50,14 @@
 // through the listener socket, until they end by themselves; the caller
 // closes the socket once they have, or at its deadline.
 //
+// Handover (lbctl upgrade). Listener.Detach takes the open sessions out of
+// a Listener, each with a duplicate of its backend socket and its state,
+// and Listener.Adopt serves them in another Listener on the same socket (a
+// duplicate, in the new process), on the backends they had; Hold and
+// Release keep a Listener from reading the socket meanwhile, so that every
+// datagram either way is read by the session's owner alone and none is
+// lost. handover.go explains the steps.
+//
 // Typical use, one Listener per bound socket, and one Proxy per listener
 // configuration generation:
 //
