@@ -17,7 +17,7 @@ const (
 	upSessions = 50
 	upConnRate = 100
 	upUpgrades = 3
-	upDuration = 15 * time.Second
+	upDuration = 18 * time.Second
 	// upOldExit is how long after the upgrade's answer the old process
 	// may still run (issue 16: it exits within 2 s of the handover).
 	upOldExit = 2 * time.Second

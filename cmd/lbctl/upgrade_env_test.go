@@ -26,7 +26,9 @@ import (
 //	tls     (tcp, a route by server name) -> echo: a connection in TLS inspection
 //	hold    (tcp)  -> holdBackend: a half-closed connection
 //
-// Its process is an lbtest.Lbctl, followed across upgrades by PID.
+// Its process is an lbtest.Lbctl, followed across upgrades by PID. UDP
+// sessions expire 5s after their last datagram: a stop drains them (up
+// to shutdown_timeout), so the last process stops soon after the load.
 type upgradeEnv struct {
 	t     *testing.T
 	pat   *lbtest.Pattern
@@ -90,7 +92,7 @@ idle_timeout = "2m"
 protocol = "udp"
 bind = %q
 pool = "udp"
-idle_timeout = "1m"
+idle_timeout = "5s"
 [pools.udp]
   [[pools.udp.backends]]
   address = %q

@@ -527,18 +527,23 @@ func (l *Load) stream(ctx context.Context, key uint32, length int64) error {
 	return nil
 }
 
-// send writes a stream's bytes, a chunk per tick, then FIN.
+// send writes a stream's bytes, StreamChunk per StreamTick since it
+// started (a late tick on a busy machine sends what is due), then FIN.
 func (l *Load) send(c *net.TCPConn, key uint64, length int64) error {
 	tick := time.NewTicker(l.cfg.StreamTick)
 	defer tick.Stop()
+	start := time.Now()
 	var off int64
 	for off < length {
 		<-tick.C
-		n := int(min(int64(l.cfg.StreamChunk), length-off))
-		if _, err := c.Write(l.pat.At(2*key, off, n)); err != nil {
-			return fmt.Errorf("write at %d of %d: %w", off, length, err)
+		due := min(length, int64(time.Since(start)/l.cfg.StreamTick)*int64(l.cfg.StreamChunk))
+		for off < due {
+			n := int(min(due-off, 256<<10))
+			if _, err := c.Write(l.pat.At(2*key, off, n)); err != nil {
+				return fmt.Errorf("write at %d of %d: %w", off, length, err)
+			}
+			off += int64(n)
 		}
-		off += int64(n)
 	}
 	if err := c.CloseWrite(); err != nil {
 		return fmt.Errorf("close write: %w", err)
@@ -575,42 +580,48 @@ func (l *Load) receive(c *net.TCPConn, key uint64, length int64) error {
 }
 
 // connections starts ConnRate short connections a second for Duration,
-// each on its own goroutine; at most 8 seconds' worth are open at once
-// (more are counted as Skipped: the generator, not lbctl, fell behind).
+// each on its own goroutine (a late tick starts every connection due); at
+// most 8 seconds' worth are open at once (more are counted as Skipped:
+// the generator, not lbctl, fell behind).
 func (l *Load) connections(ctx context.Context) {
-	interval := time.Second / time.Duration(l.cfg.ConnRate)
-	tick := time.NewTicker(interval)
+	tick := time.NewTicker(time.Second / time.Duration(l.cfg.ConnRate))
 	defer tick.Stop()
-	end := time.After(l.cfg.Duration)
 	sem := make(chan struct{}, 8*l.cfg.ConnRate)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	key := uint32(1 << 24)
+	start := time.Now()
+	started := int64(0)
 	for {
 		select {
-		case <-end:
-			return
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			l.report.Skipped.Add(1)
-			continue
-		}
-		key++
-		wg.Add(1)
-		go func(key uint32) {
-			defer wg.Done()
-			defer func() { <-sem }()
-			err := l.short(ctx, key)
-			l.report.Conns.count(err)
-			if err != nil {
-				l.report.errs.add("connection %d: %v", key, err)
+		elapsed := min(time.Since(start), l.cfg.Duration)
+		due := int64(elapsed) * int64(l.cfg.ConnRate) / int64(time.Second)
+		for ; started < due; started++ {
+			select {
+			case sem <- struct{}{}:
+			default:
+				l.report.Skipped.Add(1)
+				continue
 			}
-		}(key)
+			key++
+			wg.Add(1)
+			go func(key uint32) {
+				defer wg.Done()
+				defer func() { <-sem }()
+				err := l.short(ctx, key)
+				l.report.Conns.count(err)
+				if err != nil {
+					l.report.errs.add("connection %d: %v", key, err)
+				}
+			}(key)
+		}
+		if elapsed >= l.cfg.Duration {
+			return
+		}
 	}
 }
 
