@@ -27,13 +27,16 @@
 //
 //	l, err := lab.Start(lab.Options{Lbctl: "bin/lbctl"})
 //	defer l.Close()
-//	flows, err := l.Flows(1000)          // each client via the router and via each instance
+//	r, err := l.Tour(os.Stdout)          // every step below, printed as it goes
+//	flows, err := l.Flows(1000)          // or one step: each client via the router and via each instance
 //	stop, err := l.Stop(l.Instances[0])  // SIGTERM: withdrawal, then the listener closes
 //
-// It needs root (namespaces), ip (iproute2), bird and birdc (bird2). It
-// touches nothing outside its namespaces: no address or route of the
-// caller's namespace changes, and Close deletes the namespaces (and with
-// them every veth) and stops every process it started, by PID.
+// It measures behaviour, not speed: the clients pace themselves, and the
+// numbers it prints are counts and delays, not throughput. It needs root
+// (namespaces), ip (iproute2), bird and birdc (bird2). It touches nothing
+// outside its namespaces: no address, route or sysctl of the caller's
+// namespace changes, and Close kills every process it started (by PID)
+// and deletes the namespaces, and with them every veth pair.
 package lab
 
 import (
