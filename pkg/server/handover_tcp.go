@@ -14,6 +14,15 @@ package server
 // that finds no clean point before the context ends (its peer stopped
 // reading while lbctl holds bytes for it) stays and finishes here.
 //
+// The connections are found in the registries of the pools in service
+// (their draining backends included). A connection to a pool that an
+// earlier reload removed from the configuration is in none: it is not
+// moved and finishes here. So that it does not hold the handover until
+// the context ends, DetachTCP waits for unseen connections only as long
+// as a connection accepted before it began can take to reach its proxy
+// (preProxyBound: the PROXY header and TLS hello timeouts, and every
+// connect attempt).
+//
 // The new process (AdoptTCP) finds, for each connection, the listener
 // bound to the same socket (its protocol and address; else the listener
 // of the same name), the proxy of that listener that serves the pool the
@@ -144,6 +153,7 @@ func (s *Server) DetachTCP(ctx context.Context, send func(HandoverBatch) error) 
 	tick := time.NewTicker(handoverScan)
 	defer tick.Stop()
 	done := dctx.Done()
+	unseenUntil := time.Now().Add(preProxyBound(s.cfg.Load()))
 	for {
 		if dctx.Err() == nil {
 			handles = s.tcpHandles(handles[:0])
@@ -159,7 +169,7 @@ func (s *Server) DetachTCP(ctx context.Context, send func(HandoverBatch) error) 
 				}()
 			}
 		}
-		if inflight == 0 && (dctx.Err() != nil || s.tcpActive() == 0) {
+		if inflight == 0 && (dctx.Err() != nil || s.tcpActive() == 0 || time.Now().After(unseenUntil)) {
 			break
 		}
 		select {
@@ -196,6 +206,30 @@ func (s *Server) DetachTCP(ctx context.Context, send func(HandoverBatch) error) 
 	left := s.tcpActive()
 	s.log.Info("established TCP connections handed over", zap.Int("moved", moved), zap.Int("left", left), ErrorField(sendErr))
 	return moved, sendErr
+}
+
+// preProxyBound is the longest a TCP connection of cfg can take from
+// its accept to its proxy: its PROXY header, its TLS hello, and every
+// connect attempt of the slowest pool, plus a second's margin.
+func preProxyBound(cfg *config.Config) time.Duration {
+	var first, dial time.Duration
+	for _, lc := range cfg.Listeners {
+		if lc.Protocol != "tcp" {
+			continue
+		}
+		d := time.Duration(0)
+		if lc.AcceptProxyProtocol {
+			d += lc.ProxyProtocolTimeout
+		}
+		if lc.Routes != nil {
+			d += lc.TLSInspectTimeout
+		}
+		first = max(first, d)
+	}
+	for _, pc := range cfg.Pools {
+		dial = max(dial, pc.ConnectTimeout*time.Duration(pc.Retries+1))
+	}
+	return first + dial + time.Second
 }
 
 // tcpSockets maps each TCP listener's name to its socket's key.

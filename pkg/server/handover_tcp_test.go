@@ -400,3 +400,36 @@ func TestHandoverTCPSendFails(t *testing.T) {
 		t.Fatalf("backend accepted %d connections, want %d", a, n)
 	}
 }
+
+// TestHandoverTCPRemovedPool: a connection to a pool an earlier reload
+// removed is in no pool's registry. It is not moved and goes on in the old
+// server, and DetachTCP does not wait for it until its context ends, only
+// as long as an accepted connection can take to reach its proxy.
+func TestHandoverTCPRemovedPool(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	extra := "connect_timeout = \"100ms\"\nretries = 0\n[pools.%s.health]\ncheck = \"none\"\n"
+	h := startServer(t, listenerTOML("web", "gone", "")+poolTOML("gone", fmt.Sprintf(extra, "gone"), be.Addr))
+	c := h.dial("web")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	echo := func(msg string) {
+		t.Helper()
+		c.Write([]byte(msg))
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != msg {
+			t.Fatalf("echo %q: %q, %v", msg, b, err)
+		}
+	}
+	echo("before")
+	reload(t, h, listenerTOML("web", "p", "")+poolTOML("p", fmt.Sprintf(extra, "p"), be.Addr))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	moved, err := h.srv.DetachTCP(ctx, func(HandoverBatch) error { return errors.New("nothing is to be sent") })
+	if err != nil || moved != 0 {
+		t.Fatalf("DetachTCP: %d moved, %v", moved, err)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Fatalf("DetachTCP took %v: it waited for the unseen connection until its context ended", d)
+	}
+	echo("after")
+}
