@@ -8,7 +8,8 @@ package main
 // another, for every target alike. The proxies then get one thread each:
 // HAProxy nbthread 1, nginx worker_processes 1, and lbctl GOMAXPROCS 1,
 // which the Go runtime derives from the affinity mask it starts with (read
-// back from the runtime's own schedtrace line, see goMaxProcs).
+// back from the runtime's own schedtrace line of a probe, see
+// probeGoMaxProcs).
 //
 // Affinity is set with taskset(1) (util-linux): "taskset -a -p" on lbbench's
 // own threads, and "taskset -c" in front of the backends' and the proxies'
@@ -188,8 +189,7 @@ func describeAffinity(counts map[string]int) string {
 var schedtraceRE = regexp.MustCompile(`SCHED \d+ms: gomaxprocs=(\d+)`)
 
 // goMaxProcs finds the GOMAXPROCS a Go program started with in its output
-// (it runs with GODEBUG=schedtrace set to an hour, so the runtime prints
-// one line at start-up and none after). 0 when not found.
+// when run with GODEBUG=schedtrace set. 0 when not found.
 func goMaxProcs(log []byte) int {
 	m := schedtraceRE.FindSubmatch(log)
 	if m == nil {

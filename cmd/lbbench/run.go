@@ -545,9 +545,11 @@ func runVariant(ctx context.Context, opt runOptions, s settings, progress io.Wri
 			pins.Affinity[name] = treeAffinity(t.pid())
 		}
 		if name == tLbctl {
-			if b, err := os.ReadFile(t.log); err == nil {
-				pins.LbctlGOMAXPROCS = goMaxProcs(b)
+			n, err := probeGoMaxProcs(lbctlBin, t.config, proxyCPUs)
+			if err != nil {
+				notes = append(notes, fmt.Sprintf("lbctl GOMAXPROCS not seen: %v", err))
 			}
+			pins.LbctlGOMAXPROCS = n
 		}
 	}
 	var running []string

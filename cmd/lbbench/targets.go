@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -200,11 +201,6 @@ func (t *target) start(ctx context.Context) error {
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if t.name == tLbctl {
-		// The Go runtime prints its GOMAXPROCS once at start-up (and
-		// then once an hour): the run records what lbctl chose.
-		cmd.Env = append(os.Environ(), "GODEBUG="+joinGODEBUG(os.Getenv("GODEBUG"), "schedtrace=3600000"))
-	}
 	// Own process group: a Ctrl-C reaches lbbench, which stops the proxy
 	// itself, in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -336,6 +332,31 @@ func (t *target) stop() {
 		_ = t.cmd.Process.Kill()
 		<-t.exited
 	}
+}
+
+// probeGoMaxProcs reports the GOMAXPROCS that lbctl's Go runtime chooses
+// on the CPU list cpus ("" for no pinning): it runs "lbctl validate" on the
+// configuration of the lbctl under test, pinned the same way, with
+// GODEBUG=schedtrace=1, and reads the runtime's first schedtrace line. The
+// runtime decides GOMAXPROCS at start-up from the affinity mask (and cgroup
+// limits) before any lbctl code runs, so the probe sees what the served
+// process got. The served process itself runs without schedtrace: with it,
+// the runtime's sysmon never parks, which would change what is measured.
+func probeGoMaxProcs(bin, config, cpus string) (int, error) {
+	argv := []string{bin, "validate", "--config", config}
+	if cpus != "" {
+		argv = pinArgv(argv, cpus)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), "GODEBUG="+joinGODEBUG(os.Getenv("GODEBUG"), "schedtrace=1"))
+	out, err := cmd.CombinedOutput()
+	if n := goMaxProcs(out); n > 0 {
+		return n, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("lbctl validate: %v: %s", err, firstLine(strings.TrimSpace(string(out))))
+	}
+	return 0, errors.New("no schedtrace line in lbctl validate's output")
 }
 
 // joinGODEBUG adds setting to a GODEBUG value.
