@@ -309,7 +309,9 @@ func (p *Proxy) Adopt(ctx context.Context, client, backend *net.TCPConn, b *bala
 	}
 	c.last.Store(now - int64(st.Idle))
 	if c.idleTimeout > 0 {
-		c.idle = time.AfterFunc(max(0, c.idleTimeout-st.Idle), c.checkIdle)
+		// At least a millisecond: checkIdle may re-arm c.idle, which must
+		// be set by then.
+		c.idle = time.AfterFunc(max(time.Millisecond, c.idleTimeout-st.Idle), c.checkIdle)
 	}
 	c.stopCtx = context.AfterFunc(ctx, func() { c.end(EndShutdown) })
 	n := 0
