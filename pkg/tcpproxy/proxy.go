@@ -38,7 +38,9 @@
 //     (in lbctl's buffer or pipe), or a socket still holds bytes, received
 //     and not read by lbctl (SIOCINQ), or written by lbctl and not yet
 //     acknowledged by the peer (SIOCOUTQ). A connection with nothing pending
-//     anywhere ends with FIN, as a quiet one always did.
+//     anywhere ends with FIN, as a quiet one always did;
+//   - it moves to another process (EndMoved, lbctl upgrade; detach.go):
+//     neither FIN nor reset, since duplicates of its sockets live on there.
 //
 // Idle means no byte moved either way: every chunk the destination socket
 // accepts moves the idle clock and the byte counters; a direction stalled
