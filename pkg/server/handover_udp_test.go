@@ -270,3 +270,79 @@ func TestUDPHandoverSendFails(t *testing.T) {
 		t.Errorf("%v sessions active, want %d", got, len(cs))
 	}
 }
+
+// TestUDPHandoverBatches: the sessions of two listeners go in batches of
+// at most MaxHandoverFiles, each of one listener, and each is adopted on
+// the listener of its name and address.
+func TestUDPHandoverBatches(t *testing.T) {
+	counts := map[string]int{"a": MaxHandoverFiles + 8, "b": 3}
+	be := lbtest.NewUDP(t, "b1", lbtest.UDPTagged("b1"))
+	inherited := map[SocketKey]InheritedSocket{}
+	addrs := map[string]netip.AddrPort{}
+	toml := poolTOML("p", "", be.Addr) + noHealth
+	for _, name := range []string{"a", "b"} {
+		inh, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer inh.Close()
+		addrs[name] = inh.LocalAddr().(*net.UDPAddr).AddrPort()
+		inherited[NewSocketKey("udp", addrs[name])] = inh
+		toml += fmt.Sprintf("[listeners.%s]\nprotocol = \"udp\"\nbind = %q\npool = \"p\"\n", name, addrs[name])
+	}
+	old := startWith(t, toml, nil, Options{Inherited: inherited})
+	type cl struct {
+		c        *net.UDPConn
+		listener string
+	}
+	var cs []cl
+	for name, n := range counts {
+		for i := range n {
+			c := udpClient(t)
+			if got := udpExchange(c, addrs[name], fmt.Appendf(nil, "%s%d", name, i), 5*time.Second); got == nil {
+				t.Fatalf("client %d of %s: no reply", i, name)
+			}
+			cs = append(cs, cl{c, name})
+		}
+	}
+	nu := startWith(t, toml, nil, Options{Inherited: inherited, HoldUDP: true})
+	pipe := newHandoverPipe(t)
+	var sizes []int
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	n, err := old.srv.DetachUDP(ctx, func(b HandoverBatch) error {
+		sizes = append(sizes, len(b.Files))
+		got, err := pipe.pass(b)
+		if err != nil {
+			return err
+		}
+		return nu.srv.AdoptUDP(got)
+	})
+	if want := counts["a"] + counts["b"]; err != nil || n != want {
+		t.Fatalf("DetachUDP: %d moved, %v; want %d", n, err, want)
+	}
+	nu.srv.ReleaseUDP()
+	if len(sizes) != 3 || sizes[0]+sizes[1]+sizes[2] != n {
+		t.Errorf("batches of %v sessions, want 3 batches (252 + 8 of a, 3 of b in some order)", sizes)
+	}
+	for _, s := range sizes {
+		if s > MaxHandoverFiles {
+			t.Errorf("a batch of %d sessions", s)
+		}
+	}
+	before := be.Peers()
+	for i, c := range cs {
+		want := fmt.Sprintf("b1|again%d", i)
+		if got := udpExchange(c.c, addrs[c.listener], fmt.Appendf(nil, "again%d", i), 5*time.Second); string(got) != want {
+			t.Fatalf("client %d of %s after the handover: %q, want %q", i, c.listener, got, want)
+		}
+	}
+	if after := be.Peers(); len(after) != len(before) {
+		t.Errorf("the backend heard from %d sockets after the handover, %d before: sessions changed socket", len(after), len(before))
+	}
+	for name, want := range counts {
+		if got := counter(nu.m.UDPSessionsActive.WithLabelValues(name, "p", be.Addr)); got != float64(want) {
+			t.Errorf("listener %s of the new server: %v sessions active, want %d", name, got, want)
+		}
+	}
+}
