@@ -35,7 +35,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -113,32 +112,6 @@ func (d *daemon) upgrade(req admin.UpgradeRequest) (admin.UpgradeResult, error) 
 	return res, nil
 }
 
-// child is the new process while the old one waits for it.
-type child struct {
-	cmd    *exec.Cmd
-	exited chan struct{} // closed when it has exited; err is then set
-	err    error
-}
-
-// kill ends the new process (if still running) and waits for it.
-func (c *child) kill() {
-	select {
-	case <-c.exited:
-		return
-	default:
-	}
-	c.cmd.Process.Kill()
-	<-c.exited
-}
-
-// exitReason describes how the new process ended.
-func (c *child) exitReason() string {
-	if c.err == nil {
-		return "exit status 0"
-	}
-	return c.err.Error()
-}
-
 func (d *daemon) runUpgrade(bin string, timeout time.Duration, log *zap.Logger) (admin.UpgradeResult, error) {
 	res := admin.UpgradeResult{OldPID: os.Getpid()}
 	conn, end, err := upgrade.Pair()
@@ -146,21 +119,12 @@ func (d *daemon) runUpgrade(bin string, timeout time.Duration, log *zap.Logger) 
 		return res, err
 	}
 	defer conn.Close()
-	cmd := exec.Command(bin, os.Args[1:]...)
-	cmd.Env = childEnv(os.Environ())
-	cmd.ExtraFiles = []*os.File{end} // descriptor 3
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, os.Stdout, os.Stderr
-	err = cmd.Start()
+	ch, err := spawn(bin, os.Args, childEnv(os.Environ()), end) // upgrade_spawn.go
 	end.Close()
 	if err != nil {
-		return res, fmt.Errorf("start the new process: %w", err)
+		return res, err
 	}
-	ch := &child{cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		ch.err = cmd.Wait()
-		close(ch.exited)
-	}()
-	res.NewPID = cmd.Process.Pid
+	res.NewPID = ch.pid
 	log = log.With(zap.Int("new_pid", res.NewPID))
 
 	fail := func(format string, args ...any) (admin.UpgradeResult, error) {
@@ -218,6 +182,7 @@ func (d *daemon) runUpgrade(bin string, timeout time.Duration, log *zap.Logger) 
 		d.adm.StopListening()
 	}
 	d.ctl.stopListening()
+	ch.release() // the service manager's child from now on
 	d.notify.MainPID(res.NewPID)
 	return res, nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -97,6 +98,7 @@ func (u *upgraded) upgrade(args ...string) (string, int) {
 func (u *upgraded) ctl(method, path, body string, out any) {
 	u.t.Helper()
 	c := controlClient(u.sock)
+	defer c.http.CloseIdleConnections()
 	var in any
 	if body != "" {
 		in = json.RawMessage(body)
@@ -129,11 +131,12 @@ func backendOf(st server.Status, pool, address string) (server.BackendStatus, bo
 }
 
 // connectLoop opens, uses and closes connections to addr one after the
-// other until stop is closed (or 2,000 of them), counting those that
-// failed at any step.
+// other until stop is closed (or a minute has passed, or 100,000 of them),
+// counting those that failed at any step.
 func connectLoop(addr string, stop <-chan struct{}, done, failed *atomic.Int64, lastErr *atomic.Value) {
 	buf := make([]byte, 5)
-	for i := 0; i < 2000; i++ {
+	deadline := time.Now().Add(time.Minute)
+	for i := 0; i < 100000 && time.Now().Before(deadline); i++ {
 		select {
 		case <-stop:
 			return
@@ -245,6 +248,11 @@ address = %q
 	}
 	if !strings.Contains(out, fmt.Sprintf("pid %d -> %d", old, u.pid())) {
 		t.Fatalf("upgrade output: %s", out)
+	}
+	// Not the old process's child (nor its spawner's) by the time it is
+	// named main process: the service manager's (upgrade_spawn.go).
+	if pp := ppid(t, u.pid()); pp == old || lbtest.Alive(pp) && ppid(t, pp) == old {
+		t.Errorf("new pid %d has parent %d, a child of the old process %d", u.pid(), pp, old)
 	}
 	// SPEC: the old process exits within 2 s once nothing remains.
 	if !lbtest.WaitGone(old, 2*time.Second) {
@@ -375,6 +383,19 @@ func TestUpgradeFailures(t *testing.T) {
 		t.Errorf("invalid config: exit %d: %s", code, out)
 	}
 	serves("after an invalid config")
+}
+
+// ppid is the parent of pid.
+func ppid(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pid (comm) state ppid ...: the fields after the last ')'.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	n, _ := strconv.Atoi(f[1])
+	return n
 }
 
 // writeFileMode is writeFile with a mode.
