@@ -104,6 +104,8 @@ func main() {
 	flag.DurationVar(&u.every, "upgrade-every", 5*time.Second, "upgrade mode: least time between upgrades")
 	flag.DurationVar(&u.oldExit, "old-exit", 2*time.Second, "upgrade mode: time the old process may take to exit after the upgrade answered")
 	flag.Float64Var(&u.maxLoss, "max-udp-loss", 0.001, "upgrade mode: UDP loss allowed (a fraction)")
+	flag.DurationVar(&u.udpTick, "udp-tick", 100*time.Millisecond, "upgrade mode: time between a UDP session's datagrams")
+	flag.DurationVar(&u.load, "upgrade-load", 0, "upgrade mode: how long the streams send (0 = 20s + (upgrade-every + 20s) per upgrade)")
 	flag.BoolVar(&u.restart, "upgrade-restart", false, "upgrade mode: a plain restart instead of each upgrade (to see the report fail)")
 	flag.Parse()
 	if o.tcpBackends < 2 || o.udpBackends < 2 || o.liveBackends < 2 {

@@ -20,8 +20,10 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +41,8 @@ type upgradeOptions struct {
 	oldExit     time.Duration
 	maxLoss     float64
 	streamChunk int
+	load        time.Duration
+	udpTick     time.Duration
 }
 
 // runUpgrades is the upgrade mode: true when nothing was lost.
@@ -76,6 +80,8 @@ func runUpgrades(ctx context.Context, o options, u upgradeOptions) (bool, error)
 	admin := fmt.Sprintf("127.0.0.1:%d", ports[0])
 	tcpAddr := fmt.Sprintf("127.0.0.1:%d", ports[1])
 	udpAddr := fmt.Sprintf("127.0.0.1:%d", ports[2])
+	// UDP sessions expire 10s after the load: the last process's stop
+	// drains them.
 	conf := fmt.Sprintf(`shutdown_timeout = "30s"
 [log]
 level = "info"
@@ -97,7 +103,7 @@ idle_timeout = "5m"
 protocol = "udp"
 bind = %q
 pool = "udp"
-idle_timeout = "5m"
+idle_timeout = "10s"
 [pools.udp]
   [[pools.udp.backends]]
   address = %q
@@ -116,26 +122,33 @@ idle_timeout = "5m"
 	defer lb.Kill()
 
 	// The streams last the whole run: the time to connect them, every
-	// upgrade, and a margin.
-	duration := 10*time.Second + time.Duration(u.upgrades+1)*u.every
+	// upgrade (one of 3,000 connections took 10 s on a loaded 2-CPU
+	// machine), and a margin.
+	duration := u.load
+	if duration <= 0 {
+		duration = 20*time.Second + time.Duration(u.upgrades)*(u.every+20*time.Second)
+	}
 	mode := "upgrade (POST /api/v1/upgrade)"
 	if u.restart {
 		mode = "plain restart (SIGTERM, then a new process)"
 	}
-	fmt.Printf("lbsoak upgrade: lbctl pid %d (%s); %d TCP streams, %d UDP sessions, %d new connections/s for %v; %d x %s, one every %v or more; seed %d\n",
-		lb.PID(), o.lbctl, u.streams, u.sessions, u.connRate, duration, u.upgrades, mode, u.every, o.seed)
+	fmt.Printf("lbsoak upgrade: lbctl pid %d (%s); %d TCP streams (%d bytes each way every 100ms), %d UDP sessions (a datagram every %v), %d new connections/s for %v; %d x %s, one every %v or more; seed %d\n",
+		lb.PID(), o.lbctl, u.streams, u.streamChunk, u.sessions, u.udpTick, u.connRate, duration, u.upgrades, mode, u.every, o.seed)
 	ld := lbtest.NewLoad(lbtest.LoadConfig{
 		TCPAddr: tcpAddr, UDPAddr: udpAddr,
 		Streams: u.streams, StreamChunk: u.streamChunk, StreamTick: 100 * time.Millisecond,
-		UDPSessions: u.sessions, UDPTick: 100 * time.Millisecond,
+		UDPSessions: u.sessions, UDPTick: u.udpTick,
 		ConnRate: u.connRate, Duration: duration, Deadline: duration + 3*time.Minute,
 		Ramp: 5 * time.Second,
 	}, pat)
+	rcvbuf := udpRcvbufErrors()
 	start := time.Now()
 	ld.Start()
 	defer ld.Stop()
 	if err := ld.WaitEstablished(time.Minute); err != nil {
-		return false, err
+		ld.Stop()
+		r := ld.Wait()
+		return false, fmt.Errorf("%w\n%s\nlbctl log (end):\n%s", err, r, lb.Tail(4000))
 	}
 	fmt.Printf("  %6.1fs  %d streams connected\n", time.Since(start).Seconds(), u.streams)
 
@@ -147,6 +160,7 @@ idle_timeout = "5m"
 	var handovers []*lbtest.Handover
 	next := time.Now().Add(u.every)
 	var lastBytes, lastReplies int64
+	stuck := false
 	for i := 0; i < u.upgrades && ctx.Err() == nil; i++ {
 		// The process serving moves the load before it is upgraded.
 		deadline := time.Now().Add(time.Minute)
@@ -157,9 +171,13 @@ idle_timeout = "5m"
 			}
 			if time.Now().After(deadline) {
 				fail("before upgrade %d: the load did not move for a minute (stream bytes %d, udp replies %d)", i+1, b, r)
+				stuck = true
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
+		}
+		if stuck {
+			break
 		}
 		lastBytes, lastReplies = ld.Progress()
 		var h *lbtest.Handover
@@ -191,6 +209,11 @@ idle_timeout = "5m"
 	for _, p := range peers {
 		r.Add(p.Report())
 	}
+	// Where datagrams overflowed a receive buffer: lbctl's listener, the
+	// echo peers, or elsewhere (the clients' sockets and lbctl's backend
+	// sockets, closed by now: the machine's count minus these).
+	dropsListener := udpDrops(udpAddr)
+	dropsPeers := udpDrops(udp[0].Addr) + udpDrops(udp[1].Addr)
 
 	// The last process serves a new connection alone, then stops.
 	if c, err := net.DialTimeout("tcp", tcpAddr, 5*time.Second); err != nil {
@@ -241,8 +264,63 @@ idle_timeout = "5m"
 	check("last process stops on SIGTERM", stopErr == nil, fmt.Sprintf("pid %d: %v", last, stopErr))
 	fmt.Printf("short connections made: %d (%.0f/s); skipped by the generator: %d\n",
 		r.Conns.OK.Load(), float64(r.Conns.OK.Load())/r.Elapsed.Seconds(), r.Skipped.Load())
+	all := udpRcvbufErrors() - rcvbuf
+	fmt.Printf("UDP receive buffer overflows meanwhile: %d on the machine (/proc/net/snmp RcvbufErrors, every process); "+
+		"lbctl's UDP listener %d, the echo peers %d, other sockets (clients, lbctl's backend sockets, other processes) %d\n",
+		all, dropsListener, dropsPeers, all-dropsListener-dropsPeers)
 	if !ok {
 		fmt.Printf("\nlbctl log (end):\n%s\n", lb.Tail(6000))
 	}
 	return ok, nil
+}
+
+// udpRcvbufErrors is the machine's count of UDP datagrams dropped because
+// a socket's receive buffer was full (/proc/net/snmp), -1 if unknown.
+func udpRcvbufErrors() int64 {
+	b, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return -1
+	}
+	var head []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if head == nil {
+			head = f
+			continue
+		}
+		for i, h := range head {
+			if h == "RcvbufErrors" && i < len(f) {
+				n, _ := strconv.ParseInt(f[i], 10, 64)
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+// udpDrops is the drops column of /proc/net/udp for the socket bound to
+// addr (127.0.0.1:port): datagrams its receive buffer had no room for.
+func udpDrops(addr string) int64 {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return 0
+	}
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		return 0
+	}
+	a := ap.Addr().As4()
+	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], ap.Port())
+	var n int64
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 12 && f[1] == want {
+			d, _ := strconv.ParseInt(f[len(f)-1], 10, 64)
+			n += d
+		}
+	}
+	return n
 }

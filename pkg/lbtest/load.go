@@ -34,6 +34,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -679,6 +680,7 @@ func (l *Load) session(ctx context.Context, id uint32, count int) {
 	defer c.Close()
 	c.SetReadBuffer(1 << 20)
 	seen := make([]bool, count)
+	sentAt := make([]uint16, count) // second of the load each datagram was sent in
 	// The sender sets graceEnd when it has sent its last datagram; the
 	// reader stops at count replies or, after graceEnd, at a read timeout.
 	var graceEnd atomic.Int64
@@ -731,11 +733,14 @@ func (l *Load) session(ctx context.Context, id uint32, count int) {
 	}()
 	tick := time.NewTicker(l.cfg.UDPTick)
 	buf := make([]byte, udpHeader+udpPayload)
+	sent := 0
 	for seq := 0; seq < count && ctx.Err() == nil; seq++ {
 		<-tick.C
 		binary.BigEndian.PutUint32(buf, id)
 		binary.BigEndian.PutUint64(buf[4:], uint64(seq))
 		copy(buf[udpHeader:], l.pat.At(uint64(id)<<32|uint64(seq), 0, udpPayload))
+		sentAt[seq] = uint16(time.Since(l.start) / time.Second)
+		sent = seq + 1
 		u.Sent.Add(1) // a datagram lbctl did not take is lost too
 		if _, err := c.Write(buf); err != nil {
 			if errors.Is(err, syscall.ECONNREFUSED) {
@@ -748,6 +753,16 @@ func (l *Load) session(ctx context.Context, id uint32, count int) {
 	tick.Stop()
 	graceEnd.Store(time.Now().Add(2 * time.Second).UnixNano())
 	<-readDone
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for seq := range sent {
+		if !seen[seq] {
+			if u.lostAt == nil {
+				u.lostAt = map[int]int64{}
+			}
+			u.lostAt[int(sentAt[seq])]++
+		}
+	}
 }
 
 // UDPOutcome counts the datagrams of UDP sessions.
@@ -761,6 +776,26 @@ type UDPOutcome struct {
 	Refused    atomic.Int64 // ICMP port unreachable seen by a client
 	SendErrors atomic.Int64 // other send errors
 	Failed     atomic.Int64 // sessions that could not start
+
+	mu     sync.Mutex
+	lostAt map[int]int64 // lost datagrams by the second of the load they were sent in
+}
+
+// LostBySecond describes when the lost datagrams were sent: "12s: 40, 13s:
+// 2" (seconds since the load started), or "" when none was lost.
+func (u *UDPOutcome) LostBySecond() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	secs := make([]int, 0, len(u.lostAt))
+	for s := range u.lostAt {
+		secs = append(secs, s)
+	}
+	sort.Ints(secs)
+	var parts []string
+	for _, s := range secs {
+		parts = append(parts, fmt.Sprintf("%ds: %d", s, u.lostAt[s]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // Lost is the number of datagrams sent without a reply.
@@ -825,6 +860,9 @@ func (r *Report) String() string {
 	fmt.Fprintf(&b, "streams + conns (peers): %s\n", r.PeerStreams.String())
 	fmt.Fprintf(&b, "short connections:     %s; skipped by the generator %d\n", r.Conns.String(), r.Skipped.Load())
 	fmt.Fprintf(&b, "udp:                   %s\n", r.UDP.String())
+	if lost := r.UDP.LostBySecond(); lost != "" {
+		fmt.Fprintf(&b, "udp lost, by second of the load they were sent in: %s\n", lost)
+	}
 	fmt.Fprintf(&b, "elapsed:               %v\n", r.Elapsed.Round(time.Millisecond))
 	for _, e := range r.Errors {
 		fmt.Fprintf(&b, "  %s\n", e)
