@@ -376,6 +376,18 @@ func TestUpgradeFailures(t *testing.T) {
 	}
 	serves("after a binary that hangs")
 
+	// A new process that dies once ready, in the middle of the handover:
+	// the old one accepts again and serves on.
+	fake := filepath.Join(dir, "fakenew")
+	if out, err := exec.Command("go", "build", "-o", fake, "./testdata/fakenew").CombinedOutput(); err != nil {
+		t.Fatalf("build fakenew: %v\n%s", err, out)
+	}
+	out, code = u.upgrade("--binary", fake)
+	if code != 1 || !strings.Contains(out, "handover to the new process failed, this process serves again") {
+		t.Errorf("binary that dies mid-handover: exit %d: %s", code, out)
+	}
+	serves("after a binary that died mid-handover")
+
 	// The real binary, but the config file is now invalid: it says why.
 	writeFile(t, dir, "lbctl.toml", conf+"bogus_key = 1\n")
 	out, code = u.upgrade()
