@@ -194,8 +194,14 @@ func serve(cfg *config.Config, path string) error {
 		}
 		log.Info("stopping", zap.String("signal", sig.String()), zap.Duration("shutdown_timeout", srv.Config().ShutdownTimeout))
 		stopKeepalive()
-		d.setRunning(false)
-		d.notify.Stopping(fmt.Sprintf("stopping: draining connections for up to %s", srv.Config().ShutdownTimeout))
+		d.setRunning(false) // waits for an upgrade in progress
+		select {
+		case <-d.handedOver:
+			// That upgrade handed everything over: the service is the
+			// new process now, STOPPING=1 is not this one's to send.
+		default:
+			d.notify.Stopping(fmt.Sprintf("stopping: draining connections for up to %s", srv.Config().ShutdownTimeout))
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), srv.Config().ShutdownTimeout)
 		srv.Shutdown(ctx)
 		cancel()
