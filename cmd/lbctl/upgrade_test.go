@@ -182,10 +182,13 @@ func TestUpgradeCommand(t *testing.T) {
 	dir := t.TempDir()
 	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
 	dgram := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	adminAddr := freePort(t)
 	conf := fmt.Sprintf(`shutdown_timeout = "5s"
 control_socket = %q
 [log]
 level = "info"
+[admin]
+bind = %q
 [listeners.web]
 bind = %q
 pool = "web"
@@ -210,7 +213,7 @@ address = %q
 check = "none"
 [[pools.dns.backends]]
 address = %q
-`, filepath.Join(dir, "lbctl.sock"), front, dgram, a.Addr, b.Addr, down, ub.Addr)
+`, filepath.Join(dir, "lbctl.sock"), adminAddr, front, dgram, a.Addr, b.Addr, down, ub.Addr)
 	u := startUpgradable(t, dir, conf)
 
 	u.ctl(http.MethodPost, "/api/v1/pools/web/backends/"+b.Addr+"/disable", "", nil)
@@ -275,6 +278,17 @@ address = %q
 		t.Fatalf("udp after: %q", got)
 	}
 	after := u.status()
+	// The admin API's socket passed over too: the new process answers on it.
+	resp, err := http.Get("http://" + adminAddr + "/api/v1/status")
+	if err != nil {
+		t.Fatalf("admin API after the upgrade: %v", err)
+	}
+	var viaAdmin server.Status
+	json.NewDecoder(resp.Body).Decode(&viaAdmin)
+	resp.Body.Close()
+	if !viaAdmin.Started.Equal(after.Started) {
+		t.Errorf("admin API answers for a process started %v, the control socket for one started %v", viaAdmin.Started, after.Started)
+	}
 	if !after.Started.After(before.Started) {
 		t.Errorf("status started %v, before the upgrade %v: not the new process", after.Started, before.Started)
 	}
