@@ -122,11 +122,11 @@ idle_timeout = "10s"
 	defer lb.Kill()
 
 	// The streams last the whole run: the time to connect them, every
-	// upgrade (one of 3,000 connections took 10 s on a loaded 2-CPU
-	// machine), and a margin.
+	// upgrade (one of 3,600 connections took 13 s on a loaded 2-CPU
+	// machine, most 5-8 s), and a margin.
 	duration := u.load
 	if duration <= 0 {
-		duration = 20*time.Second + time.Duration(u.upgrades)*(u.every+20*time.Second)
+		duration = 20*time.Second + time.Duration(u.upgrades)*(u.every+10*time.Second)
 	}
 	mode := "upgrade (POST /api/v1/upgrade)"
 	if u.restart {
@@ -142,6 +142,7 @@ idle_timeout = "10s"
 		Ramp: 5 * time.Second,
 	}, pat)
 	rcvbuf := udpRcvbufErrors()
+	overflows, drops := tcpExt("ListenOverflows"), tcpExt("ListenDrops")
 	start := time.Now()
 	ld.Start()
 	defer ld.Stop()
@@ -264,6 +265,8 @@ idle_timeout = "10s"
 	check("last process stops on SIGTERM", stopErr == nil, fmt.Sprintf("pid %d: %v", last, stopErr))
 	fmt.Printf("short connections made: %d (%.0f/s); skipped by the generator: %d\n",
 		r.Conns.OK.Load(), float64(r.Conns.OK.Load())/r.Elapsed.Seconds(), r.Skipped.Load())
+	fmt.Printf("accept queues meanwhile (/proc/net/netstat, every process; somaxconn %s): ListenOverflows %d, ListenDrops %d\n",
+		strings.TrimSpace(readFile("/proc/sys/net/core/somaxconn")), tcpExt("ListenOverflows")-overflows, tcpExt("ListenDrops")-drops)
 	all := udpRcvbufErrors() - rcvbuf
 	fmt.Printf("UDP receive buffer overflows meanwhile: %d on the machine (/proc/net/snmp RcvbufErrors, every process); "+
 		"lbctl's UDP listener %d, the echo peers %d, other sockets (clients, lbctl's backend sockets, other processes) %d\n",
@@ -272,6 +275,35 @@ idle_timeout = "10s"
 		fmt.Printf("\nlbctl log (end):\n%s\n", lb.Tail(6000))
 	}
 	return ok, nil
+}
+
+// readFile is a file's content, "" if unreadable.
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+// tcpExt is a counter of the TcpExt lines of /proc/net/netstat, -1 if
+// unknown.
+func tcpExt(name string) int64 {
+	var head []string
+	for _, line := range strings.Split(readFile("/proc/net/netstat"), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "TcpExt:" {
+			continue
+		}
+		if head == nil {
+			head = f
+			continue
+		}
+		for i, h := range head {
+			if h == name && i < len(f) {
+				n, _ := strconv.ParseInt(f[i], 10, 64)
+				return n
+			}
+		}
+	}
+	return -1
 }
 
 // udpRcvbufErrors is the machine's count of UDP datagrams dropped because

@@ -334,24 +334,38 @@ func NewUDPEchoPeer(addr string) (*UDPEchoPeer, error) {
 	c.SetReadBuffer(8 << 20)
 	c.SetWriteBuffer(8 << 20)
 	p := &UDPEchoPeer{Addr: c.LocalAddr().String(), conn: c, done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				if errors.Is(err, net.ErrClosed) {
-					return
+	// Several readers on the one socket: a single one, descheduled on a
+	// busy machine, lets its receive buffer overflow at a few thousand
+	// datagrams a second, and the load would count that against lbctl.
+	var wg sync.WaitGroup
+	for range udpEchoReaders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 65535)
+			for {
+				n, from, err := c.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					if errors.Is(err, net.ErrClosed) {
+						return
+					}
+					continue
 				}
-				continue
+				c.WriteToUDPAddrPort(buf[:n], from)
 			}
-			c.WriteToUDPAddrPort(buf[:n], from)
-		}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(p.done)
 	}()
 	return p, nil
 }
 
-// Close stops the peer and waits for its reader.
+// udpEchoReaders is the number of goroutines reading an UDPEchoPeer.
+const udpEchoReaders = 4
+
+// Close stops the peer and waits for its readers.
 func (p *UDPEchoPeer) Close() {
 	p.conn.Close()
 	<-p.done
@@ -434,7 +448,7 @@ func (l *Load) Start() {
 			err := l.stream(ctx, key, perTick*ticks)
 			l.report.Streams.count(err)
 			if err != nil {
-				l.report.errs.add("stream %d: %v", key, err)
+				l.report.errs.add("stream %d (at %.1fs): %v", key, time.Since(l.start).Seconds(), err)
 			}
 		}(uint32(i))
 	}
@@ -613,10 +627,11 @@ func (l *Load) connections(ctx context.Context) {
 			go func(key uint32) {
 				defer wg.Done()
 				defer func() { <-sem }()
+				began := time.Since(l.start).Seconds()
 				err := l.short(ctx, key)
 				l.report.Conns.count(err)
 				if err != nil {
-					l.report.errs.add("connection %d: %v", key, err)
+					l.report.errs.add("connection %d (started at %.1fs): %v", key, began, err)
 				}
 			}(key)
 		}
