@@ -75,7 +75,7 @@ func startUpgradable(t *testing.T, dir, config string, env ...string) *upgraded 
 			t.Logf("lbctl logs:\n%s", b)
 		}
 	})
-	lbtest.Eventually(t, 20*time.Second, func() bool { return unixGetCode(u.sock, "/readyz") == 200 }, "lbctl not ready")
+	lbtest.Eventually(t, 60*time.Second, func() bool { return unixGetCode(u.sock, "/readyz") == 200 }, "lbctl not ready within 60s")
 	return u
 }
 
