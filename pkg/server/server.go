@@ -51,7 +51,8 @@ type Options struct {
 	Log     *zap.Logger      // required
 	Metrics *metrics.Metrics // required
 	// Inherited holds sockets inherited from the service manager (socket
-	// activation), by protocol and address. A listener whose bind matches a
+	// activation), or passed by the old process of an upgrade
+	// (ListenerFiles), by protocol and address. A listener whose bind matches a
 	// key uses a duplicate of that socket instead of binding one.
 	Inherited map[SocketKey]InheritedSocket
 	// Resolver resolves backend host names; nil means net.DefaultResolver.
