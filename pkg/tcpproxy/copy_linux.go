@@ -166,6 +166,9 @@ func (d *direction) rawWrite(fn func(fd uintptr) bool) error {
 // poller calls it again once dst is writable, or at the latest after
 // progressTick.
 func (d *direction) stalled() bool {
+	if d.c.detaching.Load() {
+		d.nudgeOther() // detach.go
+	}
 	d.dst.SetWriteDeadline(time.Now().Add(progressTick))
 	return false
 }

@@ -12,7 +12,9 @@ import (
 // The portable path: a pooled buffer per direction, held while waiting
 // (without raw readiness it cannot be given back in between), one write per
 // read, counted once the write returns. Linux (copy_linux.go) has the
-// zero-copy path, per-chunk counting and the socket-queue checks.
+// zero-copy path, per-chunk counting and the socket-queue checks, and the
+// detach's nudge (a write blocks here without telling): a detach here can
+// wait on an echoing peer until its context ends, and then moves nothing.
 
 type platformCopier struct{}
 

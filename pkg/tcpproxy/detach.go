@@ -9,7 +9,17 @@ package tcpproxy
 // and both queues travel with the sockets. A direction waiting for input
 // is woken out of the poller by a read deadline in the past on its source;
 // a direction in the middle of a write finishes that write first; a bulk
-// transfer stops between two bursts, with its pipe empty. When every
+// transfer stops between two bursts, with its pipe empty.
+//
+// A stopped direction can hold up the other one's write: an echoing
+// backend stops reading once its replies fill the sockets that the
+// stopped direction no longer reads, and the write toward it then never
+// completes. So a direction whose write would block during a detach
+// nudges the other, stopped one (nudgeOther): that one runs again as
+// usual (free) until the first one stops, which then wakes it with a
+// read deadline in the past so that it stops at its next turn. The peers
+// keep draining each other while a write waits, and both directions come
+// to rest together as soon as neither has a write pending. When every
 // direction still running has stopped, the connection's state (State)
 // and duplicates of both sockets are handed to the caller, and the
 // connection ends here as EndMoved: its sockets are closed without
@@ -103,6 +113,54 @@ type detachRun struct {
 	release chan struct{} // closed when the detach is over: moved or given up
 	moved   bool          // set before release is closed
 	gone    chan struct{} // moved: closed once the connection's end ran
+	// nudge[i] asks direction i (0: in, 1: out), stopped, to run again
+	// (nudgeOther); stopped[i] says it is stopped, free[i] that it runs
+	// again, until the other stops.
+	nudge   [2]chan struct{}
+	stopped [2]bool
+	free    [2]bool
+}
+
+// dir returns direction i (0: in, 1: out).
+func (c *conn) dir(i int) *direction {
+	if i == 0 {
+		return &c.in
+	}
+	return &c.out
+}
+
+// stopOtherLocked ends the free run of the direction other than i, if it
+// has one: woken by a read deadline in the past, it stops at its next
+// turn. Called with c.dmu held.
+func (c *conn) stopOtherLocked(r *detachRun, i int) {
+	if o := 1 - i; r.free[o] {
+		r.free[o] = false
+		c.dir(o).src.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// index is 0 for the client-to-backend direction, 1 for the other.
+func (d *direction) index() int {
+	if d == &d.c.in {
+		return 0
+	}
+	return 1
+}
+
+// nudgeOther asks the other direction, if it is stopped for a detach, to
+// run again until d stops: d's write would block, and may wait for what
+// the other direction would read.
+func (d *direction) nudgeOther() {
+	c := d.c
+	other := 1 - d.index()
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if r := c.dr; r != nil && r.stopped[other] && !r.readied {
+		select {
+		case r.nudge[other] <- struct{}{}:
+		default: // one is pending already
+		}
+	}
 }
 
 // checkLocked closes r.ready once every direction has parked or exited.
@@ -117,19 +175,43 @@ func (c *conn) checkLocked(r *detachRun) {
 // reports whether the connection was moved (the direction must then
 // return errMoved at once). It returns false at once when the detach is
 // already over.
+//
+// A direction running free (nudged) does not stop: it returns false. Nudged
+// while stopped (nudgeOther) before the other direction has stopped too,
+// it returns false and runs free, reading as usual, until the other one
+// stops.
 func (d *direction) park() bool {
 	c := d.c
+	i := d.index()
 	c.dmu.Lock()
 	r := c.dr
-	if r == nil {
+	if r == nil || r.free[i] {
 		c.dmu.Unlock()
 		return false
 	}
 	r.parked++
+	r.stopped[i] = true
+	c.stopOtherLocked(r, i)
 	c.checkLocked(r)
 	c.dmu.Unlock()
-	<-r.release
-	return r.moved
+	select {
+	case <-r.release:
+		return r.moved
+	case <-r.nudge[i]:
+	}
+	c.dmu.Lock()
+	if r.readied { // both stopped meanwhile: the detach decides
+		c.dmu.Unlock()
+		<-r.release
+		return r.moved
+	}
+	r.parked--
+	r.stopped[i], r.free[i] = false, true
+	// Under dmu, so that the other direction's stop, which sets a deadline
+	// in the past again, comes after this.
+	d.src.SetReadDeadline(time.Time{})
+	c.dmu.Unlock()
+	return false
 }
 
 // woken handles a read that ended at its deadline: a detach woke the
@@ -148,6 +230,7 @@ func (d *direction) exit() {
 	d.exited = true
 	c.exited++
 	if r := c.dr; r != nil {
+		c.stopOtherLocked(r, d.index())
 		c.checkLocked(r)
 	}
 	c.dmu.Unlock()
@@ -165,7 +248,8 @@ var ErrNotDetached = errors.New("connection not detached")
 // connection is untouched.
 func (h Conn) Detach(ctx context.Context) (*Detached, error) {
 	c := h.c
-	r := &detachRun{ready: make(chan struct{}), release: make(chan struct{}), gone: make(chan struct{})}
+	r := &detachRun{ready: make(chan struct{}), release: make(chan struct{}), gone: make(chan struct{}),
+		nudge: [2]chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1)}}
 	c.dmu.Lock()
 	if c.dr != nil || c.reason.Load() != 0 {
 		c.dmu.Unlock()

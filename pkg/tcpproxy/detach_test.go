@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -396,4 +397,61 @@ func TestDetachStuckPeer(t *testing.T) {
 		t.Fatalf("backend got %q", s)
 	}
 	waitEnd(t, ends, tcpproxy.EndDone)
+}
+
+// TestDetachEchoBulk moves a connection that carries bulk data both ways
+// through an echo backend, so that the sockets on both sides stay full:
+// the backend stops reading while its replies wait, and a direction that
+// stopped for the detach would hold up the other's write for good. The
+// connection still reaches a clean point, and every byte arrives.
+func TestDetachEchoBulk(t *testing.T) {
+	sums := make(chan lbtest.Sum, 1)
+	be := lbtest.NewTCP(t, lbtest.HashingEcho(sums))
+	from, to := makeSide(t, be.Addr, 0, 0), makeSide(t, be.Addr, 0, 0)
+	c, h, ends := from.open(t)
+	const total = 96 << 20
+	data := pattern(1<<20, 5)
+	want := sha256.New()
+	for i := 0; i < total>>20; i++ {
+		want.Write(data)
+	}
+	back := make(chan []byte, 1)
+	var got atomic.Int64
+	go func() {
+		hs := sha256.New()
+		buf := make([]byte, 256<<10)
+		for {
+			n, err := c.Read(buf)
+			hs.Write(buf[:n])
+			got.Add(int64(n))
+			if err != nil {
+				back <- hs.Sum(nil)
+				return
+			}
+		}
+	}()
+	go func() {
+		for i := 0; i < total>>20; i++ {
+			if _, err := c.Write(data); err != nil {
+				return
+			}
+		}
+		c.CloseWrite()
+	}()
+	lbtest.Until(t, 20*time.Second, func() (bool, string) {
+		return got.Load() >= 8<<20, fmt.Sprintf("%d bytes back", got.Load())
+	})
+	st, newEnds := move(t, h, ends, to)
+	if st.BytesIn == 0 || st.BytesIn >= total {
+		t.Fatalf("moved after %d bytes in, want in the middle of the %d", st.BytesIn, total)
+	}
+	select {
+	case sum := <-back:
+		if got.Load() != total || !bytes.Equal(sum, want.Sum(nil)) {
+			t.Fatalf("client got %d bytes back (sum match %v), want %d", got.Load(), bytes.Equal(sum, want.Sum(nil)), total)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("echo did not finish: %d of %d bytes back", got.Load(), total)
+	}
+	waitEnd(t, newEnds, tcpproxy.EndDone)
 }
