@@ -107,7 +107,7 @@ type Conn struct {
 // file to pass to the new process (exec.Cmd.ExtraFiles). The caller closes
 // child once the new process has started.
 func Pair() (c *Conn, child *os.File, err error) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fds, err := socketpair()
 	if err != nil {
 		return nil, nil, fmt.Errorf("upgrade: socketpair: %w", err)
 	}
