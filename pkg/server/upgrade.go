@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -64,12 +65,7 @@ func (s *Server) ListenerFiles() ([]ListenerFile, error) {
 		}
 		out = append(out, ListenerFile{Key: k, File: f})
 	}
-	slices.SortFunc(out, func(a, b ListenerFile) int {
-		if a.Key.String() < b.Key.String() {
-			return -1
-		}
-		return 1
-	})
+	slices.SortFunc(out, func(a, b ListenerFile) int { return strings.Compare(a.Key.String(), b.Key.String()) })
 	return out, nil
 }
 
