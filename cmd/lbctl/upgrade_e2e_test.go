@@ -17,7 +17,7 @@ const (
 	upSessions = 50
 	upConnRate = 100
 	upUpgrades = 3
-	upDuration = 18 * time.Second
+	upDuration = 90 * time.Second // at most: Finish ends the load after the upgrades
 	// upOldExit is how long after the upgrade's answer the old process
 	// may still run (issue 16: it exits within 2 s of the handover).
 	upOldExit = 2 * time.Second
@@ -47,6 +47,7 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		ConnRate: upConnRate, Duration: upDuration, Deadline: upDuration + time.Minute,
 	}, e.pat)
 	ld.Start()
+	loadStart := time.Now()
 	t.Cleanup(func() { ld.Stop(); ld.Wait() })
 	if err := ld.WaitEstablished(20 * time.Second); err != nil {
 		t.Fatal(err)
@@ -121,6 +122,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 		}
 	}
 
+	lastBytes, lastReplies = ld.Progress()
+
 	// Every special connection is whole.
 	got := make([]byte, len("after the header"))
 	if _, err := io.ReadFull(pp, got); err != nil || string(got) != "after the header" {
@@ -146,6 +149,13 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	bk.finish(t)
 	t.Logf("bulk: %d MiB each way", bk.received.Load()>>20)
 
+	// The load ran through every upgrade; now it ends.
+	lbtest.Until(t, 20*time.Second, func() (bool, string) {
+		b, u := ld.Progress()
+		return b > lastBytes && u > lastReplies, fmt.Sprintf("after the last upgrade: stream bytes %d (were %d), udp replies %d (were %d)", b, lastBytes, u, lastReplies)
+	})
+	ld.Finish()
+	loadTime := time.Since(loadStart)
 	r := e.report(ld)
 	t.Logf("load:\n%s", r)
 	if r.Failed(0.001) {
@@ -154,8 +164,8 @@ func TestUpgradeUnderLoad(t *testing.T) {
 	if n := r.Streams.OK.Load(); n != upStreams {
 		t.Errorf("%d of %d streams whole", n, upStreams)
 	}
-	if n := r.Conns.OK.Load(); n < upConnRate*int64(upDuration/time.Second)/2 {
-		t.Errorf("only %d short connections made (%d a second for %v): the generator fell behind", n, upConnRate, upDuration)
+	if n := r.Conns.OK.Load(); n < int64(upConnRate*loadTime.Seconds()/2) {
+		t.Errorf("only %d short connections made (%d a second for %v): the generator fell behind", n, upConnRate, loadTime.Round(time.Second))
 	}
 
 	// The last process serves alone, and stops as usual.

@@ -121,12 +121,13 @@ idle_timeout = "10s"
 	}
 	defer lb.Kill()
 
-	// The streams last the whole run: the time to connect them, every
-	// upgrade (on a loaded 2-CPU machine one took 5-20 s, with 2,500 to
-	// 5,000 connections), and a margin.
+	// The load runs until the upgrades are done and the last process has
+	// moved it (Finish), at most this long: the time to connect the
+	// streams, every upgrade (on a loaded 2-CPU machine one took 5-20 s,
+	// with 2,500 to 5,000 connections), and a margin.
 	duration := u.load
 	if duration <= 0 {
-		duration = 20*time.Second + time.Duration(u.upgrades)*(u.every+20*time.Second)
+		duration = 30*time.Second + time.Duration(u.upgrades)*(u.every+time.Minute)
 	}
 	mode := "upgrade (POST /api/v1/upgrade)"
 	if u.restart {
@@ -180,7 +181,6 @@ idle_timeout = "10s"
 		if stuck {
 			break
 		}
-		lastBytes, lastReplies = ld.Progress()
 		var h *lbtest.Handover
 		if u.restart {
 			h, err = lb.Restart(time.Minute)
@@ -196,6 +196,7 @@ idle_timeout = "10s"
 			continue
 		}
 		handovers = append(handovers, h)
+		lastBytes, lastReplies = ld.Progress()
 		fmt.Printf("  %6.1fs  upgrade %2d: %s\n", time.Since(start).Seconds(), i+1, h)
 		if !u.restart && (h.TCPLeft != 0 || h.TCPMoved < u.streams || h.UDPMoved < u.sessions) {
 			fail("upgrade %d moved %d TCP connections (%d left in the old process) and %d UDP sessions; want at least %d and %d",
@@ -205,7 +206,20 @@ idle_timeout = "10s"
 			fail("upgrade %d: the new process's /readyz answered %d (0: no answer within 5s)", i+1, code)
 		}
 	}
-	fmt.Printf("  %6.1fs  upgrades done; the load runs to its end\n", time.Since(start).Seconds())
+	// The last process moves the load too, then the load ends.
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if b, r := ld.Progress(); b > lastBytes+int64(u.streams*u.streamChunk) && (u.sessions == 0 || r > lastReplies+int64(u.sessions)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			fail("after the upgrades: the load did not move for a minute")
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ld.Finish()
+	fmt.Printf("  %6.1fs  upgrades done, the load moved on; it ends\n", time.Since(start).Seconds())
 	r := ld.Wait()
 	for _, p := range peers {
 		r.Add(p.Report())

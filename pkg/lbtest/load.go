@@ -16,14 +16,17 @@ package lbtest
 //	r := ld.Wait()                         // a Report; r.Failed() says whether lbctl lost anything
 //	r.Add(peer.Report())                   // what the peers saw of the client-to-server halves
 //
-// The wire protocol of a TCP stream (stream.go's client, CheckPeer's
-// server): the client sends a 16-byte header (magic "LBS1", a 32-bit key,
-// a 64-bit length L), then exactly L bytes of the pattern's stream 2*key,
-// then FIN; the peer verifies every byte as it arrives and answers each read
-// with as many bytes of stream 2*key+1, then FIN after L bytes. Each side
-// checks that exactly L bytes came, then EOF: a reset, a corrupted byte, a
-// stream cut short (an early FIN) or one too long is a failure, counted by
-// kind.
+// The wire protocol of a TCP stream (Load's client, CheckPeer's server):
+// the client sends a 16-byte header (magic "LBS1", a 32-bit key, a 64-bit
+// length L), then exactly L bytes of the pattern's stream 2*key, then FIN;
+// the peer verifies every byte as it arrives and answers each read with as
+// many bytes of stream 2*key+1, then FIN after L bytes. Each side checks
+// that exactly L bytes came, then EOF: a reset, a corrupted byte, a stream
+// cut short (an early FIN) or one too long is a failure, counted by kind.
+// A long-lived stream is open-ended (L = openEnded): it runs until
+// Load.Finish (or its Duration), and its client records its final length
+// in the Pattern they share before its FIN, where the peer finds it at EOF
+// (both run in one process): a FIN that comes early still looks short.
 
 import (
 	"bytes"
@@ -52,7 +55,14 @@ const patternSize = 1 << 20
 // nor verifying allocates or computes anything per byte.
 type Pattern struct {
 	b []byte // 2*patternSize: the table twice, so that windows never wrap
+	// finals holds the final length of each open-ended stream whose client
+	// has finished (key -> int64), until its peer reads it at EOF.
+	finals sync.Map
 }
+
+// openEnded is the header length of a stream whose length its client
+// records in the Pattern as it finishes.
+const openEnded = 1 << 62
 
 // NewPattern builds the table from seed.
 func NewPattern(seed uint64) *Pattern {
@@ -268,6 +278,13 @@ func (p *CheckPeer) handle(c *net.TCPConn) error {
 			off += int64(n)
 		}
 		if err == io.EOF {
+			if length == openEnded {
+				final, ok := p.pat.finals.LoadAndDelete(uint32(key))
+				if !ok || final.(int64) != off {
+					return fmt.Errorf("key %d: EOF after %d bytes, the client sent %v (finished %v): %w", key, off, final, ok, errShort)
+				}
+				break
+			}
 			if off < length {
 				return fmt.Errorf("key %d: %d of %d bytes: %w", key, off, length, errShort)
 			}
@@ -385,8 +402,7 @@ type LoadConfig struct {
 	ConnBytes   int           // bytes each way of a short connection (default 512)
 
 	// Duration is how long streams send and connections and datagrams
-	// start; streams end after Duration (and longer when ticks run late on
-	// a busy machine), the rest at Duration.
+	// start, unless Finish ends them sooner.
 	Duration time.Duration
 	// Deadline bounds the whole run: a stream or session still open then
 	// fails (default Duration + 60s).
@@ -407,6 +423,8 @@ type Load struct {
 	wg          sync.WaitGroup
 	start       time.Time
 	stop        context.CancelFunc
+	finish      chan struct{} // closed by Finish
+	finishOnce  sync.Once
 }
 
 // NewLoad prepares the load: defaults filled in, nothing started.
@@ -429,8 +447,12 @@ func NewLoad(cfg LoadConfig, pat *Pattern) *Load {
 	if cfg.Ramp <= 0 {
 		cfg.Ramp = 2 * time.Second
 	}
-	return &Load{cfg: cfg, pat: pat}
+	return &Load{cfg: cfg, pat: pat, finish: make(chan struct{})}
 }
+
+// Finish ends the long-lived streams: each sends what is due, records its
+// length and sends FIN. Without it they end after Duration.
+func (l *Load) Finish() { l.finishOnce.Do(func() { close(l.finish) }) }
 
 // Start starts every stream, session and the connection generator.
 func (l *Load) Start() {
@@ -510,8 +532,9 @@ func (l *Load) Wait() *Report {
 	return &l.report
 }
 
-// stream runs one long-lived stream of length bytes each way.
-func (l *Load) stream(ctx context.Context, key uint32, length int64) error {
+// stream runs one long-lived, open-ended stream: at most limit bytes each
+// way, fewer when Finish comes first.
+func (l *Load) stream(ctx context.Context, key uint32, limit int64) error {
 	d := net.Dialer{Timeout: 10 * time.Second}
 	nc, err := d.DialContext(ctx, "tcp", l.cfg.TCPAddr)
 	if err != nil {
@@ -523,73 +546,93 @@ func (l *Load) stream(ctx context.Context, key uint32, length int64) error {
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
-	if _, err := c.Write(streamHeader(key, length)); err != nil {
+	if _, err := c.Write(streamHeader(key, openEnded)); err != nil {
 		return fmt.Errorf("header: %w", err)
 	}
 	l.established.Add(1)
-	werr := make(chan error, 1)
-	go func() { werr <- l.send(c, uint64(key), length) }()
-	rerr := l.receive(c, uint64(key), length)
-	err = <-werr
-	if rerr != nil {
-		c.SetLinger(0)
-		return rerr
+	type sent struct {
+		n   int64
+		err error
+	}
+	sc := make(chan sent, 1)
+	go func() {
+		n, err := l.send(c, key, limit)
+		sc <- sent{n, err}
+	}()
+	got, rerr := l.receive(c, uint64(key), openEnded)
+	w := <-sc
+	switch {
+	case rerr != nil:
+		err = rerr
+	case w.err != nil:
+		err = w.err
+	case got < w.n:
+		err = fmt.Errorf("reply: %d of %d bytes: %w", got, w.n, errShort)
+	case got > w.n:
+		err = fmt.Errorf("reply: %d bytes, %d sent: %w", got, w.n, errLong)
 	}
 	if err != nil {
 		c.SetLinger(0)
-		return err
 	}
-	return nil
+	return err
 }
 
 // send writes a stream's bytes, StreamChunk per StreamTick since it
-// started (a late tick on a busy machine sends what is due), then FIN.
-func (l *Load) send(c *net.TCPConn, key uint64, length int64) error {
+// started (a late tick on a busy machine sends what is due), until limit
+// or Finish; then it records the length it sent and sends FIN.
+func (l *Load) send(c *net.TCPConn, key uint32, limit int64) (int64, error) {
 	tick := time.NewTicker(l.cfg.StreamTick)
 	defer tick.Stop()
 	start := time.Now()
 	var off int64
-	for off < length {
-		<-tick.C
-		due := min(length, int64(time.Since(start)/l.cfg.StreamTick)*int64(l.cfg.StreamChunk))
+	for off < limit {
+		select {
+		case <-tick.C:
+		case <-l.finish:
+			limit = off
+			continue
+		}
+		due := min(limit, int64(time.Since(start)/l.cfg.StreamTick)*int64(l.cfg.StreamChunk))
 		for off < due {
 			n := int(min(due-off, 256<<10))
-			if _, err := c.Write(l.pat.At(2*key, off, n)); err != nil {
-				return fmt.Errorf("write at %d of %d: %w", off, length, err)
+			if _, err := c.Write(l.pat.At(2*uint64(key), off, n)); err != nil {
+				return off, fmt.Errorf("write at %d: %w", off, err)
 			}
 			off += int64(n)
 		}
 	}
+	l.pat.finals.Store(key, off)
 	if err := c.CloseWrite(); err != nil {
-		return fmt.Errorf("close write: %w", err)
+		return off, fmt.Errorf("close write: %w", err)
 	}
-	return nil
+	return off, nil
 }
 
-// receive reads and verifies the reply stream: length bytes, then EOF.
-func (l *Load) receive(c *net.TCPConn, key uint64, length int64) error {
+// receive reads and verifies a reply stream until EOF: length bytes
+// (openEnded: any number, returned for the caller to check).
+func (l *Load) receive(c *net.TCPConn, key uint64, length int64) (int64, error) {
 	buf := make([]byte, 32<<10)
 	var off int64
 	for {
 		n, err := c.Read(buf[:min(int64(len(buf)), length-off+1)])
 		if n > 0 {
 			if off+int64(n) > length {
-				return fmt.Errorf("%d bytes after %d: %w", n, off, errLong)
+				return off, fmt.Errorf("%d bytes after %d: %w", n, off, errLong)
 			}
 			if !l.pat.Match(2*key+1, off, buf[:n]) {
-				return fmt.Errorf("reply bytes %d-%d: %w", off, off+int64(n), errCorrupt)
+				return off, fmt.Errorf("reply bytes %d-%d: %w", off, off+int64(n), errCorrupt)
 			}
 			off += int64(n)
 			l.streamBytes.Add(int64(n))
 		}
 		if err == io.EOF {
-			if off < length {
-				return fmt.Errorf("reply: %d of %d bytes: %w", off, length, errShort)
+			if length != openEnded && off < length {
+				return off, fmt.Errorf("reply: %d of %d bytes: %w", off, length, errShort)
 			}
-			return nil
+			return off, nil
 		}
 		if err != nil {
-			return fmt.Errorf("read reply at %d of %d: %w", off, length, err)
+			return off, fmt.Errorf("read reply at %d: %w", off, err)
 		}
 	}
 }
@@ -610,6 +653,8 @@ func (l *Load) connections(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
+			return
+		case <-l.finish:
 			return
 		case <-tick.C:
 		}
@@ -662,7 +707,7 @@ func (l *Load) short(ctx context.Context, key uint32) error {
 		c.SetLinger(0)
 		return fmt.Errorf("close write: %w", err)
 	}
-	if err := l.receive(c, uint64(key), length); err != nil {
+	if _, err := l.receive(c, uint64(key), length); err != nil {
 		c.SetLinger(0)
 		return err
 	}
@@ -750,7 +795,12 @@ func (l *Load) session(ctx context.Context, id uint32, count int) {
 	buf := make([]byte, udpHeader+udpPayload)
 	sent := 0
 	for seq := 0; seq < count && ctx.Err() == nil; seq++ {
-		<-tick.C
+		select {
+		case <-tick.C:
+		case <-l.finish:
+			seq = count // the loop ends
+			continue
+		}
 		binary.BigEndian.PutUint32(buf, id)
 		binary.BigEndian.PutUint64(buf[4:], uint64(seq))
 		copy(buf[udpHeader:], l.pat.At(uint64(id)<<32|uint64(seq), 0, udpPayload))
