@@ -4,7 +4,8 @@
 # (see docs/benchmarks.md). Not part of `make test`; the load generator's own
 # unit tests are (go test ./cmd/lbbench/...).
 #
-#   make bench                                  # full run, about 5 minutes on 2 cores
+#   make bench                                  # full run, 7 to 9 minutes on 2 cores
+#                                               # (BENCH_PIN=both: twice that)
 #   BENCH_TIME=1s BENCH_ROUNDS=1 make bench     # quick look
 #   BENCH_TARGETS=direct,lbctl,haproxy make bench
 #   BENCH_MEASURES=short,sni make bench         # only some rows
