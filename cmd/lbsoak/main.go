@@ -112,14 +112,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "lbsoak: at least 2 TCP, 2 UDP and 2 live backends (one may be down at a time)")
 		os.Exit(2)
 	}
+	temp := ""
 	if o.dir == "" {
 		d, err := os.MkdirTemp("", "lbsoak")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "lbsoak:", err)
 			os.Exit(1)
 		}
-		defer os.RemoveAll(d)
-		o.dir = d
+		temp, o.dir = d, d
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -132,10 +132,16 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "lbsoak:", err)
+	}
+	if err != nil || !ok {
+		// os.Exit runs no deferred call: the directory, with lbctl's
+		// whole log, stays for a look.
+		fmt.Fprintf(os.Stderr, "lbsoak: lbctl's config and log are in %s\n", o.dir)
+		stop()
 		os.Exit(1)
 	}
-	if !ok {
-		os.Exit(1)
+	if temp != "" {
+		os.RemoveAll(temp)
 	}
 }
 
