@@ -187,6 +187,37 @@ func TestShutdownDeadlineResets(t *testing.T) {
 	}
 }
 
+// TestShutdownDeadlineResetsQuiet: a connection still open, but quiet,
+// when the shutdown drain time is over is reset too: neither side
+// finished, and a FIN between two messages would make the stream look
+// complete to a peer that reads until EOF.
+func TestShutdownDeadlineResetsQuiet(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "", be.Addr)+noHealth)
+	c, err := net.DialTimeout("tcp", h.addr("l"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	msg := []byte("ping")
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil { // proxied, and now quiet
+		t.Fatal(err)
+	}
+
+	ctx, cancel := contextWithTimeout(300 * time.Millisecond)
+	defer cancel()
+	h.srv.Shutdown(ctx)
+	b, err := lbtest.ReadAllTimeout(t, c, 10*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after the shutdown deadline the client read %d more bytes, then %v; want ECONNRESET", len(b), err)
+	}
+}
+
 // TestKernelDrainIsNotIdle: the backend's whole answer fits in lbctl's
 // socket toward the client, so lbctl itself moves nothing while a slow
 // client drains it for twice idle_timeout. The kernel still moves bytes

@@ -205,7 +205,7 @@ func (c *conn) end(why End) bool {
 	reset := false
 	switch {
 	case why == EndDone:
-	case why.failure(), why == EndKilled, why == EndDrainTimeout:
+	case why.failure(), why == EndKilled, why == EndDrainTimeout, why == EndShutdown:
 		reset = true
 	default:
 		reset = c.unsent()

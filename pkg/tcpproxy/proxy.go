@@ -29,11 +29,14 @@
 //   - both sides finished sending (EndDone): FIN, the stream is complete;
 //   - a side failed (EndClientError, EndBackendError): the other side gets a
 //     reset, so that it cannot mistake a truncated stream for a complete one;
-//   - the operator kills the backend's connections, or a backend removed
-//     from the pool reaches its drain_timeout (EndKilled,
-//     EndDrainTimeout; see [Registry]): a reset on both sides;
-//   - lbctl ends it (idle_timeout, half_close_timeout, the shutdown
-//     deadline): a reset on both sides when any byte is still unsent, FIN
+//   - the operator kills the backend's connections, a backend removed
+//     from the pool reaches its drain_timeout, or the shutdown drain time
+//     (shutdown_timeout) is over (EndKilled, EndDrainTimeout, EndShutdown;
+//     see [Registry]): a reset on both sides, even when nothing is pending
+//     at that instant: neither peer finished, and a FIN would make a
+//     stream cut between two messages look complete;
+//   - lbctl ends it for being quiet (idle_timeout, half_close_timeout): a
+//     reset on both sides when any byte is still unsent, FIN
 //     otherwise. Unsent means: a direction is in the middle of moving bytes
 //     (in lbctl's buffer or pipe), or a socket still holds bytes, received
 //     and not read by lbctl (SIOCINQ), or written by lbctl and not yet
