@@ -18,7 +18,7 @@ build:
 
 ## test: go vet, then every test with the race detector, then a short run of each fuzz target
 test: vet
-	$(GO) test -race -count=1 -timeout 10m $(PKGS)
+	$(GO) test -race -count=1 -timeout 15m $(PKGS)
 	$(MAKE) --no-print-directory fuzz-short
 
 ## test-stress: the suite of make test (without fuzzing) STRESS_ROUNDS times
@@ -36,7 +36,7 @@ test-stress:
 	round=1; while [ $$round -le $(STRESS_ROUNDS) ]; do \
 		for i in 1 2; do timeout $(STRESS_BURN) sh -c 'while :; do :; done' & burners="$$burners $$!"; done; \
 		echo "test-stress: round $$round of $(STRESS_ROUNDS), CPU burners (pids$$burners) beside the suite"; \
-		$(GO) test -race -count=1 -timeout 10m $(PKGS) || { echo "test-stress: round $$round of $(STRESS_ROUNDS) failed"; exit 1; }; \
+		$(GO) test -race -count=1 -timeout 15m $(PKGS) || { echo "test-stress: round $$round of $(STRESS_ROUNDS) failed"; exit 1; }; \
 		stop; round=$$((round + 1)); \
 	done; \
 	echo "test-stress: $(STRESS_ROUNDS) rounds passed"
