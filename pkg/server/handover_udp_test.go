@@ -95,13 +95,7 @@ func TestUDPHandover(t *testing.T) {
 	inherited := map[SocketKey]InheritedSocket{NewSocketKey("udp", addr): inh}
 	old := startWith(t, toml, nil, Options{Inherited: inherited})
 
-	type result struct {
-		backend        string
-		sent, answered int
-		missing        []int
-		err            error
-	}
-	results := make([]result, clients)
+	results := make([]lbtest.PingPongResult, clients)
 	var (
 		wg      sync.WaitGroup
 		started sync.WaitGroup
@@ -113,51 +107,8 @@ func TestUDPHandover(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := &results[i]
-			buf := make([]byte, 1500)
-			left := -1
-			for seq := 0; left != 0; seq++ {
-				if seq == before {
-					started.Done()
-				}
-				if left < 0 {
-					select {
-					case <-moved:
-						left = after
-					default:
-					}
-				} else {
-					left--
-				}
-				msg := fmt.Appendf(nil, "%d-%d", i, seq)
-				if _, err := c.WriteToUDPAddrPort(msg, addr); err != nil {
-					r.err = err
-					return
-				}
-				r.sent++
-				c.SetReadDeadline(time.Now().Add(2 * time.Second))
-				n, _, err := c.ReadFromUDPAddrPort(buf)
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					r.missing = append(r.missing, seq)
-					continue
-				}
-				if err != nil {
-					r.err = err
-					return
-				}
-				name, payload, _ := bytes.Cut(buf[:n], []byte("|"))
-				if !bytes.Equal(payload, msg) {
-					r.err = fmt.Errorf("reply %q to %q", buf[:n], msg)
-					return
-				}
-				if r.backend == "" {
-					r.backend = string(name)
-				} else if r.backend != string(name) {
-					r.err = fmt.Errorf("datagram %d answered by %s, the session's backend is %s", seq, name, r.backend)
-					return
-				}
-				r.answered++
-			}
+			results[i] = lbtest.PingPong{Conn: c, To: addr, ID: fmt.Sprint(i), Wait: 2 * time.Second,
+				Before: before, Started: started.Done, Moved: moved, After: after}.Run()
 		}()
 	}
 	started.Wait()
@@ -197,10 +148,10 @@ func TestUDPHandover(t *testing.T) {
 
 	var sent, lost int
 	for i, r := range results {
-		sent += r.sent
-		lost += len(r.missing)
-		if r.err != nil {
-			t.Errorf("client %d: %v", i, r.err)
+		sent += r.Sent
+		lost += len(r.Missing)
+		if r.Err != nil {
+			t.Errorf("client %d: %v", i, r.Err)
 		}
 	}
 	t.Logf("%d sessions moved in %d batch(es); %d datagrams each way, %d lost", n, batches, sent, lost)

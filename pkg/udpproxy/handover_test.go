@@ -5,7 +5,6 @@ package udpproxy_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -174,19 +173,12 @@ func TestDetachAdopt(t *testing.T) {
 	// and after datagrams after it, one at a time (a reply lost is a
 	// datagram lost: nothing is dropped for lack of buffer).
 	const clients, minBefore, after = 16, 20, 50
-	type result struct {
-		backend string
-		sent    int
-		missing []int
-		err     error
-	}
-	results := make([]result, clients)
+	results := make([]lbtest.PingPongResult, clients)
 	var (
 		wg      sync.WaitGroup
 		started sync.WaitGroup
 		moved   = make(chan struct{})
 	)
-	progress := make([]atomic.Int64, clients)
 	var conns []*net.UDPConn
 	for range clients {
 		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -200,51 +192,8 @@ func TestDetachAdopt(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r := &results[i]
-			buf := make([]byte, 1500)
-			left := -1 // datagrams still to send once the move is over
-			for seq := 0; left != 0; seq++ {
-				if seq == minBefore {
-					started.Done()
-				}
-				if left < 0 {
-					select {
-					case <-moved:
-						left = after
-					default:
-					}
-				} else {
-					left--
-				}
-				msg := fmt.Appendf(nil, "c%d-%d", i, seq)
-				if _, err := c.WriteToUDPAddrPort(msg, addr); err != nil {
-					r.err = err
-					return
-				}
-				r.sent++
-				c.SetReadDeadline(time.Now().Add(3 * time.Second))
-				n, _, err := c.ReadFromUDPAddrPort(buf)
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					r.missing = append(r.missing, seq)
-					continue
-				}
-				if err != nil {
-					r.err = err
-					return
-				}
-				name, payload, _ := bytes.Cut(buf[:n], []byte("|"))
-				if string(payload) != string(msg) {
-					r.err = fmt.Errorf("reply %q to %q", buf[:n], msg)
-					return
-				}
-				if r.backend == "" {
-					r.backend = string(name)
-				} else if r.backend != string(name) {
-					r.err = fmt.Errorf("seq %d answered by %s, the session's backend is %s", seq, name, r.backend)
-					return
-				}
-				progress[i].Add(1)
-			}
+			results[i] = lbtest.PingPong{Conn: c, To: addr, ID: fmt.Sprintf("c%d", i), Wait: 3 * time.Second,
+				Before: minBefore, Started: started.Done, Moved: moved, After: after}.Run()
 		}()
 	}
 	// The late client: its query is held by the backend across the move.
@@ -310,8 +259,8 @@ func TestDetachAdopt(t *testing.T) {
 	}
 	wg.Wait()
 	for i, r := range results {
-		if r.err != nil || len(r.missing) > 0 || r.sent < minBefore+after {
-			t.Errorf("client %d: sent %d, missing %v, error %v", i, r.sent, r.missing, r.err)
+		if r.Err != nil || len(r.Missing) > 0 || r.Sent < minBefore+after {
+			t.Errorf("client %d: sent %d, missing %v, error %v", i, r.Sent, r.Missing, r.Err)
 		}
 	}
 	// Every session kept its backend socket: the backends saw no new one.
@@ -353,7 +302,7 @@ func TestDetachAdopt(t *testing.T) {
 	}
 	sent := map[string]int64{lateC.LocalAddr().String(): 1}
 	for i, c := range conns {
-		sent[c.LocalAddr().String()] = int64(results[i].sent)
+		sent[c.LocalAddr().String()] = int64(results[i].Sent)
 	}
 	for _, e := range lines {
 		ctx := e.ContextMap()
