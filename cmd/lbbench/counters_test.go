@@ -143,14 +143,7 @@ func TestPerRequest(t *testing.T) {
 }
 
 func TestRenderCounters(t *testing.T) {
-	s := defaultSettings()
-	s.Rounds = 2
-	r := &results{Settings: s, Raw: map[string]map[string][]float64{}}
-	set := func(tg, m string, vs ...float64) {
-		for _, v := range vs {
-			r.add(tg, m, v)
-		}
-	}
+	r, set := newResults(2)
 	set(tLbctl, "rr32.per_req.syscalls", 6, 6)
 	set(tLbctl, "rr32.per_req.ctx_switches", 1.5, 2.5)
 	set(tLbctl, "rr32.per_req.wakeups", 1, 1)

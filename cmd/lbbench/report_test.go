@@ -12,14 +12,7 @@ import (
 // sampleResults is a two-round run with every target, where lbctl beats
 // HAProxy on connections but not nginx on memory.
 func sampleResults() *results {
-	s := defaultSettings()
-	s.Rounds = 2
-	r := &results{Settings: s, Raw: map[string]map[string][]float64{}}
-	set := func(t, m string, vs ...float64) {
-		for _, v := range vs {
-			r.add(t, m, v)
-		}
-	}
+	r, set := newResults(2)
 	set(tDirect, "bulk.gbps", 30, 34)
 	set(tLbctl, "bulk.gbps", 26, 26)
 	set(tHAProxy, "bulk.gbps", 16, 16)
@@ -42,6 +35,20 @@ func sampleResults() *results {
 	r.add(tNginx, "bulk.gbps", nanFloat()) // ignored
 	r.finish()
 	return r
+}
+
+// newResults is an empty run of the default settings with rounds rounds,
+// and set, which records a target's values of a measure (one a round).
+// The caller calls finish once they are set.
+func newResults(rounds int) (*results, func(target, measure string, vs ...float64)) {
+	s := defaultSettings()
+	s.Rounds = rounds
+	r := &results{Settings: s, Raw: map[string]map[string][]float64{}}
+	return r, func(target, measure string, vs ...float64) {
+		for _, v := range vs {
+			r.add(target, measure, v)
+		}
+	}
 }
 
 func nanFloat() float64 { z := 0.0; return z / z }
