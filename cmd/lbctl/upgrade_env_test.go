@@ -32,7 +32,7 @@ import (
 type upgradeEnv struct {
 	t     *testing.T
 	pat   *lbtest.Pattern
-	peers []*lbtest.CheckPeer
+	peers *lbtest.LoadPeers
 	hold  *holdBackend
 	lb    *lbtest.Lbctl
 	admin string
@@ -46,23 +46,12 @@ func newUpgradeEnv(t *testing.T, sd time.Duration) *upgradeEnv {
 		t.Logf("RLIMIT_NOFILE: %v", err)
 	}
 	e := &upgradeEnv{t: t, pat: lbtest.NewPattern(16), admin: freePort(t)}
-	for range 2 {
-		p, err := lbtest.NewCheckPeer("127.0.0.1:0", e.pat)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(p.Close)
-		e.peers = append(e.peers, p)
+	peers, err := lbtest.NewLoadPeers(e.pat)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var udp []string
-	for range 2 {
-		p, err := lbtest.NewUDPEchoPeer("127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(p.Close)
-		udp = append(udp, p.Addr)
-	}
+	t.Cleanup(peers.Close)
+	e.peers = peers
 	echo := lbtest.NewTCP(t, lbtest.Echo)
 	e.hold = newHoldBackend(t, e.pat)
 	e.front.load, e.front.echo, e.front.pp = freePort(t), freePort(t), freePort(t)
@@ -76,29 +65,7 @@ access = false
 [admin]
 bind = %q
 
-[listeners.load]
-bind = %q
-pool = "peers"
-idle_timeout = "2m"
-[pools.peers]
-  [pools.peers.health]
-  check = "none"
-  [[pools.peers.backends]]
-  address = %q
-  [[pools.peers.backends]]
-  address = %q
-
-[listeners.dgram]
-protocol = "udp"
-bind = %q
-pool = "udp"
-idle_timeout = "5s"
-[pools.udp]
-  [[pools.udp.backends]]
-  address = %q
-  [[pools.udp.backends]]
-  address = %q
-
+%s
 [listeners.echo]
 bind = %q
 pool = "echo"
@@ -130,7 +97,7 @@ idle_timeout = "2m"
   check = "none"
   [[pools.hold.backends]]
   address = %q
-`, sd.String(), e.admin, e.front.load, e.peers[0].Addr, e.peers[1].Addr, e.front.dgram, udp[0], udp[1],
+`, sd.String(), e.admin, e.peers.Listeners(e.front.load, e.front.dgram, "2m", "5s"),
 		e.front.echo, e.front.pp, e.front.tls, echo.Addr, e.front.hold, e.hold.addr)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "lbctl.toml")
@@ -153,11 +120,7 @@ idle_timeout = "2m"
 
 // report is the load's report with what the peers saw added.
 func (e *upgradeEnv) report(ld *lbtest.Load) *lbtest.Report {
-	r := ld.Wait()
-	for _, p := range e.peers {
-		r.Add(p.Report())
-	}
-	return r
+	return e.peers.Report(ld)
 }
 
 // holdBackend reads a connection to its end (FIN), verifying the

@@ -55,24 +55,11 @@ func runUpgrades(ctx context.Context, o options, u upgradeOptions) (bool, error)
 		fmt.Printf("lbsoak: RLIMIT_NOFILE %d, this load wants about %d\n", limit, need)
 	}
 	pat := lbtest.NewPattern(o.seed)
-	var peers []*lbtest.CheckPeer
-	for range 2 {
-		p, err := lbtest.NewCheckPeer("127.0.0.1:0", pat)
-		if err != nil {
-			return false, err
-		}
-		defer p.Close()
-		peers = append(peers, p)
+	peers, err := lbtest.NewLoadPeers(pat)
+	if err != nil {
+		return false, err
 	}
-	var udp []*lbtest.UDPEchoPeer
-	for range 2 {
-		p, err := lbtest.NewUDPEchoPeer("127.0.0.1:0")
-		if err != nil {
-			return false, err
-		}
-		defer p.Close()
-		udp = append(udp, p)
-	}
+	defer peers.Close()
 	ports, err := freePorts(3)
 	if err != nil {
 		return false, err
@@ -88,28 +75,7 @@ level = "info"
 access = false
 [admin]
 bind = %q
-[listeners.load]
-bind = %q
-pool = "peers"
-idle_timeout = "5m"
-[pools.peers]
-  [pools.peers.health]
-  check = "none"
-  [[pools.peers.backends]]
-  address = %q
-  [[pools.peers.backends]]
-  address = %q
-[listeners.dgram]
-protocol = "udp"
-bind = %q
-pool = "udp"
-idle_timeout = "10s"
-[pools.udp]
-  [[pools.udp.backends]]
-  address = %q
-  [[pools.udp.backends]]
-  address = %q
-`, admin, tcpAddr, peers[0].Addr, peers[1].Addr, udpAddr, udp[0].Addr, udp[1].Addr)
+%s`, admin, peers.Listeners(tcpAddr, udpAddr, "5m", "10s"))
 	cfgPath := filepath.Join(o.dir, "lbctl.toml")
 	if err := os.WriteFile(cfgPath, []byte(conf), 0o644); err != nil {
 		return false, err
@@ -220,15 +186,12 @@ idle_timeout = "10s"
 	}
 	ld.Finish()
 	fmt.Printf("  %6.1fs  upgrades done, the load moved on; it ends\n", time.Since(start).Seconds())
-	r := ld.Wait()
-	for _, p := range peers {
-		r.Add(p.Report())
-	}
+	r := peers.Report(ld)
 	// Where datagrams overflowed a receive buffer: lbctl's listener, the
 	// echo peers, or elsewhere (the clients' sockets and lbctl's backend
 	// sockets, closed by now: the machine's count minus these).
 	dropsListener := udpDrops(udpAddr)
-	dropsPeers := udpDrops(udp[0].Addr) + udpDrops(udp[1].Addr)
+	dropsPeers := udpDrops(peers.UDP[0].Addr) + udpDrops(peers.UDP[1].Addr)
 
 	// The last process serves a new connection alone, then stops.
 	if c, err := net.DialTimeout("tcp", tcpAddr, 5*time.Second); err != nil {
