@@ -137,8 +137,20 @@ func threads(pids []int) []int {
 // proxies under test keep their threads.
 func treeCtxSwitches(pid int) ctxSwitches {
 	var sum ctxSwitches
-	pids := procTree(pid)
-	for _, p := range pids {
+	eachThreadStatus(pid, func(status []byte) {
+		if c, err := parseCtxSwitches(status); err == nil {
+			sum.Voluntary += c.Voluntary
+			sum.Involuntary += c.Involuntary
+		}
+	})
+	return sum
+}
+
+// eachThreadStatus calls fn with the /proc status file of every thread of
+// the process tree under pid, in turn. A thread or process that ends
+// meanwhile is skipped.
+func eachThreadStatus(pid int, fn func(status []byte)) {
+	for _, p := range procTree(pid) {
 		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
 		if err != nil {
 			continue
@@ -148,13 +160,9 @@ func treeCtxSwitches(pid int) ctxSwitches {
 			if err != nil {
 				continue
 			}
-			if c, err := parseCtxSwitches(b); err == nil {
-				sum.Voluntary += c.Voluntary
-				sum.Involuntary += c.Involuntary
-			}
+			fn(b)
 		}
 	}
-	return sum
 }
 
 // perfEvent is one event of the perf stat command line and the counter it

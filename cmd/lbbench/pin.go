@@ -146,21 +146,11 @@ func pinArgv(argv []string, cpus string) []string {
 // with its thread count.
 func treeAffinity(pid int) string {
 	counts := map[string]int{}
-	for _, p := range procTree(pid) {
-		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
-		if err != nil {
-			continue
+	eachThreadStatus(pid, func(status []byte) {
+		if l, err := cpusAllowed(status); err == nil {
+			counts[l]++
 		}
-		for _, e := range ents {
-			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", p, e.Name()))
-			if err != nil {
-				continue
-			}
-			if l, err := cpusAllowed(b); err == nil {
-				counts[l]++
-			}
-		}
-	}
+	})
 	return describeAffinity(counts)
 }
 
