@@ -262,11 +262,20 @@ func readFile(path string) string {
 
 // tcpExt is a counter of the TcpExt lines of /proc/net/netstat, -1 if
 // unknown.
-func tcpExt(name string) int64 {
+func tcpExt(name string) int64 { return procNetCounter("/proc/net/netstat", "TcpExt:", name) }
+
+// udpRcvbufErrors is the machine's count of UDP datagrams dropped because
+// a socket's receive buffer was full (/proc/net/snmp), -1 if unknown.
+func udpRcvbufErrors() int64 { return procNetCounter("/proc/net/snmp", "Udp:", "RcvbufErrors") }
+
+// procNetCounter is the counter name of a /proc/net file (netstat, snmp)
+// in the lines of proto ("TcpExt:"): a line of names, then one of values.
+// It is -1 if the file or the counter is not there.
+func procNetCounter(path, proto, name string) int64 {
 	var head []string
-	for _, line := range strings.Split(readFile("/proc/net/netstat"), "\n") {
+	for _, line := range strings.Split(readFile(path), "\n") {
 		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "TcpExt:" {
+		if len(f) == 0 || f[0] != proto {
 			continue
 		}
 		if head == nil {
@@ -275,33 +284,6 @@ func tcpExt(name string) int64 {
 		}
 		for i, h := range head {
 			if h == name && i < len(f) {
-				n, _ := strconv.ParseInt(f[i], 10, 64)
-				return n
-			}
-		}
-	}
-	return -1
-}
-
-// udpRcvbufErrors is the machine's count of UDP datagrams dropped because
-// a socket's receive buffer was full (/proc/net/snmp), -1 if unknown.
-func udpRcvbufErrors() int64 {
-	b, err := os.ReadFile("/proc/net/snmp")
-	if err != nil {
-		return -1
-	}
-	var head []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != "Udp:" {
-			continue
-		}
-		if head == nil {
-			head = f
-			continue
-		}
-		for i, h := range head {
-			if h == "RcvbufErrors" && i < len(f) {
 				n, _ := strconv.ParseInt(f[i], 10, 64)
 				return n
 			}
