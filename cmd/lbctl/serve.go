@@ -61,6 +61,7 @@ type daemon struct {
 	adminBind  string        // its bind as configured
 	upgradeMu  sync.Mutex    // one upgrade at a time
 	handedOver chan struct{} // closed once an upgrade handed everything over: this process exits
+	successor  int           // the new process's pid once handed over (set before handedOver is closed)
 }
 
 func serve(cfg *config.Config, path string) error {
@@ -107,6 +108,12 @@ func serve(cfg *config.Config, path string) error {
 	if d.exe, err = os.Executable(); err != nil {
 		log.Warn("cannot tell which executable runs; lbctl upgrade needs --binary", zap.Error(err))
 	}
+	if h != nil {
+		// The upgrade that started this process runs until this one
+		// confirms it: another upgrade meanwhile is refused as in progress
+		// (h.run's serving func lets go).
+		d.upgradeMu.Lock()
+	}
 	d.ctl = &controlSocket{log: log, opts: admin.Options{Registry: reg, Server: srv, Reload: d.reload, Upgrade: d.upgrade, Log: log}}
 
 	sigs := make(chan os.Signal, 4)
@@ -131,7 +138,8 @@ func serve(cfg *config.Config, path string) error {
 			}
 		}()
 	}
-	if err := d.ctl.start(cfg.ControlSocket, h.controlListener(cfg.ControlSocket)); err != nil {
+	passedCtl := h.controlListener(cfg.ControlSocket) // the old process's, when it passed one
+	if err := d.ctl.start(cfg.ControlSocket, passedCtl); err != nil {
 		log.Error("cannot start", zap.Error(err))
 		h.fail(err)
 		if adm != nil {
@@ -143,6 +151,10 @@ func serve(cfg *config.Config, path string) error {
 	if err := srv.Start(); err != nil {
 		log.Error("cannot start", server.ErrorField(err))
 		h.fail(err)
+		if passedCtl != nil {
+			// The old process serves on, on that socket: its file stays.
+			d.ctl.stopListening()
+		}
 		if adm != nil {
 			adm.Close()
 		}
@@ -154,7 +166,10 @@ func serve(cfg *config.Config, path string) error {
 		// Serving on the passed sockets: tell the old process, and take
 		// its sessions and connections over.
 		h.started()
-		h.run(srv, srv.Config().ShutdownTimeout+time.Minute)
+		h.run(srv, srv.Config().ShutdownTimeout+time.Minute, func() {
+			d.setRunning(true)
+			d.upgradeMu.Unlock()
+		})
 	}
 	// Every listener is bound: tell systemd, then feed its watchdog while
 	// the accept loops and health checkers are alive.
@@ -220,6 +235,13 @@ func serve(cfg *config.Config, path string) error {
 func (d *daemon) reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
+	select {
+	case <-d.handedOver:
+		// An upgrade handed over while this reload waited for it: the new
+		// process serves, this one's configuration no longer matters.
+		return d.reloadHandedOver() // upgrade.go
+	default:
+	}
 	if !d.running {
 		// Before READY=1 or after STOPPING=1 (the admin API answers
 		// then too): the service manager hears nothing of it.

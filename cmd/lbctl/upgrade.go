@@ -35,7 +35,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/lbctl/lbctl/pkg/admin"
@@ -108,8 +110,27 @@ func (d *daemon) upgrade(req admin.UpgradeRequest) (admin.UpgradeResult, error) 
 	log.Info("upgrade: handed over", zap.Int("new_pid", res.NewPID), zap.Int("tcp_moved", res.TCPMoved),
 		zap.Int("udp_moved", res.UDPMoved), zap.Int("tcp_left", res.TCPLeft))
 	d.running = false // no reload nor upgrade here any more
+	d.successor = res.NewPID
 	close(d.handedOver)
 	return res, nil
+}
+
+// reloadHandedOver is a reload that reached this process once an upgrade
+// had handed everything over (a SIGHUP, or an API request that waited for
+// the upgrade): applied here it would change nothing that serves and be
+// lost, so it is passed to the new process as SIGHUP, and an API caller is
+// told to reload again (this one cannot tell how the new process's went).
+// The caller holds reloadMu.
+func (d *daemon) reloadHandedOver() error {
+	err := syscall.Kill(d.successor, syscall.SIGHUP)
+	d.log.Warn("reload after the upgrade's handover: passed to the new process as SIGHUP",
+		zap.Int("new_pid", d.successor), zap.Error(err))
+	if err != nil {
+		return fmt.Errorf("%w: this process handed over to pid %d (lbctl upgrade), and it could not be signalled (%v): reload again",
+			server.ErrNotRunning, d.successor, err)
+	}
+	return fmt.Errorf("%w: this process handed over to pid %d (lbctl upgrade) while the reload waited; it was passed on as SIGHUP (see that process's log), reload again to see the outcome",
+		server.ErrNotRunning, d.successor)
 }
 
 func (d *daemon) runUpgrade(bin string, timeout time.Duration, log *zap.Logger) (admin.UpgradeResult, error) {
@@ -330,6 +351,15 @@ func newUpgradeCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if timeout <= 0 {
 				return withCode(exitUsage, errors.New("--timeout must be positive"))
+			}
+			if binary != "" {
+				// The running lbctl starts it from its own working
+				// directory (/ under systemd), not the caller's.
+				abs, err := filepath.Abs(binary)
+				if err != nil {
+					return withCode(exitUsage, fmt.Errorf("--binary %s: %w", binary, err))
+				}
+				binary = abs
 			}
 			c, err := f.client()
 			if err != nil {

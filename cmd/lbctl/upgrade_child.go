@@ -216,8 +216,16 @@ func (h *handover) fail(err error) {
 
 // run tells the old process that this one serves, then adopts what the
 // old one hands over, until "done" (or until the old process goes away:
-// what was adopted stays). UDP listeners are released in any case.
-func (h *handover) run(srv *server.Server, msgTimeout time.Duration) {
+// what was adopted stays). UDP listeners are released in any case, and
+// the channel is closed. serving is called once, before this process
+// confirms "done" (or when run returns otherwise): the old process answers
+// the upgrade request once it has the confirmation, so a reload or the next
+// upgrade sent as soon as that answer came must find this process taking
+// requests, not still in the handover.
+func (h *handover) run(srv *server.Server, msgTimeout time.Duration, serving func()) {
+	var once sync.Once
+	defer h.conn.Close()
+	defer once.Do(serving)
 	defer srv.ReleaseUDP()
 	meta, _ := json.Marshal(readyMeta{PID: os.Getpid()})
 	if err := h.conn.Send(upgrade.Message{Kind: msgReady, Meta: meta}); err != nil {
@@ -253,6 +261,8 @@ func (h *handover) run(srv *server.Server, msgTimeout time.Duration) {
 			m.CloseFiles()
 			var dm doneMeta
 			json.Unmarshal(m.Meta, &dm)
+			srv.ReleaseUDP() // released already by "udp-done"; in case it never came
+			once.Do(serving)
 			if err := h.conn.Send(upgrade.Message{Kind: msgDone}); err != nil {
 				h.log.Error("upgrade: cannot confirm the handover to the old process", zap.Error(err))
 			}

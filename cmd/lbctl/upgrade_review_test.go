@@ -1,0 +1,192 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lbctl/lbctl/pkg/admin"
+	"github.com/lbctl/lbctl/pkg/lbtest"
+)
+
+// TestUpgradeFailedStartKeepsControlSocket: a new process that fails once
+// it serves the passed control socket (here: a listener the edited file
+// adds binds a port in use) must not remove the socket's file on its way
+// out: the old process serves on, and `lbctl reload`/`status` find it
+// through that file. And --binary is taken relative to the caller's
+// directory, not the running lbctl's.
+func TestUpgradeFailedStartKeepsControlSocket(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	dir := t.TempDir()
+	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	conf := fmt.Sprintf("shutdown_timeout = \"2s\"\ncontrol_socket = %q\n[listeners.web]\nbind = %q\npool = \"web\"\n"+
+		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n",
+		filepath.Join(dir, "lbctl.sock"), front, be.Addr)
+	u := startUpgradable(t, dir, conf)
+
+	// A relative --binary names a file in the caller's directory (dir);
+	// the running lbctl's working directory is this package's.
+	writeFileMode(t, dir, "exits.sh", "#!/bin/sh\nexit 3\n", 0o755)
+	out, code := runLbctlIn(t, dir, nil, "upgrade", "--socket", u.sock, "--binary", "exits.sh")
+	if code != 1 || !strings.Contains(out, "exit status 3") {
+		t.Errorf("relative --binary: exit %d: %s", code, out)
+	}
+
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	writeFile(t, dir, "lbctl.toml", conf+fmt.Sprintf("[listeners.extra]\nbind = %q\npool = \"web\"\n", busy.Addr()))
+	out, code = u.upgrade()
+	if code != 1 || !strings.Contains(out, "could not start") || !strings.Contains(out, "address already in use") {
+		t.Errorf("new process that cannot bind: exit %d: %s", code, out)
+	}
+	if _, err := os.Stat(u.sock); err != nil {
+		t.Fatalf("the old process's control socket after the failed upgrade: %v", err)
+	}
+	if code := unixGetCode(u.sock, "/readyz"); code != 200 {
+		t.Fatalf("control socket answers %d after the failed upgrade", code)
+	}
+	if got := roundTrip(t, front, []byte("still")); string(got) != "still" || !lbtest.Alive(u.pid()) || len(u.pids) != 1 {
+		t.Fatalf("after the failed upgrade: echo %q, pids %v", got, u.pids)
+	}
+}
+
+// TestUpgradeReloadDuringHandover: a SIGHUP (systemctl reload with
+// ExecReload=kill -HUP $MAINPID) that reaches the old process while it
+// hands over waits for the upgrade; once it has handed over, the reload
+// must reach the new process (which serves), not be applied to the old one
+// and lost. A connection whose client stopped reading holds the handover
+// for shutdown_timeout, which gives the window.
+func TestUpgradeReloadDuringHandover(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	added := lbtest.NewTCP(t, lbtest.Echo)
+	// A backend that writes until its client's side is full.
+	flood, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flood.Close()
+	var written atomic.Int64
+	go func() {
+		c, err := flood.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64<<10)
+		c.SetWriteDeadline(time.Now().Add(time.Minute))
+		for i := 0; i < 4096; i++ { // at most 256 MiB
+			n, err := c.Write(buf)
+			written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	dir := t.TempDir()
+	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	stuck := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	conf := fmt.Sprintf("shutdown_timeout = \"4s\"\ncontrol_socket = %q\n[log]\nlevel = \"info\"\n"+
+		"[listeners.web]\nbind = %q\npool = \"web\"\n[listeners.stuck]\nbind = %q\npool = \"flood\"\n"+
+		"[pools.flood]\n[pools.flood.health]\ncheck = \"none\"\n[[pools.flood.backends]]\naddress = %q\n"+
+		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n",
+		filepath.Join(dir, "lbctl.sock"), front, stuck, flood.Addr(), be.Addr)
+	u := startUpgradable(t, dir, conf)
+
+	c, err := net.Dial("tcp", stuck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The backend is blocked: lbctl holds bytes the client does not read.
+	lbtest.Until(t, 20*time.Second, func() (bool, string) {
+		n := written.Load()
+		time.Sleep(500 * time.Millisecond)
+		return n > 0 && written.Load() == n, fmt.Sprintf("flood backend still writing (%d bytes)", n)
+	})
+
+	old := u.pid()
+	type result struct {
+		out  string
+		code int
+	}
+	up := make(chan result, 1)
+	go func() {
+		out, code := runLbctl(t, "upgrade", "--socket", u.sock)
+		up <- result{out, code}
+	}()
+	lbtest.Until(t, 60*time.Second, func() (bool, string) {
+		b, _ := os.ReadFile(u.logs)
+		return strings.Contains(string(b), "the new process is ready; handing over"), "the new process is not ready"
+	})
+	// The new process has read the file: this edit is for a reload.
+	writeFile(t, dir, "lbctl.toml", conf+fmt.Sprintf("[[pools.web.backends]]\naddress = %q\n", added.Addr))
+	syscall.Kill(old, syscall.SIGHUP)
+	r := <-up
+	if r.code != 0 {
+		t.Fatalf("upgrade: exit %d: %s", r.code, r.out)
+	}
+	m := regexp.MustCompile(`pid (\d+) -> (\d+)`).FindStringSubmatch(r.out)
+	if m == nil {
+		t.Fatalf("upgrade output: %s", r.out)
+	}
+	pid, _ := strconv.Atoi(m[2])
+	u.pids = append(u.pids, pid) // killed at the end
+	lbtest.Until(t, 15*time.Second, func() (bool, string) {
+		st := u.status()
+		_, ok := backendOf(st, "web", added.Addr)
+		return ok, fmt.Sprintf("the process serving (started %v) does not have the reloaded backend", st.Started)
+	})
+}
+
+// TestUpgradeTenInARow: ten upgrades, each asked for as soon as the
+// previous one answered (a fresh connection to the control socket, which
+// the newest process serves): every one succeeds, each new process serves,
+// and every old one exits. The old process answers once the new one has
+// confirmed the handover; the new one must take the next upgrade from then
+// on, not refuse it as "not running" while it finishes its own start.
+func TestUpgradeTenInARow(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	dir := t.TempDir()
+	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	conf := fmt.Sprintf("shutdown_timeout = \"2s\"\ncontrol_socket = %q\n[listeners.web]\nbind = %q\npool = \"web\"\n"+
+		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n",
+		filepath.Join(dir, "lbctl.sock"), front, be.Addr)
+	u := startUpgradable(t, dir, conf)
+	for i := 0; i < 10; i++ {
+		c := controlClient(u.sock)
+		c.http.Timeout = 2 * time.Minute
+		var res admin.UpgradeResult
+		err := c.send(http.MethodPost, "/api/v1/upgrade", admin.UpgradeRequest{}, &res)
+		c.http.CloseIdleConnections()
+		if err != nil {
+			t.Fatalf("upgrade %d of pid %d: %v", i+1, u.pid(), err)
+		}
+		if res.OldPID != u.pid() || res.NewPID <= 0 {
+			t.Fatalf("upgrade %d: %+v, serving pid was %d", i+1, res, u.pid())
+		}
+		u.pids = append(u.pids, res.NewPID)
+	}
+	if got := roundTrip(t, front, []byte("ten")); string(got) != "ten" {
+		t.Fatalf("after ten upgrades: echo %q", got)
+	}
+	for _, pid := range u.pids[:len(u.pids)-1] {
+		if !lbtest.WaitGone(pid, 5*time.Second) {
+			t.Errorf("old pid %d still runs", pid)
+		}
+	}
+	if !lbtest.Alive(u.pid()) {
+		t.Fatalf("last pid %d does not run", u.pid())
+	}
+}
