@@ -178,13 +178,7 @@ func TestShutdownDeadlineResets(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := contextWithTimeout(500 * time.Millisecond)
-	defer cancel()
-	h.srv.Shutdown(ctx)
-	b, err := lbtest.ReadAllTimeout(t, c, 10*time.Second)
-	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("after the shutdown deadline the client read %d more bytes, then %v; want ECONNRESET", len(b), err)
-	}
+	shutdownResets(t, h, c, 500*time.Millisecond)
 }
 
 // TestShutdownDeadlineResetsQuiet: a connection still open, but quiet,
@@ -209,13 +203,7 @@ func TestShutdownDeadlineResetsQuiet(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := contextWithTimeout(300 * time.Millisecond)
-	defer cancel()
-	h.srv.Shutdown(ctx)
-	b, err := lbtest.ReadAllTimeout(t, c, 10*time.Second)
-	if !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("after the shutdown deadline the client read %d more bytes, then %v; want ECONNRESET", len(b), err)
-	}
+	shutdownResets(t, h, c, 300*time.Millisecond)
 }
 
 // TestKernelDrainIsNotIdle: the backend's whole answer fits in lbctl's
@@ -262,5 +250,18 @@ func TestKernelDrainIsNotIdle(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(c, pong); err != nil || string(pong) != "pong" {
 		t.Fatalf("after the slow read: %q, %v; want pong", pong, err)
+	}
+}
+
+// shutdownResets shuts h down with drain time drain and expects the
+// client connection c, still open then, to be reset.
+func shutdownResets(t *testing.T, h *harness, c net.Conn, drain time.Duration) {
+	t.Helper()
+	ctx, cancel := contextWithTimeout(drain)
+	defer cancel()
+	h.srv.Shutdown(ctx)
+	b, err := lbtest.ReadAllTimeout(t, c, 10*time.Second)
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after the shutdown deadline the client read %d more bytes, then %v; want ECONNRESET", len(b), err)
 	}
 }
