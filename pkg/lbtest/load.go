@@ -532,17 +532,28 @@ func (l *Load) Wait() *Report {
 	return &l.report
 }
 
-// stream runs one long-lived, open-ended stream: at most limit bytes each
-// way, fewer when Finish comes first.
-func (l *Load) stream(ctx context.Context, key uint32, limit int64) error {
+// dial connects to TCPAddr within 10s. Until stop is called, the end of
+// ctx puts the connection's deadline in the past, so that a blocked read
+// or write returns; the caller calls stop, then closes the connection.
+func (l *Load) dial(ctx context.Context) (c *net.TCPConn, stop func() bool, err error) {
 	d := net.Dialer{Timeout: 10 * time.Second}
 	nc, err := d.DialContext(ctx, "tcp", l.cfg.TCPAddr)
 	if err != nil {
-		return fmt.Errorf("dial: %w", err)
+		return nil, nil, fmt.Errorf("dial: %w", err)
 	}
-	c := nc.(*net.TCPConn)
+	c = nc.(*net.TCPConn)
+	return c, context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) }), nil
+}
+
+// stream runs one long-lived, open-ended stream: at most limit bytes each
+// way, fewer when Finish comes first.
+func (l *Load) stream(ctx context.Context, key uint32, limit int64) error {
+	c, stop, err := l.dial(ctx)
+	if err != nil {
+		return err
+	}
 	defer c.Close()
-	defer context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })()
+	defer stop()
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
@@ -688,14 +699,12 @@ func (l *Load) connections(ctx context.Context) {
 
 // short is one short connection: its bytes out, FIN, its reply, EOF.
 func (l *Load) short(ctx context.Context, key uint32) error {
-	d := net.Dialer{Timeout: 10 * time.Second}
-	nc, err := d.DialContext(ctx, "tcp", l.cfg.TCPAddr)
+	c, stop, err := l.dial(ctx)
 	if err != nil {
-		return fmt.Errorf("dial: %w", err)
+		return err
 	}
-	c := nc.(*net.TCPConn)
 	defer c.Close()
-	defer context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })()
+	defer stop()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
 	length := int64(l.cfg.ConnBytes)
 	msg := append(streamHeader(key, length), l.pat.At(2*uint64(key), 0, int(length))...)
