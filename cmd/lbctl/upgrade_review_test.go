@@ -151,11 +151,13 @@ func TestUpgradeReloadDuringHandover(t *testing.T) {
 }
 
 // TestUpgradeTenInARow: ten upgrades, each asked for as soon as the
-// previous one answered (a fresh connection to the control socket, which
-// the newest process serves): every one succeeds, each new process serves,
-// and every old one exits. The old process answers once the new one has
-// confirmed the handover; the new one must take the next upgrade from then
-// on, not refuse it as "not running" while it finishes its own start.
+// previous one answered, through one HTTP client as a script would use
+// (keep-alive): every one succeeds, each new process serves, and every old
+// one exits. The old process's answer closes its connection, so the next
+// request reaches the new process rather than the old one on a kept-alive
+// connection; and the new process takes the next upgrade as soon as the
+// old one has answered, not refusing it as "not running" while it finishes
+// its own start.
 func TestUpgradeTenInARow(t *testing.T) {
 	be := lbtest.NewTCP(t, lbtest.Echo)
 	dir := t.TempDir()
@@ -164,13 +166,12 @@ func TestUpgradeTenInARow(t *testing.T) {
 		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n",
 		filepath.Join(dir, "lbctl.sock"), front, be.Addr)
 	u := startUpgradable(t, dir, conf)
+	c := controlClient(u.sock)
+	c.http.Timeout = 2 * time.Minute
+	defer c.http.CloseIdleConnections()
 	for i := 0; i < 10; i++ {
-		c := controlClient(u.sock)
-		c.http.Timeout = 2 * time.Minute
 		var res admin.UpgradeResult
-		err := c.send(http.MethodPost, "/api/v1/upgrade", admin.UpgradeRequest{}, &res)
-		c.http.CloseIdleConnections()
-		if err != nil {
+		if err := c.send(http.MethodPost, "/api/v1/upgrade", admin.UpgradeRequest{}, &res); err != nil {
 			t.Fatalf("upgrade %d of pid %d: %v", i+1, u.pid(), err)
 		}
 		if res.OldPID != u.pid() || res.NewPID <= 0 {

@@ -149,9 +149,13 @@ func (s *Server) Listening() net.Listener { return s.ln }
 // StopListening closes the socket so that new connections go to another
 // process serving a duplicate of it (the new process of an upgrade);
 // requests in flight finish, and a later Close leaves the control socket's
-// file alone, since the other process serves it now.
+// file alone, since the other process serves it now. Keep-alive ends too:
+// idle connections are closed and answers in flight (the upgrade's own)
+// say "Connection: close", so a client's next request reaches the other
+// process instead of this one on a kept-alive connection.
 func (s *Server) StopListening() {
 	s.unlink = nil
+	s.http.SetKeepAlivesEnabled(false)
 	s.ln.Close()
 }
 
