@@ -191,3 +191,95 @@ func TestUpgradeTenInARow(t *testing.T) {
 		t.Fatalf("last pid %d does not run", u.pid())
 	}
 }
+
+// TestUpgradeOldDiesMidHandover: the old process is killed once the new
+// one is ready, while it is still handing over (a connection whose client
+// stopped reading holds it there): the new process does not wait for
+// messages that will never come nor exit; it serves the listeners and the
+// control socket on, and takes the next upgrade. `lbctl upgrade` exits 1.
+func TestUpgradeOldDiesMidHandover(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	flood, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flood.Close()
+	var written atomic.Int64
+	go func() {
+		c, err := flood.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64<<10)
+		c.SetWriteDeadline(time.Now().Add(time.Minute))
+		for i := 0; i < 4096; i++ {
+			n, err := c.Write(buf)
+			written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	dir := t.TempDir()
+	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	stuck := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	conf := fmt.Sprintf("shutdown_timeout = \"20s\"\ncontrol_socket = %q\n[log]\nlevel = \"info\"\n"+
+		"[listeners.web]\nbind = %q\npool = \"web\"\n[listeners.stuck]\nbind = %q\npool = \"flood\"\n"+
+		"[pools.flood]\n[pools.flood.health]\ncheck = \"none\"\n[[pools.flood.backends]]\naddress = %q\n"+
+		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n",
+		filepath.Join(dir, "lbctl.sock"), front, stuck, flood.Addr(), be.Addr)
+	u := startUpgradable(t, dir, conf)
+	c, err := net.Dial("tcp", stuck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	lbtest.Until(t, 20*time.Second, func() (bool, string) {
+		n := written.Load()
+		time.Sleep(500 * time.Millisecond)
+		return n > 0 && written.Load() == n, fmt.Sprintf("flood backend still writing (%d bytes)", n)
+	})
+
+	old := u.pid()
+	type result struct {
+		out  string
+		code int
+	}
+	up := make(chan result, 1)
+	go func() {
+		out, code := runLbctl(t, "upgrade", "--socket", u.sock)
+		up <- result{out, code}
+	}()
+	newPID := regexp.MustCompile(`"upgrade: the new process is ready; handing over connections".*"new_pid":(\d+)`)
+	var nw int
+	lbtest.Until(t, 60*time.Second, func() (bool, string) {
+		b, _ := os.ReadFile(u.logs)
+		if m := newPID.FindSubmatch(b); m != nil {
+			nw, _ = strconv.Atoi(string(m[1]))
+		}
+		return nw > 0, "the new process is not ready"
+	})
+	u.pids = append(u.pids, nw) // killed at the end
+	syscall.Kill(old, syscall.SIGKILL)
+	if r := <-up; r.code != 1 {
+		t.Errorf("upgrade whose old process died: exit %d: %s", r.code, r.out)
+	}
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		b, _ := os.ReadFile(u.logs)
+		return strings.Contains(string(b), "the old process stopped handing over"), "the new process still waits for the old one"
+	})
+	if got := roundTrip(t, front, []byte("orphan")); string(got) != "orphan" {
+		t.Fatalf("new process after the old one died: echo %q", got)
+	}
+	if code := unixGetCode(u.sock, "/readyz"); code != 200 || !lbtest.Alive(nw) {
+		t.Fatalf("new process after the old one died: control socket %d, alive %v", code, lbtest.Alive(nw))
+	}
+	// And it upgrades in turn.
+	if out, code := u.upgrade(); code != 0 {
+		t.Fatalf("upgrade of the orphaned new process: exit %d: %s", code, out)
+	}
+	if !lbtest.WaitGone(nw, 5*time.Second) {
+		t.Errorf("pid %d still runs after its own upgrade", nw)
+	}
+}
