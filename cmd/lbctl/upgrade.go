@@ -78,7 +78,9 @@ type doneMeta struct {
 // upgrade runs one upgrade (the sequence above). Only one at a time:
 // another request meanwhile gets admin.ErrUpgradeInProgress.
 func (d *daemon) upgrade(req admin.UpgradeRequest) (admin.UpgradeResult, error) {
+	// Refusals are logged too: after SIGUSR2 the log is the only answer.
 	if !d.upgradeMu.TryLock() {
+		d.log.Warn("upgrade refused", zap.Error(admin.ErrUpgradeInProgress))
 		return admin.UpgradeResult{}, admin.ErrUpgradeInProgress
 	}
 	defer d.upgradeMu.Unlock()
@@ -86,7 +88,9 @@ func (d *daemon) upgrade(req admin.UpgradeRequest) (admin.UpgradeResult, error) 
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	if !d.running {
-		return admin.UpgradeResult{}, errors.New("not running (starting, stopping, or upgraded already)")
+		err := errors.New("not running (starting, stopping, or upgraded already)")
+		d.log.Warn("upgrade refused", zap.Error(err))
+		return admin.UpgradeResult{}, err
 	}
 	timeout := admin.DefaultUpgradeTimeout
 	if req.Timeout != "" {
@@ -372,6 +376,14 @@ func newUpgradeCmd() *cobra.Command {
 			var res admin.UpgradeResult
 			if err := c.send(http.MethodPost, "/api/v1/upgrade", req, &res); err != nil {
 				var unreachable *unreachableError
+				var op *net.OpError
+				if errors.As(err, &unreachable) && !(errors.As(err, &op) && op.Op == "dial") {
+					// Connected, asked, and the connection went: the
+					// outcome is not known (the old process may have
+					// died half way); not "cannot reach".
+					return withCode(exitFailure, fmt.Errorf("upgrade: the running lbctl closed the connection before answering "+
+						"(did it exit during the upgrade? its log says how far it got; lbctl status names the process serving now): %w", unreachable.err))
+				}
 				if errors.As(err, &unreachable) {
 					return withCode(exitFailure, err)
 				}

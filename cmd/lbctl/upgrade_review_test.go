@@ -41,6 +41,25 @@ func TestUpgradeFailedStartKeepsControlSocket(t *testing.T) {
 		t.Errorf("relative --binary: exit %d: %s", code, out)
 	}
 
+	// SIGUSR2 while an upgrade runs is refused, and the log (its only
+	// answer) says so.
+	pidFile := filepath.Join(dir, "hang.pid")
+	hang := writeFileMode(t, dir, "hangs.sh", "#!/bin/sh\necho $$ > "+pidFile+"\nexec sleep 60\n", 0o755)
+	hung := make(chan int, 1)
+	go func() {
+		_, code := runLbctlIn(t, "", nil, "upgrade", "--socket", u.sock, "--binary", hang, "--timeout", "3s")
+		hung <- code
+	}()
+	lbtest.Eventually(t, 10*time.Second, func() bool { _, err := os.Stat(pidFile); return err == nil }, "hanging binary not started")
+	syscall.Kill(u.pid(), syscall.SIGUSR2)
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		b, _ := os.ReadFile(u.logs)
+		return strings.Contains(string(b), `"upgrade refused","error":"an upgrade is already in progress"`), "SIGUSR2 during an upgrade: no log line"
+	})
+	if code := <-hung; code != 1 {
+		t.Errorf("hanging binary: exit %d", code)
+	}
+
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -262,7 +281,7 @@ func TestUpgradeOldDiesMidHandover(t *testing.T) {
 	})
 	u.pids = append(u.pids, nw) // killed at the end
 	syscall.Kill(old, syscall.SIGKILL)
-	if r := <-up; r.code != 1 {
+	if r := <-up; r.code != 1 || !strings.Contains(r.out, "closed the connection before answering") {
 		t.Errorf("upgrade whose old process died: exit %d: %s", r.code, r.out)
 	}
 	lbtest.Until(t, 10*time.Second, func() (bool, string) {
