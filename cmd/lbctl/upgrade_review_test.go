@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -300,5 +301,49 @@ func TestUpgradeOldDiesMidHandover(t *testing.T) {
 	}
 	if !lbtest.WaitGone(nw, 5*time.Second) {
 		t.Errorf("pid %d still runs after its own upgrade", nw)
+	}
+}
+
+// TestUpgradeFailuresLeaveNoDescriptor: the old process holds as many
+// descriptors after failed upgrades (a binary that exits, one that hangs
+// until the timeout, one that dies once ready, mid-handover) as before:
+// the socket duplicates, the channel and the spawner's socket are closed
+// on every failure path.
+func TestUpgradeFailuresLeaveNoDescriptor(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	dir := t.TempDir()
+	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	dgram := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	conf := fmt.Sprintf("shutdown_timeout = \"2s\"\ncontrol_socket = %q\n[listeners.web]\nbind = %q\npool = \"web\"\n"+
+		"[listeners.dns]\nbind = %q\nprotocol = \"udp\"\npool = \"web\"\n"+
+		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n",
+		filepath.Join(dir, "lbctl.sock"), front, dgram, be.Addr)
+	u := startUpgradable(t, dir, conf)
+	fds := func() int {
+		ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", u.pid()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ents)
+	}
+	fake := filepath.Join(dir, "fakenew")
+	if out, err := exec.Command("go", "build", "-o", fake, "./testdata/fakenew").CombinedOutput(); err != nil {
+		t.Fatalf("build fakenew: %v\n%s", err, out)
+	}
+	roundTrip(t, front, []byte("warm")) // the pools' first connection
+	before := fds()
+	exits := writeFileMode(t, dir, "exits.sh", "#!/bin/sh\nexit 3\n", 0o755)
+	hangs := writeFileMode(t, dir, "hangs.sh", "#!/bin/sh\nexec sleep 60\n", 0o755)
+	for _, args := range [][]string{{"--binary", exits}, {"--binary", hangs, "--timeout", "2s"}, {"--binary", fake}} {
+		if out, code := u.upgrade(args...); code != 1 {
+			t.Fatalf("upgrade %v: exit %d: %s", args, code, out)
+		}
+	}
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		n := fds()
+		return n <= before, fmt.Sprintf("old process: %d descriptors after 3 failed upgrades, %d before", n, before)
+	})
+	if got := roundTrip(t, front, []byte("after")); string(got) != "after" {
+		t.Fatalf("after the failed upgrades: echo %q", got)
 	}
 }
