@@ -62,6 +62,7 @@ type daemon struct {
 	upgradeMu  sync.Mutex    // one upgrade at a time
 	handedOver chan struct{} // closed once an upgrade handed everything over: this process exits
 	successor  int           // the new process's pid once handed over (set before handedOver is closed)
+	stopping   chan struct{} // closed at SIGTERM/SIGINT: an upgrade not yet handing over gives up
 }
 
 func serve(cfg *config.Config, path string) error {
@@ -104,7 +105,7 @@ func serve(cfg *config.Config, path string) error {
 		return startError(err)
 	}
 	d := &daemon{path: path, log: log, level: level, m: m, srv: srv, notify: systemd.NewNotifier(log),
-		handedOver: make(chan struct{})}
+		handedOver: make(chan struct{}), stopping: make(chan struct{})}
 	if d.exe, err = os.Executable(); err != nil {
 		log.Warn("cannot tell which executable runs; lbctl upgrade needs --binary", zap.Error(err))
 	}
@@ -209,6 +210,7 @@ func serve(cfg *config.Config, path string) error {
 		}
 		log.Info("stopping", zap.String("signal", sig.String()), zap.Duration("shutdown_timeout", srv.Config().ShutdownTimeout))
 		stopKeepalive()
+		close(d.stopping)   // an upgrade still waiting for its new process gives up
 		d.setRunning(false) // waits for an upgrade in progress
 		select {
 		case <-d.handedOver:

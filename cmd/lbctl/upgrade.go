@@ -176,6 +176,11 @@ func (d *daemon) runUpgrade(bin string, timeout time.Duration, log *zap.Logger) 
 	select {
 	case <-ch.exited:
 		return fail("the new process exited before it was ready: %s", ch.exitReason())
+	case <-d.stopping:
+		// SIGTERM: the stop must not wait for a new process that may
+		// never be ready (and then drain past the service manager's
+		// stop timeout).
+		return fail("this lbctl is stopping (SIGTERM or SIGINT): upgrade abandoned, the new process killed")
 	case r := <-got:
 		r.m.CloseFiles()
 		switch {

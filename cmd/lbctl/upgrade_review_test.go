@@ -347,3 +347,42 @@ func TestUpgradeFailuresLeaveNoDescriptor(t *testing.T) {
 		t.Fatalf("after the failed upgrades: echo %q", got)
 	}
 }
+
+// TestUpgradeAbandonedAtStop: SIGTERM while an upgrade waits for a new
+// process that does not become ready: the stop does not wait for the
+// upgrade's timeout (a minute here; the drain would then run past
+// systemd's TimeoutStopSec): the new process is killed, lbctl upgrade
+// exits 1 saying why, and the old process drains and exits at once.
+func TestUpgradeAbandonedAtStop(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	dir := t.TempDir()
+	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	conf := fmt.Sprintf("shutdown_timeout = \"2s\"\ncontrol_socket = %q\n[listeners.web]\nbind = %q\npool = \"web\"\n"+
+		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n",
+		filepath.Join(dir, "lbctl.sock"), front, be.Addr)
+	u := startUpgradable(t, dir, conf)
+	pidFile := filepath.Join(dir, "hang.pid")
+	hang := writeFileMode(t, dir, "hangs.sh", "#!/bin/sh\necho $$ > "+pidFile+"\nexec sleep 90\n", 0o755)
+	type result struct {
+		out  string
+		code int
+	}
+	up := make(chan result, 1)
+	go func() {
+		out, code := runLbctlIn(t, "", nil, "upgrade", "--socket", u.sock, "--binary", hang, "--timeout", "1m")
+		up <- result{out, code}
+	}()
+	lbtest.Eventually(t, 10*time.Second, func() bool { _, err := os.Stat(pidFile); return err == nil }, "hanging binary not started")
+	syscall.Kill(u.pid(), syscall.SIGTERM)
+	if !lbtest.WaitGone(u.pid(), 15*time.Second) {
+		t.Fatalf("pid %d still runs 15s after SIGTERM, an upgrade waiting for its new process", u.pid())
+	}
+	r := <-up
+	if r.code != 1 || !strings.Contains(r.out, "upgrade abandoned") {
+		t.Errorf("upgrade at stop: exit %d: %s", r.code, r.out)
+	}
+	pb, _ := os.ReadFile(pidFile)
+	if hung, err := strconv.Atoi(strings.TrimSpace(string(pb))); err != nil || !lbtest.WaitGone(hung, 5*time.Second) {
+		t.Errorf("hanging new process %q not killed", pb)
+	}
+}
