@@ -6,7 +6,15 @@ package server
 // The old process (DetachTCP) has every connection of its TCP listeners
 // detached by tcpproxy (Conn.Detach: stopped at a clean point, where
 // lbctl holds none of its bytes) and sends each, its two sockets and its
-// state, in batches of up to MaxHandoverFiles descriptors. A connection
+// state, in batches of up to MaxHandoverFiles descriptors. A detached
+// connection moves no byte until the new process has adopted it, so
+// DetachTCP detaches one batch at a time: the next batch's connections
+// are stopped only once the previous one is sent, and each connection
+// pauses for about the time its own batch takes, not for the whole
+// handover (which, for a few thousand connections on a loaded machine,
+// takes tens of seconds: long enough for a client waiting on a FIN to
+// give up). The send blocks while the new process is behind, which
+// holds the next detaches back too. A connection
 // still before its proxy (reading its PROXY header, its TLS hello, or
 // dialing) is not in a backend's registry yet: DetachTCP looks again
 // every handoverScan until every connection of its listeners has moved or
@@ -104,7 +112,8 @@ func (b *tcpBatch) take() (HandoverBatch, error) {
 // (StopAccepting). It brings every established TCP connection to a clean
 // point (no byte held by lbctl), and passes each to send with its state, in
 // batches of at most MaxHandoverFiles descriptors; the connection is then
-// gone from this process. A connection still in its PROXY-header, TLS
+// gone from this process. At most one batch's connections are stopped at
+// a time (see the top of this file). A connection still in its PROXY-header, TLS
 // inspection or dial phase is passed once it reaches its backend. One that
 // cannot reach a clean point before ctx ends stays and finishes here.
 // It returns how many connections were passed.
@@ -154,13 +163,24 @@ func (s *Server) DetachTCP(ctx context.Context, send func(HandoverBatch) error) 
 	defer tick.Stop()
 	done := dctx.Done()
 	unseenUntil := time.Now().Add(preProxyBound(s.cfg.Load()))
+	var queue []tcpproxy.Conn // seen, not yet tried
 	for {
 		if dctx.Err() == nil {
-			handles = s.tcpHandles(handles[:0])
-			for _, h := range handles {
-				if _, ok := tried[h]; ok {
-					continue
+			if len(queue) == 0 {
+				handles = s.tcpHandles(handles[:0])
+				for _, h := range handles {
+					if _, ok := tried[h]; !ok {
+						queue = append(queue, h)
+					}
 				}
+			}
+			// At most one batch is on its way at a time: a detached
+			// connection moves no byte until the new process adopts it,
+			// so each one is stopped only while its own batch is
+			// detached and sent, not for the whole handover.
+			for len(queue) > 0 && inflight+batch.len() < tcpBatchConns {
+				h := queue[0]
+				queue = queue[1:]
 				tried[h] = struct{}{}
 				inflight++
 				go func() {
@@ -169,7 +189,8 @@ func (s *Server) DetachTCP(ctx context.Context, send func(HandoverBatch) error) 
 				}()
 			}
 		}
-		if inflight == 0 && (dctx.Err() != nil || s.tcpActive() == 0 || time.Now().After(unseenUntil)) {
+		if inflight == 0 && (dctx.Err() != nil ||
+			len(queue) == 0 && (s.tcpActive() == 0 || time.Now().After(unseenUntil))) {
 			break
 		}
 		select {

@@ -433,3 +433,101 @@ func TestHandoverTCPRemovedPool(t *testing.T) {
 	}
 	echo("after")
 }
+
+// TestHandoverTCPStopsOneBatchAtATime: a detached connection moves no
+// byte until the new server adopts it, so DetachTCP stops connections
+// one batch at a time, not all at once: while the first batch is being
+// sent (here: the new server is slow to take it), the connections that
+// are not in it still flow in the old server. (Stopping them all at the
+// first scan froze every connection for the whole handover, 13 to 21 s
+// for a few thousand connections in the soak, long enough for short
+// connections to time out waiting for their FIN.)
+func TestHandoverTCPStopsOneBatchAtATime(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	hp := startHandoverPair(t, be.Addr, be.Addr)
+	const extra = 30
+	n := tcpBatchConns + extra
+	// From three client addresses: web takes 100 connections per client.
+	conns := make([]*net.TCPConn, n)
+	msg := []byte("ping")
+	for i := range conns {
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%3))}, Timeout: 10 * time.Second}
+		c, err := d.Dial("tcp", hp.binds["web"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		conns[i] = c.(*net.TCPConn)
+		if err := pingEcho(conns[i], msg, 10*time.Second); err != nil {
+			t.Fatalf("connection %d before the handover: %v", i, err)
+		}
+	}
+	hp.startNew(t)
+	// During the first send, before the new server adopts anything: every
+	// connection gets a ping; those still in the old server answer.
+	var answered atomic.Int32
+	pending := make([]bool, n)
+	first := true
+	adopt := dupSend(t, hp.new.srv.AdoptTCP)
+	send := func(b HandoverBatch) error {
+		if first {
+			first = false
+			var wg sync.WaitGroup
+			for i, c := range conns {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := pingEcho(c, msg, 3*time.Second); err == nil {
+						answered.Add(1)
+					} else {
+						pending[i] = true // its echo comes once it is adopted
+					}
+				}()
+			}
+			wg.Wait()
+		}
+		return adopt(b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	moved, err := hp.old.srv.DetachTCP(ctx, send)
+	if err != nil || moved != n {
+		t.Fatalf("DetachTCP: %d moved, %v; want %d", moved, err, n)
+	}
+	if a := answered.Load(); a < extra {
+		t.Errorf("during the first batch's send, %d of %d connections answered in the old server, want at least %d (the ones not in that batch)", a, n, extra)
+	}
+	// Every connection is whole in the new server.
+	for i, c := range conns {
+		if pending[i] {
+			got := make([]byte, len(msg))
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("connection %d: the echo sent during the handover: %q, %v", i, got, err)
+			}
+		}
+		if err := pingEcho(c, []byte("after"), 10*time.Second); err != nil {
+			t.Fatalf("connection %d after the handover: %v", i, err)
+		}
+	}
+	if a := hp.new.active("web"); a != int64(n) {
+		t.Errorf("new server: %d connections on web, want %d", a, n)
+	}
+}
+
+// pingEcho writes msg to c and reads it back within d.
+func pingEcho(c *net.TCPConn, msg []byte, d time.Duration) error {
+	c.SetDeadline(time.Now().Add(d))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("echo %q, want %q", got, msg)
+	}
+	return nil
+}
