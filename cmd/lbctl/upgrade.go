@@ -36,6 +36,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -73,6 +74,15 @@ type readyMeta struct {
 type doneMeta struct {
 	TCP int `json:"tcp"`
 	UDP int `json:"udp"`
+}
+
+// doneReply is the meta of the new process's "done" (absent from a new
+// process that predates it: nothing dropped).
+type doneReply struct {
+	// DroppedControl: the paths of the passed control sockets the new
+	// process did not serve (its control_socket changed); the old one
+	// removes their files, which nobody will serve any more.
+	DroppedControl []string `json:"dropped_control,omitempty"`
 }
 
 // upgrade runs one upgrade (the sequence above). Only one at a time:
@@ -200,8 +210,16 @@ func (d *daemon) runUpgrade(bin string, timeout time.Duration, log *zap.Logger) 
 	}
 	log.Info("upgrade: the new process is ready; handing over connections")
 
+	// The control socket's file, to remove should the new process not
+	// serve it (its control_socket changed).
+	ctlPath, ctlLn := d.ctl.listening()
+	var ctlFile os.FileInfo
+	if ctlLn != nil {
+		ctlFile, _ = os.Stat(ctlPath)
+	}
 	// From here on the new process serves too.
-	if err := d.handOver(conn, ch, &res); err != nil {
+	dropped, err := d.handOver(conn, ch, &res)
+	if err != nil {
 		d.srv.ResumeAccepting()
 		d.srv.ResumeUDP() // readers stopped by DetachUDP read again
 		return fail("handover to the new process failed, this process serves again (connections handed over before the failure are lost): %w", err)
@@ -212,6 +230,13 @@ func (d *daemon) runUpgrade(bin string, timeout time.Duration, log *zap.Logger) 
 		d.adm.StopListening()
 	}
 	d.ctl.stopListening()
+	if ctlFile != nil && slices.Contains(dropped, ctlPath) {
+		// Still the file of the socket this process served: remove it.
+		if cur, err := os.Stat(ctlPath); err == nil && os.SameFile(cur, ctlFile) {
+			os.Remove(ctlPath)
+			log.Info("upgrade: the new process serves another control socket; this one's file is removed", zap.String("path", ctlPath))
+		}
+	}
 	ch.release() // the service manager's child from now on
 	d.notify.MainPID(res.NewPID)
 	return res, nil
@@ -285,7 +310,13 @@ func (d *daemon) sendSetup(conn *upgrade.Conn) error {
 
 // handOver is step 4: stop accepting, pass the sessions and the
 // connections, and wait until the new process has them.
-func (d *daemon) handOver(conn *upgrade.Conn, ch *child, res *admin.UpgradeResult) error {
+func (d *daemon) handOver(conn *upgrade.Conn, ch *child, res *admin.UpgradeResult) (droppedControl []string, err error) {
+	err = d.handOverConns(conn, ch, res, &droppedControl)
+	return droppedControl, err
+}
+
+// handOverConns is handOver; the new process's "done" fills *dropped.
+func (d *daemon) handOverConns(conn *upgrade.Conn, ch *child, res *admin.UpgradeResult, dropped *[]string) error {
 	if err := d.srv.StopAccepting(); err != nil {
 		return err
 	}
@@ -323,6 +354,10 @@ func (d *daemon) handOver(conn *upgrade.Conn, ch *child, res *admin.UpgradeResul
 	}
 	if m.Kind != msgDone {
 		return fmt.Errorf("the new process sent %q instead of %q", m.Kind, msgDone)
+	}
+	var reply doneReply
+	if json.Unmarshal(m.Meta, &reply) == nil {
+		*dropped = reply.DroppedControl
 	}
 	for _, l := range d.srv.Status().Listeners {
 		if l.Protocol == "tcp" {

@@ -39,6 +39,10 @@ type handover struct {
 	admin   map[string]net.Listener // by [admin] bind
 	control map[string]net.Listener // by control socket path
 	state   []byte
+	// droppedControl: the paths of passed control sockets this process
+	// did not take (control_socket changed), told to the old process with
+	// "done" so that it removes their files.
+	droppedControl []string
 }
 
 // passedSocket is a listening socket passed by the old process, served as
@@ -196,6 +200,7 @@ func (h *handover) started() {
 	for k, ln := range h.control {
 		h.log.Info("upgrade: the control socket path changed; the old one is closed", zap.String("old_path", k))
 		ln.Close()
+		h.droppedControl = append(h.droppedControl, k)
 	}
 	h.admin, h.control = nil, nil
 }
@@ -263,7 +268,8 @@ func (h *handover) run(srv *server.Server, msgTimeout time.Duration, serving fun
 			json.Unmarshal(m.Meta, &dm)
 			srv.ReleaseUDP() // released already by "udp-done"; in case it never came
 			once.Do(serving)
-			if err := h.conn.Send(upgrade.Message{Kind: msgDone}); err != nil {
+			reply, _ := json.Marshal(doneReply{DroppedControl: h.droppedControl})
+			if err := h.conn.Send(upgrade.Message{Kind: msgDone, Meta: reply}); err != nil {
 				h.log.Error("upgrade: cannot confirm the handover to the old process", zap.Error(err))
 			}
 			h.log.Info("upgrade: took over from the old process", zap.Int("tcp", dm.TCP), zap.Int("udp", dm.UDP),

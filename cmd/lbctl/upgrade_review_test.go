@@ -386,3 +386,31 @@ func TestUpgradeAbandonedAtStop(t *testing.T) {
 		t.Errorf("hanging new process %q not killed", pb)
 	}
 }
+
+// TestUpgradeControlSocketMoved: the new process's file names another
+// control_socket: it serves that one, and the old process removes the
+// file of the one nobody serves any more (it was left behind, a socket
+// refusing every connection).
+func TestUpgradeControlSocketMoved(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	dir := t.TempDir()
+	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
+	body := fmt.Sprintf("[listeners.web]\nbind = %q\npool = \"web\"\n"+
+		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n", front, be.Addr)
+	u := startUpgradable(t, dir, fmt.Sprintf("shutdown_timeout = \"2s\"\ncontrol_socket = %q\n", filepath.Join(dir, "lbctl.sock"))+body)
+	moved := filepath.Join(dir, "moved.sock")
+	writeFile(t, dir, "lbctl.toml", fmt.Sprintf("shutdown_timeout = \"2s\"\ncontrol_socket = %q\n", moved)+body)
+	old := u.pid()
+	if out, code := u.upgrade(); code != 0 {
+		t.Fatalf("upgrade: exit %d: %s", code, out)
+	}
+	if code := unixGetCode(moved, "/readyz"); code != 200 {
+		t.Fatalf("the new control socket answers %d", code)
+	}
+	if !lbtest.WaitGone(old, 5*time.Second) {
+		t.Fatalf("old pid %d still runs", old)
+	}
+	if _, err := os.Lstat(u.sock); err == nil {
+		t.Errorf("the old control socket's file %s is still there, nobody serves it", u.sock)
+	}
+}
