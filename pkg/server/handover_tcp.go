@@ -8,9 +8,9 @@ package server
 // lbctl holds none of its bytes) and sends each, its two sockets and its
 // state, in batches of up to MaxHandoverFiles descriptors. A detached
 // connection moves no byte until the new process has adopted it, so
-// DetachTCP detaches one batch at a time: the next batch's connections
-// are stopped only once the previous one is sent, and each connection
-// pauses for about the time its own batch takes, not for the whole
+// DetachTCP detaches only two batches ahead (detachAhead): the next
+// connections are stopped only once an earlier batch is sent, and each
+// connection pauses for about the time two batches take, not for the whole
 // handover (which, for a few thousand connections on a loaded machine,
 // takes tens of seconds: long enough for a client waiting on a FIN to
 // give up). The send blocks while the new process is behind, which
@@ -67,6 +67,15 @@ import (
 // their proxy since its last look.
 const handoverScan = 10 * time.Millisecond
 
+// detachAhead is how many connections DetachTCP detaches ahead of what it
+// has sent: two batches, so that the next batch is detached while one is
+// sent.
+const detachAhead = 2 * tcpBatchConns
+
+// handoverStuck is how long DetachTCP waits for one of the connections it
+// is detaching to come back before it starts another batch's worth.
+const handoverStuck = time.Second
+
 // tcpHandoverVersion is the version of tcpHandoverMeta.
 const tcpHandoverVersion = 1
 
@@ -112,10 +121,11 @@ func (b *tcpBatch) take() (HandoverBatch, error) {
 // (StopAccepting). It brings every established TCP connection to a clean
 // point (no byte held by lbctl), and passes each to send with its state, in
 // batches of at most MaxHandoverFiles descriptors; the connection is then
-// gone from this process. At most one batch's connections are stopped at
-// a time (see the top of this file). A connection still in its PROXY-header, TLS
-// inspection or dial phase is passed once it reaches its backend. One that
-// cannot reach a clean point before ctx ends stays and finishes here.
+// gone from this process. At most two batches' connections are stopped
+// at a time (detachAhead, see the top of this file). A connection still in
+// its PROXY-header, TLS inspection or dial phase is passed once it reaches
+// its backend. One that cannot reach a clean point before ctx ends stays
+// and finishes here.
 // It returns how many connections were passed.
 //
 // send must not keep the batch's files after it returns (DetachTCP closes
@@ -164,6 +174,11 @@ func (s *Server) DetachTCP(ctx context.Context, send func(HandoverBatch) error) 
 	done := dctx.Done()
 	unseenUntil := time.Now().Add(preProxyBound(s.cfg.Load()))
 	var queue []tcpproxy.Conn // seen, not yet tried
+	// limit bounds the connections detaching or waiting to be sent. It
+	// grows by a batch when none of them has come back for handoverStuck:
+	// those wait for a clean point (a peer that stopped reading), and
+	// must not hold up the others until ctx ends.
+	limit, lastBack := detachAhead, time.Now()
 	for {
 		if dctx.Err() == nil {
 			if len(queue) == 0 {
@@ -174,11 +189,12 @@ func (s *Server) DetachTCP(ctx context.Context, send func(HandoverBatch) error) 
 					}
 				}
 			}
-			// At most one batch is on its way at a time: a detached
-			// connection moves no byte until the new process adopts it,
-			// so each one is stopped only while its own batch is
-			// detached and sent, not for the whole handover.
-			for len(queue) > 0 && inflight+batch.len() < tcpBatchConns {
+			// At most two batches are on their way at a time (one sent
+			// while the next is detached): a detached connection moves
+			// no byte until the new process adopts it, so each one is
+			// stopped only while its own batch is detached and sent,
+			// not for the whole handover.
+			for len(queue) > 0 && inflight+batch.len() < limit {
 				h := queue[0]
 				queue = queue[1:]
 				tried[h] = struct{}{}
@@ -196,6 +212,7 @@ func (s *Server) DetachTCP(ctx context.Context, send func(HandoverBatch) error) 
 		select {
 		case d := <-results:
 			inflight--
+			lastBack = time.Now()
 			if d == nil {
 				notMoved++
 				continue
@@ -218,7 +235,12 @@ func (s *Server) DetachTCP(ctx context.Context, send func(HandoverBatch) error) 
 				}
 			}
 			flush()
+			lastBack = time.Now() // a slow send is no stuck detach
 		case <-tick.C:
+			if len(queue) > 0 && inflight+batch.len() >= limit && time.Since(lastBack) > handoverStuck {
+				limit += tcpBatchConns
+				lastBack = time.Now()
+			}
 		case <-done:
 			done = nil
 		}

@@ -435,23 +435,23 @@ func TestHandoverTCPRemovedPool(t *testing.T) {
 }
 
 // TestHandoverTCPStopsOneBatchAtATime: a detached connection moves no
-// byte until the new server adopts it, so DetachTCP stops connections
-// one batch at a time, not all at once: while the first batch is being
-// sent (here: the new server is slow to take it), the connections that
-// are not in it still flow in the old server. (Stopping them all at the
-// first scan froze every connection for the whole handover, 13 to 21 s
-// for a few thousand connections in the soak, long enough for short
-// connections to time out waiting for their FIN.)
+// byte until the new server adopts it, so DetachTCP stops connections a
+// batch or two at a time (detachAhead), not all at once: while the first
+// batch is being sent (here: the new server is slow to take it), the
+// connections beyond detachAhead still flow in the old server. (Stopping
+// them all at the first scan froze every connection for the whole
+// handover, 13 to 21 s for a few thousand connections in the soak: short
+// connections timed out waiting for their FIN.)
 func TestHandoverTCPStopsOneBatchAtATime(t *testing.T) {
 	be := lbtest.NewTCP(t, lbtest.Echo)
 	hp := startHandoverPair(t, be.Addr, be.Addr)
 	const extra = 30
-	n := tcpBatchConns + extra
-	// From three client addresses: web takes 100 connections per client.
+	n := detachAhead + extra
+	// From four client addresses: web takes 100 connections per client.
 	conns := make([]*net.TCPConn, n)
 	msg := []byte("ping")
 	for i := range conns {
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%3))}, Timeout: 10 * time.Second}
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%4))}, Timeout: 10 * time.Second}
 		c, err := d.Dial("tcp", hp.binds["web"])
 		if err != nil {
 			t.Fatal(err)
@@ -495,7 +495,7 @@ func TestHandoverTCPStopsOneBatchAtATime(t *testing.T) {
 		t.Fatalf("DetachTCP: %d moved, %v; want %d", moved, err, n)
 	}
 	if a := answered.Load(); a < extra {
-		t.Errorf("during the first batch's send, %d of %d connections answered in the old server, want at least %d (the ones not in that batch)", a, n, extra)
+		t.Errorf("during the first batch's send, %d of %d connections answered in the old server, want at least %d (those beyond detachAhead)", a, n, extra)
 	}
 	// Every connection is whole in the new server.
 	for i, c := range conns {
