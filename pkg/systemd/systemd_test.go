@@ -361,3 +361,17 @@ func TestNotifierMainPID(t *testing.T) {
 	NewNotifier(log).MainPID(4243)
 	ms.none()
 }
+
+// TestKeepaliveFirstAtOnce: the first keep-alive goes out when Keepalive
+// starts, not an interval later (the new process of lbctl upgrade takes
+// over the watchdog from the old one, which has stopped its own).
+func TestKeepaliveFirstAtOnce(t *testing.T) {
+	s := newManagerSocket(t)
+	t.Setenv("WATCHDOG_USEC", "60000000") // a tick every 30s
+	n := NewNotifier(zap.NewNop())
+	stop := n.Keepalive(func() error { return nil }, nil)
+	defer stop()
+	if got := s.next(10 * time.Second); got != "WATCHDOG=1" {
+		t.Fatalf("got %q within 10s of the start, want WATCHDOG=1 (the next tick is 30s away)", got)
+	}
+}

@@ -27,8 +27,8 @@ func (n *Notifier) WatchdogInterval() time.Duration {
 
 // Keepalive starts, until stop is called:
 //
-//   - a goroutine that sends WATCHDOG=1 every WatchdogInterval while alive
-//     returns nil. When alive fails, the keep-alive is skipped (and the
+//   - a goroutine that sends WATCHDOG=1 at once, then every
+//     WatchdogInterval, while alive returns nil. When alive fails, the keep-alive is skipped (and the
 //     failure logged once until alive succeeds again), so the service
 //     manager kills and restarts a process whose work has stopped,
 //     WatchdogSec after the last keep-alive. alive should not block; if it
@@ -71,11 +71,18 @@ func (n *Notifier) watchdog(done <-chan struct{}, every time.Duration, alive fun
 	t := time.NewTicker(every)
 	defer t.Stop()
 	var failing bool
-	for {
-		select {
-		case <-done:
-			return
-		case <-t.C:
+	// The first keep-alive goes out at once, not a tick later: after lbctl
+	// upgrade the new process takes over the watchdog from the old one,
+	// which stops its keep-alives when it hands over, and a first tick
+	// that came late would leave the service manager nothing for up to
+	// WatchdogSec.
+	for first := true; ; first = false {
+		if !first {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
 		}
 		err := alive()
 		select {
