@@ -216,6 +216,11 @@ listeners = ["web"]
 		}
 		return false, "the router still has the route after Shutdown began"
 	})
+	// Not ready (/readyz 503) from the start of Shutdown, also while the
+	// listener still accepts during withdraw_delay.
+	if h.srv.Ready() {
+		t.Errorf("Ready is true while the routes are withdrawn at shutdown")
+	}
 	lbtest.Until(t, 15*time.Second, func() (bool, string) {
 		mu.Lock()
 		defer mu.Unlock()

@@ -91,6 +91,7 @@ type Server struct {
 	done      chan struct{}          // closed when Shutdown begins: background goroutines end
 	started   bool
 	stopping  atomic.Bool
+	leaving   atomic.Bool // Shutdown has begun, maybe still withdrawing BGP routes: not ready
 	ready     atomic.Bool
 
 	conns   sync.WaitGroup     // every proxied connection and UDP session
@@ -139,8 +140,11 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 func (s *Server) Config() *config.Config { return s.cfg.Load() }
 
 // Ready reports whether every listener is bound and the server is not
-// stopping (the admin API's /readyz).
-func (s *Server) Ready() bool { return s.ready.Load() && !s.stopping.Load() }
+// stopping (the admin API's /readyz). It turns false as soon as Shutdown
+// begins, while the listeners still accept during [bgp] withdraw_delay, so
+// that health checkers of other load balancers stop sending new flows at the
+// same time as the routers.
+func (s *Server) Ready() bool { return s.ready.Load() && !s.stopping.Load() && !s.leaving.Load() }
 
 // Start binds every listener of the configuration and starts serving. On
 // error nothing is left bound.
@@ -222,6 +226,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 // close withdraw_delay later (or when ctx is done, if sooner), so that
 // routers stop sending new flows while lbctl still accepts them (bgp.go).
 func (s *Server) Shutdown(ctx context.Context) {
+	s.leaving.Store(true)
 	if d := s.withdrawBGP(); d > 0 {
 		t := time.NewTimer(d)
 		select {
