@@ -14,11 +14,13 @@ package server
 // handover (which, for a few thousand connections on a loaded machine,
 // takes tens of seconds: long enough for a client waiting on a FIN to
 // give up). The send blocks while the new process is behind, which
-// holds the next detaches back too. A connection
-// still before its proxy (reading its PROXY header, its TLS hello, or
-// dialing) is not in a backend's registry yet: DetachTCP looks again
-// every handoverScan until every connection of its listeners has moved or
-// ended, so such a connection moves as soon as it starts proxying. One
+// holds the next detaches back too.
+//
+// A connection still before its proxy (reading its PROXY header, its TLS
+// hello, or dialing) is not in a backend's registry yet: DetachTCP looks
+// again every handoverScan until every connection of its listeners has
+// moved or ended, so such a connection moves as soon as it starts
+// proxying. One
 // that finds no clean point before the context ends (its peer stopped
 // reading while lbctl holds bytes for it) stays and finishes here.
 //
