@@ -332,8 +332,16 @@ func (l *Lab) Stop(in *Instance) (*StopResult, error) {
 	}
 	r.Exited = time.Since(r.Begin)
 	r.ExitErr = in.Proc.Err()
-	close(probeStop)
-	<-probeDone
+	// The prober goes on until refused: with nothing to drain, the
+	// listener closes and the process exits within a few milliseconds,
+	// and a prober stopped at the exit could miss that window; once the
+	// process is gone its address refuses at once.
+	select {
+	case <-probeDone:
+	case <-time.After(5 * time.Second):
+		close(probeStop)
+		<-probeDone
+	}
 	// A little traffic after the exit too.
 	time.Sleep(200 * time.Millisecond)
 	if cerr := finish(); err == nil {
