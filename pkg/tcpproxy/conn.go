@@ -63,7 +63,6 @@ type conn struct {
 	detaching atomic.Bool
 	dmu       sync.Mutex
 	dr        *detachRun // the detach under way, nil when none
-	exited    int        // directions whose goroutine is over (or never ran)
 	// The backend's Registry and this connection's links in it; guarded
 	// by reg.mu.
 	reg        *Registry
@@ -135,7 +134,7 @@ func (c *conn) init() bool {
 	}
 	c.end(why)
 	c.dmu.Lock()
-	c.in.exited, c.out.exited, c.exited = true, true, 2
+	c.in.exited, c.out.exited = true, true
 	c.dmu.Unlock()
 	c.finished()
 	return false

@@ -165,10 +165,23 @@ func (d *direction) nudgeOther() {
 
 // checkLocked closes r.ready once every direction has parked or exited.
 func (c *conn) checkLocked(r *detachRun) {
-	if !r.readied && r.parked+c.exited == 2 {
+	if !r.readied && r.parked+c.exitedLocked() == 2 {
 		r.readied = true
 		close(r.ready)
 	}
+}
+
+// exitedLocked counts the directions whose goroutine is over (or never
+// ran). Called with c.dmu held.
+func (c *conn) exitedLocked() int {
+	n := 0
+	if c.in.exited {
+		n++
+	}
+	if c.out.exited {
+		n++
+	}
+	return n
 }
 
 // park stops the direction at a clean point while a detach runs, and
@@ -228,7 +241,6 @@ func (d *direction) exit() {
 	c := d.c
 	c.dmu.Lock()
 	d.exited = true
-	c.exited++
 	if r := c.dr; r != nil {
 		c.stopOtherLocked(r, d.index())
 		c.checkLocked(r)
@@ -401,11 +413,11 @@ func (p *Proxy) Adopt(ctx context.Context, client, backend *net.TCPConn, b *bala
 	n := 0
 	c.dmu.Lock()
 	if st.InEOF {
-		c.in.exited, c.exited = true, c.exited+1
+		c.in.exited = true
 		c.eofs.Add(1)
 	}
 	if st.OutEOF {
-		c.out.exited, c.exited = true, c.exited+1
+		c.out.exited = true
 		c.eofs.Add(1)
 	}
 	c.dmu.Unlock()
