@@ -201,6 +201,25 @@ func startStream(t *testing.T, addr string, seed byte) *stream {
 	return s
 }
 
+// startStreams starts n streams to addr (seeds 0..n-1) and waits until
+// every one has had 64 KiB echoed back.
+func startStreams(t *testing.T, addr string, n int) []*stream {
+	t.Helper()
+	streams := make([]*stream, n)
+	for i := range streams {
+		streams[i] = startStream(t, addr, byte(i))
+	}
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		for i, s := range streams {
+			if s.back.Load() < 64<<10 {
+				return false, fmt.Sprintf("stream %d: %d bytes back", i, s.back.Load())
+			}
+		}
+		return true, ""
+	})
+	return streams
+}
+
 // finish checks, once the stream was stopped, that every byte came back,
 // once and unchanged, and that the stream ended with FIN (no reset).
 func (s *stream) finish(t *testing.T) {
@@ -229,18 +248,7 @@ func TestHandoverTCP(t *testing.T) {
 	beQ := lbtest.NewTCP(t, lbtest.Echo)
 	hp := startHandoverPair(t, be.Addr, beQ.Addr)
 	const n = 12
-	streams := make([]*stream, n)
-	for i := range streams {
-		streams[i] = startStream(t, hp.binds["web"], byte(i))
-	}
-	lbtest.Until(t, 10*time.Second, func() (bool, string) {
-		for i, s := range streams {
-			if s.back.Load() < 64<<10 {
-				return false, fmt.Sprintf("stream %d: %d bytes back", i, s.back.Load())
-			}
-		}
-		return true, ""
-	})
+	streams := startStreams(t, hp.binds["web"], n)
 	// Two connections before their proxy: no PROXY header, no hello yet.
 	pc, err := net.Dial("tcp", hp.binds["prx"])
 	if err != nil {
@@ -355,18 +363,7 @@ func TestHandoverTCPSendFails(t *testing.T) {
 	be := lbtest.NewTCP(t, lbtest.Echo)
 	hp := startHandoverPair(t, be.Addr, be.Addr)
 	const n = 4
-	streams := make([]*stream, n)
-	for i := range streams {
-		streams[i] = startStream(t, hp.binds["web"], byte(i))
-	}
-	lbtest.Until(t, 10*time.Second, func() (bool, string) {
-		for i, s := range streams {
-			if s.back.Load() < 64<<10 {
-				return false, fmt.Sprintf("stream %d: %d bytes back", i, s.back.Load())
-			}
-		}
-		return true, ""
-	})
+	streams := startStreams(t, hp.binds["web"], n)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	broken := errors.New("new process gone")
