@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/lbctl/lbctl/pkg/udpproxy"
@@ -62,28 +61,14 @@ type udpSession struct {
 	DatagramsOut int64     `json:"datagrams_out"`
 }
 
-// udpServing maps the UDP listeners being served to their
-// udpproxy.Listener, so the handover can reach them. An entry is made by
-// whichever comes first, serveUDP or AdoptUDP (so that an adoption right
-// after Start finds the listener serveUDP is about to serve), and goes
-// when serveUDP returns. udpServing.mu also guards Options.HoldUDP after
-// New.
-var udpServing = struct {
-	mu sync.Mutex
-	ls map[*listener]*udpServed
-}{ls: map[*listener]*udpServed{}}
-
-type udpServed struct {
-	s  *Server
-	ul *udpproxy.Listener
-}
-
 // udpListenerFor returns the udpproxy.Listener of l, made if need be, or
-// nil when l's serveUDP has returned (l.done is closed). Called with
-// udpServing.mu held.
+// nil when l's serveUDP has returned (l.done is closed). The Listener is
+// made by whichever comes first, serveUDP or AdoptUDP (so that an adoption
+// right after Start finds the listener serveUDP is about to serve), and
+// forgotten when serveUDP returns. Called with s.udpMu held.
 func (s *Server) udpListenerFor(l *listener) *udpproxy.Listener {
-	if e := udpServing.ls[l]; e != nil {
-		return e.ul
+	if ul := s.udpLs[l]; ul != nil {
+		return ul
 	}
 	select {
 	case <-l.done:
@@ -105,7 +90,7 @@ func (s *Server) udpListenerFor(l *listener) *udpproxy.Listener {
 		},
 		Hold: s.opts.HoldUDP,
 	}
-	udpServing.ls[l] = &udpServed{s: s, ul: ul}
+	s.udpLs[l] = ul
 	return ul
 }
 
@@ -159,9 +144,9 @@ func (s *Server) DetachUDP(ctx context.Context, send func(HandoverBatch) error) 
 		errs []error
 	)
 	for _, t := range s.udpListeners() {
-		udpServing.mu.Lock()
+		s.udpMu.Lock()
 		ul := s.udpListenerFor(t.l)
-		udpServing.mu.Unlock()
+		s.udpMu.Unlock()
 		if ul == nil {
 			continue // closed meanwhile
 		}
@@ -337,9 +322,9 @@ func (s *Server) AdoptUDP(b HandoverBatch) error {
 		files[i] = nil // Adopt closes it
 	}
 	for l, hs := range groups {
-		udpServing.mu.Lock()
+		s.udpMu.Lock()
 		ul := s.udpListenerFor(l)
-		udpServing.mu.Unlock()
+		s.udpMu.Unlock()
 		if ul == nil {
 			for _, h := range hs {
 				h.File.Close()
@@ -363,8 +348,8 @@ func (s *Server) AdoptUDP(b HandoverBatch) error {
 // or when the handover failed. Without HoldUDP it does nothing; listeners
 // that later reloads add are not held.
 func (s *Server) ReleaseUDP() {
-	udpServing.mu.Lock()
-	defer udpServing.mu.Unlock()
+	s.udpMu.Lock()
+	defer s.udpMu.Unlock()
 	if !s.opts.HoldUDP {
 		return
 	}
@@ -376,18 +361,16 @@ func (s *Server) ReleaseUDP() {
 // DetachUDP, when the handover fails past it (the new process died): the
 // sessions passed on are gone, new ones open here.
 func (s *Server) ResumeUDP() {
-	udpServing.mu.Lock()
-	defer udpServing.mu.Unlock()
+	s.udpMu.Lock()
+	defer s.udpMu.Unlock()
 	s.releaseUDPLocked()
 }
 
 // releaseUDPLocked releases every UDP listener of s. Called with
-// udpServing.mu held.
+// s.udpMu held.
 func (s *Server) releaseUDPLocked() {
-	for _, e := range udpServing.ls {
-		if e.s == s {
-			e.ul.Release()
-		}
+	for _, ul := range s.udpLs {
+		ul.Release()
 	}
 }
 

@@ -43,6 +43,7 @@ import (
 	"github.com/lbctl/lbctl/discovery"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/metrics"
+	"github.com/lbctl/lbctl/pkg/udpproxy"
 	"go.uber.org/zap"
 )
 
@@ -101,10 +102,14 @@ type Server struct {
 	// sessions and close once theirs have ended (drainUDP).
 	udpDrain chan struct{}
 	health   *healthMonitor
-	alive    aliveState     // what Alive remembers between calls (alive.go)
-	info     runInfo        // version, start and last reload, for status (runinfo.go)
-	file     fileCheck      // lbctl_config_file_changed (operate.go)
-	bgp      bgpState       // the BGP speaker and the announcements (bgp.go)
+	alive    aliveState // what Alive remembers between calls (alive.go)
+	info     runInfo    // version, start and last reload, for status (runinfo.go)
+	file     fileCheck  // lbctl_config_file_changed (operate.go)
+	bgp      bgpState   // the BGP speaker and the announcements (bgp.go)
+	// The udpproxy.Listener of each UDP listener being served, for the
+	// handover (handover_udp.go); udpMu also guards opts.HoldUDP after New.
+	udpMu    sync.Mutex
+	udpLs    map[*listener]*udpproxy.Listener
 	handover *handoverState // Options.Handover decoded (upgrade.go)
 }
 
@@ -123,6 +128,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		draining:  map[*backend]*livePool{},
 		done:      make(chan struct{}),
 		udpDrain:  make(chan struct{}),
+		udpLs:     map[*listener]*udpproxy.Listener{},
 	}
 	h, err := decodeHandover(opts.Handover)
 	if err != nil {

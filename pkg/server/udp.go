@@ -89,16 +89,16 @@ func (s *Server) bindUDP(lc *config.Listener) (*net.UDPConn, error) {
 // With Options.HoldUDP (the new process of an upgrade), the listener does
 // not read until ReleaseUDP (handover_udp.go).
 func (s *Server) serveUDP(l *listener) {
-	udpServing.mu.Lock()
+	s.udpMu.Lock()
 	ul := s.udpListenerFor(l) // made here, or by AdoptUDP just before
-	udpServing.mu.Unlock()
+	s.udpMu.Unlock()
 	defer func() {
-		// Under udpServing.mu, so that AdoptUDP makes no Listener for l
+		// Under s.udpMu, so that AdoptUDP makes no Listener for l
 		// once this one is gone.
-		udpServing.mu.Lock()
-		delete(udpServing.ls, l)
+		s.udpMu.Lock()
+		delete(s.udpLs, l)
 		close(l.done)
-		udpServing.mu.Unlock()
+		s.udpMu.Unlock()
 	}()
 	served := make(chan struct{})
 	defer close(served)
