@@ -76,8 +76,7 @@ type Handoff struct {
 type readerCtl struct {
 	mu     sync.Mutex
 	init   bool          // held has been set, by Serve or Release
-	held   bool          // the reader must not read
-	heldA  atomic.Bool   // held, for the reader's check before every read
+	held   atomic.Bool   // the reader must not read; set under mu, loaded before every read
 	parked chan struct{} // closed once the reader has stopped for the current hold (or returned)
 	parkOK bool          // parked is closed
 	ready  chan struct{} // closed once Serve has set up (Adopt waits for it)
@@ -101,9 +100,9 @@ func (l *Listener) startCtl() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.init {
-		c.init, c.held = true, l.Hold
-		c.heldA.Store(c.held)
-		if c.held {
+		c.init = true
+		c.held.Store(l.Hold)
+		if l.Hold {
 			c.parked = make(chan struct{})
 		}
 	}
@@ -136,16 +135,16 @@ func (l *Listener) endCtl() {
 
 // holding reports whether the reader must stop reading. The reader checks
 // it before every read.
-func (l *Listener) holding() bool { return l.ctl.heldA.Load() }
+func (l *Listener) holding() bool { return l.ctl.held.Load() }
 
 // hold makes the reader stop before its next read and returns the channel
 // closed once it has.
 func (l *Listener) hold() <-chan struct{} {
 	c := &l.ctl
 	c.mu.Lock()
-	if !c.held || c.parked == nil {
-		c.init, c.held = true, true
-		c.heldA.Store(true)
+	if !c.held.Load() || c.parked == nil {
+		c.init = true
+		c.held.Store(true)
 		c.parked, c.parkOK = make(chan struct{}), false
 		if c.over {
 			c.parkOK = true
@@ -164,8 +163,8 @@ func (l *Listener) hold() <-chan struct{} {
 func (l *Listener) Release() {
 	c := &l.ctl
 	c.mu.Lock()
-	c.init, c.held = true, false
-	c.heldA.Store(false)
+	c.init = true
+	c.held.Store(false)
 	c.mu.Unlock()
 	l.kick()
 }
