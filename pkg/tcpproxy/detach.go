@@ -35,8 +35,9 @@ package tcpproxy
 // gives up: the deadlines are cleared, the stopped directions go on, and
 // the connection continues in this process untouched.
 //
-// The copy loops pay one atomic load per read for this (conn.detaching),
-// and nothing else.
+// The copy loops pay one atomic load (conn.detaching) per read, and one
+// per splice chunk of a burst (so that a detach need not wait for a long
+// burst to end), and nothing else.
 
 import (
 	"context"
