@@ -91,29 +91,7 @@ func TestUpgradeFailedStartKeepsControlSocket(t *testing.T) {
 func TestUpgradeReloadDuringHandover(t *testing.T) {
 	be := lbtest.NewTCP(t, lbtest.Echo)
 	added := lbtest.NewTCP(t, lbtest.Echo)
-	// A backend that writes until its client's side is full.
-	flood, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer flood.Close()
-	var written atomic.Int64
-	go func() {
-		c, err := flood.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		buf := make([]byte, 64<<10)
-		c.SetWriteDeadline(time.Now().Add(time.Minute))
-		for i := 0; i < 4096; i++ { // at most 256 MiB
-			n, err := c.Write(buf)
-			written.Add(int64(n))
-			if err != nil {
-				return
-			}
-		}
-	}()
+	fl := newFlood(t)
 	dir := t.TempDir()
 	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
 	stuck := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
@@ -121,7 +99,7 @@ func TestUpgradeReloadDuringHandover(t *testing.T) {
 		"[listeners.web]\nbind = %q\npool = \"web\"\n[listeners.stuck]\nbind = %q\npool = \"flood\"\n"+
 		"[pools.flood]\n[pools.flood.health]\ncheck = \"none\"\n[[pools.flood.backends]]\naddress = %q\n"+
 		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n",
-		filepath.Join(dir, "lbctl.sock"), front, stuck, flood.Addr(), be.Addr)
+		filepath.Join(dir, "lbctl.sock"), front, stuck, fl.addr, be.Addr)
 	u := startUpgradable(t, dir, conf)
 
 	c, err := net.Dial("tcp", stuck)
@@ -130,11 +108,8 @@ func TestUpgradeReloadDuringHandover(t *testing.T) {
 	}
 	defer c.Close()
 	// The backend is blocked: lbctl holds bytes the client does not read.
-	lbtest.Until(t, 20*time.Second, func() (bool, string) {
-		n := written.Load()
-		time.Sleep(500 * time.Millisecond)
-		return n > 0 && written.Load() == n, fmt.Sprintf("flood backend still writing (%d bytes)", n)
-	})
+	// The backend is blocked: lbctl holds bytes the client does not read.
+	fl.waitFull(t)
 
 	old := u.pid()
 	type result struct {
@@ -219,28 +194,7 @@ func TestUpgradeTenInARow(t *testing.T) {
 // control socket on, and takes the next upgrade. `lbctl upgrade` exits 1.
 func TestUpgradeOldDiesMidHandover(t *testing.T) {
 	be := lbtest.NewTCP(t, lbtest.Echo)
-	flood, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer flood.Close()
-	var written atomic.Int64
-	go func() {
-		c, err := flood.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		buf := make([]byte, 64<<10)
-		c.SetWriteDeadline(time.Now().Add(time.Minute))
-		for i := 0; i < 4096; i++ {
-			n, err := c.Write(buf)
-			written.Add(int64(n))
-			if err != nil {
-				return
-			}
-		}
-	}()
+	fl := newFlood(t)
 	dir := t.TempDir()
 	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
 	stuck := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
@@ -248,18 +202,14 @@ func TestUpgradeOldDiesMidHandover(t *testing.T) {
 		"[listeners.web]\nbind = %q\npool = \"web\"\n[listeners.stuck]\nbind = %q\npool = \"flood\"\n"+
 		"[pools.flood]\n[pools.flood.health]\ncheck = \"none\"\n[[pools.flood.backends]]\naddress = %q\n"+
 		"[pools.web]\n[pools.web.health]\ncheck = \"none\"\n[[pools.web.backends]]\naddress = %q\n",
-		filepath.Join(dir, "lbctl.sock"), front, stuck, flood.Addr(), be.Addr)
+		filepath.Join(dir, "lbctl.sock"), front, stuck, fl.addr, be.Addr)
 	u := startUpgradable(t, dir, conf)
 	c, err := net.Dial("tcp", stuck)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	lbtest.Until(t, 20*time.Second, func() (bool, string) {
-		n := written.Load()
-		time.Sleep(500 * time.Millisecond)
-		return n > 0 && written.Load() == n, fmt.Sprintf("flood backend still writing (%d bytes)", n)
-	})
+	fl.waitFull(t)
 
 	old := u.pid()
 	type result struct {
@@ -413,4 +363,56 @@ func TestUpgradeControlSocketMoved(t *testing.T) {
 	if _, err := os.Lstat(u.sock); err == nil {
 		t.Errorf("the old control socket's file %s is still there, nobody serves it", u.sock)
 	}
+}
+
+// flood is a backend that writes to its one client until the client's
+// side is full (or 256 MiB have gone, or a minute has passed).
+type flood struct {
+	addr    string
+	written atomic.Int64
+}
+
+// newFlood starts a flood backend on loopback; it stops with the test.
+func newFlood(t *testing.T) *flood {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	f := &flood{addr: ln.Addr().String()}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64<<10)
+		c.SetWriteDeadline(time.Now().Add(time.Minute))
+		for i := 0; i < 4096; i++ { // at most 256 MiB
+			n, err := c.Write(buf)
+			f.written.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return f
+}
+
+// waitFull waits until the flood has written something and then made no
+// progress for 2s: its writes are blocked because every buffer between it
+// and the client that does not read is full. The 2s margin is for a loaded
+// machine, where a proxy merely descheduled for a moment is not yet full.
+func (f *flood) waitFull(t *testing.T) {
+	t.Helper()
+	last, since := int64(-1), time.Now()
+	lbtest.Until(t, 30*time.Second, func() (bool, string) {
+		n := f.written.Load()
+		if n != last {
+			last, since = n, time.Now()
+		}
+		return n > 0 && time.Since(since) >= 2*time.Second,
+			fmt.Sprintf("flood backend still writing (%d bytes)", n)
+	})
 }
