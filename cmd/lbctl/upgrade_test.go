@@ -370,9 +370,11 @@ func TestUpgradeFailures(t *testing.T) {
 		out  string
 		code int
 	}
+	// The second upgrade must arrive while this one waits: 10s covers
+	// spawning lbctl twice under -race on a loaded machine.
 	first := make(chan result, 1)
 	go func() {
-		out, code := runLbctlIn(t, "", nil, "upgrade", "--socket", u.sock, "--binary", hang, "--timeout", "3s")
+		out, code := runLbctlIn(t, "", nil, "upgrade", "--socket", u.sock, "--binary", hang, "--timeout", "10s")
 		first <- result{out, code}
 	}()
 	lbtest.Eventually(t, 10*time.Second, func() bool { _, err := os.Stat(pidFile); return err == nil }, "hanging binary not started")
@@ -381,7 +383,7 @@ func TestUpgradeFailures(t *testing.T) {
 		t.Errorf("second upgrade meanwhile: exit %d: %s", code, out)
 	}
 	r := <-first
-	if r.code != 1 || !strings.Contains(r.out, "not ready within 3s") {
+	if r.code != 1 || !strings.Contains(r.out, "not ready within 10s") {
 		t.Errorf("binary that hangs: exit %d: %s", r.code, r.out)
 	}
 	pb, _ := os.ReadFile(pidFile)
