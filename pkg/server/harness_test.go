@@ -21,7 +21,8 @@ import (
 
 func TestMain(m *testing.M) {
 	// GoBGP's main loop never returns: one per BGP speaker remains (pkg/bgp).
-	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*BgpServer).Serve"))
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/osrg/gobgp/v3/pkg/server.(*BgpServer).Serve"),
+		goleak.IgnoreAnyFunction("github.com/lbctl/lbctl/pkg/tcpproxy.(*engine).run")) // the TCP event loops live as long as the process
 }
 
 // harness is a running Server built from a TOML snippet.

@@ -43,6 +43,7 @@ import (
 	"github.com/lbctl/lbctl/discovery"
 	"github.com/lbctl/lbctl/pkg/config"
 	"github.com/lbctl/lbctl/pkg/metrics"
+	"github.com/lbctl/lbctl/pkg/tcpproxy"
 	"github.com/lbctl/lbctl/pkg/udpproxy"
 	"go.uber.org/zap"
 )
@@ -165,6 +166,11 @@ func (s *Server) Start() error {
 	defer s.mu.Unlock()
 	if s.started {
 		return errors.New("server: already started")
+	}
+	// The TCP event loops, made now so that their descriptors are there
+	// from the start; failing that, the first connections make them.
+	if err := tcpproxy.StartEngines(); err != nil {
+		s.log.Warn("tcp event loops not started yet", zap.Error(err))
 	}
 	if err := s.startBGP(s.cfg.Load()); err != nil {
 		return fmt.Errorf("bgp: %w", err)

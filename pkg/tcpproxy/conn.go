@@ -67,6 +67,14 @@ type conn struct {
 	// by reg.mu.
 	reg        *Registry
 	prev, next *conn
+	// The event loop (engine_linux.go): eng serves the connection while
+	// inLoop is set; the rest is owned by the loop's goroutine.
+	eng    *engine
+	inLoop atomic.Bool
+	slot   int32     // index in eng's table, -1 when not in it
+	gen    uint32    // generation of slot, in each epoll event's data
+	mask   [2]uint32 // epoll interest registered for the client (0) and backend (1) sockets
+	added  uint8     // bit 0: the client socket is in the loop's set; bit 1: the backend's
 }
 
 // direction is one half of a connection: bytes from src to dst.
@@ -86,6 +94,11 @@ type direction struct {
 	// (adopted after its EOF); guarded by c.dmu.
 	exited bool
 	bursts int // bulk bursts (splices) so far; owned by the direction's goroutine (tests)
+	// Event loop state (engine_linux.go), owned by the loop: the source
+	// and destination descriptors, and eof once src reached its end and
+	// dst's write side was shut.
+	sfd, dfd int
+	eof      bool
 	platformCopier
 }
 
@@ -104,8 +117,9 @@ func (d *direction) account(n int) {
 	d.c.last.Store(nanotime())
 }
 
-// start runs both directions, each on a goroutine of its own; the last one
-// to stop reports the end.
+// start runs both directions: in an event loop (engine_linux.go) when
+// there is one, else each on a goroutine of its own; the last one to stop
+// reports the end.
 func (c *conn) start(ctx context.Context) {
 	c.running.Store(2)
 	if !c.init() {
@@ -116,6 +130,10 @@ func (c *conn) start(ctx context.Context) {
 		c.idle = time.AfterFunc(c.idleTimeout, c.checkIdle)
 	}
 	c.stopCtx = context.AfterFunc(ctx, func() { c.end(EndShutdown) })
+	if e := pickEngine(); e != nil {
+		e.add(c)
+		return
+	}
 	go c.in.copy(EndClientError, EndBackendError)
 	go c.out.copy(EndBackendError, EndClientError)
 }
@@ -197,25 +215,40 @@ func (e writeError) Unwrap() error { return e.err }
 // sockets: with a reset when a side failed or bytes would be lost (see the
 // package comment), else with FIN. The directions then stop, and the last
 // one runs onEnd (finished).
+//
+// A connection in an event loop is closed by its loop only (so that no
+// descriptor number is closed under it): end records why and asks the loop.
 func (c *conn) end(why End) bool {
 	if !c.reason.CompareAndSwap(0, int32(why)) {
 		return false
 	}
-	reset := false
+	if c.inLoop.Load() {
+		c.eng.post(op{kind: opEnd, c: c})
+		return true
+	}
+	c.closeSockets(c.resets(why))
+	return true
+}
+
+// resets reports whether a connection ending for why gets a reset.
+func (c *conn) resets(why End) bool {
 	switch {
 	case why == EndDone:
+		return false
 	case why.failure(), why == EndKilled, why == EndDrainTimeout, why == EndShutdown:
-		reset = true
-	default:
-		reset = c.unsent()
+		return true
 	}
+	return c.unsent()
+}
+
+// closeSockets closes both sockets, with a reset when reset is set.
+func (c *conn) closeSockets(reset bool) {
 	if reset {
 		c.client.SetLinger(0)
 		c.backend.SetLinger(0)
 	}
 	c.client.Close()
 	c.backend.Close()
-	return true
 }
 
 // finished runs once, when both directions are over.

@@ -56,6 +56,10 @@ type platformCopier struct {
 	pipe                     *pipe   // during a burst
 	piped                    int     // bytes in pipe
 	err                      error   // a failed call inside a callback
+	// burstFirst: the event loop handed the direction over in the middle
+	// of a bulk transfer (engine_linux.go): run writes what buf holds, if
+	// anything, then bursts at once.
+	burstFirst bool
 }
 
 func (d *direction) initPlatform() error {
@@ -75,6 +79,11 @@ func (d *direction) initPlatform() error {
 // detached (errMoved). A detach is looked for before each read, with
 // nothing held, and between two bursts.
 func (d *direction) run() error {
+	if d.buf != nil || d.burstFirst { // handed over by the event loop
+		if err := d.resume(); err != nil {
+			return err
+		}
+	}
 	for {
 		if d.c.detaching.Load() && d.park() { // detach.go
 			return errMoved
@@ -107,6 +116,26 @@ func (d *direction) run() error {
 			return err
 		}
 	}
+}
+
+// resume finishes what the event loop handed over with the direction:
+// bytes it read and could not all write (buf[off:n], busy odd), and a bulk
+// transfer under way (burstFirst).
+func (d *direction) resume() error {
+	var err error
+	if d.buf == nil {
+		d.busy.Add(1) // a burst holds bytes
+	} else {
+		err = d.rawWrite(d.writeFn)
+		bufPool.Put(d.buf)
+		d.buf = nil
+	}
+	if err == nil && d.burstFirst {
+		err = d.burst()
+	}
+	d.burstFirst = false
+	d.busy.Add(1) // nothing held any more
+	return err
 }
 
 // tryRead runs inside RawConn.Read each time the poller says src may be

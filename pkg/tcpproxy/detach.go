@@ -261,6 +261,14 @@ var ErrNotDetached = errors.New("connection not detached")
 // connection is untouched.
 func (h Conn) Detach(ctx context.Context) (*Detached, error) {
 	c := h.c
+	if c.inLoop.Load() {
+		// Served by an event loop (engine_linux.go): move it to the
+		// goroutine path first, whose directions know how to stop at a
+		// clean point. Between two events the loop holds no byte but
+		// those a destination did not take, which the goroutines write
+		// first.
+		c.eng.promoteWait(c)
+	}
 	r := &detachRun{ready: make(chan struct{}), release: make(chan struct{}), gone: make(chan struct{}),
 		nudge: [2]chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1)}}
 	c.dmu.Lock()

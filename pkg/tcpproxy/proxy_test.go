@@ -17,7 +17,14 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// The event loops (engine_linux.go) live as long as the process; they are
+// made before any test counts descriptors.
+func TestMain(m *testing.M) {
+	if err := tcpproxy.StartEngines(); err != nil {
+		panic(err)
+	}
+	goleak.VerifyTestMain(m, goleak.IgnoreAnyFunction("github.com/lbctl/lbctl/pkg/tcpproxy.(*engine).run"))
+}
 
 // frontend runs an accept loop that hands every connection to p, on
 // network/addr, until the test ends.

@@ -1,0 +1,669 @@
+package tcpproxy
+
+// The event loop: how an established connection moves small messages on
+// Linux without a goroutine per direction.
+//
+// A goroutine per direction parked in Go's poller costs, for every small
+// message, a wake-up of that goroutine and a read(2) that finds nothing
+// (Go drops a socket's readiness each time it waits, so a goroutine must
+// read until EAGAIN before it may park), and an idle connection keeps two
+// goroutine stacks. An event loop, as in HAProxy and nginx, instead waits
+// on an epoll set holding the sockets of many connections and handles every
+// ready one per wake-up, on the goroutine that woke:
+//
+//   - One loop per P (GOMAXPROCS), started on first use; a connection
+//     joins one, in turn, once its backend connection is made (start).
+//   - The epoll set is level-triggered. A readable socket gets one read(2)
+//     into the loop's buffer and the bytes go straight to the other
+//     socket with write(2): one read and one write per message, and no
+//     read that finds nothing (the level-triggered set says when there is
+//     more). What the destination does not accept waits in a pooled buffer
+//     of the connection (pending); the source is then not read and the
+//     destination is watched for EPOLLOUT until the buffer is written.
+//   - The loop's epoll descriptor is itself pollable: the loop parks in
+//     Go's poller on it like any goroutine on a socket, so it costs no
+//     thread while nothing is ready and cooperates with the scheduler. Its
+//     sockets stay registered in Go's poller too (they are *net.TCPConn),
+//     where nothing waits on them.
+//   - A read that fills the buffer means a bulk transfer: the connection
+//     leaves the loop for the goroutine-per-direction path (copy_linux.go)
+//     which splices, with what was not written yet (promote). A detach for
+//     an upgrade (Conn.Detach) moves it there first too.
+//   - EOF, half-close, errors, resets, byte counters and the idle clock are
+//     the goroutine path's, on the same conn: the idle and half-close
+//     timers and the shutdown callback are the same per-connection timers,
+//     which end the connection (conn.end). Only the loop closes a
+//     connection it serves: an end from elsewhere (a timer, a kill, the
+//     shutdown drain) records its reason and posts it to the loop, so no
+//     descriptor number is ever closed while the loop may still use it.
+//
+// An idle connection in a loop costs its conn struct and two sockets: no
+// goroutine, no buffer, no pipe.
+//
+// LBCTL_TCP_ENGINE=goroutines in the environment turns the loops off (every
+// connection then runs on the goroutine path), for comparison.
+
+import (
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// maxEvents is the most ready sockets one epoll_wait returns.
+const maxEvents = 256
+
+// wakeSlot is the epoll data of the loop's eventfd (Fd field); connection
+// slots are non-negative.
+const wakeSlot = -1
+
+// genMask bounds a slot's generation to the 31 bits it has in an event.
+const genMask = 1<<31 - 1
+
+// maskDeleted marks a socket taken out of the epoll set (conn.mask).
+const maskDeleted = ^uint32(0)
+
+// engine is one event loop.
+type engine struct {
+	epfd   int
+	ep     *os.File        // epfd, in Go's poller
+	eprc   syscall.RawConn // ep's raw conn
+	evfd   int             // eventfd in the set: post wakes the loop with it
+	buf    []byte          // read buffer, smallBufSize
+	events [maxEvents]unix.EpollEvent
+	n      int   // events returned by the last wait
+	now    int64 // nanotime of the last wake-up
+
+	// Owned by the loop's goroutine.
+	conns []*conn  // by slot
+	gens  []uint32 // by slot: bumped each time the slot is taken, so a late event of its last user is told apart
+	free  []int32  // free slots
+
+	mu       sync.Mutex
+	ops      []op // posted, for the loop to carry out
+	spare    []op
+	sleeping bool // the loop is parked (or about to): post must wake it
+}
+
+type opKind uint8
+
+const (
+	opAdd     opKind = iota + 1 // serve a started connection
+	opEnd                       // close a connection whose reason is set
+	opPromote                   // move a connection to the goroutine path
+)
+
+// op is a request to the loop from another goroutine.
+type op struct {
+	kind opKind
+	c    *conn
+	done chan struct{} // opPromote: closed once carried out
+}
+
+var engines struct {
+	mu   sync.Mutex
+	list []*engine // GOMAXPROCS at first use; nil entries not made yet
+	next atomic.Uint32
+	off  bool
+	once sync.Once
+}
+
+// StartEngines makes the event loops now instead of at the first
+// connection, so that their descriptors (two per loop) are open from the
+// start: a server calls it when it starts. An error (out of descriptors)
+// is not fatal: loops that could not be made are tried again when needed.
+func StartEngines() error {
+	setupEngines()
+	if engines.off {
+		return nil
+	}
+	engines.mu.Lock()
+	defer engines.mu.Unlock()
+	for i, e := range engines.list {
+		if e != nil {
+			continue
+		}
+		e, err := newEngine()
+		if err != nil {
+			return err
+		}
+		engines.list[i] = e
+		go e.run()
+	}
+	return nil
+}
+
+func setupEngines() {
+	engines.once.Do(func() {
+		engines.off = os.Getenv("LBCTL_TCP_ENGINE") == "goroutines"
+		engines.list = make([]*engine, runtime.GOMAXPROCS(0))
+	})
+}
+
+// pickEngine returns the loop for a new connection, nil when there is none
+// (turned off, or it cannot be made: the connection then runs on the
+// goroutine path).
+func pickEngine() *engine {
+	setupEngines()
+	if engines.off {
+		return nil
+	}
+	i := int(engines.next.Add(1)) % len(engines.list)
+	engines.mu.Lock()
+	defer engines.mu.Unlock()
+	e := engines.list[i]
+	if e == nil {
+		var err error
+		if e, err = newEngine(); err != nil {
+			return nil // out of descriptors, probably: try again next time
+		}
+		engines.list[i] = e
+		go e.run()
+	}
+	return e
+}
+
+func newEngine() (*engine, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeSlot}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, err
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, err
+	}
+	ep := os.NewFile(uintptr(epfd), "tcpproxy-epoll")
+	rc, err := ep.SyscallConn()
+	if err != nil {
+		ep.Close()
+		unix.Close(evfd)
+		return nil, err
+	}
+	return &engine{epfd: epfd, ep: ep, eprc: rc, evfd: evfd, buf: make([]byte, smallBufSize)}, nil
+}
+
+// add hands a started connection (timers armed) to the loop.
+func (e *engine) add(c *conn) {
+	c.eng, c.slot = e, -1
+	c.inLoop.Store(true)
+	e.post(op{kind: opAdd, c: c})
+}
+
+// post queues o for the loop, waking it if it sleeps.
+func (e *engine) post(o op) {
+	e.mu.Lock()
+	e.ops = append(e.ops, o)
+	wake := e.sleeping
+	e.sleeping = false
+	e.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		unix.Write(e.evfd, one[:]) // EAGAIN: the counter is full, a wake-up is pending anyway
+	}
+}
+
+// promoteWait moves c to the goroutine path, if the loop still serves it,
+// and returns once that is done.
+func (e *engine) promoteWait(c *conn) {
+	done := make(chan struct{})
+	e.post(op{kind: opPromote, c: c, done: done})
+	<-done
+}
+
+// run is the loop's goroutine. It never returns: loops live as long as
+// the process.
+func (e *engine) run() {
+	for {
+		e.wait()
+		e.now = nanotime()
+		for i := 0; i < e.n; i++ {
+			ev := &e.events[i]
+			if ev.Fd == wakeSlot {
+				var b [8]byte
+				unix.Read(e.evfd, b[:])
+				continue
+			}
+			e.handle(ev)
+		}
+		e.runOps()
+	}
+}
+
+// wait returns once sockets are ready (e.n events) or ops are posted,
+// parking in Go's poller in between.
+func (e *engine) wait() {
+	e.n = 0
+	e.mu.Lock()
+	if len(e.ops) > 0 {
+		e.mu.Unlock()
+		e.poll() // do not sleep, but serve what is ready too
+		return
+	}
+	e.sleeping = true
+	e.mu.Unlock()
+	err := e.eprc.Read(func(uintptr) bool { return e.poll() })
+	e.mu.Lock()
+	e.sleeping = false
+	e.mu.Unlock()
+	if err != nil {
+		// The epoll descriptor is never closed: nothing to do but retry.
+		zap.L().Error("tcp event loop: wait failed", zap.Error(err))
+	}
+}
+
+// poll takes what is ready without waiting; false when nothing is.
+func (e *engine) poll() bool {
+	for {
+		n, err := unix.EpollWait(e.epfd, e.events[:], 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if n < 0 {
+			n = 0
+		}
+		e.n = n
+		return n > 0
+	}
+}
+
+// runOps carries out what was posted.
+func (e *engine) runOps() {
+	e.mu.Lock()
+	ops := e.ops
+	e.ops, e.spare = e.spare[:0], nil
+	e.mu.Unlock()
+	for i := range ops {
+		o := &ops[i]
+		switch o.kind {
+		case opAdd:
+			e.join(o.c)
+		case opEnd:
+			if e.serves(o.c) {
+				e.close(o.c)
+			} else if !o.c.inLoop.Load() && o.c.slot == -2 {
+				// Moved to the goroutine path after the end was posted:
+				// close it as that path does.
+				o.c.closeSockets(o.c.resets(End(o.c.reason.Load())))
+			}
+		case opPromote:
+			if e.serves(o.c) {
+				e.promote(o.c, nil)
+			}
+			close(o.done)
+		}
+		*o = op{}
+	}
+	e.mu.Lock()
+	if e.spare == nil {
+		e.spare = ops[:0]
+	}
+	e.mu.Unlock()
+}
+
+// serves reports whether c is in the loop's table.
+func (e *engine) serves(c *conn) bool {
+	return c.slot >= 0 && int(c.slot) < len(e.conns) && e.conns[c.slot] == c
+}
+
+// join registers c's sockets.
+func (e *engine) join(c *conn) {
+	var slot int32
+	if n := len(e.free); n > 0 {
+		slot = e.free[n-1]
+		e.free = e.free[:n-1]
+	} else {
+		slot = int32(len(e.conns))
+		e.conns = append(e.conns, nil)
+		e.gens = append(e.gens, 0)
+	}
+	e.conns[slot] = c
+	e.gens[slot] = (e.gens[slot] + 1) & genMask
+	c.slot, c.gen = slot, e.gens[slot]
+	c.in.sfd, c.in.dfd = sockFD(c.in.srcRaw), sockFD(c.in.dstRaw)
+	c.out.sfd, c.out.dfd = c.in.dfd, c.in.sfd
+	c.mask, c.added = [2]uint32{}, 0
+	if c.reason.Load() != 0 { // ended before it joined
+		e.close(c)
+		return
+	}
+	for side := 0; side < 2; side++ {
+		if err := e.ctl(c, side, unix.EPOLLIN); err != nil {
+			// The set is full (max_user_watches): serve it the other way.
+			e.promote(c, nil)
+			return
+		}
+	}
+}
+
+// sockFD returns the descriptor of a socket's raw conn.
+func sockFD(raw syscall.RawConn) int {
+	fd := -1
+	raw.Control(func(s uintptr) { fd = int(s) })
+	return fd
+}
+
+// fdOf returns the descriptor of side (0 client, 1 backend).
+func (c *conn) fdOf(side int) int {
+	if side == 0 {
+		return c.in.sfd
+	}
+	return c.out.sfd
+}
+
+// ctl sets the epoll interest of one of c's sockets to mask (maskDeleted:
+// out of the set).
+func (e *engine) ctl(c *conn, side int, mask uint32) error {
+	if c.mask[side] == mask {
+		return nil
+	}
+	fd, bit := c.fdOf(side), uint8(1)<<side
+	var err error
+	switch {
+	case mask == maskDeleted:
+		if err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil); err == nil {
+			c.added &^= bit
+		}
+	case c.added&bit == 0:
+		ev := unix.EpollEvent{Events: mask, Fd: c.slot, Pad: int32(c.gen<<1) | int32(side)}
+		if err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err == nil {
+			c.added |= bit
+		}
+	default:
+		ev := unix.EpollEvent{Events: mask, Fd: c.slot, Pad: int32(c.gen<<1) | int32(side)}
+		err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+	}
+	if err == nil {
+		c.mask[side] = mask
+	}
+	return err
+}
+
+// update sets the interest of side's socket to what its directions need:
+// EPOLLIN while the direction reading it reads, EPOLLOUT while the one
+// writing to it holds bytes for it.
+func (e *engine) update(c *conn, side int) {
+	rd, wr := c.rolesOf(side)
+	var want uint32
+	if !rd.eof && rd.buf == nil {
+		want |= unix.EPOLLIN
+	}
+	if wr.buf != nil {
+		want |= unix.EPOLLOUT
+	}
+	if c.mask[side] == maskDeleted && want == 0 {
+		return
+	}
+	if err := e.ctl(c, side, want); err != nil {
+		e.endNow(c, sideFailed(side))
+	}
+}
+
+// rolesOf returns the direction that reads side's socket and the one that
+// writes to it.
+func (c *conn) rolesOf(side int) (rd, wr *direction) {
+	if side == 0 {
+		return &c.in, &c.out
+	}
+	return &c.out, &c.in
+}
+
+func sideFailed(side int) End {
+	if side == 0 {
+		return EndClientError
+	}
+	return EndBackendError
+}
+
+// handle serves one ready socket.
+func (e *engine) handle(ev *unix.EpollEvent) {
+	slot := int(ev.Fd)
+	if slot >= len(e.conns) {
+		return
+	}
+	c := e.conns[slot]
+	side := int(ev.Pad & 1)
+	if c == nil || c.gen != uint32(ev.Pad)>>1 {
+		return // an event for a connection that left the slot
+	}
+	if c.reason.Load() != 0 {
+		e.close(c) // ended elsewhere; its op may still be on its way
+		return
+	}
+	rd, wr := c.rolesOf(side)
+	flags := ev.Events
+	if flags&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 && wr.buf != nil {
+		if !e.flush(c, wr) {
+			return
+		}
+	}
+	switch {
+	case flags&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP) != 0 && !rd.eof && rd.buf == nil:
+		e.read(c, rd)
+	case flags&(unix.EPOLLERR|unix.EPOLLHUP) != 0 && wr.buf == nil:
+		e.hangup(c, side)
+	}
+}
+
+// read moves what one read of d's source returns.
+func (e *engine) read(c *conn, d *direction) {
+	for {
+		n, err := unix.Read(d.sfd, e.buf)
+		switch err {
+		case nil:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return
+		default:
+			e.endNow(c, d.srcFailed())
+			return
+		}
+		if n == 0 {
+			e.eof(c, d)
+			return
+		}
+		if !e.forward(c, d, e.buf[:n]) {
+			return
+		}
+		if n == len(e.buf) {
+			e.promote(c, d) // bulk: splice it
+		}
+		return
+	}
+}
+
+// forward writes b to d's destination; what it does not take waits in a
+// buffer of d. It reports false when the connection ended.
+func (e *engine) forward(c *conn, d *direction, b []byte) bool {
+	off := 0
+	for off < len(b) {
+		n, err := unix.Write(d.dfd, b[off:])
+		switch err {
+		case nil:
+			off += n
+			d.bytes += int64(n)
+			d.m.AddBytes(d.dir, n)
+			c.last.Store(e.now)
+			continue
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+		default:
+			e.endNow(c, d.dstFailed())
+			return false
+		}
+		break
+	}
+	if off == len(b) {
+		return true
+	}
+	p := bufPool.Get().(*[]byte)
+	d.n = copy(*p, b[off:])
+	d.buf, d.off = p, 0
+	d.busy.Add(1) // holds bytes: odd
+	e.update(c, d.srcSide())
+	e.update(c, 1-d.srcSide())
+	return c.reason.Load() == 0
+}
+
+// flush writes what d holds; false when the connection ended.
+func (e *engine) flush(c *conn, d *direction) bool {
+	for d.off < d.n {
+		n, err := unix.Write(d.dfd, (*d.buf)[d.off:d.n])
+		switch err {
+		case nil:
+			d.off += n
+			d.bytes += int64(n)
+			d.m.AddBytes(d.dir, n)
+			c.last.Store(e.now)
+			continue
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return true
+		default:
+			e.endNow(c, d.dstFailed())
+			return false
+		}
+	}
+	bufPool.Put(d.buf)
+	d.buf, d.n, d.off = nil, 0, 0
+	d.busy.Add(1) // even: nothing held
+	e.update(c, d.srcSide())
+	e.update(c, 1-d.srcSide())
+	return c.reason.Load() == 0
+}
+
+// eof: d's source finished sending. As on the goroutine path, the
+// destination's write side is shut and the other direction goes on, for at
+// most HalfCloseTimeout; when it is over too the connection is done.
+func (e *engine) eof(c *conn, d *direction) {
+	d.eof = true
+	if c.eofs.Add(1) == 2 {
+		e.endNow(c, EndDone)
+		return
+	}
+	// If the peer is already gone this fails; the other direction then
+	// sees the failure itself and ends the connection.
+	d.dst.CloseWrite()
+	if c.halfClose > 0 {
+		c.armHalfClose(c.halfClose)
+	}
+	e.update(c, d.srcSide())
+}
+
+// hangup handles an error or hang-up on a socket that no direction is
+// using at the moment: a pending error ends the connection as the failure
+// of that side; a hang-up with none (both ways shut) takes the socket out
+// of the set, which would otherwise report it forever.
+func (e *engine) hangup(c *conn, side int) {
+	if errno, err := unix.GetsockoptInt(c.fdOf(side), unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
+		e.endNow(c, sideFailed(side))
+		return
+	}
+	if err := e.ctl(c, side, maskDeleted); err != nil {
+		e.endNow(c, sideFailed(side))
+	}
+}
+
+// endNow ends c from the loop: the first reason wins, and the loop closes
+// it at once.
+func (e *engine) endNow(c *conn, why End) {
+	c.reason.CompareAndSwap(0, int32(why))
+	if e.serves(c) {
+		e.close(c)
+	}
+}
+
+// close closes a connection the loop serves, whose reason is set, and runs
+// its end.
+func (e *engine) close(c *conn) {
+	reset := c.resets(End(c.reason.Load())) // before the buffers go: they count as unsent
+	for _, d := range [2]*direction{&c.in, &c.out} {
+		if d.buf != nil {
+			bufPool.Put(d.buf)
+			d.buf, d.n, d.off = nil, 0, 0
+			d.busy.Add(1)
+		}
+	}
+	e.leave(c)
+	c.inLoop.Store(false)
+	c.slot = -3           // closed here (see runOps)
+	c.closeSockets(reset) // closing the last descriptor takes them out of the set
+	c.dmu.Lock()
+	c.in.exited, c.out.exited = true, true
+	c.dmu.Unlock()
+	c.finished()
+}
+
+// leave frees c's slot.
+func (e *engine) leave(c *conn) {
+	e.conns[c.slot] = nil
+	e.free = append(e.free, c.slot)
+	c.slot = -2 // left the loop (see runOps)
+}
+
+// promote moves c to the goroutine path (copy_linux.go): for a bulk
+// transfer in d (nil for a detach), which then splices at once. What a
+// direction holds is written first by its goroutine.
+func (e *engine) promote(c *conn, bulk *direction) {
+	for side := 0; side < 2; side++ {
+		if c.added&(1<<side) != 0 {
+			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.fdOf(side), nil)
+		}
+	}
+	e.leave(c)
+	if bulk != nil {
+		bulk.burstFirst = true
+	}
+	n := int32(0)
+	c.dmu.Lock()
+	for _, d := range [2]*direction{&c.in, &c.out} {
+		if d.eof {
+			d.exited = true
+		} else {
+			n++
+		}
+	}
+	c.dmu.Unlock()
+	c.running.Store(n)
+	c.inLoop.Store(false)
+	if !c.in.eof {
+		go c.in.copy(EndClientError, EndBackendError)
+	}
+	if !c.out.eof {
+		go c.out.copy(EndBackendError, EndClientError)
+	}
+	if c.reason.Load() != 0 {
+		// Ended before inLoop was cleared: its op may be handled before
+		// or after this; closing twice does no harm.
+		c.closeSockets(c.resets(End(c.reason.Load())))
+	}
+}
+
+// srcSide is the side (0 client, 1 backend) d reads from.
+func (d *direction) srcSide() int {
+	if d == &d.c.in {
+		return 0
+	}
+	return 1
+}
+
+func (d *direction) srcFailed() End { return sideFailed(d.srcSide()) }
+func (d *direction) dstFailed() End { return sideFailed(1 - d.srcSide()) }
