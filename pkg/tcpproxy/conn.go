@@ -28,6 +28,11 @@ var bufPool = sync.Pool{New: func() any {
 // idle clock would otherwise stand still for many seconds.
 const progressTick = time.Second
 
+// loopKeepsBulk keeps bulk transfers in the event loop (engine_linux.go) instead of promoting
+// them (tests: so that a loop's own handling of stalled writers can be
+// driven with any amount of data).
+var loopKeepsBulk atomic.Bool
+
 // epoch anchors the monotonic clock used for idle tracking.
 var epoch = time.Now()
 

@@ -448,6 +448,11 @@ func (p *Proxy) Adopt(ctx context.Context, client, backend *net.TCPConn, b *bala
 		c.finished()
 		return
 	}
+	if e := pickEngine(); e != nil {
+		c.in.eof, c.out.eof = st.InEOF, st.OutEOF
+		e.add(c)
+		return
+	}
 	if !st.InEOF {
 		go c.in.copy(EndClientError, EndBackendError)
 	}

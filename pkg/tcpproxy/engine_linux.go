@@ -343,7 +343,7 @@ func (e *engine) join(c *conn) {
 		return
 	}
 	for side := 0; side < 2; side++ {
-		if err := e.ctl(c, side, unix.EPOLLIN); err != nil {
+		if err := e.ctl(c, side, c.interest(side)); err != nil {
 			// The set is full (max_user_watches): serve it the other way.
 			e.promote(c, nil)
 			return
@@ -398,6 +398,17 @@ func (e *engine) ctl(c *conn, side int, mask uint32) error {
 // EPOLLIN while the direction reading it reads, EPOLLOUT while the one
 // writing to it holds bytes for it.
 func (e *engine) update(c *conn, side int) {
+	want := c.interest(side)
+	if c.mask[side] == maskDeleted && want == 0 {
+		return
+	}
+	if err := e.ctl(c, side, want); err != nil {
+		e.endNow(c, sideFailed(side))
+	}
+}
+
+// interest is the epoll interest side's socket needs now.
+func (c *conn) interest(side int) uint32 {
 	rd, wr := c.rolesOf(side)
 	var want uint32
 	if !rd.eof && rd.buf == nil {
@@ -406,12 +417,7 @@ func (e *engine) update(c *conn, side int) {
 	if wr.buf != nil {
 		want |= unix.EPOLLOUT
 	}
-	if c.mask[side] == maskDeleted && want == 0 {
-		return
-	}
-	if err := e.ctl(c, side, want); err != nil {
-		e.endNow(c, sideFailed(side))
-	}
+	return want
 }
 
 // rolesOf returns the direction that reads side's socket and the one that
@@ -481,7 +487,7 @@ func (e *engine) read(c *conn, d *direction) {
 		if !e.forward(c, d, e.buf[:n]) {
 			return
 		}
-		if n == len(e.buf) {
+		if n == len(e.buf) && !loopKeepsBulk.Load() {
 			e.promote(c, d) // bulk: splice it
 		}
 		return
