@@ -49,6 +49,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -270,12 +271,9 @@ func (e *engine) wait() {
 // poll takes what is ready without waiting; false when nothing is.
 func (e *engine) poll() bool {
 	for {
-		n, err := unix.EpollWait(e.epfd, e.events[:], 0)
+		n, err := rawEpollWait(e.epfd, e.events[:])
 		if err == unix.EINTR {
 			continue
-		}
-		if n < 0 {
-			n = 0
 		}
 		e.n = n
 		return n > 0
@@ -469,7 +467,7 @@ func (e *engine) handle(ev *unix.EpollEvent) {
 // read moves what one read of d's source returns.
 func (e *engine) read(c *conn, d *direction) {
 	for {
-		n, err := unix.Read(d.sfd, e.buf)
+		n, err := rawRead(d.sfd, e.buf)
 		switch err {
 		case nil:
 		case unix.EINTR:
@@ -499,7 +497,7 @@ func (e *engine) read(c *conn, d *direction) {
 func (e *engine) forward(c *conn, d *direction, b []byte) bool {
 	off := 0
 	for off < len(b) {
-		n, err := unix.Write(d.dfd, b[off:])
+		n, err := rawWrite(d.dfd, b[off:])
 		switch err {
 		case nil:
 			off += n
@@ -531,7 +529,7 @@ func (e *engine) forward(c *conn, d *direction, b []byte) bool {
 // flush writes what d holds; false when the connection ended.
 func (e *engine) flush(c *conn, d *direction) bool {
 	for d.off < d.n {
-		n, err := unix.Write(d.dfd, (*d.buf)[d.off:d.n])
+		n, err := rawWrite(d.dfd, (*d.buf)[d.off:d.n])
 		switch err {
 		case nil:
 			d.off += n
@@ -673,3 +671,37 @@ func (d *direction) srcSide() int {
 
 func (d *direction) srcFailed() End { return sideFailed(d.srcSide()) }
 func (d *direction) dstFailed() End { return sideFailed(1 - d.srcSide()) }
+
+// The loop's reads, writes and polls never block (non-blocking sockets, a
+// zero timeout), so they are made as raw system calls, without telling the
+// scheduler: a goroutine in a system call lets the runtime's sysmon thread
+// take its P away when the call is seen twice 20 µs apart, and a loop that
+// makes nothing but such calls under load kept sysmon waking every 20 µs
+// and its P changing hands (13.5 % of lbctl's CPU samples in sysmon at 32
+// request/response connections, docs/benchmarks.md). A raw call that
+// returns in microseconds costs neither.
+
+func rawRead(fd int, p []byte) (int, error) {
+	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+func rawWrite(fd int, p []byte) (int, error) {
+	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// rawEpollWait takes what is ready in the set, without waiting.
+func rawEpollWait(epfd int, events []unix.EpollEvent) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
