@@ -70,7 +70,6 @@ func (d *direction) initPlatform() error {
 	if d.dstRaw, err = d.dst.SyscallConn(); err != nil {
 		return err
 	}
-	d.readFn, d.writeFn, d.drainFn, d.fillFn = d.tryRead, d.tryWrite, d.tryDrain, d.fill
 	return nil
 }
 
@@ -79,6 +78,9 @@ func (d *direction) initPlatform() error {
 // detached (errMoved). A detach is looked for before each read, with
 // nothing held, and between two bursts.
 func (d *direction) run() error {
+	// Bound here, not in initPlatform: a connection that never leaves
+	// the event loop never needs them (four allocations each way).
+	d.readFn, d.writeFn, d.drainFn, d.fillFn = d.tryRead, d.tryWrite, d.tryDrain, d.fill
 	if d.buf != nil || d.burstFirst { // handed over by the event loop
 		if err := d.resume(); err != nil {
 			return err

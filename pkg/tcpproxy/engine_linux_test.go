@@ -276,3 +276,4 @@ func (s *side) dial(t *testing.T) *net.TCPConn {
 	s.p.Start(context.Background(), sc, c.LocalAddr().(*net.TCPAddr).AddrPort(), func(tcpproxy.End) {})
 	return c
 }
+
