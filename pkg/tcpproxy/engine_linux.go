@@ -366,11 +366,14 @@ func (c *conn) fdOf(side int) int {
 
 // ctl sets the epoll interest of one of c's sockets to mask (maskDeleted:
 // out of the set).
+//
+// A socket not in the set is added even with an interest of 0: the set
+// still reports its errors and hang-ups (hangup).
 func (e *engine) ctl(c *conn, side int, mask uint32) error {
-	if c.mask[side] == mask {
+	fd, bit := c.fdOf(side), uint8(1)<<side
+	if in := c.added&bit != 0; in && c.mask[side] == mask || !in && mask == maskDeleted {
 		return nil
 	}
-	fd, bit := c.fdOf(side), uint8(1)<<side
 	var err error
 	switch {
 	case mask == maskDeleted:
