@@ -17,8 +17,14 @@
 // not accept connections, apply access lists or count listener limits: that
 // is the listener's job (pkg/server).
 //
-// Bytes move between the two *net.TCPConn directly, never through a
-// wrapper, so Linux splices bulk data (see copy_linux.go).
+// On Linux an established connection first joins an event loop
+// (engine_linux.go): one per P, each an epoll set of many connections'
+// sockets, moving a small message with one read and one write and holding
+// no goroutine for an idle connection. A connection whose reads fill the
+// loop's buffer (bulk) moves to a goroutine per direction, which splices
+// between the two *net.TCPConn directly (copy_linux.go); so does one being
+// detached for an upgrade. Elsewhere every connection runs on the
+// goroutine path.
 //
 // # How a connection ends
 //
@@ -46,9 +52,11 @@
 //     neither FIN nor reset, since duplicates of its sockets live on there.
 //
 // Idle means no byte moved either way: every chunk the destination socket
-// accepts moves the idle clock and the byte counters; a direction stalled
-// on a slow reader retries every second (progressTick), so both advance at
-// least every second while the reader drains anything. A reader so slow that
+// accepts moves the idle clock and the byte counters; on the goroutine
+// path a direction stalled on a slow reader retries every second
+// (progressTick), so both advance at least every second while the reader
+// drains anything (in an event loop, holding at most one read's 16 KiB, a
+// stalled direction waits for the socket to say it is writable). A reader so slow that
 // the kernel accepts nothing new for idle_timeout is checked once more
 // before the connection is declared idle: if the sockets' TCP_INFO shows
 // bytes acknowledged or received within a second, the kernel is still
@@ -130,12 +138,11 @@ func New(cfg Config) *Proxy {
 	}
 }
 
-// Start proxies client to a backend. It dials a backend, starts the two
-// copying goroutines and returns; done is called once, from whichever
-// goroutine ends the connection (before Start returns when no backend
-// could be reached). The caller's goroutine, whose stack grew while
-// dialing, can then exit, so an idle connection costs two shallow
-// goroutines and nothing more.
+// Start proxies client to a backend. It dials a backend, hands the
+// connection to an event loop (or starts the two copying goroutines) and
+// returns; done is called once, from whichever goroutine ends the
+// connection (before Start returns when no backend could be reached). The
+// caller's goroutine, whose stack grew while dialing, can then exit.
 //
 // clientAddr is the client as the rest of lbctl sees it (the PROXY protocol
 // source when the listener accepts one). Canceling ctx ends the connection
