@@ -53,6 +53,18 @@ func makeSide(tb testing.TB, backend string, idle, half time.Duration) *side {
 // connection's handle and the channel its End arrives on.
 func (s *side) open(t *testing.T) (*net.TCPConn, tcpproxy.Conn, chan tcpproxy.End) {
 	t.Helper()
+	ends := make(chan tcpproxy.End, 1)
+	c := s.dial(t, func(e tcpproxy.End) { ends <- e })
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		return s.reg.Len() == 1, fmt.Sprintf("%d connections in the registry, want 1", s.reg.Len())
+	})
+	return c, s.reg.Conns(nil)[0], ends
+}
+
+// dial connects a client through s, whose proxy serves it as a listener
+// would and calls done at its end, and returns the client's end.
+func (s *side) dial(t *testing.T, done func(tcpproxy.End)) *net.TCPConn {
+	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
@@ -67,12 +79,8 @@ func (s *side) open(t *testing.T) (*net.TCPConn, tcpproxy.Conn, chan tcpproxy.En
 	if err != nil {
 		t.Fatal(err)
 	}
-	ends := make(chan tcpproxy.End, 1)
-	s.p.Start(context.Background(), sc, c.LocalAddr().(*net.TCPAddr).AddrPort(), func(e tcpproxy.End) { ends <- e })
-	lbtest.Until(t, 5*time.Second, func() (bool, string) {
-		return s.reg.Len() == 1, fmt.Sprintf("%d connections in the registry, want 1", s.reg.Len())
-	})
-	return c, s.reg.Conns(nil)[0], ends
+	s.p.Start(context.Background(), sc, c.LocalAddr().(*net.TCPAddr).AddrPort(), done)
+	return c
 }
 
 // move detaches h and adopts it on to; it returns the moved state and

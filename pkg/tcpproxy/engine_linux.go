@@ -498,24 +498,9 @@ func (e *engine) read(c *conn, d *direction) {
 // forward writes b to d's destination; what it does not take waits in a
 // buffer of d. It reports false when the connection ended.
 func (e *engine) forward(c *conn, d *direction, b []byte) bool {
-	off := 0
-	for off < len(b) {
-		n, err := rawWrite(d.dfd, b[off:])
-		switch err {
-		case nil:
-			off += n
-			d.bytes += int64(n)
-			d.m.AddBytes(d.dir, n)
-			c.last.Store(e.now)
-			continue
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-		default:
-			e.endNow(c, d.dstFailed())
-			return false
-		}
-		break
+	off, ok := e.write(c, d, b)
+	if !ok {
+		return false
 	}
 	if off == len(b) {
 		return true
@@ -531,23 +516,12 @@ func (e *engine) forward(c *conn, d *direction, b []byte) bool {
 
 // flush writes what d holds; false when the connection ended.
 func (e *engine) flush(c *conn, d *direction) bool {
-	for d.off < d.n {
-		n, err := rawWrite(d.dfd, (*d.buf)[d.off:d.n])
-		switch err {
-		case nil:
-			d.off += n
-			d.bytes += int64(n)
-			d.m.AddBytes(d.dir, n)
-			c.last.Store(e.now)
-			continue
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return true
-		default:
-			e.endNow(c, d.dstFailed())
-			return false
-		}
+	n, ok := e.write(c, d, (*d.buf)[d.off:d.n])
+	if !ok {
+		return false
+	}
+	if d.off += n; d.off < d.n {
+		return true
 	}
 	bufPool.Put(d.buf)
 	d.buf, d.n, d.off = nil, 0, 0
@@ -555,6 +529,29 @@ func (e *engine) flush(c *conn, d *direction) bool {
 	e.update(c, d.srcSide())
 	e.update(c, 1-d.srcSide())
 	return c.reason.Load() == 0
+}
+
+// write writes b to d's destination until it is all written or the socket
+// would block, counting each chunk accepted, and returns how much was
+// written; ok is false when the write failed (the connection has ended).
+func (e *engine) write(c *conn, d *direction, b []byte) (n int, ok bool) {
+	for n < len(b) {
+		m, err := rawWrite(d.dfd, b[n:])
+		switch err {
+		case nil:
+			n += m
+			d.bytes += int64(m)
+			d.m.AddBytes(d.dir, m)
+			c.last.Store(e.now)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return n, true
+		default:
+			e.endNow(c, d.dstFailed())
+			return n, false
+		}
+	}
+	return n, true
 }
 
 // eof: d's source finished sending. As on the goroutine path, the

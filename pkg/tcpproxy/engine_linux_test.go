@@ -30,7 +30,7 @@ func TestLoopIdleConnectionsHoldNoGoroutine(t *testing.T) {
 	base := runtime.NumGoroutine()
 	clients := make([]*net.TCPConn, 0, n)
 	for i := 0; i < n; i++ {
-		c := s.dial(t)
+		c := s.dial(t, func(tcpproxy.End) {})
 		if _, err := c.Write([]byte{byte(i)}); err != nil {
 			t.Fatal(err)
 		}
@@ -254,26 +254,4 @@ func TestLoopKillWhileStalled(t *testing.T) {
 		st := tcpState(t, c)
 		return st == tcpClose, fmt.Sprintf("client socket in TCP state %d, want %d (reset)", st, tcpClose)
 	})
-}
-
-// dial connects a client through s (whose proxy serves it as a listener
-// would) and returns the client's end.
-func (s *side) dial(t *testing.T) *net.TCPConn {
-	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	sc, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.p.Start(context.Background(), sc, c.LocalAddr().(*net.TCPAddr).AddrPort(), func(tcpproxy.End) {})
-	return c
 }
