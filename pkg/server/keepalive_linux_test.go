@@ -2,9 +2,15 @@ package server
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/netip"
+	"os"
+	"strconv"
 	"testing"
+	"time"
 
+	"github.com/lbctl/lbctl/pkg/lbtest"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,4 +41,78 @@ func TestAcceptedSocketsKeepAlive(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestConnectionSocketOptions: on a connection through lbctl, the socket
+// accepted from the client has keep-alive and TCP_NODELAY on, the socket
+// dialed to the backend TCP_NODELAY on and keep-alive off (as HAProxy and
+// nginx by default; docs/reference.md). The two sockets are found among
+// this process's descriptors by their addresses.
+func TestConnectionSocketOptions(t *testing.T) {
+	backendPeer := make(chan string, 1)
+	be := lbtest.NewTCP(t, func(c *net.TCPConn) {
+		backendPeer <- c.RemoteAddr().String() // lbctl's dialed socket
+		lbtest.Echo(c)
+	})
+	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "", be.Addr)+noHealth)
+	c := h.dial("l")
+	defer c.Close()
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("echo through lbctl: %v", err)
+	}
+	dialed := <-backendPeer
+	accepted := c.RemoteAddr().String() // lbctl's listener; its peer is c
+	check := func(side string, fd int) {
+		for _, o := range []struct {
+			name       string
+			level, opt int
+			want       int
+		}{
+			{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+			{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, map[string]int{"client": 1, "backend": 0}[side]},
+		} {
+			if v, err := unix.GetsockoptInt(fd, o.level, o.opt); err != nil || (v != 0) != (o.want != 0) {
+				t.Errorf("%s side socket: %s = %d (%v), want %d", side, o.name, v, err, o.want)
+			}
+		}
+	}
+	found := map[string]bool{}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		la, err1 := unix.Getsockname(fd)
+		pa, err2 := unix.Getpeername(fd)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		switch local, peer := sockString(la), sockString(pa); {
+		case local == dialed && peer == be.Addr:
+			found["backend"] = true
+			check("backend", fd)
+		case local == accepted && peer == c.LocalAddr().String():
+			found["client"] = true
+			check("client", fd)
+		}
+	}
+	if !found["client"] || !found["backend"] {
+		t.Fatalf("sockets found among this process's descriptors: %v, want client and backend", found)
+	}
+}
+
+// sockString is an IPv4 socket address as "ip:port"; "" for other kinds.
+func sockString(sa unix.Sockaddr) string {
+	if a, ok := sa.(*unix.SockaddrInet4); ok {
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+	}
+	return ""
 }
