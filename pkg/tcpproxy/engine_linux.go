@@ -565,7 +565,7 @@ func (e *engine) eof(c *conn, d *direction) {
 	}
 	// If the peer is already gone this fails; the other direction then
 	// sees the failure itself and ends the connection.
-	d.dst.CloseWrite()
+	unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(d.dfd), unix.SHUT_WR, 0)
 	if c.halfClose > 0 {
 		c.armHalfClose(c.halfClose)
 	}
@@ -672,8 +672,8 @@ func (d *direction) srcSide() int {
 func (d *direction) srcFailed() End { return sideFailed(d.srcSide()) }
 func (d *direction) dstFailed() End { return sideFailed(1 - d.srcSide()) }
 
-// The loop's reads, writes and polls never block (non-blocking sockets, a
-// zero timeout), so they are made as raw system calls, without telling the
+// The loop's reads, writes, polls and shutdowns never block (non-blocking
+// sockets, a zero timeout), so they are made as raw system calls, without telling the
 // scheduler: a goroutine in a system call lets the runtime's sysmon thread
 // take its P away when the call is seen twice 20 µs apart, and a loop that
 // makes nothing but such calls under load kept sysmon waking every 20 µs
