@@ -76,8 +76,9 @@ type engine struct {
 	evfd   int             // eventfd in the set: post wakes the loop with it
 	buf    []byte          // read buffer, smallBufSize
 	events [maxEvents]unix.EpollEvent
-	n      int   // events returned by the last wait
-	now    int64 // nanotime of the last wake-up
+	n      int                // events returned by the last wait
+	pollFn func(uintptr) bool // poll as a RawConn callback, bound once: no allocation per wait
+	now    int64              // nanotime of the last wake-up
 
 	// Owned by the loop's goroutine.
 	conns []*conn  // by slot
@@ -196,7 +197,9 @@ func newEngine() (*engine, error) {
 		unix.Close(evfd)
 		return nil, err
 	}
-	return &engine{epfd: epfd, ep: ep, eprc: rc, evfd: evfd, buf: make([]byte, smallBufSize)}, nil
+	e := &engine{epfd: epfd, ep: ep, eprc: rc, evfd: evfd, buf: make([]byte, smallBufSize)}
+	e.pollFn = func(uintptr) bool { return e.poll() }
+	return e, nil
 }
 
 // add hands a started connection (timers armed) to the loop.
@@ -258,7 +261,7 @@ func (e *engine) wait() {
 	}
 	e.sleeping = true
 	e.mu.Unlock()
-	err := e.eprc.Read(func(uintptr) bool { return e.poll() })
+	err := e.eprc.Read(e.pollFn)
 	e.mu.Lock()
 	e.sleeping = false
 	e.mu.Unlock()

@@ -255,3 +255,39 @@ func TestLoopKillWhileStalled(t *testing.T) {
 		return st == tcpClose, fmt.Sprintf("client socket in TCP state %d, want %d (reset)", st, tcpClose)
 	})
 }
+
+// TestLoopNoAllocationPerMessage: a request and its reply through the loop
+// allocate nothing (the client and the echo backend do not either).
+func TestLoopNoAllocationPerMessage(t *testing.T) {
+	be := lbtest.NewTCP(t, func(c *net.TCPConn) {
+		buf := make([]byte, 64)
+		for {
+			if _, err := io.ReadFull(c, buf); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	})
+	s := makeSide(t, be.Addr, time.Hour, 0)
+	c, h, _ := s.open(t)
+	msg, reply := make([]byte, 64), make([]byte, 64)
+	exchange := func() {
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, reply); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 100; i++ { // warm up: pools, the loop's tables
+		exchange()
+	}
+	if !tcpproxy.InLoop(h) {
+		t.Fatal("not in an event loop")
+	}
+	if n := testing.AllocsPerRun(2000, exchange); n >= 0.05 {
+		t.Fatalf("%.2f allocations per request and reply, want 0", n)
+	}
+}
