@@ -76,10 +76,9 @@ type conn struct {
 	// inLoop is set; the rest is owned by the loop's goroutine.
 	eng    *engine
 	inLoop atomic.Bool
-	slot   int32     // index in eng's table, -1 when not in it
-	gen    uint32    // generation of slot, in each epoll event's data
-	mask   [2]uint32 // epoll interest registered for the client (0) and backend (1) sockets
-	added  uint8     // bit 0: the client socket is in the loop's set; bit 1: the backend's
+	slot   int32  // index in eng's table, -1 when not in it
+	gen    uint32 // generation of slot, in each epoll event's data
+	added  uint8  // bit 0: the client socket is in the loop's set; bit 1: the backend's
 }
 
 // direction is one half of a connection: bytes from src to dst.

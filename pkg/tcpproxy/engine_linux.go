@@ -13,13 +13,18 @@ package tcpproxy
 //
 //   - One loop per P (GOMAXPROCS), started on first use; a connection
 //     joins one, in turn, once its backend connection is made (start).
-//   - The epoll set is level-triggered. A readable socket gets one read(2)
-//     into the loop's buffer and the bytes go straight to the other
-//     socket with write(2): one read and one write per message, and no
-//     read that finds nothing (the level-triggered set says when there is
-//     more). What the destination does not accept waits in a pooled buffer
-//     of the connection (pending); the source is then not read and the
-//     destination is watched for EPOLLOUT until the buffer is written.
+//   - Each socket joins the set once, edge-triggered for input and
+//     output, as in Go's own poller: no epoll_ctl after that, whatever the
+//     connection does. A socket that says it is readable gets one read(2)
+//     into the loop's buffer and the bytes go straight to the other socket
+//     with write(2): one read and one write per message. A read that
+//     returns less than the buffer took all the socket had (new data
+//     brings a new event), so there is no read that finds nothing, except
+//     when the event also said the peer shut down (its EOF comes with the
+//     next read). What the destination does not accept waits in a pooled
+//     buffer of the connection (pending); the source is then not read
+//     until the destination says it is writable and the buffer is
+//     written, and is read again then.
 //   - The loop's epoll descriptor is itself pollable: the loop parks in
 //     Go's poller on it like any goroutine on a socket, so it costs no
 //     thread while nothing is ready and cooperates with the scheduler. Its
@@ -65,8 +70,9 @@ const wakeSlot = -1
 // genMask bounds a slot's generation to the 31 bits it has in an event.
 const genMask = 1<<31 - 1
 
-// maskDeleted marks a socket taken out of the epoll set (conn.mask).
-const maskDeleted = ^uint32(0)
+// sockEvents is the interest of every socket in a loop's set, registered
+// once: edge-triggered, as in Go's own poller (see the top of this file).
+const sockEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 // engine is one event loop.
 type engine struct {
@@ -338,17 +344,19 @@ func (e *engine) join(c *conn) {
 	c.slot, c.gen = slot, e.gens[slot]
 	c.in.sfd, c.in.dfd = sockFD(c.in.srcRaw), sockFD(c.in.dstRaw)
 	c.out.sfd, c.out.dfd = c.in.dfd, c.in.sfd
-	c.mask, c.added = [2]uint32{}, 0
+	c.added = 0
 	if c.reason.Load() != 0 { // ended before it joined
 		e.close(c)
 		return
 	}
 	for side := 0; side < 2; side++ {
-		if err := e.ctl(c, side, c.interest(side)); err != nil {
+		ev := unix.EpollEvent{Events: sockEvents, Fd: c.slot, Pad: int32(c.gen<<1) | int32(side)}
+		if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, c.fdOf(side), &ev); err != nil {
 			// The set is full (max_user_watches): serve it the other way.
 			e.promote(c, nil)
 			return
 		}
+		c.added |= 1 << side
 	}
 }
 
@@ -367,63 +375,6 @@ func (c *conn) fdOf(side int) int {
 	return c.out.sfd
 }
 
-// ctl sets the epoll interest of one of c's sockets to mask (maskDeleted:
-// out of the set).
-//
-// A socket not in the set is added even with an interest of 0: the set
-// still reports its errors and hang-ups (hangup).
-func (e *engine) ctl(c *conn, side int, mask uint32) error {
-	fd, bit := c.fdOf(side), uint8(1)<<side
-	if in := c.added&bit != 0; in && c.mask[side] == mask || !in && mask == maskDeleted {
-		return nil
-	}
-	var err error
-	switch {
-	case mask == maskDeleted:
-		if err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, fd, nil); err == nil {
-			c.added &^= bit
-		}
-	case c.added&bit == 0:
-		ev := unix.EpollEvent{Events: mask, Fd: c.slot, Pad: int32(c.gen<<1) | int32(side)}
-		if err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err == nil {
-			c.added |= bit
-		}
-	default:
-		ev := unix.EpollEvent{Events: mask, Fd: c.slot, Pad: int32(c.gen<<1) | int32(side)}
-		err = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
-	}
-	if err == nil {
-		c.mask[side] = mask
-	}
-	return err
-}
-
-// update sets the interest of side's socket to what its directions need:
-// EPOLLIN while the direction reading it reads, EPOLLOUT while the one
-// writing to it holds bytes for it.
-func (e *engine) update(c *conn, side int) {
-	want := c.interest(side)
-	if c.mask[side] == maskDeleted && want == 0 {
-		return
-	}
-	if err := e.ctl(c, side, want); err != nil {
-		e.endNow(c, sideFailed(side))
-	}
-}
-
-// interest is the epoll interest side's socket needs now.
-func (c *conn) interest(side int) uint32 {
-	rd, wr := c.rolesOf(side)
-	var want uint32
-	if !rd.eof && rd.buf == nil {
-		want |= unix.EPOLLIN
-	}
-	if wr.buf != nil {
-		want |= unix.EPOLLOUT
-	}
-	return want
-}
-
 // rolesOf returns the direction that reads side's socket and the one that
 // writes to it.
 func (c *conn) rolesOf(side int) (rd, wr *direction) {
@@ -440,7 +391,8 @@ func sideFailed(side int) End {
 	return EndBackendError
 }
 
-// handle serves one ready socket.
+// handle serves one ready socket. Registration is edge-triggered: an
+// event says something changed, and what is ready is found by trying.
 func (e *engine) handle(ev *unix.EpollEvent) {
 	slot := int(ev.Fd)
 	if slot >= len(e.conns) {
@@ -458,20 +410,30 @@ func (e *engine) handle(ev *unix.EpollEvent) {
 	rd, wr := c.rolesOf(side)
 	flags := ev.Events
 	if flags&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 && wr.buf != nil {
-		if !e.flush(c, wr) {
-			return
+		e.flush(c, wr)
+		if e.conns[slot] != c {
+			return // ended or promoted
 		}
 	}
 	switch {
-	case flags&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP) != 0 && !rd.eof && rd.buf == nil:
-		e.read(c, rd)
+	case flags&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0 && !rd.eof && rd.buf == nil:
+		// With the peer's FIN (or an error) already there, a short
+		// read is not the end: the next one returns the EOF, and no
+		// new event would come for it.
+		e.read(c, rd, flags&(unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0)
 	case flags&(unix.EPOLLERR|unix.EPOLLHUP) != 0 && wr.buf == nil:
 		e.hangup(c, side)
 	}
 }
 
-// read moves what one read of d's source returns.
-func (e *engine) read(c *conn, d *direction) {
+// read moves what d's source has. One read that returns less than the
+// buffer emptied the socket of data (a TCP read takes all that is queued,
+// up to the buffer's size): what arrives later brings a new event. But a
+// FIN queued behind the data is returned by the next read only: with
+// toEnd (the event said the peer shut down, or the socket's events went
+// unread), read goes on until the socket says EAGAIN or EOF. A read that
+// fills the buffer means a bulk transfer, which leaves the loop.
+func (e *engine) read(c *conn, d *direction, toEnd bool) {
 	for {
 		n, err := rawRead(d.sfd, e.buf)
 		switch err {
@@ -488,50 +450,54 @@ func (e *engine) read(c *conn, d *direction) {
 			e.eof(c, d)
 			return
 		}
-		if !e.forward(c, d, e.buf[:n]) {
+		if !e.forward(c, d, e.buf[:n]) || d.buf != nil {
+			return // ended, or the destination is full: flush reads on
+		}
+		if n < len(e.buf) {
+			if toEnd {
+				continue
+			}
 			return
 		}
-		if n == len(e.buf) && !loopKeepsBulk.Load() {
+		if !loopKeepsBulk.Load() {
 			e.promote(c, d) // bulk: splice it
+			return
 		}
-		return
 	}
 }
 
 // forward writes b to d's destination; what it does not take waits in a
-// buffer of d. It reports false when the connection ended.
+// buffer of d, and d's source is not read until it is written (flush). It
+// reports false when the connection ended.
 func (e *engine) forward(c *conn, d *direction, b []byte) bool {
 	off, ok := e.write(c, d, b)
 	if !ok {
 		return false
 	}
-	if off == len(b) {
-		return true
+	if off < len(b) {
+		p := bufPool.Get().(*[]byte)
+		d.n = copy(*p, b[off:])
+		d.buf, d.off = p, 0
+		d.busy.Add(1) // holds bytes: odd
 	}
-	p := bufPool.Get().(*[]byte)
-	d.n = copy(*p, b[off:])
-	d.buf, d.off = p, 0
-	d.busy.Add(1) // holds bytes: odd
-	e.update(c, d.srcSide())
-	e.update(c, 1-d.srcSide())
-	return c.reason.Load() == 0
+	return true
 }
 
-// flush writes what d holds; false when the connection ended.
-func (e *engine) flush(c *conn, d *direction) bool {
+// flush writes what d holds, once its destination said it is writable.
+// When all is written, d's source is read again: it was not read while
+// its events came, so what it has is found by reading.
+func (e *engine) flush(c *conn, d *direction) {
 	n, ok := e.write(c, d, (*d.buf)[d.off:d.n])
 	if !ok {
-		return false
+		return
 	}
 	if d.off += n; d.off < d.n {
-		return true
+		return
 	}
 	bufPool.Put(d.buf)
 	d.buf, d.n, d.off = nil, 0, 0
 	d.busy.Add(1) // even: nothing held
-	e.update(c, d.srcSide())
-	e.update(c, 1-d.srcSide())
-	return c.reason.Load() == 0
+	e.read(c, d, true)
 }
 
 // write writes b to d's destination until it is all written or the socket
@@ -572,19 +538,15 @@ func (e *engine) eof(c *conn, d *direction) {
 	if c.halfClose > 0 {
 		c.armHalfClose(c.halfClose)
 	}
-	e.update(c, d.srcSide())
 }
 
 // hangup handles an error or hang-up on a socket that no direction is
-// using at the moment: a pending error ends the connection as the failure
-// of that side; a hang-up with none (both ways shut) takes the socket out
-// of the set, which would otherwise report it forever.
+// using at the moment (nothing to read from it, nothing to write to it): a
+// pending error ends the connection as the failure of that side. A
+// hang-up without one (both ways shut) changes nothing: the directions see
+// it when they next use the socket.
 func (e *engine) hangup(c *conn, side int) {
 	if errno, err := unix.GetsockoptInt(c.fdOf(side), unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
-		e.endNow(c, sideFailed(side))
-		return
-	}
-	if err := e.ctl(c, side, maskDeleted); err != nil {
 		e.endNow(c, sideFailed(side))
 	}
 }
