@@ -464,19 +464,23 @@ func (l *Listener) loop() {
 
 	l.control()
 	now := time.Now()
-	sweepAt, checkAt := now, now
+	sweepAt, checkAt, next := now, now, now // next: the read deadline, the earlier of the two
 	var perr time.Duration
 	for !l.closed {
-		if now := time.Now(); !now.Before(checkAt) {
-			if !l.alive() {
-				break
+		// Once next has passed, every read of ep fails at once until the
+		// deadline moves: it moves here, whichever of the two is due.
+		if now := time.Now(); !now.Before(next) {
+			if !now.Before(checkAt) {
+				if !l.alive() {
+					break
+				}
+				l.control() // in case a kick was lost to a failed epoll_ctl
+				checkAt = now.Add(closeCheck)
 			}
-			l.control() // in case a kick was lost to a failed epoll_ctl
 			if !now.Before(sweepAt) {
 				sweepAt = now.Add(l.sweep())
 			}
-			checkAt = now.Add(closeCheck)
-			next := checkAt
+			next = checkAt
 			if sweepAt.Before(next) {
 				next = sweepAt
 			}
