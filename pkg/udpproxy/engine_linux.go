@@ -47,9 +47,11 @@ import (
 // idle_timeout/8 or unreplied_timeout/8, whichever is shorter (5ms to 1s).
 //
 // Closing. The caller closes Conn to end the listener, and Go's poller
-// tells only a goroutine parked on Conn itself; the loop parks on its epoll
-// set. It learns of the close from its next use of the socket (every read
-// and send goes through Conn's RawConn, which fails once it is closed), and
+// tells only a goroutine parked on Conn itself. So while the listener has
+// no session the loop parks on Conn (waitConn): an idle listener has no
+// timer, and sees the close at once. With sessions it parks on its epoll
+// set, learns of the close from its next use of the socket (every read and
+// send goes through Conn's RawConn, which fails once it is closed), and
 // checks at least every closeCheck while it waits.
 //
 // Descriptor safety: a session's descriptor is closed by the loop, and by
@@ -76,6 +78,8 @@ type engine struct {
 	// Owned by the loop.
 	listening bool // the listener socket is in the epoll set: not held
 	closed    bool // Conn is closed: the loop ends
+
+	onConn atomic.Bool // the loop waits on Conn (no session): wake kicks Conn too
 
 	evmu sync.Mutex
 	evfd int  // eventfd in the epoll set: wakes the loop; guarded by evmu (the loop reads it freely)
@@ -197,8 +201,9 @@ func (l *Listener) drainUntilClosed() {
 	}
 }
 
-// wake makes the loop look at l.retired, l.handReq and the hold. It does
-// nothing before the loop has started or after it has ended.
+// wake makes the loop look at l.retired, l.handReq, the hold and new
+// sessions (join). It does nothing before the loop has started or after
+// it has ended.
 func (l *Listener) wake() {
 	var one = [8]byte{1}
 	l.evmu.Lock()
@@ -206,6 +211,42 @@ func (l *Listener) wake() {
 		unix.Write(l.evfd, one[:])
 	}
 	l.evmu.Unlock()
+	// After the eventfd: a loop that set onConn after this load sees the
+	// eventfd in waitConn's last look at the epoll set.
+	if l.onConn.Load() {
+		l.Conn.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// idle reports whether the listener has no session, open or ending, and
+// nothing asked of the loop.
+func (l *Listener) idle() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.live == 0 && len(l.retired) == 0 && l.handReq == nil
+}
+
+// waitConn parks the loop on Conn itself while the listener has no
+// session: then only a client datagram, a wake or the close can give it
+// work, and Go's poller reports all three. probe is scratch space. It
+// returns when there may be work, having set l.closed if Conn is closed.
+func (l *Listener) waitConn(probe []unix.EpollEvent, first *bool, f func(uintptr) bool) {
+	l.onConn.Store(true)
+	defer l.onConn.Store(false)
+	// A wake before the store above is in the epoll set (every descriptor
+	// in it is level-triggered, so this look takes nothing away).
+	if n, _ := unix.EpollWait(l.epfd, probe, 0); n > 0 {
+		return
+	}
+	*first = true
+	err := l.lrc.Read(f)
+	switch {
+	case err == nil:
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		l.Conn.SetReadDeadline(time.Time{}) // a wake's kick: it is in the epoll set
+	default:
+		l.closed = true
+	}
 }
 
 // kick makes the loop look at the hold (handover.go).
@@ -434,6 +475,14 @@ func (l *Listener) loop() {
 		}
 	}
 
+	var idle, first bool
+	// For waitConn: false at once, so that Read waits for Conn; true once
+	// woken.
+	onConn := func(uintptr) bool {
+		w := !first
+		first = false
+		return w
+	}
 	wait := func(uintptr) bool {
 		for range 64 { // then return, so that the timers get their turn
 			n, err := unix.EpollWait(l.epfd, events, 0)
@@ -441,6 +490,10 @@ func (l *Listener) loop() {
 				continue
 			}
 			if n <= 0 {
+				if l.listening && l.idle() {
+					idle = true
+					return true // park on Conn (waitConn)
+				}
 				return false // nothing ready: park until the epoll set is
 			}
 			pass(n)
@@ -487,6 +540,11 @@ func (l *Listener) loop() {
 			l.ep.SetReadDeadline(next)
 		}
 		err := l.eprc.Read(wait)
+		if idle {
+			idle = false
+			l.waitConn(events, &first, onConn)
+			continue
+		}
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			// Not expected (the epoll descriptor closes after this
 			// loop); keep serving rather than strand the sessions.
@@ -910,5 +968,6 @@ func (l *Listener) join(s *session, f *os.File) error {
 	l.byFD[fd] = s
 	l.table[s.client] = s
 	l.live++
+	l.wake() // a loop waiting on Conn (no session) now has one to serve
 	return nil
 }
