@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -16,52 +17,82 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The Linux engine moves datagrams in batches with two goroutines per
-// listener, whatever the number of sessions:
+// The Linux engine moves datagrams in batches with one goroutine per
+// listener, the loop, whatever the number of sessions. The loop waits on
+// one epoll set that holds the listener socket, every session's connected
+// backend socket and an eventfd, and each time it wakes it serves whatever
+// is ready:
 //
-//   - the reader takes up to batchSize client datagrams per recvmmsg(2)
-//     from the listener socket and writes each into its session's backend
-//     socket (one write(2) each: they are different sockets);
-//   - the replier waits on an epoll set holding every backend socket, reads
-//     one reply from each ready socket and sends them all to their clients
-//     with one sendmmsg(2) on the listener socket. It also expires idle
-//     and unreplied sessions, in a sweep every idle_timeout/8 or
-//     unreplied_timeout/8, whichever is shorter (5ms to 1s).
+//   - replies: one from each ready backend socket, all sent to their
+//     clients with one sendmmsg(2) on the listener socket;
+//   - client datagrams: up to batchSize per recvmmsg(2) from the listener
+//     socket, each written into its session's backend socket (one write(2)
+//     each: they are different sockets);
+//   - the eventfd: sessions ended by another goroutine (Registry.Kill, a
+//     drain timeout), a hold or release of the reader (handover.go), a
+//     Detach.
 //
-// Both goroutines park in Go's poller like any other (the epoll descriptor
-// is itself pollable), so a busy listener costs one wake-up per batch, not
-// per datagram, and an idle session costs a descriptor and a few hundred
-// bytes: no goroutine, no buffer.
+// It asks the set again (epoll_wait without a timeout) until nothing is
+// ready, then parks in Go's poller (the epoll descriptor is itself
+// pollable). So a busy listener costs one goroutine wake-up per batch, for
+// both directions: a request and the reply that comes back while the loop
+// is still at work are served by the same wake-up, with no hand-off between
+// goroutines or threads. An idle session costs a descriptor and a few
+// hundred bytes: no goroutine, no buffer. (An earlier engine had a reader
+// goroutine parked on the listener socket and a replier parked on the
+// backend sockets: two wake-ups per round trip, see docs/benchmarks.md,
+// Issue 14.)
 //
-// Descriptor safety: the replier closes backend sockets, while the reader
-// may be writing to one. A session's descriptor is closed only once the
-// reader holds no reference to it (sock.ref), so a number that the kernel
-// hands out again is never written to by mistake.
+// The loop also expires idle and unreplied sessions, in a sweep every
+// idle_timeout/8 or unreplied_timeout/8, whichever is shorter (5ms to 1s).
+//
+// Closing. The caller closes Conn to end the listener, and Go's poller
+// tells only a goroutine parked on Conn itself. So while the listener has
+// no session the loop parks on Conn (waitConn): an idle listener has no
+// timer, and sees the close at once. With sessions it parks on its epoll
+// set, learns of the close from its next use of the socket (every read and
+// send goes through Conn's RawConn, which fails once it is closed), and
+// checks at least every closeCheck while it waits.
+//
+// Descriptor safety: a session's descriptor is closed by the loop, and by
+// no other goroutine; sock.ref still guards it against a write in flight.
 
 // batchSize is the most datagrams one recvmmsg or sendmmsg moves. Each
 // direction has batchSize buffers of MaxDatagram bytes, allocated once per
 // listener (2 MiB each way), so no datagram is ever truncated.
 const batchSize = 32
 
+// closeCheck is how long the loop may wait before it checks whether Conn
+// has been closed: the longest Serve takes to notice a close.
+const closeCheck = 100 * time.Millisecond
+
 type engine struct {
 	family int             // the listener socket's address family
 	lrc    syscall.RawConn // the listener socket; all its syscalls go through here
+	lfd    int             // the listener socket's descriptor: its key in the epoll set
 	epfd   int
 	ep     *os.File        // epfd in Go's poller
 	eprc   syscall.RawConn // ep's raw conn
-	evfd   int             // eventfd in the epoll set: wakes the replier
-	stop   atomic.Bool     // set by the reader when the listener socket closed
-	done   chan struct{}   // closed when the replier has returned
-	nextID atomic.Uint32   // session ids (the reader's, and Adopt's)
+	nextID atomic.Uint32   // session ids (the loop's, and Adopt's); never 0
+
+	// Owned by the loop.
+	listening bool // the listener socket is in the epoll set: not held
+	closed    bool // Conn is closed: the loop ends
+
+	onConn atomic.Bool // the loop waits on Conn (no session): wake kicks Conn too
+
+	evmu sync.Mutex
+	evfd int  // eventfd in the epoll set: wakes the loop; guarded by evmu (the loop reads it freely)
+	evOK bool // evfd is open; guarded by evmu
 
 	// Guarded by l.mu.
 	byFD    []*session   // open backend sockets by descriptor
-	retired []*session   // sessions the reader ended, for the replier to close
-	handReq *handRequest // a Detach for the replier to carry out
-	gone    bool         // the replier has ended its sessions: Adopt adds none
+	retired []*session   // sessions ended elsewhere, for the loop to close
+	handReq *handRequest // a Detach for the loop to carry out
+	gone    bool         // the loop has ended its sessions: Adopt adds none
 }
 
-// handRequest is a Detach for the replier, which owns the sessions' reply
+// handRequest is a Detach for the loop, which owns the sessions' reply
 // counters and closes their sockets.
 type handRequest struct {
 	out  []Handoff
@@ -70,7 +101,7 @@ type handRequest struct {
 }
 
 type sock struct {
-	closed  bool // closed and accounted for; replier-owned
+	closed  bool // closed and accounted for; loop-owned
 	fd      int
 	id      uint32
 	ref     fdRef
@@ -92,14 +123,13 @@ func (l *Listener) run() {
 		l.drainUntilClosed()
 		return
 	}
-	go l.replier()
 	l.setUp()
-	l.reader()
-	l.stop.Store(true)
-	l.wake()
-	<-l.done
+	l.loop()
 	l.ep.Close()
+	l.evmu.Lock()
+	l.evOK = false
 	unix.Close(l.evfd)
+	l.evmu.Unlock()
 }
 
 func (l *Listener) initEngine() error {
@@ -110,6 +140,7 @@ func (l *Listener) initEngine() error {
 	l.lrc = rc
 	var serr error
 	err = rc.Control(func(fd uintptr) {
+		l.lfd = int(fd)
 		l.family, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
 	})
 	if err == nil {
@@ -122,20 +153,20 @@ func (l *Listener) initEngine() error {
 	if err != nil {
 		return fmt.Errorf("epoll: %w", err)
 	}
-	l.evfd, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	evfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		unix.Close(l.epfd)
 		return fmt.Errorf("eventfd: %w", err)
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.evfd)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, l.evfd, &ev); err != nil {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
 		unix.Close(l.epfd)
-		unix.Close(l.evfd)
+		unix.Close(evfd)
 		return fmt.Errorf("epoll add: %w", err)
 	}
 	if err := unix.SetNonblock(l.epfd, true); err != nil {
 		unix.Close(l.epfd)
-		unix.Close(l.evfd)
+		unix.Close(evfd)
 		return fmt.Errorf("epoll nonblock: %w", err)
 	}
 	l.ep = os.NewFile(uintptr(l.epfd), "udp-epoll")
@@ -145,10 +176,12 @@ func (l *Listener) initEngine() error {
 	}
 	if err != nil {
 		l.ep.Close()
-		unix.Close(l.evfd)
+		unix.Close(evfd)
 		return fmt.Errorf("epoll in the poller: %w", err)
 	}
-	l.done = make(chan struct{})
+	l.evmu.Lock()
+	l.evfd, l.evOK = evfd, true
+	l.evmu.Unlock()
 	return nil
 }
 
@@ -168,10 +201,109 @@ func (l *Listener) drainUntilClosed() {
 	}
 }
 
-// wake makes the replier look at l.retired and l.stop.
+// wake makes the loop look at l.retired, l.handReq, the hold and new
+// sessions (join). It does nothing before the loop has started or after
+// it has ended.
 func (l *Listener) wake() {
 	var one = [8]byte{1}
-	unix.Write(l.evfd, one[:])
+	l.evmu.Lock()
+	if l.evOK {
+		unix.Write(l.evfd, one[:])
+	}
+	l.evmu.Unlock()
+	// After the eventfd: a loop that set onConn after this load sees the
+	// eventfd in waitConn's last look at the epoll set.
+	if l.onConn.Load() {
+		l.Conn.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// idle reports whether the listener has no session, open or ending, and
+// nothing asked of the loop.
+func (l *Listener) idle() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.live == 0 && len(l.retired) == 0 && l.handReq == nil
+}
+
+// waitConn parks the loop on Conn itself while the listener has no
+// session: then only a client datagram, a wake or the close can give it
+// work, and Go's poller reports all three. probe is scratch space. It
+// returns when there may be work, having set l.closed if Conn is closed.
+func (l *Listener) waitConn(probe []unix.EpollEvent, first *bool, f func(uintptr) bool) {
+	l.onConn.Store(true)
+	defer l.onConn.Store(false)
+	// A wake before the store above is in the epoll set (every descriptor
+	// in it is level-triggered, so this look takes nothing away).
+	if n, _ := unix.EpollWait(l.epfd, probe, 0); n > 0 {
+		return
+	}
+	*first = true
+	err := l.lrc.Read(f)
+	switch {
+	case err == nil:
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		l.Conn.SetReadDeadline(time.Time{}) // a wake's kick: it is in the epoll set
+	default:
+		l.closed = true
+	}
+}
+
+// kick makes the loop look at the hold (handover.go).
+func (l *Listener) kick() { l.wake() }
+
+// newID returns a session id: never 0, the listener socket's.
+func (l *Listener) newID() uint32 {
+	for {
+		if id := l.nextID.Add(1); id != 0 {
+			return id
+		}
+	}
+}
+
+// alive reports whether Conn is still open.
+func (l *Listener) alive() bool { return l.lrc.Control(func(uintptr) {}) == nil }
+
+// listen puts the listener socket into the epoll set (on) or takes it out,
+// through Conn's RawConn so that the descriptor is Conn's. A closed Conn
+// sets l.closed.
+func (l *Listener) listen(on bool) {
+	if l.listening == on {
+		return
+	}
+	var cerr error
+	err := l.lrc.Control(func(fd uintptr) {
+		if on {
+			ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)} // Pad 0: the listener
+			cerr = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+		} else {
+			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, int(fd), nil)
+		}
+	})
+	switch {
+	case err != nil:
+		l.closed = true
+	case cerr != nil:
+		// Not expected (the set and the socket are valid); the next
+		// look at the hold tries again.
+		l.log().Error("udp: listener socket not in the epoll set: client datagrams wait", zap.Error(cerr))
+	default:
+		l.listening = on
+	}
+}
+
+// control applies the hold (handover.go): a held loop takes the listener
+// socket out of its epoll set, so that it reads no client datagram, and
+// reports that it has stopped; a released one puts it back.
+func (l *Listener) control() {
+	if l.holding() {
+		l.listen(false)
+		if !l.listening {
+			l.stopped()
+		}
+		return
+	}
+	l.listen(true)
 }
 
 // batch is the buffers and headers of one recvmmsg or sendmmsg.
@@ -179,8 +311,8 @@ type batch struct {
 	hdrs  []unix.Mmsghdr
 	iovs  []unix.Iovec
 	bufs  []byte // len(hdrs) * MaxDatagram
-	names []byte // len(hdrs) * SizeofSockaddrInet6 (reader)
-	oob   []byte // len(hdrs) * oobSize (reader, with packet info)
+	names []byte // len(hdrs) * SizeofSockaddrInet6 (reading)
+	oob   []byte // len(hdrs) * oobSize (reading, with packet info)
 }
 
 func newBatch(n int, names bool, oob int) *batch {
@@ -217,63 +349,122 @@ func (b *batch) resetRecv(oob int) {
 	}
 }
 
-// reader is the reader goroutine: client datagrams to backend sockets.
-func (l *Listener) reader() {
+// loop is the listener's goroutine: client datagrams to backend sockets,
+// replies to clients, expiry, hold and Detach; it returns once Conn is
+// closed, having ended every session.
+func (l *Listener) loop() {
 	oob := 0
 	if l.pktinfo != 0 {
 		oob = oobSize
 	}
 	rx := newBatch(batchSize, true, oob)
+	tx := newBatch(batchSize, false, 0)
+	out := newSender(tx)
+	events := make([]unix.EpollEvent, batchSize)
+	ready := make([]*session, 0, batchSize)
+	var ended, retired []*session
+	var hand *handRequest
+
 	var (
-		n    int
-		rerr error
+		got     int // datagrams of the last recvmmsg
+		rerr    error
+		backoff time.Duration
 	)
-	held := false
-	recv := func(fd uintptr) bool {
-		if l.holding() {
-			held = true
-			return true
-		}
+	recv := func(fd uintptr) {
 		rx.resetRecv(oob)
 		for {
 			r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&rx.hdrs[0])),
 				uintptr(len(rx.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 			switch errno {
 			case 0:
-				n, rerr = int(r), nil
-				return true
+				got, rerr = int(r), nil
 			case unix.EINTR:
 				continue
 			case unix.EAGAIN:
-				return false // wait until readable
+				got, rerr = 0, nil // taken by another process sharing the socket
+			default:
+				got, rerr = 0, errno
 			}
-			n, rerr = 0, errno
-			return true
+			return
 		}
 	}
-	var backoff time.Duration
-	for {
-		if err := l.lrc.Read(recv); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				l.unkick() // a kick (handover.go): look at the hold
+
+	// One pass over what epoll_wait returned: replies first (one from each
+	// ready session), then client datagrams.
+	pass := func(n int) {
+		ready = ready[:0]
+		listener, kicked := false, false
+		l.mu.Lock()
+		for _, ev := range events[:n] {
+			switch {
+			case int(ev.Fd) == l.evfd:
+				var b [8]byte
+				unix.Read(l.evfd, b[:])
+				retired = append(retired, l.retired...)
+				clear(l.retired)
+				l.retired = l.retired[:0]
+				if l.handReq != nil {
+					hand, l.handReq = l.handReq, nil
+				}
+				kicked = true
+			case int(ev.Fd) == l.lfd && ev.Pad == 0:
+				listener = true
+			case int(ev.Fd) < len(l.byFD):
+				if s := l.byFD[ev.Fd]; s != nil && s.id == uint32(ev.Pad) && !s.dead {
+					ready = append(ready, s)
+				}
+			}
+		}
+		l.mu.Unlock()
+		if kicked {
+			l.control()
+		}
+		now := nanotime()
+		k := 0
+		for _, s := range ready {
+			m, err := unix.Read(s.fd, tx.buf(k))
+			switch {
+			case err == unix.EAGAIN || err == unix.EINTR:
+				continue // level-triggered: asked again next pass
+			case err != nil:
+				s.rerr = err
+				ended = append(ended, s)
 				continue
 			}
-			return // closed
-		}
-		if held {
-			held = false
-			if !l.park() {
-				return // closed while held
+			h := &tx.hdrs[k].Hdr
+			tx.iovs[k].SetLen(m)
+			h.Name, h.Namelen = &s.name[0], s.namelen
+			if s.oob != nil {
+				h.Control = &s.oob[0]
+				h.SetControllen(len(s.oob))
+			} else {
+				h.Control = nil
+				h.SetControllen(0)
 			}
-			continue
+			k++
+			if s.replied(m, now) {
+				ended = append(ended, s)
+			}
+		}
+		if !l.sendBatch(out, k) {
+			l.closed = true
+			return
+		}
+		// The hold is looked at before every read, as it may have come
+		// after this pass's events.
+		if !listener || !l.listening || l.holding() {
+			return
+		}
+		if err := l.lrc.Control(recv); err != nil {
+			l.closed = true
+			return
 		}
 		if rerr != nil {
 			backoff = l.backoff(backoff, rerr)
-			continue
+			return
 		}
 		backoff = 0
-		now := nanotime()
-		for i := range n {
+		for i := range got {
 			h := &rx.hdrs[i]
 			from := sockaddrAddrPort(rx.names[i*unix.SizeofSockaddrInet6:])
 			var dst netip.Addr
@@ -283,6 +474,90 @@ func (l *Listener) reader() {
 			l.forward(rx.buf(i)[:h.Len], from, dst, now)
 		}
 	}
+
+	var idle, first bool
+	// For waitConn: false at once, so that Read waits for Conn; true once
+	// woken.
+	onConn := func(uintptr) bool {
+		w := !first
+		first = false
+		return w
+	}
+	wait := func(uintptr) bool {
+		for range 64 { // then return, so that the timers get their turn
+			n, err := unix.EpollWait(l.epfd, events, 0)
+			if err == unix.EINTR {
+				continue
+			}
+			if n <= 0 {
+				if l.listening && l.idle() {
+					idle = true
+					return true // park on Conn (waitConn)
+				}
+				return false // nothing ready: park until the epoll set is
+			}
+			pass(n)
+			l.close(ended, EndBackendError)
+			ended = ended[:0]
+			l.close(retired, EndShutdown)
+			retired = retired[:0]
+			if hand != nil {
+				// After the replies read in this pass went out: the ones
+				// still queued in the backend sockets go to the adopter.
+				hand.out, hand.err = l.detachAll()
+				close(hand.done)
+				hand = nil
+			}
+			if l.closed {
+				return true
+			}
+		}
+		return true
+	}
+
+	l.control()
+	now := time.Now()
+	sweepAt, checkAt, next := now, now, now // next: the read deadline, the earlier of the two
+	var perr time.Duration
+	for !l.closed {
+		// Once next has passed, every read of ep fails at once until the
+		// deadline moves: it moves here, whichever of the two is due.
+		if now := time.Now(); !now.Before(next) {
+			if !now.Before(checkAt) {
+				if !l.alive() {
+					break
+				}
+				l.control() // in case a kick was lost to a failed epoll_ctl
+				checkAt = now.Add(closeCheck)
+			}
+			if !now.Before(sweepAt) {
+				sweepAt = now.Add(l.sweep())
+			}
+			next = checkAt
+			if sweepAt.Before(next) {
+				next = sweepAt
+			}
+			l.ep.SetReadDeadline(next)
+		}
+		err := l.eprc.Read(wait)
+		if idle {
+			idle = false
+			l.waitConn(events, &first, onConn)
+			continue
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			// Not expected (the epoll descriptor closes after this
+			// loop); keep serving rather than strand the sessions.
+			perr = l.backoff(perr, err)
+			continue
+		}
+		perr = 0
+	}
+	if hand != nil {
+		hand.err = net.ErrClosed
+		close(hand.done)
+	}
+	l.shutdown()
 }
 
 // connect opens s's backend socket, connected to t, in the epoll set.
@@ -305,7 +580,7 @@ func (l *Listener) connect(s *session, t *target) error {
 		unix.Close(fd)
 		return fmt.Errorf("connect %s: %w", ap, err)
 	}
-	s.fd, s.id = fd, l.nextID.Add(1)
+	s.fd, s.id = fd, l.newID()
 	s.namelen = clientSockaddr(l.family, s.client, &s.name)
 	l.mu.Lock()
 	if fd >= len(l.byFD) {
@@ -351,7 +626,7 @@ func (s *session) write(data []byte) error {
 // start is a no-op: the session is in the epoll set since connect.
 func (l *Listener) start(*session) {}
 
-// send writes one client datagram to the backend. Called by the reader.
+// send writes one client datagram to the backend. Called by the loop.
 func (s *session) send(data []byte) error {
 	if !s.ref.acquire() {
 		return net.ErrClosed
@@ -375,8 +650,8 @@ func (s *session) send(data []byte) error {
 	return nil
 }
 
-// retire ends s from the reader goroutine (or Registry.Kill) and hands it
-// to the replier, which closes and accounts for it. It reports whether
+// retire ends s from the loop (or Registry.Kill) and hands it to the
+// loop's next pass, which closes and accounts for it. It reports whether
 // this call ended s.
 func (l *Listener) retire(s *session, end End) bool {
 	l.mu.Lock()
@@ -387,124 +662,7 @@ func (l *Listener) retire(s *session, end End) bool {
 	return ended
 }
 
-// replier is the replier goroutine: replies from backend sockets to
-// clients, and idle expiry.
-func (l *Listener) replier() {
-	defer close(l.done)
-	tx := newBatch(batchSize, false, 0)
-	out := newSender(tx)
-	events := make([]unix.EpollEvent, batchSize)
-	ready := make([]*session, 0, batchSize)
-	var ended, retired []*session
-	var hand *handRequest
-	stopping := false
-
-	// One pass: the sessions with a reply ready, one reply each.
-	pass := func(n int) {
-		ready = ready[:0]
-		l.mu.Lock()
-		for _, ev := range events[:n] {
-			if int(ev.Fd) == l.evfd {
-				var b [8]byte
-				unix.Read(l.evfd, b[:])
-				retired = append(retired, l.retired...)
-				clear(l.retired)
-				l.retired = l.retired[:0]
-				stopping = stopping || l.stop.Load()
-				if l.handReq != nil {
-					hand, l.handReq = l.handReq, nil
-				}
-				continue
-			}
-			if int(ev.Fd) < len(l.byFD) {
-				if s := l.byFD[ev.Fd]; s != nil && s.id == uint32(ev.Pad) && !s.dead {
-					ready = append(ready, s)
-				}
-			}
-		}
-		l.mu.Unlock()
-		now := nanotime()
-		k := 0
-		for _, s := range ready {
-			m, err := unix.Read(s.fd, tx.buf(k))
-			switch {
-			case err == unix.EAGAIN || err == unix.EINTR:
-				continue // level-triggered: asked again next pass
-			case err != nil:
-				s.rerr = err
-				ended = append(ended, s)
-				continue
-			}
-			h := &tx.hdrs[k].Hdr
-			tx.iovs[k].SetLen(m)
-			h.Name, h.Namelen = &s.name[0], s.namelen
-			if s.oob != nil {
-				h.Control = &s.oob[0]
-				h.SetControllen(len(s.oob))
-			} else {
-				h.Control = nil
-				h.SetControllen(0)
-			}
-			k++
-			if s.replied(m, now) {
-				ended = append(ended, s)
-			}
-		}
-		l.sendBatch(out, k)
-	}
-
-	wait := func(uintptr) bool {
-		for range 64 { // then return, so the sweep gets its turn
-			n, err := unix.EpollWait(l.epfd, events, 0)
-			if err == unix.EINTR {
-				continue
-			}
-			if n <= 0 {
-				return false // nothing ready: park until the epoll set is
-			}
-			pass(n)
-			l.close(ended, EndBackendError)
-			ended = ended[:0]
-			l.close(retired, EndShutdown)
-			retired = retired[:0]
-			if hand != nil {
-				// After the replies read in this pass went out: the ones
-				// still queued in the backend sockets go to the adopter.
-				hand.out, hand.err = l.detachAll()
-				close(hand.done)
-				hand = nil
-			}
-			if stopping {
-				return true
-			}
-		}
-		return true
-	}
-
-	next := time.Now()
-	var backoff time.Duration
-	for !stopping {
-		if now := time.Now(); !now.Before(next) {
-			next = now.Add(l.sweep())
-			l.ep.SetReadDeadline(next)
-		}
-		err := l.eprc.Read(wait)
-		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			// Not expected (the epoll descriptor closes after this
-			// loop); keep serving rather than strand the sessions.
-			backoff = l.backoff(backoff, err)
-			continue
-		}
-		backoff = 0
-	}
-	if hand != nil {
-		hand.err = net.ErrClosed
-		close(hand.done)
-	}
-	l.shutdown()
-}
-
-// close closes and accounts for sessions the replier found ended. A
+// close closes and accounts for sessions the loop found ended. A
 // session not yet marked ended gets reason why.
 func (l *Listener) close(ss []*session, why End) {
 	if len(ss) == 0 {
@@ -520,13 +678,13 @@ func (l *Listener) close(ss []*session, why End) {
 	l.mu.Unlock()
 	for i, s := range ss {
 		ss[i] = nil
-		if s.closed { // listed twice (retired by the reader, failed here too)
+		if s.closed { // listed twice (retired, and failed here too)
 			continue
 		}
 		s.closed = true
 		if s.ref.busy() {
-			// The reader is writing to it and will likely close it: until
-			// then, keep its replies from waking this goroutine. (The
+			// A write is in flight and will likely close it: until
+			// then, keep its replies from waking the loop. (The
 			// descriptor is still this session's: nobody closes it before
 			// s.ref.close below.)
 			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
@@ -539,7 +697,7 @@ func (l *Listener) close(ss []*session, why End) {
 }
 
 // sender sends a batch of replies on the listener socket. It is built
-// once per replier, so that sending allocates nothing.
+// once per loop, so that sending allocates nothing.
 type sender struct {
 	tx   *batch
 	i, n int
@@ -568,13 +726,15 @@ func newSender(tx *batch) *sender {
 }
 
 // sendBatch sends the first n messages of the batch on the listener
-// socket, skipping any one the kernel refuses (an unreachable client).
-func (l *Listener) sendBatch(s *sender, n int) {
+// socket, skipping any one the kernel refuses (an unreachable client). When
+// the socket's buffer is full it waits until there is room. It reports
+// false when Conn is closed: the replies are lost.
+func (l *Listener) sendBatch(s *sender, n int) bool {
 	if n == 0 {
-		return
+		return true
 	}
 	s.i, s.n = 0, n
-	l.lrc.Write(s.send) // fails only once the socket is closed: the replies are lost
+	return l.lrc.Write(s.send) == nil
 }
 
 // sweep ends the sessions that are idle or unreplied for too long, and
@@ -602,7 +762,7 @@ func (l *Listener) sweep() time.Duration {
 	return every
 }
 
-// shutdown ends every session still open, once the reader has returned.
+// shutdown ends every session still open, once Conn is closed.
 func (l *Listener) shutdown() {
 	var all []*session
 	l.mu.Lock()
@@ -622,8 +782,8 @@ func (l *Listener) shutdown() {
 	l.close(all, EndShutdown)
 }
 
-// fdRef counts the reader's use of a session's descriptor, so that the
-// replier never closes it under a write in flight: whoever is last after
+// fdRef counts the writes in flight on a session's descriptor, so that it
+// is never closed under one: whoever is last after
 // close closes the descriptor.
 type fdRef struct{ state atomic.Int64 } // closedBit | users
 
@@ -646,7 +806,7 @@ func (r *fdRef) acquire() bool {
 // descriptor (it was closed meanwhile, and this was the last use).
 func (r *fdRef) release() bool { return r.state.Add(-1) == closedBit }
 
-// busy reports whether the reader is using the descriptor now.
+// busy reports whether a write is using the descriptor now.
 func (r *fdRef) busy() bool { return r.state.Load()&^closedBit != 0 }
 
 // close marks the descriptor closing and reports whether the caller must
@@ -706,7 +866,7 @@ func clientSockaddr(family int, ap netip.AddrPort, b *[unix.SizeofSockaddrInet6]
 	return unix.SizeofSockaddrInet6
 }
 
-// detach is Detach's work once the reader has stopped: the replier takes
+// detach is Detach's work once the reader has stopped: the loop takes
 // the sessions out (detachAll).
 func (l *Listener) detach() ([]Handoff, error) {
 	req := &handRequest{done: make(chan struct{})}
@@ -718,14 +878,14 @@ func (l *Listener) detach() ([]Handoff, error) {
 	l.handReq = req
 	l.mu.Unlock()
 	l.wake()
-	<-req.done // the replier answers, or shutdown does
+	<-req.done // the loop answers, or shutdown does
 	return req.out, req.err
 }
 
 // detachAll takes every open session out of the table and the epoll set
 // and returns it with a duplicate of its backend socket, whose queued
 // replies stay unread; the session is then accounted for as ended (moved).
-// Called by the replier, once the reader has stopped (so no session opens
+// Called by the loop, once it has stopped reading (so no session opens
 // and none is written to).
 func (l *Listener) detachAll() ([]Handoff, error) {
 	var moving []*session
@@ -752,7 +912,7 @@ func (l *Listener) detachAll() ([]Handoff, error) {
 			out = append(out, s.handoff(os.NewFile(uintptr(dup), name)))
 		}
 		s.closed = true
-		if s.ref.close() { // the reader is stopped: nobody holds it
+		if s.ref.close() { // no write in flight: nobody holds it
 			unix.Close(s.fd)
 		}
 		s.finish(s.end)
@@ -781,7 +941,7 @@ func (l *Listener) join(s *session, f *os.File) error {
 		unix.Close(fd)
 		return fmt.Errorf("nonblock: %w", err)
 	}
-	s.fd, s.id = fd, l.nextID.Add(1)
+	s.fd, s.id = fd, l.newID()
 	s.namelen = clientSockaddr(l.family, s.client, &s.name)
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -808,5 +968,6 @@ func (l *Listener) join(s *session, f *os.File) error {
 	l.byFD[fd] = s
 	l.table[s.client] = s
 	l.live++
+	l.wake() // a loop waiting on Conn (no session) now has one to serve
 	return nil
 }

@@ -238,3 +238,39 @@ func (l *Listener) join(s *session, f *os.File) error {
 	l.start(s)
 	return nil
 }
+
+// kick wakes the reader wherever it waits on the socket, so that it looks
+// at ctl again: a read deadline in the past. The reader clears the
+// deadline before it looks, so a kick is never missed.
+func (l *Listener) kick() {
+	l.Conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// unkick clears a kick's deadline; the reader calls it on a deadline error
+// before it looks at ctl.
+func (l *Listener) unkick() {
+	l.Conn.SetReadDeadline(time.Time{})
+}
+
+// park is where the reader waits while it is held: it reports that it has
+// stopped, then waits without reading until Release (true) or until the
+// socket is closed (false). It is woken by the datagrams that arrive
+// meanwhile, and by kicks, and reads none.
+func (l *Listener) park() bool {
+	l.stopped()
+	rc, err := l.Conn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	for {
+		err := rc.Read(func(uintptr) bool { return !l.holding() })
+		switch {
+		case err == nil:
+			return true
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			l.unkick()
+		default:
+			return false // closed
+		}
+	}
+}

@@ -19,10 +19,11 @@ import (
 // processes hold the same listener socket (the new one a duplicate):
 //
 //  1. The new process serves its Listener with Hold set: its reader does
-//     not read the socket, its replier runs.
+//     not read the socket (on Linux, the loop takes the listener socket
+//     out of its epoll set), its replies go out.
 //  2. The old process calls Detach: its reader stops before its next read
 //     (datagrams wait in the shared socket's queue) and Detach waits until
-//     it has; then its replier takes every open session out of its epoll
+//     it has; then its loop takes every open session out of its epoll
 //     set and its table, without a read or a close of the backend socket,
 //     and Detach returns each as a Handoff: the client, the address it sent
 //     to, the backend and a duplicate of the connected backend socket, and
@@ -169,24 +170,9 @@ func (l *Listener) Release() {
 	l.kick()
 }
 
-// kick wakes the reader wherever it waits on the socket, so that it looks
-// at ctl again: a read deadline in the past. The reader clears the
-// deadline before it looks, so a kick is never missed.
-func (l *Listener) kick() {
-	l.Conn.SetReadDeadline(time.Unix(1, 0))
-}
-
-// unkick clears a kick's deadline; the reader calls it on a deadline error
-// before it looks at ctl.
-func (l *Listener) unkick() {
-	l.Conn.SetReadDeadline(time.Time{})
-}
-
-// park is where the reader waits while it is held: it reports that it has
-// stopped, then waits without reading until Release (true) or until the
-// socket is closed (false). It is woken by the datagrams that arrive
-// meanwhile, and by kicks, and reads none.
-func (l *Listener) park() bool {
+// stopped reports that the reader has stopped for the current hold:
+// Detach goes on.
+func (l *Listener) stopped() {
 	c := &l.ctl
 	c.mu.Lock()
 	if c.parked != nil && !c.parkOK {
@@ -194,21 +180,6 @@ func (l *Listener) park() bool {
 		close(c.parked)
 	}
 	c.mu.Unlock()
-	rc, err := l.Conn.SyscallConn()
-	if err != nil {
-		return false
-	}
-	for {
-		err := rc.Read(func(uintptr) bool { return !l.holding() })
-		switch {
-		case err == nil:
-			return true
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			l.unkick()
-		default:
-			return false // closed
-		}
-	}
 }
 
 // waitStopped stops the reader and waits until it has (or ctx ends). It

@@ -71,17 +71,18 @@
 //	<-l.Drain()       // shutdown: no new sessions; wait for the open ones
 //	conn.Close()
 //
-// Cost per datagram. On Linux (engine_linux.go) a listener has two
-// goroutines whatever its number of sessions: a reader that takes client
-// datagrams in batches with recvmmsg(2) and writes each straight into its
-// session's backend socket, and a replier that waits on an epoll set of all
-// backend sockets and sends the replies of every ready session in one
-// sendmmsg(2). A busy listener pays one goroutine wake-up per batch, no
-// allocation per datagram, and a quiet session costs one descriptor and a
-// few hundred bytes (no goroutine, no buffer). Expiry needs no timer per
-// datagram: each side stores the time of its last datagram in an atomic,
-// and a sweep every idle_timeout/8 (or unreplied_timeout/8, at most every
-// second) ends the sessions that have been quiet or unanswered long enough.
+// Cost per datagram. On Linux (engine_linux.go) a listener has one
+// goroutine whatever its number of sessions, an event loop over one epoll
+// set that holds the listener socket and every session's backend socket: it
+// takes client datagrams in batches with recvmmsg(2) and writes each
+// straight into its session's backend socket, and sends the replies of
+// every ready session in one sendmmsg(2). A busy listener pays one
+// goroutine wake-up per batch for both directions, no allocation per
+// datagram, and a quiet session costs one descriptor and a few hundred
+// bytes (no goroutine, no buffer). Expiry needs no timer per datagram: each
+// side stores the time of its last datagram in an atomic, and a sweep every
+// idle_timeout/8 (or unreplied_timeout/8, at most every second) ends the
+// sessions that have been quiet or unanswered long enough.
 // Other systems (engine_other.go) use a goroutine per session with a pooled
 // buffer and a read deadline.
 //

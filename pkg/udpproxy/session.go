@@ -31,7 +31,7 @@ type session struct {
 	last     atomic.Int64 // nanotime of the last datagram either way
 	heard    atomic.Bool  // the backend has replied at least once
 	requests atomic.Int64 // client datagrams; written with l.mu held
-	bytesIn  atomic.Int64 // written by the reader goroutine
+	bytesIn  atomic.Int64 // written by the goroutine that reads the listener socket
 	dgIn     atomic.Int64
 
 	// Owned by the goroutine that moves replies.

@@ -1,0 +1,83 @@
+package udpproxy
+
+import (
+	"net"
+	"testing"
+	"time"
+
+	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/pkg/lbtest"
+	"github.com/lbctl/lbctl/pkg/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// A listener with no session waits on its socket, where Go's poller
+// reports datagrams and the close at once, with no timer; with a session
+// it waits on its epoll set. And a held listener never waits on its
+// socket, which it must not read.
+func TestLoopWaitsOnConnWhenIdle(t *testing.T) {
+	be := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
+	b := balancer.NewBackend(be.Addr)
+	pool, err := balancer.New(balancer.RoundRobin, []balancer.Member{{Backend: b, Weight: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(prometheus.NewRegistry())
+	p, err := New(Config{Listener: "u", PoolName: "p", Pool: pool,
+		Targets:     map[*balancer.Backend]*Target{b: {Addr: be.Addr, Metrics: m.ForUDP("u", "p", be.Addr)}},
+		IdleTimeout: time.Hour, Rejections: m.ForListener("udp", "u")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &Listener{Conn: conn, Proxy: func() *Proxy { return p }}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		l.Serve()
+	}()
+	defer func() {
+		conn.Close()
+		<-served
+	}()
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		return l.onConn.Load(), "the idle loop does not wait on its socket"
+	})
+
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	to := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	if reply := lbtest.UDPExchange(t, c, to, []byte("1"), 5*time.Second); string(reply) != "a|1" {
+		t.Fatalf("reply %q", reply)
+	}
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		return !l.onConn.Load(), "the loop waits on its socket with a session open"
+	})
+
+	// Held with its session detached: no session, but the socket is not
+	// its to read.
+	hs, err := l.Detach(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hs {
+		h.File.Close()
+	}
+	if len(hs) != 1 {
+		t.Fatalf("detached %d sessions, want 1", len(hs))
+	}
+	time.Sleep(200 * time.Millisecond) // time for a wrong turn
+	if l.onConn.Load() {
+		t.Error("the held loop waits on its socket")
+	}
+	l.Release()
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		return l.onConn.Load(), "the released idle loop does not wait on its socket"
+	})
+}
