@@ -373,7 +373,7 @@ func (l *Listener) loop() {
 	recv := func(fd uintptr) {
 		rx.resetRecv(oob)
 		for {
-			r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&rx.hdrs[0])),
+			r, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&rx.hdrs[0])),
 				uintptr(len(rx.hdrs)), unix.MSG_DONTWAIT, 0, 0)
 			switch errno {
 			case 0:
@@ -399,7 +399,7 @@ func (l *Listener) loop() {
 			switch {
 			case int(ev.Fd) == l.evfd:
 				var b [8]byte
-				unix.Read(l.evfd, b[:])
+				rawRead(l.evfd, b[:])
 				retired = append(retired, l.retired...)
 				clear(l.retired)
 				l.retired = l.retired[:0]
@@ -422,11 +422,11 @@ func (l *Listener) loop() {
 		now := nanotime()
 		k := 0
 		for _, s := range ready {
-			m, err := unix.Read(s.fd, tx.buf(k))
+			m, err := rawRead(s.fd, tx.buf(k))
 			switch {
 			case err == unix.EAGAIN || err == unix.EINTR:
 				continue // level-triggered: asked again next pass
-			case err != nil:
+			case err != 0:
 				s.rerr = err
 				ended = append(ended, s)
 				continue
@@ -485,11 +485,11 @@ func (l *Listener) loop() {
 	}
 	wait := func(uintptr) bool {
 		for range 64 { // then return, so that the timers get their turn
-			n, err := unix.EpollWait(l.epfd, events, 0)
+			n, err := rawEpollPoll(l.epfd, events)
 			if err == unix.EINTR {
 				continue
 			}
-			if n <= 0 {
+			if n == 0 || err != 0 {
 				if l.listening && l.idle() {
 					idle = true
 					return true // park on Conn (waitConn)
@@ -605,8 +605,10 @@ func (l *Listener) connect(s *session, t *target) error {
 // (one writev, so header and payload stay one datagram, without a copy).
 func (s *session) write(data []byte) error {
 	if len(s.hdr) == 0 {
-		_, err := unix.Write(s.fd, data)
-		return err
+		if _, errno := rawWrite(s.fd, data); errno != 0 {
+			return errno
+		}
+		return nil
 	}
 	s.iov[0].Base = &s.hdr[0]
 	s.iov[0].SetLen(len(s.hdr))
@@ -616,7 +618,7 @@ func (s *session) write(data []byte) error {
 		s.iov[1].SetLen(len(data))
 		n = 2
 	}
-	_, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(s.fd), uintptr(unsafe.Pointer(&s.iov[0])), uintptr(n))
+	_, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(s.fd), uintptr(unsafe.Pointer(&s.iov[0])), uintptr(n))
 	if errno != 0 {
 		return errno
 	}
@@ -708,7 +710,7 @@ func newSender(tx *batch) *sender {
 	s := &sender{tx: tx}
 	s.send = func(fd uintptr) bool {
 		for s.i < s.n {
-			r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.tx.hdrs[s.i])),
+			r, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&s.tx.hdrs[s.i])),
 				uintptr(s.n-s.i), 0, 0, 0)
 			switch errno {
 			case 0:
@@ -970,4 +972,39 @@ func (l *Listener) join(s *session, f *os.File) error {
 	l.live++
 	l.wake() // a loop waiting on Conn (no session) now has one to serve
 	return nil
+}
+
+// The data path's syscalls work on non-blocking descriptors and never
+// wait, so they are made with RawSyscall, without telling the scheduler
+// that the goroutine is in a syscall. With Syscall, each entry could wake
+// the runtime's sysmon thread from its deep sleep (entersyscallWakeSysmon),
+// and sysmon takes the P away from a syscall that lasts over 20µs (a
+// sendmmsg that delivers its datagrams on loopback does) and wakes another
+// thread to run it: a hand-off between threads for nothing, as the loop
+// comes back from the syscall a moment later (docs/benchmarks.md, Issue
+// 14: about 20 % of the wake-ups lbctl issued, and 0.2 hand-offs per
+// datagram pinned to one CPU). Blocking waits go through Go's poller.
+
+// rawRead is read(2) on a non-blocking descriptor.
+func rawRead(fd int, p []byte) (int, unix.Errno) {
+	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	return int(r), errno
+}
+
+// rawWrite is write(2) on a non-blocking descriptor.
+func rawWrite(fd int, p []byte) (int, unix.Errno) {
+	var b unsafe.Pointer
+	if len(p) > 0 {
+		b = unsafe.Pointer(&p[0])
+	}
+	r, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(b), uintptr(len(p)))
+	return int(r), errno
+}
+
+// rawEpollPoll is epoll_pwait(2) with a timeout of 0: the events ready
+// now, without waiting.
+func rawEpollPoll(epfd int, events []unix.EpollEvent) (int, unix.Errno) {
+	r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
+		uintptr(len(events)), 0, 0, 0)
+	return int(r), errno
 }
