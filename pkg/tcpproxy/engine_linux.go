@@ -11,8 +11,9 @@ package tcpproxy
 // on an epoll set holding the sockets of many connections and handles every
 // ready one per wake-up, on the goroutine that woke:
 //
-//   - One loop per P (GOMAXPROCS), started on first use; a connection
-//     joins one, in turn, once its backend connection is made (start).
+//   - One loop per two Ps (GOMAXPROCS/2, at least one; see setupEngines),
+//     made when the server starts; a connection joins one, in turn, once
+//     its backend connection is made (start).
 //   - Each socket joins the set once, edge-triggered for input and
 //     output, as in Go's own poller: no epoll_ctl after that, whatever the
 //     connection does. A socket that says it is readable gets one read(2)
@@ -51,6 +52,7 @@ package tcpproxy
 import (
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -145,10 +147,25 @@ func StartEngines() error {
 	return nil
 }
 
+// setupEngines reads the environment once: LBCTL_TCP_ENGINE=goroutines
+// turns the loops off; LBCTL_TCP_ENGINES=N makes N loops.
+//
+// By default there is one loop per two Ps (GOMAXPROCS/2, at least one): the
+// other Ps run what is not in a loop (accepts, dials, bulk transfers, Go's
+// poller). A loop serves its own connections, so a loop whose thread the
+// kernel takes away in the middle of a batch holds all of them: on 2 cores
+// shared with a load generator, two loops gave the 32-connection
+// request/response measure a p99 of 1.5-1.9x HAProxy's, one loop 0.93-0.97x,
+// at 0.8x HAProxy's CPU per request instead of 1.0x (lbbench rr32, pairs
+// run back to back; docs/benchmarks.md).
 func setupEngines() {
 	engines.once.Do(func() {
 		engines.off = os.Getenv("LBCTL_TCP_ENGINE") == "goroutines"
-		engines.list = make([]*engine, runtime.GOMAXPROCS(0))
+		n := max(1, runtime.GOMAXPROCS(0)/2)
+		if v, err := strconv.Atoi(os.Getenv("LBCTL_TCP_ENGINES")); err == nil && v > 0 {
+			n = v
+		}
+		engines.list = make([]*engine, n)
 	})
 }
 
