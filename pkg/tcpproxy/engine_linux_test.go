@@ -259,17 +259,7 @@ func TestLoopKillWhileStalled(t *testing.T) {
 // TestLoopNoAllocationPerMessage: a request and its reply through the loop
 // allocate nothing (the client and the echo backend do not either).
 func TestLoopNoAllocationPerMessage(t *testing.T) {
-	be := lbtest.NewTCP(t, func(c *net.TCPConn) {
-		buf := make([]byte, 64)
-		for {
-			if _, err := io.ReadFull(c, buf); err != nil {
-				return
-			}
-			if _, err := c.Write(buf); err != nil {
-				return
-			}
-		}
-	})
+	be := lbtest.NewTCP(t, echo64)
 	s := makeSide(t, be.Addr, time.Hour, 0)
 	c, h, _ := s.open(t)
 	msg, reply := make([]byte, 64), make([]byte, 64)

@@ -202,17 +202,7 @@ func BenchmarkThroughput(b *testing.B) {
 func BenchmarkRequestResponse(b *testing.B) {
 	for _, idle := range []time.Duration{0, 10 * time.Minute} {
 		b.Run("idle_timeout="+idle.String(), func(b *testing.B) {
-			echo := lbtest.NewTCP(b, func(c *net.TCPConn) {
-				buf := make([]byte, 64)
-				for {
-					if _, err := io.ReadFull(c, buf); err != nil {
-						return
-					}
-					if _, err := c.Write(buf); err != nil {
-						return
-					}
-				}
-			})
+			echo := lbtest.NewTCP(b, echo64)
 			addr := frontend(b, "127.0.0.1:0", newProxy(b, idle, echo.Addr))
 			c, err := net.Dial("tcp", addr)
 			if err != nil {
@@ -243,17 +233,7 @@ func BenchmarkRequestResponse(b *testing.B) {
 // BenchmarkDirectRequestResponse is the same exchange without the proxy,
 // the baseline for the added latency.
 func BenchmarkDirectRequestResponse(b *testing.B) {
-	echo := lbtest.NewTCP(b, func(c *net.TCPConn) {
-		buf := make([]byte, 64)
-		for {
-			if _, err := io.ReadFull(c, buf); err != nil {
-				return
-			}
-			if _, err := c.Write(buf); err != nil {
-				return
-			}
-		}
-	})
+	echo := lbtest.NewTCP(b, echo64)
 	c, err := net.Dial("tcp", echo.Addr)
 	if err != nil {
 		b.Fatal(err)
@@ -264,5 +244,18 @@ func BenchmarkDirectRequestResponse(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		c.Write(msg)
 		io.ReadFull(c, reply)
+	}
+}
+
+// echo64 echoes 64-byte messages, one at a time, until the peer closes.
+func echo64(c *net.TCPConn) {
+	buf := make([]byte, 64)
+	for {
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return
+		}
+		if _, err := c.Write(buf); err != nil {
+			return
+		}
 	}
 }

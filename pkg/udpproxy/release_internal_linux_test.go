@@ -27,19 +27,7 @@ import (
 // descriptor is gone from /proc/self/fd), so that nothing orders the two
 // accesses for the race detector but the code under test.
 func TestHandOverAfterReplierClosed(t *testing.T) {
-	be := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
-	b := balancer.NewBackend(be.Addr)
-	pool, err := balancer.New(balancer.RoundRobin, []balancer.Member{{Backend: b, Weight: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := metrics.New(prometheus.NewRegistry())
-	p, err := New(Config{Listener: "u", PoolName: "p", Pool: pool,
-		Targets:     map[*balancer.Backend]*Target{b: {Addr: be.Addr, Metrics: m.ForUDP("u", "p", be.Addr)}},
-		IdleTimeout: time.Hour, Rejections: m.ForListener("udp", "u")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, be := oneBackendProxy(t)
 	var calls atomic.Int64 // how often the one admission was released
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -101,4 +89,24 @@ func TestHandOverAfterReplierClosed(t *testing.T) {
 	if n := calls.Load(); n != 1 {
 		t.Errorf("the admission was released %d times, want once", n)
 	}
+}
+
+// oneBackendProxy returns a Proxy over one tagged UDP backend, and the
+// backend.
+func oneBackendProxy(t *testing.T) (*Proxy, *lbtest.UDPBackend) {
+	t.Helper()
+	be := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
+	b := balancer.NewBackend(be.Addr)
+	pool, err := balancer.New(balancer.RoundRobin, []balancer.Member{{Backend: b, Weight: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(prometheus.NewRegistry())
+	p, err := New(Config{Listener: "u", PoolName: "p", Pool: pool,
+		Targets:     map[*balancer.Backend]*Target{b: {Addr: be.Addr, Metrics: m.ForUDP("u", "p", be.Addr)}},
+		IdleTimeout: time.Hour, Rejections: m.ForListener("udp", "u")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, be
 }

@@ -5,10 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lbctl/lbctl/balancer"
 	"github.com/lbctl/lbctl/pkg/lbtest"
-	"github.com/lbctl/lbctl/pkg/metrics"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // A listener with no session waits on its socket, where Go's poller
@@ -16,19 +13,7 @@ import (
 // it waits on its epoll set. And a held listener never waits on its
 // socket, which it must not read.
 func TestLoopWaitsOnConnWhenIdle(t *testing.T) {
-	be := lbtest.NewUDP(t, "a", lbtest.UDPTagged("a"))
-	b := balancer.NewBackend(be.Addr)
-	pool, err := balancer.New(balancer.RoundRobin, []balancer.Member{{Backend: b, Weight: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := metrics.New(prometheus.NewRegistry())
-	p, err := New(Config{Listener: "u", PoolName: "p", Pool: pool,
-		Targets:     map[*balancer.Backend]*Target{b: {Addr: be.Addr, Metrics: m.ForUDP("u", "p", be.Addr)}},
-		IdleTimeout: time.Hour, Rejections: m.ForListener("udp", "u")})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, _ := oneBackendProxy(t)
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
