@@ -51,7 +51,7 @@ func TestUpgradeFailedStartKeepsControlSocket(t *testing.T) {
 		_, code := runLbctlIn(t, "", nil, "upgrade", "--socket", u.sock, "--binary", hang, "--timeout", "3s")
 		hung <- code
 	}()
-	lbtest.Eventually(t, 10*time.Second, func() bool { _, err := os.Stat(pidFile); return err == nil }, "hanging binary not started")
+	waitPIDFile(t, pidFile)
 	syscall.Kill(u.pid(), syscall.SIGUSR2)
 	lbtest.Until(t, 10*time.Second, func() (bool, string) {
 		b, _ := os.ReadFile(u.logs)
@@ -322,7 +322,7 @@ func TestUpgradeAbandonedAtStop(t *testing.T) {
 		out, code := runLbctlIn(t, "", nil, "upgrade", "--socket", u.sock, "--binary", hang, "--timeout", "1m")
 		up <- result{out, code}
 	}()
-	lbtest.Eventually(t, 10*time.Second, func() bool { _, err := os.Stat(pidFile); return err == nil }, "hanging binary not started")
+	waitPIDFile(t, pidFile)
 	syscall.Kill(u.pid(), syscall.SIGTERM)
 	if !lbtest.WaitGone(u.pid(), 15*time.Second) {
 		t.Fatalf("pid %d still runs 15s after SIGTERM, an upgrade waiting for its new process", u.pid())
@@ -415,4 +415,16 @@ func (f *flood) waitFull(t *testing.T) {
 		return n > 0 && time.Since(since) >= 2*time.Second,
 			fmt.Sprintf("flood backend still writing (%d bytes)", n)
 	})
+}
+
+// waitPIDFile waits until a hanging test binary has written its PID to
+// path: written, not only created (the shell creates the file before it
+// writes, and a signal in between left it empty).
+func waitPIDFile(t *testing.T, path string) {
+	t.Helper()
+	lbtest.Eventually(t, 10*time.Second, func() bool {
+		pb, _ := os.ReadFile(path)
+		_, err := strconv.Atoi(strings.TrimSpace(string(pb)))
+		return err == nil
+	}, "hanging binary not started")
 }

@@ -377,7 +377,7 @@ func TestUpgradeFailures(t *testing.T) {
 		out, code := runLbctlIn(t, "", nil, "upgrade", "--socket", u.sock, "--binary", hang, "--timeout", "10s")
 		first <- result{out, code}
 	}()
-	lbtest.Eventually(t, 10*time.Second, func() bool { _, err := os.Stat(pidFile); return err == nil }, "hanging binary not started")
+	waitPIDFile(t, pidFile)
 	out, code = runLbctl(t, "upgrade", "--socket", u.sock)
 	if code != 1 || !strings.Contains(out, "already in progress") {
 		t.Errorf("second upgrade meanwhile: exit %d: %s", code, out)
