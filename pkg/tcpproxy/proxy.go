@@ -18,7 +18,7 @@
 // is the listener's job (pkg/server).
 //
 // On Linux an established connection first joins an event loop
-// (engine_linux.go): one per P, each an epoll set of many connections'
+// (engine_linux.go): one per two Ps, each an epoll set of many connections'
 // sockets, moving a small message with one read and one write and holding
 // no goroutine for an idle connection. A connection whose reads fill the
 // loop's buffer (bulk) moves to a goroutine per direction, which splices
