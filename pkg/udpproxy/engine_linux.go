@@ -476,12 +476,19 @@ func (l *Listener) loop() {
 	}
 
 	var idle, first bool
-	// For waitConn: false at once, so that Read waits for Conn; true once
-	// woken.
+	// For waitConn: at first, true only if the epoll set (which holds the
+	// listener socket, level-triggered) has something ready, so that
+	// Read waits for Conn; true once woken. The first call must look:
+	// Read drops a readiness Go's poller saw before it (pollReset), so a
+	// datagram that came between waitConn's probe and Read would
+	// otherwise wait for the next one (seen under make test-stress).
 	onConn := func(uintptr) bool {
-		w := !first
-		first = false
-		return w
+		if first {
+			first = false
+			n, err := rawEpollPoll(l.epfd, events)
+			return n > 0 || err != 0 && err != unix.EINTR
+		}
+		return true
 	}
 	wait := func(uintptr) bool {
 		for range 64 { // then return, so that the timers get their turn
