@@ -31,9 +31,16 @@ func Binary(t testing.TB, name, fallback, pkg string) string {
 	return ""
 }
 
+// given is every port FreePort returned in this process.
+var (
+	givenMu sync.Mutex
+	given   = map[int]bool{}
+)
+
 // FreePort returns a port of 127.0.0.1 that was free for both TCP and UDP
 // a moment ago (dnsmasq binds both). Another process may take it before
 // the caller binds it: callers retry a failed start on a new port.
+// It never returns the same port twice in one process.
 func FreePort(t testing.TB) int {
 	t.Helper()
 	for range 20 {
@@ -46,7 +53,16 @@ func FreePort(t testing.TB) int {
 		u.Close()
 		if err == nil {
 			l.Close()
-			return port
+			// The kernel may hand the same free port out again at once:
+			// a test that asks twice (a listener and the admin API)
+			// must get two.
+			givenMu.Lock()
+			seen := given[port]
+			given[port] = true
+			givenMu.Unlock()
+			if !seen {
+				return port
+			}
 		}
 	}
 	t.Fatal("no free port")
