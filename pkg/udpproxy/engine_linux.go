@@ -13,6 +13,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/lbctl/lbctl/pkg/rawsys"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -235,7 +236,7 @@ func (l *Listener) waitConn(probe []unix.EpollEvent, first *bool, f func(uintptr
 	defer l.onConn.Store(false)
 	// A wake before the store above is in the epoll set (every descriptor
 	// in it is level-triggered, so this look takes nothing away).
-	if n, _ := unix.EpollWait(l.epfd, probe, 0); n > 0 {
+	if n, _ := rawsys.EpollPoll(l.epfd, probe); n > 0 {
 		return
 	}
 	*first = true
@@ -399,7 +400,7 @@ func (l *Listener) loop() {
 			switch {
 			case int(ev.Fd) == l.evfd:
 				var b [8]byte
-				rawRead(l.evfd, b[:])
+				rawsys.Read(l.evfd, b[:])
 				retired = append(retired, l.retired...)
 				clear(l.retired)
 				l.retired = l.retired[:0]
@@ -422,7 +423,7 @@ func (l *Listener) loop() {
 		now := nanotime()
 		k := 0
 		for _, s := range ready {
-			m, err := rawRead(s.fd, tx.buf(k))
+			m, err := rawsys.Read(s.fd, tx.buf(k))
 			switch {
 			case err == unix.EAGAIN || err == unix.EINTR:
 				continue // level-triggered: asked again next pass
@@ -485,14 +486,14 @@ func (l *Listener) loop() {
 	onConn := func(uintptr) bool {
 		if first {
 			first = false
-			n, err := rawEpollPoll(l.epfd, events)
+			n, err := rawsys.EpollPoll(l.epfd, events)
 			return n > 0 || err != 0 && err != unix.EINTR
 		}
 		return true
 	}
 	wait := func(uintptr) bool {
 		for range 64 { // then return, so that the timers get their turn
-			n, err := rawEpollPoll(l.epfd, events)
+			n, err := rawsys.EpollPoll(l.epfd, events)
 			if err == unix.EINTR {
 				continue
 			}
@@ -612,7 +613,7 @@ func (l *Listener) connect(s *session, t *target) error {
 // (one writev, so header and payload stay one datagram, without a copy).
 func (s *session) write(data []byte) error {
 	if len(s.hdr) == 0 {
-		if _, errno := rawWrite(s.fd, data); errno != 0 {
+		if _, errno := rawsys.Write(s.fd, data); errno != 0 {
 			return errno
 		}
 		return nil
@@ -979,39 +980,4 @@ func (l *Listener) join(s *session, f *os.File) error {
 	l.live++
 	l.wake() // a loop waiting on Conn (no session) now has one to serve
 	return nil
-}
-
-// The data path's syscalls work on non-blocking descriptors and never
-// wait, so they are made with RawSyscall, without telling the scheduler
-// that the goroutine is in a syscall. With Syscall, each entry could wake
-// the runtime's sysmon thread from its deep sleep (entersyscallWakeSysmon),
-// and sysmon takes the P away from a syscall that lasts over 20µs (a
-// sendmmsg that delivers its datagrams on loopback does) and wakes another
-// thread to run it: a hand-off between threads for nothing, as the loop
-// comes back from the syscall a moment later (docs/benchmarks.md, Issue
-// 14: about 20 % of the wake-ups lbctl issued, and 0.2 hand-offs per
-// datagram pinned to one CPU). Blocking waits go through Go's poller.
-
-// rawRead is read(2) on a non-blocking descriptor.
-func rawRead(fd int, p []byte) (int, unix.Errno) {
-	r, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-	return int(r), errno
-}
-
-// rawWrite is write(2) on a non-blocking descriptor.
-func rawWrite(fd int, p []byte) (int, unix.Errno) {
-	var b unsafe.Pointer
-	if len(p) > 0 {
-		b = unsafe.Pointer(&p[0])
-	}
-	r, _, errno := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(b), uintptr(len(p)))
-	return int(r), errno
-}
-
-// rawEpollPoll is epoll_pwait(2) with a timeout of 0: the events ready
-// now, without waiting.
-func rawEpollPoll(epfd int, events []unix.EpollEvent) (int, unix.Errno) {
-	r, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])),
-		uintptr(len(events)), 0, 0, 0)
-	return int(r), errno
 }
