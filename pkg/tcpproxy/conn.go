@@ -98,11 +98,13 @@ type direction struct {
 	// (adopted after its EOF); guarded by c.dmu.
 	exited bool
 	bursts int // bulk bursts (splices) so far; owned by the direction's goroutine (tests)
-	// Event loop state (engine_linux.go), owned by the loop: the source
-	// and destination descriptors, and eof once src reached its end and
-	// dst's write side was shut.
+	// The source and destination descriptors, for an event loop
+	// (engine_linux.go), which owns them.
 	sfd, dfd int
-	eof      bool
+	// eof: src reached its end and dst's write side was shut, before the
+	// direction got a goroutine (in a loop, or in another process before
+	// an upgrade): runDirections starts none for it.
+	eof bool
 	platformCopier
 }
 
@@ -125,7 +127,6 @@ func (d *direction) account(n int) {
 // there is one, else each on a goroutine of its own; the last one to stop
 // reports the end.
 func (c *conn) start(ctx context.Context) {
-	c.running.Store(2)
 	if !c.init() {
 		return
 	}
@@ -138,8 +139,29 @@ func (c *conn) start(ctx context.Context) {
 		e.add(c)
 		return
 	}
-	go c.in.copy(EndClientError, EndBackendError)
-	go c.out.copy(EndBackendError, EndClientError)
+	c.runDirections()
+}
+
+// runDirections runs a goroutine for each direction whose source has not
+// finished (eof), and counts the others as exited.
+func (c *conn) runDirections() {
+	n := int32(0)
+	c.dmu.Lock()
+	for _, d := range [2]*direction{&c.in, &c.out} {
+		if d.eof {
+			d.exited = true
+		} else {
+			n++
+		}
+	}
+	c.dmu.Unlock()
+	c.running.Store(n)
+	if !c.in.eof {
+		go c.in.copy(EndClientError, EndBackendError)
+	}
+	if !c.out.eof {
+		go c.out.copy(EndBackendError, EndClientError)
+	}
 }
 
 // init prepares both directions' platform copiers. On failure it ends the
@@ -227,7 +249,7 @@ func (c *conn) end(why End) bool {
 		return false
 	}
 	if c.inLoop.Load() {
-		c.eng.post(op{kind: opEnd, c: c})
+		c.eng.end(c)
 		return true
 	}
 	c.closeSockets(c.resets(why))

@@ -419,17 +419,12 @@ func (p *Proxy) Adopt(ctx context.Context, client, backend *net.TCPConn, b *bala
 		c.idle = time.AfterFunc(max(time.Millisecond, c.idleTimeout-st.Idle), c.checkIdle)
 	}
 	c.stopCtx = context.AfterFunc(ctx, func() { c.end(EndShutdown) })
-	n := 0
-	c.dmu.Lock()
-	if st.InEOF {
-		c.in.exited = true
-		c.eofs.Add(1)
+	c.in.eof, c.out.eof = st.InEOF, st.OutEOF
+	for _, eof := range [2]bool{st.InEOF, st.OutEOF} {
+		if eof {
+			c.eofs.Add(1)
+		}
 	}
-	if st.OutEOF {
-		c.out.exited = true
-		c.eofs.Add(1)
-	}
-	c.dmu.Unlock()
 	if (st.InEOF || st.OutEOF) && c.halfClose > 0 {
 		left := c.halfClose
 		if st.HalfCloseArmed && st.HalfCloseLeft < left {
@@ -437,26 +432,14 @@ func (p *Proxy) Adopt(ctx context.Context, client, backend *net.TCPConn, b *bala
 		}
 		c.armHalfClose(left)
 	}
-	if !st.InEOF {
-		n++
-	}
-	if !st.OutEOF {
-		n++
-	}
-	c.running.Store(int32(n))
-	if n == 0 { // both had finished: it ends here, complete
+	if st.InEOF && st.OutEOF { // both had finished: it ends here, complete
+		c.runDirections() // none to run: marks both exited
 		c.finished()
 		return
 	}
 	if e := pickEngine(); e != nil {
-		c.in.eof, c.out.eof = st.InEOF, st.OutEOF
 		e.add(c)
 		return
 	}
-	if !st.InEOF {
-		go c.in.copy(EndClientError, EndBackendError)
-	}
-	if !st.OutEOF {
-		go c.out.copy(EndBackendError, EndClientError)
-	}
+	c.runDirections()
 }

@@ -25,7 +25,8 @@ package tcpproxy
 //     next read). What the destination does not accept waits in a pooled
 //     buffer of the connection (pending); the source is then not read
 //     until the destination says it is writable and the buffer is
-//     written, and is read again then.
+//     written, and is read again then. These calls never wait, so they
+//     are raw system calls (pkg/rawsys).
 //   - The loop's epoll descriptor is itself pollable: the loop parks in
 //     Go's poller on it like any goroutine on a socket, so it costs no
 //     thread while nothing is ready and cooperates with the scheduler. Its
@@ -56,8 +57,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"unsafe"
 
+	"github.com/lbctl/lbctl/pkg/rawsys"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -68,6 +69,13 @@ const maxEvents = 256
 // wakeSlot is the epoll data of the loop's eventfd (Fd field); connection
 // slots are non-negative.
 const wakeSlot = -1
+
+// conn.slot outside a loop's table.
+const (
+	slotJoining  = -1 // added, not joined yet
+	slotPromoted = -2 // moved to the goroutine path
+	slotClosed   = -3 // closed by its loop
+)
 
 // genMask bounds a slot's generation to the 31 bits it has in an event.
 const genMask = 1<<31 - 1
@@ -115,11 +123,11 @@ type op struct {
 }
 
 var engines struct {
-	mu   sync.Mutex
-	list []*engine // GOMAXPROCS at first use; nil entries not made yet
-	next atomic.Uint32
-	off  bool
 	once sync.Once
+	off  bool
+	list []atomic.Pointer[engine] // made by setupEngines; nil entries not made yet
+	next atomic.Uint32
+	mu   sync.Mutex // serializes making a loop
 }
 
 // StartEngines makes the event loops now instead of at the first
@@ -131,18 +139,10 @@ func StartEngines() error {
 	if engines.off {
 		return nil
 	}
-	engines.mu.Lock()
-	defer engines.mu.Unlock()
-	for i, e := range engines.list {
-		if e != nil {
-			continue
-		}
-		e, err := newEngine()
-		if err != nil {
+	for i := range engines.list {
+		if _, err := engineAt(i); err != nil {
 			return err
 		}
-		engines.list[i] = e
-		go e.run()
 	}
 	return nil
 }
@@ -165,31 +165,39 @@ func setupEngines() {
 		if v, err := strconv.Atoi(os.Getenv("LBCTL_TCP_ENGINES")); err == nil && v > 0 {
 			n = v
 		}
-		engines.list = make([]*engine, n)
+		engines.list = make([]atomic.Pointer[engine], n)
 	})
 }
 
-// pickEngine returns the loop for a new connection, nil when there is none
-// (turned off, or it cannot be made: the connection then runs on the
-// goroutine path).
+// pickEngine returns the loop for a new connection, in turn, nil when there
+// is none (turned off, or it cannot be made: the connection then runs on
+// the goroutine path).
 func pickEngine() *engine {
 	setupEngines()
 	if engines.off {
 		return nil
 	}
-	i := int(engines.next.Add(1)) % len(engines.list)
+	e, _ := engineAt(int(engines.next.Add(1)) % len(engines.list))
+	return e
+}
+
+// engineAt returns loop i, making and starting it if it is not yet.
+func engineAt(i int) (*engine, error) {
+	if e := engines.list[i].Load(); e != nil {
+		return e, nil
+	}
 	engines.mu.Lock()
 	defer engines.mu.Unlock()
-	e := engines.list[i]
-	if e == nil {
-		var err error
-		if e, err = newEngine(); err != nil {
-			return nil // out of descriptors, probably: try again next time
-		}
-		engines.list[i] = e
-		go e.run()
+	if e := engines.list[i].Load(); e != nil {
+		return e, nil
 	}
-	return e
+	e, err := newEngine()
+	if err != nil {
+		return nil, err // out of descriptors, probably: tried again next time
+	}
+	engines.list[i].Store(e)
+	go e.run()
+	return e, nil
 }
 
 func newEngine() (*engine, error) {
@@ -227,7 +235,7 @@ func newEngine() (*engine, error) {
 
 // add hands a started connection (timers armed) to the loop.
 func (e *engine) add(c *conn) {
-	c.eng, c.slot = e, -1
+	c.eng, c.slot = e, slotJoining
 	c.inLoop.Store(true)
 	e.post(op{kind: opAdd, c: c})
 }
@@ -244,6 +252,9 @@ func (e *engine) post(o op) {
 		unix.Write(e.evfd, one[:]) // EAGAIN: the counter is full, a wake-up is pending anyway
 	}
 }
+
+// end asks the loop to close c, whose reason is set (conn.end).
+func (e *engine) end(c *conn) { e.post(op{kind: opEnd, c: c}) }
 
 // promoteWait moves c to the goroutine path, if the loop still serves it,
 // and returns once that is done.
@@ -297,9 +308,12 @@ func (e *engine) wait() {
 // poll takes what is ready without waiting; false when nothing is.
 func (e *engine) poll() bool {
 	for {
-		n, err := rawEpollWait(e.epfd, e.events[:])
+		n, err := rawsys.EpollPoll(e.epfd, e.events[:])
 		if err == unix.EINTR {
 			continue
+		}
+		if err != 0 {
+			n = 0
 		}
 		e.n = n
 		return n > 0
@@ -320,7 +334,7 @@ func (e *engine) runOps() {
 		case opEnd:
 			if e.serves(o.c) {
 				e.close(o.c)
-			} else if !o.c.inLoop.Load() && o.c.slot == -2 {
+			} else if o.c.slot == slotPromoted {
 				// Moved to the goroutine path after the end was posted:
 				// close it as that path does.
 				o.c.closeSockets(o.c.resets(End(o.c.reason.Load())))
@@ -361,7 +375,6 @@ func (e *engine) join(c *conn) {
 	c.slot, c.gen = slot, e.gens[slot]
 	c.in.sfd, c.in.dfd = sockFD(c.in.srcRaw), sockFD(c.in.dstRaw)
 	c.out.sfd, c.out.dfd = c.in.dfd, c.in.sfd
-	c.added = 0
 	if c.reason.Load() != 0 { // ended before it joined
 		e.close(c)
 		return
@@ -452,9 +465,9 @@ func (e *engine) handle(ev *unix.EpollEvent) {
 // fills the buffer means a bulk transfer, which leaves the loop.
 func (e *engine) read(c *conn, d *direction, toEnd bool) {
 	for {
-		n, err := rawRead(d.sfd, e.buf)
+		n, err := rawsys.Read(d.sfd, e.buf)
 		switch err {
-		case nil:
+		case 0:
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
@@ -522,9 +535,9 @@ func (e *engine) flush(c *conn, d *direction) {
 // written; ok is false when the write failed (the connection has ended).
 func (e *engine) write(c *conn, d *direction, b []byte) (n int, ok bool) {
 	for n < len(b) {
-		m, err := rawWrite(d.dfd, b[n:])
+		m, err := rawsys.Write(d.dfd, b[n:])
 		switch err {
-		case nil:
+		case 0:
 			n += m
 			d.bytes += int64(m)
 			d.m.AddBytes(d.dir, m)
@@ -551,7 +564,7 @@ func (e *engine) eof(c *conn, d *direction) {
 	}
 	// If the peer is already gone this fails; the other direction then
 	// sees the failure itself and ends the connection.
-	unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(d.dfd), unix.SHUT_WR, 0)
+	rawsys.Shutdown(d.dfd, unix.SHUT_WR)
 	if c.halfClose > 0 {
 		c.armHalfClose(c.halfClose)
 	}
@@ -590,11 +603,8 @@ func (e *engine) close(c *conn) {
 	}
 	e.leave(c)
 	c.inLoop.Store(false)
-	c.slot = -3           // closed here (see runOps)
+	c.slot = slotClosed
 	c.closeSockets(reset) // closing the last descriptor takes them out of the set
-	c.dmu.Lock()
-	c.in.exited, c.out.exited = true, true
-	c.dmu.Unlock()
 	c.finished()
 }
 
@@ -602,7 +612,7 @@ func (e *engine) close(c *conn) {
 func (e *engine) leave(c *conn) {
 	e.conns[c.slot] = nil
 	e.free = append(e.free, c.slot)
-	c.slot = -2 // left the loop (see runOps)
+	c.slot = slotPromoted // close overwrites it
 }
 
 // promote moves c to the goroutine path (copy_linux.go): for a bulk
@@ -618,24 +628,8 @@ func (e *engine) promote(c *conn, bulk *direction) {
 	if bulk != nil {
 		bulk.burstFirst = true
 	}
-	n := int32(0)
-	c.dmu.Lock()
-	for _, d := range [2]*direction{&c.in, &c.out} {
-		if d.eof {
-			d.exited = true
-		} else {
-			n++
-		}
-	}
-	c.dmu.Unlock()
-	c.running.Store(n)
 	c.inLoop.Store(false)
-	if !c.in.eof {
-		go c.in.copy(EndClientError, EndBackendError)
-	}
-	if !c.out.eof {
-		go c.out.copy(EndBackendError, EndClientError)
-	}
+	c.runDirections()
 	if c.reason.Load() != 0 {
 		// Ended before inLoop was cleared: its op may be handled before
 		// or after this; closing twice does no harm.
@@ -653,37 +647,3 @@ func (d *direction) srcSide() int {
 
 func (d *direction) srcFailed() End { return sideFailed(d.srcSide()) }
 func (d *direction) dstFailed() End { return sideFailed(1 - d.srcSide()) }
-
-// The loop's reads, writes, polls and shutdowns never block (non-blocking
-// sockets, a zero timeout), so they are made as raw system calls, without telling the
-// scheduler: a goroutine in a system call lets the runtime's sysmon thread
-// take its P away when the call is seen twice 20 µs apart, and a loop that
-// makes nothing but such calls under load kept sysmon waking every 20 µs
-// and its P changing hands (13.5 % of lbctl's CPU samples in sysmon at 32
-// request/response connections, docs/benchmarks.md). A raw call that
-// returns in microseconds costs neither.
-
-func rawRead(fd int, p []byte) (int, error) {
-	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
-
-func rawWrite(fd int, p []byte) (int, error) {
-	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
-
-// rawEpollWait takes what is ready in the set, without waiting.
-func rawEpollWait(epfd int, events []unix.EpollEvent) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
