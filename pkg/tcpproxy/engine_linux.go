@@ -86,15 +86,14 @@ const sockEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 // engine is one event loop.
 type engine struct {
-	epfd   int
-	ep     *os.File        // epfd, in Go's poller
-	eprc   syscall.RawConn // ep's raw conn
-	evfd   int             // eventfd in the set: post wakes the loop with it
-	buf    []byte          // read buffer, smallBufSize
-	events [maxEvents]unix.EpollEvent
-	n      int                // events returned by the last wait
-	pollFn func(uintptr) bool // poll as a RawConn callback, bound once: no allocation per wait
-	now    int64              // nanotime of the last wake-up
+	epfd    int
+	ep      *os.File        // epfd, in Go's poller
+	eprc    syscall.RawConn // ep's raw conn
+	evfd    int             // eventfd in the set: post wakes the loop with it
+	buf     []byte          // read buffer, smallBufSize
+	events  [maxEvents]unix.EpollEvent
+	serveFn func(uintptr) bool // serve as a RawConn callback, bound once: no allocation per wait
+	now     int64              // nanotime of the last wake-up
 
 	// Owned by the loop's goroutine.
 	conns []*conn  // by slot
@@ -210,7 +209,9 @@ func newEngine() (*engine, error) {
 		unix.Close(epfd)
 		return nil, err
 	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: wakeSlot}
+	// Edge-triggered like the sockets: a level-triggered member would make
+	// the set look ready again right after the loop took its events.
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: wakeSlot}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
 		unix.Close(epfd)
 		unix.Close(evfd)
@@ -229,7 +230,7 @@ func newEngine() (*engine, error) {
 		return nil, err
 	}
 	e := &engine{epfd: epfd, ep: ep, eprc: rc, evfd: evfd, buf: make([]byte, smallBufSize)}
-	e.pollFn = func(uintptr) bool { return e.poll() }
+	e.serveFn = func(uintptr) bool { return e.serve() }
 	return e, nil
 }
 
@@ -266,57 +267,72 @@ func (e *engine) promoteWait(c *conn) {
 
 // run is the loop's goroutine. It never returns: loops live as long as
 // the process.
+//
+// The whole loop runs inside one RawConn.Read of the epoll descriptor:
+// serve is its callback, and returning false parks the loop in Go's poller
+// until the descriptor is ready again. Read forgets a readiness only when
+// it starts (Go's pollReset), not between two calls of the callback, so
+// the loop can park as soon as it has handled a batch: every socket and
+// the eventfd are edge-triggered, so anything that becomes ready after the
+// loop's epoll_wait took the batch wakes the epoll descriptor again. A
+// message then costs Go's poller's epoll_wait and the loop's, not a third
+// that finds nothing before each park.
 func (e *engine) run() {
 	for {
-		e.wait()
-		e.now = nanotime()
-		for i := 0; i < e.n; i++ {
+		if err := e.eprc.Read(e.serveFn); err != nil {
+			// The epoll descriptor is never closed: nothing to do but retry.
+			zap.L().Error("tcp event loop: wait failed", zap.Error(err))
+		}
+	}
+}
+
+// serve handles what is ready and what was posted, and returns false to
+// park once there is nothing left. It never returns true.
+func (e *engine) serve() bool {
+	e.mu.Lock()
+	e.sleeping = false
+	e.mu.Unlock()
+	for {
+		n := e.poll()
+		if n > 0 {
+			e.now = nanotime()
+		}
+		for i := 0; i < n; i++ {
 			ev := &e.events[i]
 			if ev.Fd == wakeSlot {
 				var b [8]byte
-				unix.Read(e.evfd, b[:])
+				rawsys.Read(e.evfd, b[:])
 				continue
 			}
 			e.handle(ev)
 		}
 		e.runOps()
-	}
-}
-
-// wait returns once sockets are ready (e.n events) or ops are posted,
-// parking in Go's poller in between.
-func (e *engine) wait() {
-	e.n = 0
-	e.mu.Lock()
-	if len(e.ops) > 0 {
+		if n == maxEvents {
+			continue // more may be ready
+		}
+		e.mu.Lock()
+		if len(e.ops) > 0 {
+			e.mu.Unlock()
+			continue
+		}
+		e.sleeping = true
 		e.mu.Unlock()
-		e.poll() // do not sleep, but serve what is ready too
-		return
-	}
-	e.sleeping = true
-	e.mu.Unlock()
-	err := e.eprc.Read(e.pollFn)
-	e.mu.Lock()
-	e.sleeping = false
-	e.mu.Unlock()
-	if err != nil {
-		// The epoll descriptor is never closed: nothing to do but retry.
-		zap.L().Error("tcp event loop: wait failed", zap.Error(err))
+		return false
 	}
 }
 
-// poll takes what is ready without waiting; false when nothing is.
-func (e *engine) poll() bool {
+// poll returns the number of events ready now (in e.events), without
+// waiting.
+func (e *engine) poll() int {
 	for {
 		n, err := rawsys.EpollPoll(e.epfd, e.events[:])
 		if err == unix.EINTR {
 			continue
 		}
 		if err != 0 {
-			n = 0
+			return 0
 		}
-		e.n = n
-		return n > 0
+		return n
 	}
 }
 
