@@ -279,7 +279,24 @@ func (s *Server) acceptLoop(l *listener) {
 		}
 		l.active.Add(1)
 		s.conns.Add(1)
+		// A plain listener (no PROXY header to read, no ClientHello to
+		// route on) hands the client to an event loop, which connects
+		// to the backend without blocking (tcpproxy.StartInLoop): no
+		// goroutine hand-off per connection.
+		if st.routes == nil && release != nil && st.proxy.StartInLoop(s.killCtx, c, peer, s.tcpDone(l, release)) {
+			continue
+		}
 		s.startTCP(l, tcpStart{st, c, peer, release})
+	}
+}
+
+// tcpDone is what a TCP connection does when it ends: it releases its
+// admission and counts it out of the listener and the server.
+func (s *Server) tcpDone(l *listener, release func()) func(tcpproxy.End) {
+	return func(tcpproxy.End) {
+		release()
+		l.active.Add(-1)
+		s.conns.Done()
 	}
 }
 
@@ -404,11 +421,7 @@ func (s *Server) handleTCP(l *listener, st *listenerState, c *net.TCPConn, clien
 			return
 		}
 	}
-	done := func(tcpproxy.End) {
-		release()
-		l.active.Add(-1)
-		s.conns.Done()
-	}
+	done := s.tcpDone(l, release)
 	proxy, pre := st.proxy, (*tcpproxy.Prelude)(nil)
 	if st.routes != nil {
 		if proxy, pre = s.inspect(st, c, client); proxy == nil { // tlsroute.go; counted

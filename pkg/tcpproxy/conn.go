@@ -79,6 +79,13 @@ type conn struct {
 	slot   int32  // index in eng's table, -1 when not in it
 	gen    uint32 // generation of slot, in each epoll event's data
 	added  uint8  // bit 0: the client socket is in the loop's set; bit 1: the backend's
+	// A connection whose loop connected it (Proxy.StartInLoop,
+	// dial_linux.go): dial is its state until the connect is made; then
+	// backend stays nil and bsock is the backend socket, owned by the
+	// loop, until the connection leaves the loop (promote makes it a
+	// *net.TCPConn) or closes.
+	dial  *loopDial
+	bsock *loopSock
 }
 
 // direction is one half of a connection: bytes from src to dst.
@@ -271,9 +278,15 @@ func (c *conn) resets(why End) bool {
 func (c *conn) closeSockets(reset bool) {
 	if reset {
 		c.client.SetLinger(0)
-		c.backend.SetLinger(0)
 	}
 	c.client.Close()
+	if c.backend == nil {
+		c.closeBackendFD(reset) // connected by a loop, closed by it
+		return
+	}
+	if reset {
+		c.backend.SetLinger(0)
+	}
 	c.backend.Close()
 }
 

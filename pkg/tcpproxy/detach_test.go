@@ -29,6 +29,10 @@ type side struct {
 	p   *tcpproxy.Proxy
 	b   *balancer.Backend
 	reg *tcpproxy.Registry
+	// goDial: connections start with Start (the dial on the caller's
+	// goroutine) instead of StartInLoop, as a listener does where the
+	// event loop connects to the backend (Linux, plain listeners).
+	goDial bool
 }
 
 func makeSide(tb testing.TB, backend string, idle, half time.Duration) *side {
@@ -79,7 +83,10 @@ func (s *side) dial(t *testing.T, done func(tcpproxy.End)) *net.TCPConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.p.Start(context.Background(), sc, c.LocalAddr().(*net.TCPAddr).AddrPort(), done)
+	peer := c.LocalAddr().(*net.TCPAddr).AddrPort()
+	if s.goDial || !s.p.StartInLoop(context.Background(), sc, peer, done) {
+		s.p.Start(context.Background(), sc, peer, done)
+	}
 	return c
 }
 
@@ -137,12 +144,20 @@ func pattern(n int, seed uint64) []byte {
 // TestDetachEchoBothWays moves a connection between two Proxies while a
 // client streams checksummed data through an echo backend: every byte
 // arrives once, in order, both ways, and the new side ends it cleanly
-// with the byte counts of its whole life.
+// with the byte counts of its whole life. Once with the connect made by
+// the event loop (a listener's usual way on Linux), once by Start's
+// goroutine.
 func TestDetachEchoBothWays(t *testing.T) {
+	t.Run("loop connect", func(t *testing.T) { detachEchoBothWays(t, false) })
+	t.Run("goroutine connect", func(t *testing.T) { detachEchoBothWays(t, true) })
+}
+
+func detachEchoBothWays(t *testing.T, goDial bool) {
 	fds := lbtest.OpenFDs(t)
 	sums := make(chan lbtest.Sum, 1)
 	be := lbtest.NewTCP(t, lbtest.HashingEcho(sums))
 	oldSide, newSide := makeSide(t, be.Addr, 0, 0), makeSide(t, be.Addr, 0, 0)
+	oldSide.goDial = goDial
 	c, h, ends := oldSide.open(t)
 
 	const total = 8 << 20

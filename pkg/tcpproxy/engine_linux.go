@@ -109,9 +109,11 @@ type engine struct {
 type opKind uint8
 
 const (
-	opAdd     opKind = iota + 1 // serve a started connection
-	opEnd                       // close a connection whose reason is set
-	opPromote                   // move a connection to the goroutine path
+	opAdd         opKind = iota + 1 // serve a started connection
+	opEnd                           // close a connection whose reason is set
+	opPromote                       // move a connection to the goroutine path
+	opConnect                       // connect a client to a backend (dial_linux.go)
+	opDialTimeout                   // a connect timer fired
 )
 
 // op is a request to the loop from another goroutine.
@@ -122,11 +124,12 @@ type op struct {
 }
 
 var engines struct {
-	once sync.Once
-	off  bool
-	list []atomic.Pointer[engine] // made by setupEngines; nil entries not made yet
-	next atomic.Uint32
-	mu   sync.Mutex // serializes making a loop
+	once   sync.Once
+	off    bool
+	goDial bool                     // connects on the goroutine path (dial_linux.go)
+	list   []atomic.Pointer[engine] // made by setupEngines; nil entries not made yet
+	next   atomic.Uint32
+	mu     sync.Mutex // serializes making a loop
 }
 
 // StartEngines makes the event loops now instead of at the first
@@ -160,6 +163,7 @@ func StartEngines() error {
 func setupEngines() {
 	engines.once.Do(func() {
 		engines.off = os.Getenv("LBCTL_TCP_ENGINE") == "goroutines"
+		engines.goDial = os.Getenv("LBCTL_TCP_DIAL") == "goroutines"
 		n := max(1, runtime.GOMAXPROCS(0)/2)
 		if v, err := strconv.Atoi(os.Getenv("LBCTL_TCP_ENGINES")); err == nil && v > 0 {
 			n = v
@@ -360,6 +364,10 @@ func (e *engine) runOps() {
 				e.promote(o.c, nil)
 			}
 			close(o.done)
+		case opConnect:
+			e.startDial(o.c)
+		case opDialTimeout:
+			e.dialTimeout(o.c)
 		}
 		*o = op{}
 	}
@@ -377,18 +385,7 @@ func (e *engine) serves(c *conn) bool {
 
 // join registers c's sockets.
 func (e *engine) join(c *conn) {
-	var slot int32
-	if n := len(e.free); n > 0 {
-		slot = e.free[n-1]
-		e.free = e.free[:n-1]
-	} else {
-		slot = int32(len(e.conns))
-		e.conns = append(e.conns, nil)
-		e.gens = append(e.gens, 0)
-	}
-	e.conns[slot] = c
-	e.gens[slot] = (e.gens[slot] + 1) & genMask
-	c.slot, c.gen = slot, e.gens[slot]
+	e.takeSlot(c)
 	c.in.sfd, c.in.dfd = sockFD(c.in.srcRaw), sockFD(c.in.dstRaw)
 	c.out.sfd, c.out.dfd = c.in.dfd, c.in.sfd
 	if c.reason.Load() != 0 { // ended before it joined
@@ -404,6 +401,22 @@ func (e *engine) join(c *conn) {
 		}
 		c.added |= 1 << side
 	}
+}
+
+// takeSlot puts c in the loop's table, with a new generation.
+func (e *engine) takeSlot(c *conn) {
+	var slot int32
+	if n := len(e.free); n > 0 {
+		slot = e.free[n-1]
+		e.free = e.free[:n-1]
+	} else {
+		slot = int32(len(e.conns))
+		e.conns = append(e.conns, nil)
+		e.gens = append(e.gens, 0)
+	}
+	e.conns[slot] = c
+	e.gens[slot] = (e.gens[slot] + 1) & genMask
+	c.slot, c.gen = slot, e.gens[slot]
 }
 
 // sockFD returns the descriptor of a socket's raw conn.
@@ -453,8 +466,19 @@ func (e *engine) handle(ev *unix.EpollEvent) {
 		e.close(c) // ended elsewhere; its op may still be on its way
 		return
 	}
+	if c.dial != nil {
+		if side == 1 {
+			e.dialEvent(c, ev.Events) // dial_linux.go
+		}
+		return
+	}
+	e.serveSide(c, side, ev.Events)
+}
+
+// serveSide serves the events flags of side's socket.
+func (e *engine) serveSide(c *conn, side int, flags uint32) {
+	slot := int(c.slot)
 	rd, wr := c.rolesOf(side)
-	flags := ev.Events
 	if flags&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 && wr.buf != nil {
 		e.flush(c, wr)
 		if e.conns[slot] != c {
@@ -609,6 +633,10 @@ func (e *engine) endNow(c *conn, why End) {
 // close closes a connection the loop serves, whose reason is set, and runs
 // its end.
 func (e *engine) close(c *conn) {
+	if c.dial != nil {
+		e.abortDial(c) // dial_linux.go
+		return
+	}
 	reset := c.resets(End(c.reason.Load())) // before the buffers go: they count as unsent
 	for _, d := range [2]*direction{&c.in, &c.out} {
 		if d.buf != nil {
@@ -638,6 +666,15 @@ func (e *engine) promote(c *conn, bulk *direction) {
 	for side := 0; side < 2; side++ {
 		if c.added&(1<<side) != 0 {
 			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.fdOf(side), nil)
+		}
+	}
+	if c.backend == nil {
+		// Connected by the loop: the goroutine path needs a
+		// *net.TCPConn. Out of descriptors for it, the connection ends.
+		if err := c.backendConn(); err != nil {
+			c.reason.CompareAndSwap(0, int32(EndBackendError))
+			e.close(c)
+			return
 		}
 	}
 	e.leave(c)

@@ -2,6 +2,8 @@
 
 package tcpproxy
 
+import "context"
+
 // engine is the event loop of Linux (engine_linux.go); elsewhere every
 // connection runs on the goroutine path.
 type engine struct{}
@@ -10,6 +12,17 @@ type engine struct{}
 func StartEngines() error { return nil }
 
 func pickEngine() *engine           { return nil }
+func pickDialEngine() *engine       { return nil }
 func (e *engine) add(*conn)         {}
 func (e *engine) end(*conn)         {}
 func (e *engine) promoteWait(*conn) {}
+
+// loopDial and loopSock are the state of a connect made by an event loop
+// (dial_linux.go); StartInLoop declines here, so they stay nil.
+type (
+	loopDial struct{}
+	loopSock struct{}
+)
+
+func (e *engine) connect(*conn, context.Context, func(End)) {}
+func (c *conn) closeBackendFD(bool)                         {}

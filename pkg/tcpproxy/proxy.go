@@ -122,6 +122,10 @@ type Config struct {
 type Proxy struct {
 	cfg    Config
 	dialer net.Dialer
+	// addrs holds each target's address, parsed, for the connects an
+	// event loop makes (StartInLoop); nil when a target's Addr is not
+	// ip:port, and StartInLoop then declines.
+	addrs map[*Target]netip.AddrPort
 }
 
 // New returns a Proxy for cfg.
@@ -129,8 +133,18 @@ func New(cfg Config) *Proxy {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
+	addrs := make(map[*Target]netip.AddrPort, len(cfg.Targets))
+	for _, t := range cfg.Targets {
+		ap, err := netip.ParseAddrPort(t.Addr)
+		if err != nil || ap.Addr().Zone() != "" { // a zone is left to Go's dialer
+			addrs = nil
+			break
+		}
+		addrs[t] = ap
+	}
 	return &Proxy{
-		cfg: cfg,
+		addrs: addrs,
+		cfg:   cfg,
 		// No TCP keep-alive toward backends, as HAProxy (option
 		// srvtcpka) and nginx (so_keepalive) by default: Go's keep-alive
 		// costs four setsockopt per connection (13 % of the syscalls of a
@@ -164,26 +178,63 @@ func (p *Proxy) StartWith(ctx context.Context, client *net.TCPConn, clientAddr n
 	var att attempts
 	backend, b, t, end := p.dial(ctx, client, clientAddr, pre, &att)
 	if backend == nil {
-		client.Close()
-		switch end {
-		case EndNoBackend:
-			p.cfg.Rejections.Inc(metrics.ReasonNoBackend)
-		case EndBackendUnavailable:
-			p.cfg.Rejections.Inc(metrics.ReasonBackendUnavailable)
-		}
-		if p.cfg.Access != nil {
-			p.logAccess(pre, clientAddr, "", 0, 0, time.Duration(nanotime()-start), end, att)
-		}
-		done(end)
+		p.refused(client, clientAddr, pre, start, end, att, done)
 		return
 	}
-	// b was acquired by dial.
-	t.Metrics.ConnOpened()
 	c := newConn(p, client, backend, t)
-	c.peer, c.pre, c.attempts, c.started = clientAddr, pre, att.n, start
 	if pre != nil {
 		c.in.account(len(pre.Data)) // written by dial
 	}
+	p.established(c, b, t, clientAddr, pre, att, start, done)
+	c.start(ctx)
+}
+
+// StartInLoop is Start for a connection whose backend an event loop
+// connects to (Linux): the caller hands the client over and goes on at
+// once, the loop makes the connect without blocking (a socket, connect(2),
+// and the socket's event in the loop's epoll set, with the same retries,
+// connect timeout, metrics and passive checks as Start), and the
+// connection joins that loop when it is made. No goroutine waits for the
+// connect, and none takes the connection over from the caller's.
+//
+// It reports false, having done nothing, when there is no event loop, or
+// a target's address is not ip:port: the caller then uses Start.
+func (p *Proxy) StartInLoop(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, done func(End)) bool {
+	if p.addrs == nil {
+		return false
+	}
+	e := pickDialEngine()
+	if e == nil {
+		return false
+	}
+	c := &conn{client: client, p: p, peer: clientAddr, started: nanotime(),
+		idleTimeout: p.cfg.IdleTimeout, halfClose: p.cfg.HalfCloseTimeout}
+	e.connect(c, ctx, done)
+	return true
+}
+
+// refused ends a connection that reached no backend (end says why): it
+// closes the client and counts and logs the refusal.
+func (p *Proxy) refused(client *net.TCPConn, clientAddr netip.AddrPort, pre *Prelude, start int64, end End, att attempts, done func(End)) {
+	client.Close()
+	switch end {
+	case EndNoBackend:
+		p.cfg.Rejections.Inc(metrics.ReasonNoBackend)
+	case EndBackendUnavailable:
+		p.cfg.Rejections.Inc(metrics.ReasonBackendUnavailable)
+	}
+	if p.cfg.Access != nil {
+		p.logAccess(pre, clientAddr, "", 0, 0, time.Duration(nanotime()-start), end, att)
+	}
+	done(end)
+}
+
+// established records a connection whose backend connect succeeded (b is
+// acquired): its metrics, its end (onEnd) and its place in the backend's
+// Registry.
+func (p *Proxy) established(c *conn, b *balancer.Backend, t *Target, clientAddr netip.AddrPort, pre *Prelude, att attempts, start int64, done func(End)) {
+	t.Metrics.ConnOpened()
+	c.peer, c.pre, c.attempts, c.started = clientAddr, pre, att.n, start
 	tries := att // the closure holds this copy, so att stays on the stack
 	c.onEnd = func(end End) {
 		t.Metrics.ConnClosed()
@@ -198,7 +249,6 @@ func (p *Proxy) StartWith(ctx context.Context, client *net.TCPConn, clientAddr n
 	if t.Conns != nil {
 		t.Conns.add(c)
 	}
-	c.start(ctx)
 }
 
 // dial connects to a backend, trying up to Retries others when a connect
@@ -243,24 +293,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 			}
 		}
 		if err != nil {
-			b.Release()
-			if p.cfg.Access != nil {
-				att.failed = append(att.failed, b.Address())
-			}
-			// Out of descriptors, buffers or ports here is not the
-			// backend's fault (package localerr), nor is a dial cut short by the
-			// end of a shutdown drain: no failure is held against it.
-			if !localerr.Is(err) && ctx.Err() == nil {
-				t.Metrics.ConnectFailed()
-				b.AddFailure()
-				if p.cfg.Passive != nil {
-					p.cfg.Passive.ConnectFailed(b, err)
-				}
-			}
-			// Debug only: a dead backend is reported once, by the health
-			// state change, not once per connection.
-			p.cfg.Log.Debug("connect to backend failed",
-				zap.String("pool", p.cfg.PoolName), zap.String("backend", b.Address()), zap.Error(err))
+			p.connectFailed(b, t, err, ctx.Err() != nil, att)
 			if ctx.Err() != nil {
 				break
 			}
@@ -277,6 +310,28 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 		return nil, nil, nil, EndNoBackend
 	}
 	return nil, nil, nil, EndBackendUnavailable
+}
+
+// connectFailed records a failed connect to b (acquired, released here).
+// Out of descriptors, buffers or ports is not the backend's fault
+// (package localerr), nor is a connect cut short by the end of a shutdown
+// drain (shutdown): no failure is held against it then.
+func (p *Proxy) connectFailed(b *balancer.Backend, t *Target, err error, shutdown bool, att *attempts) {
+	b.Release()
+	if p.cfg.Access != nil {
+		att.failed = append(att.failed, b.Address())
+	}
+	if !localerr.Is(err) && !shutdown {
+		t.Metrics.ConnectFailed()
+		b.AddFailure()
+		if p.cfg.Passive != nil {
+			p.cfg.Passive.ConnectFailed(b, err)
+		}
+	}
+	// Debug only: a dead backend is reported once, by the health state
+	// change, not once per connection.
+	p.cfg.Log.Debug("connect to backend failed",
+		zap.String("pool", p.cfg.PoolName), zap.String("backend", b.Address()), zap.Error(err))
 }
 
 // attempts are the connects one client connection tried: how many, and

@@ -1,0 +1,388 @@
+package tcpproxy
+
+// Connects made by an event loop (Proxy.StartInLoop).
+//
+// On the goroutine path a connection passes from the accept loop to a
+// goroutine that dials (Go's net package: the socket joins Go's poller,
+// the goroutine parks until the connect is made and is woken, then
+// getsockname and getpeername are asked), and from there to an event loop.
+// Here the accept loop posts the client to a loop, and the loop connects
+// the way HAProxy and nginx do: socket(2), connect(2) returning
+// EINPROGRESS, the socket in the loop's own epoll set, SO_ERROR when it
+// says it is writable. The connection then joins that loop where it is,
+// with the backend as a bare descriptor; it becomes a *net.TCPConn only if
+// the connection leaves the loop (bulk or detach: promote).
+//
+// Retries, the connect timeout, the PROXY header, metrics, passive health
+// and the access log are those of Proxy.dial.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/lbctl/lbctl/balancer"
+	"github.com/lbctl/lbctl/pkg/metrics"
+	"github.com/lbctl/lbctl/pkg/rawsys"
+	"golang.org/x/sys/unix"
+)
+
+// loopDial is a connection's state while its loop connects it.
+type loopDial struct {
+	done  func(End)
+	tried balancer.Tried
+	att   attempts
+	b     *balancer.Backend // acquired, being connected to
+	t     *Target
+	fd    int // the socket being connected, -1 between attempts
+	since time.Time
+	timer *time.Timer // the connect timeout; posts opDialTimeout
+}
+
+// loopSock is a backend socket a loop connected, seen by the rest of the
+// connection's code (queued, kernelProgress, the goroutine path) as a
+// syscall.RawConn. While the loop owns it, it is the bare descriptor
+// (Control only); once promote made it a *net.TCPConn, every call goes to
+// that conn's RawConn. The directions hold it from the start, so no field
+// they share with timers changes when the connection leaves the loop.
+type loopSock struct {
+	fd atomic.Int32                    // -1 once closed or handed to nc
+	rc atomic.Pointer[syscall.RawConn] // nc's, once made
+}
+
+var errNotPolled = errors.New("tcpproxy: socket not in Go's poller")
+
+func (s *loopSock) Control(f func(fd uintptr)) error {
+	if rc := s.rc.Load(); rc != nil {
+		return (*rc).Control(f)
+	}
+	fd := s.fd.Load()
+	if fd < 0 {
+		return net.ErrClosed
+	}
+	f(uintptr(fd))
+	return nil
+}
+
+func (s *loopSock) Read(f func(fd uintptr) bool) error {
+	if rc := s.rc.Load(); rc != nil {
+		return (*rc).Read(f)
+	}
+	return errNotPolled
+}
+
+func (s *loopSock) Write(f func(fd uintptr) bool) error {
+	if rc := s.rc.Load(); rc != nil {
+		return (*rc).Write(f)
+	}
+	return errNotPolled
+}
+
+// pickDialEngine is pickEngine for StartInLoop: nil also when
+// LBCTL_TCP_DIAL=goroutines asks for connects on the goroutine path.
+func pickDialEngine() *engine {
+	setupEngines()
+	if engines.goDial {
+		return nil
+	}
+	return pickEngine()
+}
+
+// connect hands the loop a client whose backend it is to connect to;
+// done is called once the connection has ended, or reached no backend.
+func (e *engine) connect(c *conn, ctx context.Context, done func(End)) {
+	c.eng, c.slot = e, slotJoining
+	c.dial = &loopDial{done: done, fd: -1}
+	c.inLoop.Store(true)
+	// An end from here on (this callback, at the end of a shutdown
+	// drain) is posted to the loop, which aborts the connect.
+	c.stopCtx = context.AfterFunc(ctx, func() { c.end(EndShutdown) })
+	e.post(op{kind: opConnect, c: c})
+}
+
+// startDial takes a slot for c and makes its first connect.
+func (e *engine) startDial(c *conn) {
+	e.takeSlot(c)
+	if c.reason.Load() != 0 { // shut down before the loop saw it
+		e.dialEnded(c, End(c.reason.Load()))
+		return
+	}
+	e.dialNext(c)
+}
+
+// dialNext connects to the next backend the pool picks, until one connect
+// is under way; it ends the connection when none is left.
+func (e *engine) dialNext(c *conn) {
+	ld, p := c.dial, c.p
+	for ld.att.n <= p.cfg.Retries {
+		if c.reason.Load() != 0 {
+			break // shut down meanwhile: its end is on its way (abortDial)
+		}
+		b := p.cfg.Pool.Pick(c.peer, &ld.tried)
+		if b == nil {
+			break
+		}
+		b.Acquire()
+		ld.tried.Add(b)
+		ld.att.n++
+		t := p.cfg.Targets[b]
+		ld.b, ld.t, ld.since = b, t, time.Now()
+		// A new generation for each attempt: an event of the last
+		// attempt's socket, still in this batch, is not this one's.
+		e.gens[c.slot] = (e.gens[c.slot] + 1) & genMask
+		c.gen = e.gens[c.slot]
+		if err := e.connectTo(c, p.addrs[t]); err != nil {
+			p.connectFailed(b, t, dialError(p.addrs[t], err), false, &ld.att)
+			continue
+		}
+		if d := p.cfg.ConnectTimeout; d > 0 {
+			if ld.timer == nil {
+				ld.timer = time.AfterFunc(d, func() { e.post(op{kind: opDialTimeout, c: c}) })
+			} else {
+				ld.timer.Reset(d)
+			}
+		}
+		return
+	}
+	end := EndBackendUnavailable
+	if ld.tried.Len() == 0 {
+		end = EndNoBackend
+	}
+	e.dialEnded(c, end) // or the shutdown's reason, set first
+}
+
+// connectTo starts a non-blocking connect to ap and puts the socket in the
+// loop's set; its first event says how the connect went (dialEvent).
+func (e *engine) connectTo(c *conn, ap netip.AddrPort) error {
+	var (
+		sa     unix.Sockaddr
+		family = unix.AF_INET6
+	)
+	if ap.Addr().Is4() {
+		family = unix.AF_INET
+		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	} else {
+		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	// As Go's net package does on every TCP socket.
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return os.NewSyscallError("connect", err)
+	}
+	ev := unix.EpollEvent{Events: sockEvents, Fd: c.slot, Pad: int32(c.gen<<1) | 1}
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		unix.Close(fd)
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	c.dial.fd = fd
+	return nil
+}
+
+// dialError is err as Go's net.Dial reports it ("dial tcp ADDR: connect:
+// connection refused"; "i/o timeout" for the connect timeout), which is
+// what the logs and passive health checks show.
+func dialError(ap netip.AddrPort, err error) error {
+	return &net.OpError{Op: "dial", Net: "tcp", Addr: net.TCPAddrFromAddrPort(ap), Err: err}
+}
+
+// dialEvent handles an event of the socket being connected: writable, or
+// an error, means the connect is over; SO_ERROR says how.
+func (e *engine) dialEvent(c *conn, flags uint32) {
+	if flags&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		return
+	}
+	ld := c.dial
+	errno, err := unix.GetsockoptInt(ld.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err == nil && errno != 0 {
+		err = syscall.Errno(errno)
+	}
+	if err == nil && flags&(unix.EPOLLERR|unix.EPOLLHUP) != 0 && flags&unix.EPOLLOUT == 0 {
+		err = syscall.ECONNREFUSED // hung up without saying why
+	}
+	if err != nil {
+		err = dialError(c.p.addrs[ld.t], os.NewSyscallError("connect", err))
+	} else if err = e.dialed(c); err == nil {
+		if e.serves(c) {
+			e.serveSide(c, 1, flags) // what the backend sent already
+		}
+		return
+	}
+	e.attemptFailed(c, err)
+	e.dialNext(c)
+}
+
+// attemptFailed closes the socket of a failed connect and records it.
+func (e *engine) attemptFailed(c *conn, err error) {
+	ld := c.dial
+	if ld.fd >= 0 {
+		unix.Close(ld.fd) // leaves the set with it
+		ld.fd = -1
+	}
+	// A failure after the end of a shutdown drain was posted is not held
+	// against the backend, as on the goroutine path.
+	c.p.connectFailed(ld.b, ld.t, err, c.reason.Load() != 0, &ld.att)
+	ld.b, ld.t = nil, nil
+}
+
+// dialTimeout: a connect timer fired. The attempt it was armed for may be
+// over (the timer was then re-armed, or stopped too late): only an
+// attempt as old as the timeout fails.
+func (e *engine) dialTimeout(c *conn) {
+	ld := c.dial
+	if !e.serves(c) || ld == nil || ld.fd < 0 || time.Since(ld.since) < c.p.cfg.ConnectTimeout {
+		return
+	}
+	e.attemptFailed(c, dialError(c.p.addrs[ld.t], os.ErrDeadlineExceeded))
+	e.dialNext(c)
+}
+
+// dialed: the connect to ld.b succeeded. The PROXY header goes first, then
+// the connection joins the loop as any other; an error fails the attempt.
+func (e *engine) dialed(c *conn) error {
+	ld, p := c.dial, c.p
+	if p.cfg.HeaderFunc != nil {
+		// A header is a few hundred bytes into a socket that has sent
+		// nothing yet: written whole, or the attempt fails.
+		hdr := p.first(c.client, c.peer, nil)
+		n, errno := rawsys.Write(ld.fd, hdr)
+		if errno != 0 {
+			return fmt.Errorf("write PROXY header or first bytes: %w", errno)
+		}
+		if n < len(hdr) {
+			return errors.New("PROXY header written in part")
+		}
+	}
+	crc, err := c.client.SyscallConn()
+	if err != nil {
+		return err
+	}
+	if ld.timer != nil {
+		ld.timer.Stop()
+	}
+	ld.t.Metrics.ConnectSucceeded(time.Since(ld.since))
+	ld.b.Established()
+	s := &loopSock{}
+	s.fd.Store(int32(ld.fd))
+	c.bsock = s
+	t := ld.t
+	c.t = t
+	c.in = direction{c: c, src: c.client, m: t.Metrics, dir: metrics.In}
+	c.out = direction{c: c, dst: c.client, m: t.Metrics, dir: metrics.Out}
+	c.in.srcRaw, c.in.dstRaw = crc, s
+	c.out.srcRaw, c.out.dstRaw = s, crc
+	c.in.sfd, c.in.dfd = sockFD(crc), ld.fd
+	c.out.sfd, c.out.dfd = ld.fd, c.in.sfd
+	c.added = 2
+	c.dial = nil
+	c.p.established(c, ld.b, t, c.peer, nil, ld.att, c.started, ld.done)
+	c.last.Store(nanotime())
+	if c.idleTimeout > 0 {
+		c.idle = time.AfterFunc(c.idleTimeout, c.checkIdle)
+	}
+	ev := unix.EpollEvent{Events: sockEvents, Fd: c.slot, Pad: int32(c.gen << 1)}
+	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, c.in.sfd, &ev); err != nil {
+		// The set is full (max_user_watches): serve it the other way.
+		e.promote(c, nil)
+		return nil
+	}
+	c.added |= 1
+	return nil
+}
+
+// dialEnded ends a connection that reached no backend (end says why, or
+// the reason already set: a shutdown).
+func (e *engine) dialEnded(c *conn, end End) {
+	ld := c.dial
+	if ld.timer != nil {
+		ld.timer.Stop()
+	}
+	if !c.reason.CompareAndSwap(0, int32(end)) {
+		end = End(c.reason.Load())
+	}
+	if c.slot >= 0 {
+		e.leave(c)
+	}
+	c.slot = slotClosed
+	c.inLoop.Store(false)
+	c.stopCtx()
+	c.p.refused(c.client, c.peer, nil, c.started, end, ld.att, ld.done)
+}
+
+// abortDial ends a connection whose connect is under way (a shutdown):
+// the attempt is dropped without counting against the backend.
+func (e *engine) abortDial(c *conn) {
+	ld := c.dial
+	if ld.fd >= 0 {
+		// As Go's dialer reports a dial whose context was canceled.
+		e.attemptFailed(c, dialError(c.p.addrs[ld.t], errCanceled))
+	}
+	e.dialEnded(c, End(c.reason.Load()))
+}
+
+// errCanceled is net's error for a dial cut short by its context.
+var errCanceled = errors.New("operation was canceled")
+
+// backendConn makes the loop's backend socket a *net.TCPConn, for the
+// goroutine path (promote); the loop has taken it out of its set.
+//
+// On failure (out of descriptors) the connection ends as the backend's
+// failure: the socket is closed here with a reset, since the file that
+// held it for FileConn closes it, so that the backend cannot take a cut
+// stream for a complete one.
+func (c *conn) backendConn() error {
+	s := c.bsock
+	fd := int(s.fd.Load())
+	f := os.NewFile(uintptr(fd), "backend")
+	fail := func(err error) error {
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		s.fd.Store(-1)
+		f.Close()
+		return err
+	}
+	nc, err := net.FileConn(f) // a duplicate, in Go's poller
+	if err != nil {
+		return fail(err)
+	}
+	tc := nc.(*net.TCPConn)
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		tc.Close()
+		return fail(err)
+	}
+	// FileConn turns Go's keep-alive on; lbctl keeps it off toward
+	// backends (Proxy.New).
+	tc.SetKeepAlive(false)
+	c.backend = tc
+	c.in.dst, c.out.src = tc, tc
+	s.rc.Store(&rc)
+	s.fd.Store(-1)
+	f.Close() // the original
+	return nil
+}
+
+// closeBackendFD closes a backend socket the loop connected (conn.closeSockets).
+func (c *conn) closeBackendFD(reset bool) {
+	s := c.bsock
+	if s == nil {
+		return
+	}
+	fd := int(s.fd.Swap(-1))
+	if fd < 0 {
+		return
+	}
+	if reset {
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	unix.Close(fd)
+}
