@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,6 +84,7 @@ func TestLoopStalledWriters(t *testing.T) {
 	data := pattern(most, 7)
 	stop := make(chan struct{})
 	sent := make(chan int, 1)
+	var wrote atomic.Int64
 	go func() {
 		off := 0
 		defer func() { c.CloseWrite(); sent <- off }()
@@ -94,6 +96,7 @@ func TestLoopStalledWriters(t *testing.T) {
 			}
 			n, err := c.Write(data[off:min(off+1000, most)])
 			off += n
+			wrote.Store(int64(off))
 			if err != nil {
 				return
 			}
@@ -101,7 +104,8 @@ func TestLoopStalledWriters(t *testing.T) {
 	}()
 	lbtest.Until(t, 30*time.Second, func() (bool, string) {
 		in, out := tcpproxy.InBusy(h), tcpproxy.OutBusy(h)
-		return in&1 == 1 && out&1 == 1, fmt.Sprintf("busy in %d out %d: want both odd (holding bytes)", in, out)
+		return in&1 == 1 && out&1 == 1, fmt.Sprintf("busy in %d out %d, in a loop %v, client wrote %d: want both odd (holding bytes)",
+			in, out, tcpproxy.InLoop(h), wrote.Load())
 	})
 	close(stop)
 	if !tcpproxy.InLoop(h) {
