@@ -192,7 +192,7 @@ func TestBackendFaults(t *testing.T) {
 		{"accepts and closes at once", func(t *testing.T) string {
 			return lbtest.NewTCP(t, func(c *net.TCPConn) {}).Addr
 		}, 10},
-		{"blackholes SYNs", blackholeAddr, 20},
+		{"blackholes SYNs", func(t *testing.T) string { return lbtest.Blackhole(t) }, 20},
 		{"refuses connections", func(t *testing.T) string { return closedPort(t) }, 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -233,7 +233,7 @@ func TestBackendFaults(t *testing.T) {
 
 	t.Run("the only backend blackholes SYNs", func(t *testing.T) {
 		h := startServer(t, listenerTOML("l", "p", "")+
-			poolTOML("p", fmt.Sprintf("connect_timeout = %q\nretries = 1\nmax_fails = 0", connectTimeout), blackholeAddr(t))+noHealth)
+			poolTOML("p", fmt.Sprintf("connect_timeout = %q\nretries = 1\nmax_fails = 0", connectTimeout), lbtest.Blackhole(t))+noHealth)
 		r := request(h.addr("l"), 0)
 		if r.ok || r.d < connectTimeout || r.d > 2*connectTimeout+time.Second {
 			t.Fatalf("outcome %+v, want a close after the connect timeout", r)

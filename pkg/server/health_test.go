@@ -631,7 +631,7 @@ func TestPassiveEjection(t *testing.T) {
 
 	t.Run("connect timeouts", func(t *testing.T) {
 		a := lbtest.NewTCP(t, lbtest.Named("a"))
-		d := blackholeAddr(t)
+		d := lbtest.Blackhole(t)
 		h := startServer(t, listenerTOML("l", "p", "")+
 			poolTOML("p", "retries = 1\nconnect_timeout = \"1s\"\nmax_fails = 1\nfail_timeout = \"1m\"", a.Addr, d)+noHealth)
 		for i := 0; i < 4 && healthOf(h, d) == "up"; i++ {
@@ -659,37 +659,6 @@ func TestPassiveEjection(t *testing.T) {
 			t.Errorf("backend is %s with passive checks off, want up", got)
 		}
 	})
-}
-
-// blackholeAddr returns a loopback address whose connects time out: a
-// listening socket with a full accept queue, so the kernel drops SYNs.
-func blackholeAddr(t *testing.T) string {
-	t.Helper()
-	addr := listenBacklog0(t)
-	var fill []net.Conn
-	t.Cleanup(func() {
-		for _, c := range fill {
-			c.Close()
-		}
-	})
-	// Fill the accept queue (one connection with backlog 0; more if the
-	// kernel queues more) and never accept, until a connect times out. A
-	// timeout says the queue is full only if it is long against what a
-	// loaded machine adds to a normal connect: 2s (the kernel's first SYN
-	// retransmit, at 1s, is dropped as well).
-	const dialTimeout = 2 * time.Second
-	for range 8 {
-		c, err := net.DialTimeout("tcp", addr, dialTimeout)
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			return addr
-		}
-		if err != nil {
-			t.Fatalf("filling the accept queue of %s: %v", addr, err)
-		}
-		fill = append(fill, c)
-	}
-	t.Skip("connects to a full accept queue succeed here; cannot simulate a connect timeout")
-	return ""
 }
 
 // TestBackupTakeoverAndHandBack: backups take connections only while no

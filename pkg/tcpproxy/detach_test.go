@@ -65,9 +65,10 @@ func (s *side) open(t *testing.T) (*net.TCPConn, tcpproxy.Conn, chan tcpproxy.En
 	return c, s.reg.Conns(nil)[0], ends
 }
 
-// dial connects a client through s, whose proxy serves it as a listener
-// would and calls done at its end, and returns the client's end.
-func (s *side) dial(t *testing.T, done func(tcpproxy.End)) *net.TCPConn {
+// clientPair returns both ends of a loopback connection: the client's
+// (closed when the test ends) and the one a listener accepted, for a
+// proxy to serve.
+func clientPair(t *testing.T) (client, accepted *net.TCPConn) {
 	t.Helper()
 	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -83,6 +84,14 @@ func (s *side) dial(t *testing.T, done func(tcpproxy.End)) *net.TCPConn {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return c, sc
+}
+
+// dial connects a client through s, whose proxy serves it as a listener
+// would and calls done at its end, and returns the client's end.
+func (s *side) dial(t *testing.T, done func(tcpproxy.End)) *net.TCPConn {
+	t.Helper()
+	c, sc := clientPair(t)
 	peer := c.LocalAddr().(*net.TCPAddr).AddrPort()
 	if s.goDial || !s.p.StartInLoop(context.Background(), sc, peer, done) {
 		s.p.Start(context.Background(), sc, peer, done)

@@ -83,20 +83,7 @@ func newLoopRig(t *testing.T, timeout time.Duration, retries int, header func(cl
 // ctx); it returns the client's end and where the End arrives.
 func (r *loopRig) open(t *testing.T, ctx context.Context) (*net.TCPConn, chan tcpproxy.End) {
 	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	sc, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, sc := clientPair(t)
 	ends := make(chan tcpproxy.End, 1)
 	if !r.p.StartInLoop(ctx, sc, c.LocalAddr().(*net.TCPAddr).AddrPort(), func(e tcpproxy.End) { ends <- e }) {
 		t.Fatal("StartInLoop declined: no event loop")
@@ -114,43 +101,6 @@ func closedAddr(t *testing.T) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
-}
-
-// blackhole returns a loopback address whose accept queue is full, so a
-// connect to it gets no answer (its SYN is dropped), or skips the test
-// where the kernel accepts anyway.
-func blackhole(t *testing.T) string {
-	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Listen(fd, 0); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
-	// Fill the queue; a connect that times out (2 s: longer than a loaded
-	// machine adds to a normal one) says it is full.
-	for range 8 {
-		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-		if ne, ok := err.(net.Error); ok && ne.Timeout() {
-			return addr
-		}
-		if err != nil {
-			t.Fatalf("filling the accept queue of %s: %v", addr, err)
-		}
-		t.Cleanup(func() { c.Close() })
-	}
-	t.Skip("connects to a full accept queue succeed here")
-	return ""
 }
 
 // openSockets counts this process's open sockets. (Pipes are left out:
@@ -260,7 +210,7 @@ func TestLoopDialEveryConnectFails(t *testing.T) {
 // TestLoopDialTimeout: a connect that gets no answer fails after the
 // connect timeout, as a timeout, and the next backend serves.
 func TestLoopDialTimeout(t *testing.T) {
-	hole := blackhole(t)
+	hole := lbtest.Blackhole(t)
 	echo := lbtest.NewTCP(t, lbtest.Echo)
 	const timeout = 300 * time.Millisecond
 	r := newLoopRig(t, timeout, 1, nil, hole, echo.Addr)
@@ -291,7 +241,7 @@ func TestLoopDialTimeout(t *testing.T) {
 // is under way ends the connection at once (EndShutdown), without holding
 // the connect against the backend.
 func TestLoopDialShutdownAborts(t *testing.T) {
-	hole := blackhole(t)
+	hole := lbtest.Blackhole(t)
 	r := newLoopRig(t, time.Minute, 0, nil, hole)
 	ctx, cancel := context.WithCancel(context.Background())
 	c, ends := r.open(t, ctx)
