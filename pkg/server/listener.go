@@ -218,7 +218,10 @@ const (
 )
 
 // acceptLoop accepts a listener's connections, admits them (admission.go)
-// and hands each to a starter (startTCP) until the listener closes.
+// and hands each to an event loop, which connects to the backend
+// (tcpproxy.StartInLoop), or, when the listener reads a PROXY header or
+// routes on the server name first, to a starter (startTCP), until the
+// listener closes.
 //
 // Accepting costs accept4, epoll_ctl (Go's poller), getsockname (Go records
 // the local address) and setsockopt TCP_NODELAY per connection; keep-alive
