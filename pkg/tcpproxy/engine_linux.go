@@ -66,6 +66,10 @@ import (
 // maxEvents is the most ready sockets one epoll_wait returns.
 const maxEvents = 256
 
+// recheckBatch: after a batch of at least this many events the loop polls
+// once more before it parks (serve).
+const recheckBatch = 8
+
 // wakeSlot is the epoll data of the loop's eventfd (Fd field); connection
 // slots are non-negative.
 const wakeSlot = -1
@@ -311,8 +315,13 @@ func (e *engine) serve() bool {
 			e.handle(ev)
 		}
 		e.runOps()
-		if n == maxEvents {
-			continue // more may be ready
+		if n >= recheckBatch {
+			// More may be ready (all of maxEvents), or came while a
+			// batch this large was served: look again rather than wait
+			// for Go's poller to say so, which, with every P busy, may
+			// be at sysmon's next tick. After a small batch (the common
+			// case below saturation) the loop parks at once.
+			continue
 		}
 		e.mu.Lock()
 		if len(e.ops) > 0 {
