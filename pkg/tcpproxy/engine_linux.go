@@ -66,17 +66,6 @@ import (
 // maxEvents is the most ready sockets one epoll_wait returns.
 const maxEvents = 256
 
-// recheckBatch: after a batch of at least this many events the loop polls
-// once more before it parks (serve). 1: after every batch, so the loop
-// parks only after a poll that found nothing. With a larger value (8, and
-// before that none) make test-stress saw, about once in ten rounds, a
-// connection whose client socket the loop never read again
-// (TestLoopStalledWriters: busy 0/0, the client blocked after 275,000
-// bytes): a readiness that reached neither the loop's poll nor Go's
-// poller. The cause was not found; the look before parking closes the
-// window it needs, for one epoll_pwait per wake-up.
-const recheckBatch = 1
-
 // wakeSlot is the epoll data of the loop's eventfd (Fd field); connection
 // slots are non-negative.
 const wakeSlot = -1
@@ -286,12 +275,17 @@ func (e *engine) promoteWait(c *conn) {
 // The whole loop runs inside one RawConn.Read of the epoll descriptor:
 // serve is its callback, and returning false parks the loop in Go's poller
 // until the descriptor is ready again. Read forgets a readiness only when
-// it starts (Go's pollReset), not between two calls of the callback, so
-// the loop can park as soon as it has handled a batch: every socket and
-// the eventfd are edge-triggered, so anything that becomes ready after the
-// loop's epoll_wait took the batch wakes the epoll descriptor again. A
-// message then costs Go's poller's epoll_wait and the loop's, not a third
-// that finds nothing before each park.
+// it starts (Go's pollReset), not between two calls of the callback.
+//
+// The loop parks only after a poll that found nothing. Parking right after
+// a batch (every socket and the eventfd are edge-triggered, so what becomes
+// ready later wakes the descriptor again) saved that poll, but make
+// test-stress then saw, about once in ten rounds, a connection whose
+// client socket the loop never read again (TestLoopStalledWriters: busy
+// 0/0, the client blocked after 275,000 bytes): a readiness that reached
+// neither the loop's poll nor Go's poller. The cause was not found; the
+// look before parking closes the window it needs, for one epoll_pwait per
+// wake-up (docs/benchmarks.md, issue 14, 6.).
 func (e *engine) run() {
 	for {
 		if err := e.eprc.Read(e.serveFn); err != nil {
@@ -322,13 +316,8 @@ func (e *engine) serve() bool {
 			e.handle(ev)
 		}
 		e.runOps()
-		if n >= recheckBatch {
-			// More may be ready (all of maxEvents), or came while a
-			// batch this large was served: look again rather than wait
-			// for Go's poller to say so, which, with every P busy, may
-			// be at sysmon's next tick. After a small batch (the common
-			// case below saturation) the loop parks at once.
-			continue
+		if n > 0 {
+			continue // look again before parking (see run)
 		}
 		e.mu.Lock()
 		if len(e.ops) > 0 {
