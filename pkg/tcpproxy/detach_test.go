@@ -386,12 +386,16 @@ func TestDetachStuckPeer(t *testing.T) {
 	const total = 16 << 20
 	data := pattern(1<<20, 4)
 	gotReq := make(chan string, 1)
+	beConn := make(chan *net.TCPConn, 1)
+	var beDone atomic.Bool
 	be := lbtest.NewTCP(t, func(c *net.TCPConn) {
+		beConn <- c
 		for i := 0; i < total>>20; i++ {
 			if _, err := c.Write(data); err != nil {
 				return
 			}
 		}
+		beDone.Store(true)
 		b, _ := io.ReadAll(c)
 		gotReq <- string(b)
 		c.Close()
@@ -399,15 +403,36 @@ func TestDetachStuckPeer(t *testing.T) {
 	oldSide := makeSide(t, be.Addr, 0, 0)
 	c, h, ends := oldSide.open(t)
 	c.SetReadBuffer(64 << 10)
-	// The client reads nothing: wait until the backend-to-client direction
-	// has held the same bytes for a while (its write stalled).
-	var prev uint32
-	lbtest.Until(t, 20*time.Second, func() (bool, string) {
-		v := tcpproxy.OutBusy(h)
-		stuck := v&1 == 1 && v == prev
-		prev = v
-		time.Sleep(200 * time.Millisecond)
-		return stuck, fmt.Sprintf("busy %d", v)
+	bc := <-beConn
+	// The client reads nothing: wait until the transfer really stalled.
+	// The direction holding bytes (busy odd) is not enough on a loaded
+	// machine, where a direction waiting on a slow backend's next write,
+	// or not yet scheduled, holds the same value for a while: the client's
+	// receive queue and the backend's send queue must both hold bytes
+	// (lbctl reads no more from the backend: its own write to the client
+	// is stuck), all three unchanged over four looks 250 ms apart.
+	type look struct {
+		busy      uint32
+		cin, bout int
+	}
+	var prev look
+	same := 0
+	lbtest.Until(t, 30*time.Second, func() (bool, string) {
+		var l look
+		l.busy = tcpproxy.OutBusy(h)
+		l.cin, _ = lbtest.SockQueues(c)
+		_, l.bout = lbtest.SockQueues(bc)
+		if l.busy&1 == 1 && l.cin > 0 && (l.bout > 0 || beDone.Load()) && l == prev {
+			same++
+		} else {
+			same = 0
+		}
+		prev = l
+		if same >= 3 {
+			return true, ""
+		}
+		time.Sleep(250 * time.Millisecond)
+		return false, fmt.Sprintf("busy %d, client queue %d, backend queue %d, backend done %v", l.busy, l.cin, l.bout, beDone.Load())
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
