@@ -72,14 +72,18 @@ func (s *Server) aliveAt(now time.Time) error {
 	}
 	var dead []string
 	for _, l := range s.listeners {
+		name := "?"
+		if st := l.state.Load(); st != nil {
+			name = st.name
+		}
 		select {
 		case <-l.done:
-			name := "?"
-			if st := l.state.Load(); st != nil {
-				name = st.name
-			}
 			dead = append(dead, fmt.Sprintf("listener %s (%s %s): its accept loop has ended", name, l.protocol, l.addr()))
+			continue
 		default:
+		}
+		if l.loop != nil && l.loop.Err() != nil {
+			dead = append(dead, fmt.Sprintf("listener %s (%s %s): its socket is closed", name, l.protocol, l.addr()))
 		}
 	}
 	dead = append(dead, s.staleChecks(now)...)

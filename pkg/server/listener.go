@@ -45,6 +45,9 @@ type listener struct {
 	// closes starts when it returns.
 	starts  chan tcpStart
 	waiting atomic.Int32
+	// loop: an event loop accepts the listener's connections
+	// (tcpproxy.ListenInLoop) instead of acceptLoop; nil otherwise.
+	loop *tcpproxy.Listener
 }
 
 // listenerState is one generation of a listener's configuration.
@@ -188,9 +191,15 @@ func (l *listener) addr() net.Addr {
 func (l *listener) close() {
 	l.once.Do(func() {
 		close(l.closing)
-		if l.udp != nil {
+		switch {
+		case l.udp != nil:
 			l.udp.Close()
-		} else {
+		case l.loop != nil:
+			l.loop.Stop() // the loop no longer uses the socket
+			l.tcp.Close()
+			close(l.starts) // the waiting starters return
+			close(l.done)
+		default:
 			l.tcp.Close()
 		}
 		if !l.served {
@@ -206,7 +215,52 @@ func (s *Server) serve(l *listener) {
 		go s.serveUDP(l)
 		return
 	}
+	if st := l.state.Load(); st.plain() {
+		l.loop = tcpproxy.ListenInLoop(l.tcp, tcpproxy.ListenerHooks{
+			Ctx:     s.killCtx,
+			Admit:   func(peer netip.AddrPort) (*tcpproxy.Proxy, func(tcpproxy.End), bool) { return s.admitInLoop(l, peer) },
+			Handoff: func(c *net.TCPConn, peer netip.AddrPort) { s.accepted(l, c, peer) },
+			Failing: func(err error) { s.acceptFailing(l, err) },
+			Recovered: func(failures int) {
+				s.log.Info("accepting again", zap.String("listener", l.state.Load().name), zap.Int("failed_accepts", failures))
+			},
+		})
+		if l.loop != nil {
+			return
+		}
+	}
 	go s.acceptLoop(l)
+}
+
+// plain reports whether the listener's connections can be served from an
+// event loop from the accept on (tcpproxy.ListenInLoop): no PROXY header
+// to read, no ClientHello to route on, targets an event loop connects to.
+func (st *listenerState) plain() bool {
+	return st.proxy != nil && st.routes == nil && !st.cfg.AcceptProxyProtocol && st.proxy.LoopConnects()
+}
+
+// admitInLoop is the admission of a connection an event loop accepted
+// (tcpproxy.ListenerHooks.Admit): the listener's current generation says
+// whether the loop serves it, or hands it off (a reload made the listener
+// read PROXY headers or route on server names).
+func (s *Server) admitInLoop(l *listener, peer netip.AddrPort) (*tcpproxy.Proxy, func(tcpproxy.End), bool) {
+	st := l.state.Load()
+	if !st.plain() {
+		return nil, nil, true // to accepted, on the goroutine path
+	}
+	release, reason := st.gate.admitTCP(l, peer) // admission.go
+	if reason != 0 {
+		return nil, nil, false
+	}
+	l.active.Add(1)
+	s.conns.Add(1)
+	return st.proxy, s.tcpDone(l, release), false
+}
+
+// acceptFailing logs the first failed accept of an episode (not each).
+func (s *Server) acceptFailing(l *listener, err error) {
+	s.log.Warn("accept failed, backing off", zap.String("listener", l.state.Load().name), zap.Error(err),
+		zap.Bool("temporary", isTemporaryAcceptErr(err)))
 }
 
 // Accept back-off bounds: a temporary error (out of descriptors) doubles the
@@ -248,9 +302,7 @@ func (s *Server) acceptLoop(l *listener) {
 			}
 			if backoff == 0 {
 				backoff = acceptBackoffMin
-				// Logged once per episode, not per failed accept.
-				s.log.Warn("accept failed, backing off", zap.String("listener", l.state.Load().name), zap.Error(err),
-					zap.Bool("temporary", isTemporaryAcceptErr(err)))
+				s.acceptFailing(l, err) // once per episode, not per failed accept
 			} else if backoff *= 2; backoff > acceptBackoffMax {
 				backoff = acceptBackoffMax
 			}
@@ -268,29 +320,37 @@ func (s *Server) acceptLoop(l *listener) {
 			s.log.Info("accepting again", zap.String("listener", l.state.Load().name), zap.Int("failed_accepts", failures))
 			backoff, failures = 0, 0
 		}
-		st := l.state.Load()
 		ra, _ := c.RemoteAddr().(*net.TCPAddr)
 		if ra == nil {
 			c.Close()
 			continue
 		}
-		peer := ra.AddrPort()
-		release, reason := st.gate.admitTCP(l, peer) // admission.go
-		if reason != 0 {
-			c.Close()
-			continue
-		}
-		l.active.Add(1)
-		s.conns.Add(1)
-		// A plain listener (no PROXY header to read, no ClientHello to
-		// route on) hands the client to an event loop, which connects
-		// to the backend without blocking (tcpproxy.StartInLoop): no
-		// goroutine hand-off per connection.
-		if st.routes == nil && release != nil && st.proxy.StartInLoop(s.killCtx, c, peer, s.tcpDone(l, release)) {
-			continue
-		}
-		s.startTCP(l, tcpStart{st, c, peer, release})
+		s.accepted(l, c, ra.AddrPort())
 	}
+}
+
+// accepted admits a connection accepted on l (admission.go) and hands it
+// to an event loop, which connects to the backend (tcpproxy.StartInLoop),
+// or, when the listener reads a PROXY header or routes on the server name
+// first, to a starter (startTCP). It runs on the accept loop, or on the
+// event loop that accepted and handed the connection off.
+func (s *Server) accepted(l *listener, c *net.TCPConn, peer netip.AddrPort) {
+	st := l.state.Load()
+	release, reason := st.gate.admitTCP(l, peer) // admission.go
+	if reason != 0 {
+		c.Close()
+		return
+	}
+	l.active.Add(1)
+	s.conns.Add(1)
+	// A plain listener (no PROXY header to read, no ClientHello to
+	// route on) hands the client to an event loop, which connects to
+	// the backend without blocking (tcpproxy.StartInLoop): no goroutine
+	// hand-off per connection.
+	if st.routes == nil && release != nil && st.proxy.StartInLoop(s.killCtx, c, peer, s.tcpDone(l, release)) {
+		return
+	}
+	s.startTCP(l, tcpStart{st, c, peer, release})
 }
 
 // tcpDone is what a TCP connection does when it ends: it releases its
@@ -361,6 +421,10 @@ func (s *Server) starter(l *listener, j tcpStart) {
 // loop then waits for resume (waitResume). It returns a channel closed
 // once the loop waits, or has returned.
 func (l *listener) pause() <-chan struct{} {
+	if l.loop != nil {
+		l.loop.Pause() // returns once the loop accepts no more
+		return closedChan
+	}
 	l.pauseMu.Lock()
 	if l.paused == nil {
 		l.paused, l.parked = make(chan struct{}), make(chan struct{})
@@ -371,8 +435,14 @@ func (l *listener) pause() <-chan struct{} {
 	return parked
 }
 
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
 // resume undoes pause: the accept loop accepts again.
 func (l *listener) resume() {
+	if l.loop != nil {
+		l.loop.Resume()
+		return
+	}
 	l.tcp.SetDeadline(time.Time{})
 	l.pauseMu.Lock()
 	ch := l.paused

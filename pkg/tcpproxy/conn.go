@@ -86,6 +86,10 @@ type conn struct {
 	// *net.TCPConn) or closes.
 	dial  *loopDial
 	bsock *loopSock
+	// A connection a loop accepted (ListenInLoop, accept_linux.go):
+	// client stays nil and csock is the client socket, owned by the loop
+	// in the same way as bsock.
+	csock *loopSock
 }
 
 // direction is one half of a connection: bytes from src to dst.
@@ -276,12 +280,16 @@ func (c *conn) resets(why End) bool {
 
 // closeSockets closes both sockets, with a reset when reset is set.
 func (c *conn) closeSockets(reset bool) {
-	if reset {
-		c.client.SetLinger(0)
+	if c.client == nil {
+		closeLoopSock(c.csock, reset) // accepted by a loop
+	} else {
+		if reset {
+			c.client.SetLinger(0)
+		}
+		c.client.Close()
 	}
-	c.client.Close()
 	if c.backend == nil {
-		c.closeBackendFD(reset) // connected by a loop, closed by it
+		closeLoopSock(c.bsock, reset) // connected by a loop
 		return
 	}
 	if reset {

@@ -94,6 +94,28 @@ func pickDialEngine() *engine {
 	return pickEngine()
 }
 
+// loopsConnect reports whether event loops connect to backends (not
+// turned off by LBCTL_TCP_ENGINE or LBCTL_TCP_DIAL).
+func loopsConnect() bool {
+	setupEngines()
+	return !engines.off && !engines.goDial
+}
+
+// localAddr is the client socket's local address (a PROXY header's
+// destination).
+func (c *conn) localAddr() netip.AddrPort {
+	if c.client != nil {
+		return localAddr(c.client)
+	}
+	var ap netip.AddrPort
+	c.csock.Control(func(fd uintptr) {
+		if sa, err := unix.Getsockname(int(fd)); err == nil {
+			ap = addrPortOf(sa)
+		}
+	})
+	return ap
+}
+
 // connect hands the loop a client whose backend it is to connect to;
 // done is called once the connection has ended, or reached no backend.
 func (e *engine) connect(c *conn, ctx context.Context, done func(End)) {
@@ -254,7 +276,7 @@ func (e *engine) dialed(c *conn) error {
 	if p.cfg.HeaderFunc != nil {
 		// A header is a few hundred bytes into a socket that has sent
 		// nothing yet: written whole, or the attempt fails.
-		hdr := p.first(c.client, c.peer, nil)
+		hdr := p.first(c.localAddr(), c.peer, nil)
 		n, errno := rawsys.Write(ld.fd, hdr)
 		if errno != 0 {
 			return fmt.Errorf("write PROXY header or first bytes: %w", errno)
@@ -263,9 +285,13 @@ func (e *engine) dialed(c *conn) error {
 			return errors.New("PROXY header written in part")
 		}
 	}
-	crc, err := c.client.SyscallConn()
-	if err != nil {
-		return err
+	var crc syscall.RawConn = c.csock // accepted by a loop (accept_linux.go)
+	if c.client != nil {
+		rc, err := c.client.SyscallConn()
+		if err != nil {
+			return err
+		}
+		crc = rc
 	}
 	if ld.timer != nil {
 		ld.timer.Stop()
@@ -316,6 +342,7 @@ func (e *engine) dialEnded(c *conn, end End) {
 	c.slot = slotClosed
 	c.inLoop.Store(false)
 	c.stopCtx()
+	closeLoopSock(c.csock, false)
 	c.p.refused(c.client, c.peer, nil, c.started, end, ld.att, ld.done)
 }
 
@@ -337,43 +364,99 @@ var errCanceled = errors.New("operation was canceled")
 // goroutine path (promote); the loop has taken it out of its set.
 //
 // On failure (out of descriptors) the connection ends as the backend's
-// failure: the socket is closed here with a reset, since the file that
-// held it for FileConn closes it, so that the backend cannot take a cut
-// stream for a complete one.
+// failure: the socket is closed with a reset (fileConn), so that the
+// backend cannot take a cut stream for a complete one.
 func (c *conn) backendConn() error {
-	s := c.bsock
-	fd := int(s.fd.Load())
-	f := os.NewFile(uintptr(fd), "backend")
-	fail := func(err error) error {
-		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
-		s.fd.Store(-1)
-		f.Close()
+	tc, err := c.bsock.conn("backend")
+	if err != nil {
 		return err
 	}
-	nc, err := net.FileConn(f) // a duplicate, in Go's poller
-	if err != nil {
-		return fail(err)
-	}
-	tc := nc.(*net.TCPConn)
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		tc.Close()
-		return fail(err)
-	}
-	// FileConn turns Go's keep-alive on; lbctl keeps it off toward
-	// backends (Proxy.New).
-	tc.SetKeepAlive(false)
 	c.backend = tc
 	c.in.dst, c.out.src = tc, tc
-	s.rc.Store(&rc)
-	s.fd.Store(-1)
-	f.Close() // the original
 	return nil
 }
 
-// closeBackendFD closes a backend socket the loop connected (conn.closeSockets).
-func (c *conn) closeBackendFD(reset bool) {
-	s := c.bsock
+// clientConn is backendConn for a client socket the loop accepted
+// (accept_linux.go).
+func (c *conn) clientConn() error {
+	tc, err := c.csock.conn("client")
+	if err != nil {
+		return err
+	}
+	c.client = tc
+	c.in.src, c.out.dst = tc, tc
+	return nil
+}
+
+// conn makes s a *net.TCPConn, whose RawConn s passes calls to from then
+// on. On failure s is closed (fileConn).
+func (s *loopSock) conn(name string) (*net.TCPConn, error) {
+	fd := int(s.fd.Swap(-1))
+	tc, err := fileConn(fd, name)
+	if err != nil {
+		return nil, err
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	s.rc.Store(&rc)
+	return tc, nil
+}
+
+// fileConn makes the socket fd a *net.TCPConn in Go's poller (a duplicate)
+// and closes fd. Its keep-alive settings are kept: net.FileConn turns
+// Go's own on (lbctl keeps it off toward backends, and a client socket has
+// its listener's). On failure (out of descriptors) fd is closed with a
+// reset, so that the peer cannot take a cut stream for a complete one.
+func fileConn(fd int, name string) (*net.TCPConn, error) {
+	ka := keepAliveOf(fd)
+	f := os.NewFile(uintptr(fd), name)
+	nc, err := net.FileConn(f)
+	if err != nil {
+		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		f.Close()
+		return nil, err
+	}
+	f.Close()
+	tc := nc.(*net.TCPConn)
+	if rc, err := tc.SyscallConn(); err == nil {
+		rc.Control(func(s uintptr) { ka.set(int(s)) })
+	}
+	return tc, nil
+}
+
+// keepAlive is a socket's keep-alive settings.
+type keepAlive struct{ on, idle, intvl, cnt int }
+
+var keepAliveOpts = [...]struct{ level, opt int }{
+	{unix.SOL_SOCKET, unix.SO_KEEPALIVE},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL},
+	{unix.IPPROTO_TCP, unix.TCP_KEEPCNT},
+}
+
+func keepAliveOf(fd int) keepAlive {
+	var v [4]int
+	for i, o := range keepAliveOpts {
+		v[i], _ = unix.GetsockoptInt(fd, o.level, o.opt)
+	}
+	return keepAlive{v[0], v[1], v[2], v[3]}
+}
+
+func (k keepAlive) set(fd int) {
+	v := [4]int{k.on, k.idle, k.intvl, k.cnt}
+	for i, o := range keepAliveOpts {
+		if v[i] > 0 || i == 0 {
+			unix.SetsockoptInt(fd, o.level, o.opt, v[i])
+		}
+	}
+}
+
+// closeLoopSock closes a socket the loop accepted or connected, while
+// it is a bare descriptor (conn.closeSockets).
+func closeLoopSock(s *loopSock, reset bool) {
 	if s == nil {
 		return
 	}

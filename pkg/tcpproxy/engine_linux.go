@@ -96,9 +96,10 @@ type engine struct {
 	now     int64              // nanotime of the last wake-up
 
 	// Owned by the loop's goroutine.
-	conns []*conn  // by slot
-	gens  []uint32 // by slot: bumped each time the slot is taken, so a late event of its last user is told apart
-	free  []int32  // free slots
+	conns []*conn     // by slot
+	gens  []uint32    // by slot: bumped each time the slot is taken, so a late event of its last user is told apart
+	free  []int32     // free slots
+	lns   []*Listener // the listeners it accepts on (accept_linux.go), by id; nil entries free
 
 	mu       sync.Mutex
 	ops      []op // posted, for the loop to carry out
@@ -114,13 +115,20 @@ const (
 	opPromote                       // move a connection to the goroutine path
 	opConnect                       // connect a client to a backend (dial_linux.go)
 	opDialTimeout                   // a connect timer fired
+	// A listener's (accept_linux.go).
+	opListen
+	opPause
+	opResume
+	opUnlisten
+	opAcceptRetry
 )
 
 // op is a request to the loop from another goroutine.
 type op struct {
 	kind opKind
 	c    *conn
-	done chan struct{} // opPromote: closed once carried out
+	l    *Listener
+	done chan struct{} // opPromote and a listener's: closed once carried out
 }
 
 var engines struct {
@@ -313,6 +321,10 @@ func (e *engine) serve() bool {
 				rawsys.Read(e.evfd, b[:])
 				continue
 			}
+			if ev.Fd < wakeSlot {
+				e.listenEvent(ev.Fd) // accept_linux.go
+				continue
+			}
 			e.handle(ev)
 		}
 		e.runOps()
@@ -373,6 +385,8 @@ func (e *engine) runOps() {
 			e.startDial(o.c)
 		case opDialTimeout:
 			e.dialTimeout(o.c)
+		default:
+			e.listenOp(o) // accept_linux.go
 		}
 		*o = op{}
 	}
@@ -673,9 +687,16 @@ func (e *engine) promote(c *conn, bulk *direction) {
 			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.fdOf(side), nil)
 		}
 	}
+	// Accepted or connected by the loop: the goroutine path needs
+	// *net.TCPConn. Out of descriptors for one, the connection ends.
+	if c.client == nil {
+		if err := c.clientConn(); err != nil {
+			c.reason.CompareAndSwap(0, int32(EndClientError))
+			e.close(c)
+			return
+		}
+	}
 	if c.backend == nil {
-		// Connected by the loop: the goroutine path needs a
-		// *net.TCPConn. Out of descriptors for it, the connection ends.
 		if err := c.backendConn(); err != nil {
 			c.reason.CompareAndSwap(0, int32(EndBackendError))
 			e.close(c)

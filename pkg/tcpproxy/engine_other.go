@@ -2,7 +2,10 @@
 
 package tcpproxy
 
-import "context"
+import (
+	"context"
+	"net"
+)
 
 // engine is the event loop of Linux (engine_linux.go); elsewhere every
 // connection runs on the goroutine path.
@@ -25,4 +28,17 @@ type (
 )
 
 func (e *engine) connect(*conn, context.Context, func(End)) {}
-func (c *conn) closeBackendFD(bool)                         {}
+func closeLoopSock(*loopSock, bool)                         {}
+func loopsConnect() bool                                    { return false }
+
+// Listener is a listening socket an event loop accepts on
+// (accept_linux.go); ListenInLoop declines here.
+type Listener struct{}
+
+// ListenInLoop returns nil: the caller accepts with its own goroutine.
+func ListenInLoop(*net.TCPListener, ListenerHooks) *Listener { return nil }
+
+func (l *Listener) Pause()     {}
+func (l *Listener) Resume()    {}
+func (l *Listener) Stop()      {}
+func (l *Listener) Err() error { return nil }

@@ -1,7 +1,6 @@
 package tcpproxy
 
 import (
-	"net"
 	"net/netip"
 
 	"github.com/lbctl/lbctl/pkg/proxyheader"
@@ -25,12 +24,11 @@ type Prelude struct {
 // first returns the bytes written to a backend as soon as it is
 // connected: the PROXY header (HeaderFunc), with the AUTHORITY TLV when
 // asked for, then the prelude's data.
-func (p *Proxy) first(client *net.TCPConn, clientAddr netip.AddrPort, pre *Prelude) []byte {
+func (p *Proxy) first(local, clientAddr netip.AddrPort, pre *Prelude) []byte {
 	if p.cfg.HeaderFunc == nil {
 		return pre.Data // dial calls first only with a header or a prelude; no copy
 	}
-	local, _ := client.LocalAddr().(*net.TCPAddr)
-	b := p.cfg.HeaderFunc(clientAddr, local.AddrPort())
+	b := p.cfg.HeaderFunc(clientAddr, local)
 	if pre == nil {
 		return b
 	}

@@ -213,10 +213,23 @@ func (p *Proxy) StartInLoop(ctx context.Context, client *net.TCPConn, clientAddr
 	return true
 }
 
+// LoopConnects reports whether StartInLoop, and a Listener's Admit, can
+// serve p's connections from an event loop: there is one, and every
+// target's address is ip:port.
+func (p *Proxy) LoopConnects() bool { return p.addrs != nil && loopsConnect() }
+
+// localAddr is c's local address.
+func localAddr(c *net.TCPConn) netip.AddrPort {
+	a, _ := c.LocalAddr().(*net.TCPAddr)
+	return a.AddrPort()
+}
+
 // refused ends a connection that reached no backend (end says why): it
 // closes the client and counts and logs the refusal.
 func (p *Proxy) refused(client *net.TCPConn, clientAddr netip.AddrPort, pre *Prelude, start int64, end End, att attempts, done func(End)) {
-	client.Close()
+	if client != nil { // nil: a socket a loop accepted, closed by it
+		client.Close()
+	}
 	switch end {
 	case EndNoBackend:
 		p.cfg.Rejections.Inc(metrics.ReasonNoBackend)
@@ -285,7 +298,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 		nc, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
 		if err == nil && (p.cfg.HeaderFunc != nil || pre != nil) {
 			if hdr == nil {
-				hdr = p.first(client, clientAddr, pre) // prelude.go
+				hdr = p.first(localAddr(client), clientAddr, pre) // prelude.go
 			}
 			if _, err = nc.Write(hdr); err != nil {
 				nc.Close()

@@ -1,0 +1,340 @@
+package tcpproxy
+
+// Accepts made by an event loop (ListenInLoop).
+//
+// A listener served by Go's net package costs, per connection, a wake-up
+// of its accept goroutine by Go's poller, accept4, getsockname, Go's
+// epoll_ctl add (and its delete at close) for a socket an event loop
+// serves, and a post to that loop, whose eventfd wakes it: the loop has
+// usually parked between two short connections. Here the listening socket
+// is in one loop's own epoll set, as in HAProxy and nginx: the loop accepts
+// with a raw accept4 when it says it is readable, the client stays a bare
+// descriptor like the backend socket the loop connects (dial_linux.go), and
+// the connect starts in the same batch. The client becomes a *net.TCPConn
+// only if the connection leaves the loop (promote), or if the listener's
+// owner takes it elsewhere (Handoff).
+//
+// The listener is owned by its owner (pkg/server): pause, resume and stop
+// are posted to the loop and return once it has carried them out, so the
+// owner never closes a descriptor the loop may still accept on.
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Accept back-off bounds, as the accept goroutines of pkg/server.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// acceptBatch is the most connections a loop accepts from one listener
+// before it serves its other events: a burst of connections waits a turn
+// instead of holding up every established one.
+const acceptBatch = 64
+
+// Listener is a listening socket whose connections an event loop accepts.
+type Listener struct {
+	rc syscall.RawConn // the listening socket's; every use of its descriptor is inside rc.Control
+	e  *engine
+	h  ListenerHooks
+	id int32 // index in e.lns
+
+	// rc.Control's callbacks, bound once.
+	acceptFn, watchFn, unwatchFn func(uintptr)
+
+	// Owned by the loop's goroutine.
+	in       bool // in the loop's set
+	paused   bool
+	backoff  time.Duration // not 0 while accepts fail
+	failures int
+	timer    *time.Timer // the back-off; posts opAcceptRetry
+}
+
+// ListenInLoop makes an event loop accept ln's connections, until Stop.
+// It returns nil when there is no event loop (turned off, or it cannot be
+// made) or loops do not connect to backends (LBCTL_TCP_DIAL=goroutines):
+// the caller then accepts with its own goroutine.
+func ListenInLoop(ln *net.TCPListener, h ListenerHooks) *Listener {
+	e := pickDialEngine()
+	if e == nil || os.Getenv("LBCTL_TCP_ACCEPT") == "goroutines" {
+		return nil
+	}
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	l := &Listener{rc: rc, e: e, h: h}
+	l.acceptFn = func(fd uintptr) { e.acceptFD(l, int(fd)) }
+	l.watchFn = func(fd uintptr) {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: listenSlot(l.id)}
+		l.in = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) == nil
+	}
+	l.unwatchFn = func(fd uintptr) { unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) }
+	e.callWait(op{kind: opListen, l: l})
+	if !l.in {
+		return nil // the set is full (max_user_watches)
+	}
+	return l
+}
+
+// Pause makes the loop stop accepting, without closing the socket:
+// connections that arrive wait in its queue. It returns once the loop
+// accepts no more.
+func (l *Listener) Pause() { l.e.callWait(op{kind: opPause, l: l}) }
+
+// Resume undoes Pause.
+func (l *Listener) Resume() { l.e.callWait(op{kind: opResume, l: l}) }
+
+// Err is net.ErrClosed once the listening socket is closed (by its owner
+// after Stop, or behind the loop's back), nil while it serves.
+func (l *Listener) Err() error { return l.rc.Control(func(uintptr) {}) }
+
+// Stop takes the listener out of its loop for good and returns once the
+// loop no longer uses its descriptor: the owner then closes it.
+func (l *Listener) Stop() { l.e.callWait(op{kind: opUnlisten, l: l}) }
+
+// callWait posts o and waits until the loop has carried it out.
+func (e *engine) callWait(o op) {
+	o.done = make(chan struct{})
+	e.post(o)
+	<-o.done
+}
+
+// listenSlot is the epoll data (Fd field) of listener id: below wakeSlot,
+// so that it is told apart from the eventfd and the connections.
+func listenSlot(id int32) int32 { return wakeSlot - 1 - id }
+
+// listenerOf returns the listener of an event's slot, nil if it left.
+func (e *engine) listenerOf(slot int32) *Listener {
+	id := int(wakeSlot - 1 - slot)
+	if id >= len(e.lns) {
+		return nil
+	}
+	return e.lns[id]
+}
+
+// listenOp carries out a listener's op on the loop.
+func (e *engine) listenOp(o *op) {
+	l := o.l
+	switch o.kind {
+	case opListen:
+		l.id = int32(len(e.lns))
+		for i, x := range e.lns {
+			if x == nil {
+				l.id = int32(i)
+				break
+			}
+		}
+		if int(l.id) == len(e.lns) {
+			e.lns = append(e.lns, nil)
+		}
+		e.lns[l.id] = l
+		if !e.watch(l) {
+			e.lns[l.id] = nil
+		}
+	case opPause:
+		l.paused = true
+		e.unwatch(l)
+		if l.timer != nil {
+			l.timer.Stop() // a retry already posted finds it paused
+			l.timer = nil
+		}
+	case opResume:
+		if l.paused && e.lns[l.id] == l { // not stopped
+			l.paused = false
+			e.watch(l)
+			// Connections queued meanwhile brought their events while
+			// the socket was out of the set, and a back-off's timer
+			// was stopped: look now.
+			e.post(op{kind: opAcceptRetry, l: l})
+		}
+	case opUnlisten:
+		e.unwatch(l)
+		if l.timer != nil {
+			l.timer.Stop()
+			l.timer = nil
+		}
+		l.paused = true       // a retry already posted finds it so
+		if e.lns[l.id] == l { // else dropped already (accept)
+			e.lns[l.id] = nil
+		}
+	case opAcceptRetry:
+		if e.lns[l.id] == l && !l.paused {
+			l.timer = nil // fired, if it was the back-off's
+			e.accept(l)
+			if l.backoff == 0 {
+				e.watch(l)
+			}
+		}
+	}
+	if o.done != nil {
+		close(o.done)
+	}
+}
+
+// listenEvent: l's socket says connections wait.
+func (e *engine) listenEvent(slot int32) {
+	if l := e.listenerOf(slot); l != nil && !l.paused && l.backoff == 0 {
+		e.accept(l)
+	}
+}
+
+// watch puts l's socket in the loop's set, edge-triggered. The socket
+// is used inside its RawConn's Control only, so that its descriptor
+// number is never used once the socket is closed (it may be another
+// socket's by then); a socket closed leaves the set by itself.
+func (e *engine) watch(l *Listener) bool {
+	if !l.in {
+		l.rc.Control(l.watchFn)
+	}
+	return l.in
+}
+
+func (e *engine) unwatch(l *Listener) {
+	if l.in {
+		l.rc.Control(l.unwatchFn)
+		l.in = false
+	}
+}
+
+// accept takes what l's queue holds, acceptBatch at most (the rest on the
+// loop's next turn), and starts each connection. A socket closed behind
+// the loop's back is dropped (its owner sees it with Err).
+func (e *engine) accept(l *Listener) {
+	if l.rc.Control(l.acceptFn) != nil {
+		l.in, l.paused = false, true
+		e.lns[l.id] = nil
+	}
+}
+
+func (e *engine) acceptFD(l *Listener, lfd int) {
+	for i := 0; i < acceptBatch; i++ {
+		fd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		switch err {
+		case nil:
+		case unix.EAGAIN:
+			return
+		case unix.EINTR, unix.ECONNABORTED:
+			continue // as Go's accept: the next one
+		default:
+			e.acceptFailed(l, err)
+			return
+		}
+		if l.backoff != 0 {
+			if l.h.Recovered != nil {
+				l.h.Recovered(l.failures)
+			}
+			l.backoff, l.failures = 0, 0
+		}
+		e.accepted(l, fd, sa)
+	}
+	e.post(op{kind: opAcceptRetry, l: l}) // more may wait: after the others' events
+}
+
+// acceptFailed backs off after a failed accept: the socket leaves the
+// set (it stays readable, and connections that arrive would bring event
+// after event) and a timer tries again.
+func (e *engine) acceptFailed(l *Listener, err error) {
+	if l.backoff == 0 {
+		l.backoff = acceptBackoffMin
+		if l.h.Failing != nil {
+			l.h.Failing(os.NewSyscallError("accept4", err))
+		}
+	} else if l.backoff *= 2; l.backoff > acceptBackoffMax {
+		l.backoff = acceptBackoffMax
+	}
+	l.failures++
+	e.unwatch(l)
+	l.timer = time.AfterFunc(l.backoff, func() { e.post(op{kind: opAcceptRetry, l: l}) })
+}
+
+// accepted starts a connection the loop accepted.
+func (e *engine) accepted(l *Listener, fd int, sa unix.Sockaddr) {
+	// As Go's net package does on every TCP socket; keep-alive is
+	// inherited from the listening socket.
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	peer := addrPortOf(sa)
+	p, done, handoff := l.h.Admit(peer)
+	switch {
+	case p != nil && p.addrs == nil:
+		// Not for a loop after all (Admit should have said handoff):
+		// served on the goroutine path.
+		tc, err := fileConn(fd, "client")
+		if err != nil {
+			done(EndClientError)
+			return
+		}
+		go p.StartWith(l.h.Ctx, tc, peer, nil, done)
+	case p != nil:
+		s := &loopSock{}
+		s.fd.Store(int32(fd))
+		c := &conn{csock: s, p: p, peer: peer, started: nanotime(),
+			idleTimeout: p.cfg.IdleTimeout, halfClose: p.cfg.HalfCloseTimeout}
+		// The connections spread over the loops in turn, as those of
+		// an accept goroutine do; one for this loop is only queued.
+		ee := pickEngine()
+		if ee == nil {
+			ee = e
+		}
+		ee.connect(c, l.h.Ctx, done)
+	case handoff:
+		tc, err := fileConn(fd, "client")
+		if err != nil {
+			return // closed, with a reset (fileConn)
+		}
+		l.h.Handoff(tc, peer)
+	default:
+		unix.Close(fd)
+	}
+}
+
+// addrPortOf is the peer of an accepted socket as Go's net package gives
+// it (an IPv4 client of an IPv6 socket stays IPv4-mapped).
+func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+	case *unix.SockaddrInet6:
+		a := netip.AddrFrom16(sa.Addr)
+		if sa.ZoneId != 0 {
+			a = a.WithZone(zoneName(sa.ZoneId))
+		}
+		return netip.AddrPortFrom(a, uint16(sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// zoneName is the interface name of an IPv6 zone index, as Go's net package
+// names it (the index itself when no interface has it).
+func zoneName(id uint32) string {
+	zoneMu.Lock()
+	defer zoneMu.Unlock()
+	if z, ok := zones[id]; ok {
+		return z
+	}
+	z := ""
+	if ifi, err := net.InterfaceByIndex(int(id)); err == nil {
+		z = ifi.Name
+	} else {
+		z = strconv.Itoa(int(id))
+	}
+	if zones == nil {
+		zones = map[uint32]string{}
+	}
+	zones[id] = z
+	return z
+}
+
+var (
+	zoneMu sync.Mutex
+	zones  map[uint32]string
+)
