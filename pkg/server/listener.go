@@ -275,7 +275,8 @@ const (
 // and hands each to an event loop, which connects to the backend
 // (tcpproxy.StartInLoop), or, when the listener reads a PROXY header or
 // routes on the server name first, to a starter (startTCP), until the
-// listener closes.
+// listener closes. A plain listener has none: an event loop accepts on it
+// (serve, tcpproxy.ListenInLoop).
 //
 // Accepting costs accept4, epoll_ctl (Go's poller), getsockname (Go records
 // the local address) and setsockopt TCP_NODELAY per connection; keep-alive

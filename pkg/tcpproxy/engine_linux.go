@@ -13,7 +13,9 @@ package tcpproxy
 //
 //   - One loop per two Ps (GOMAXPROCS/2, at least one; see setupEngines),
 //     made when the server starts; a connection joins one, in turn, once
-//     its backend connection is made (start).
+//     its backend connection is made (start), or is connected by one
+//     (dial_linux.go). A plain listener's socket is in one loop's set,
+//     which accepts its connections itself (accept_linux.go).
 //   - Each socket joins the set once, edge-triggered for input and
 //     output, as in Go's own poller: no epoll_ctl after that, whatever the
 //     connection does. A socket that says it is readable gets one read(2)
