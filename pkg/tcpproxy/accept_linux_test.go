@@ -144,10 +144,7 @@ func TestLoopAcceptServes(t *testing.T) {
 	}
 	a.l.Stop()
 	a.ln.Close()
-	lbtest.Until(t, 10*time.Second, func() (bool, string) {
-		now := openSockets(t)
-		return now <= base, fmt.Sprintf("%d sockets open, %d before", now, base)
-	})
+	socketsBackTo(t, base)
 }
 
 // TestLoopAcceptHandoffAndRefuse: a connection Admit hands off arrives at
@@ -272,8 +269,5 @@ func TestLoopAcceptProxyHeaderAndBulk(t *testing.T) {
 	c.Close()
 	a.l.Stop()
 	a.ln.Close()
-	lbtest.Until(t, 10*time.Second, func() (bool, string) {
-		now := openSockets(t)
-		return now <= base, fmt.Sprintf("%d sockets open, %d before", now, base)
-	})
+	socketsBackTo(t, base)
 }

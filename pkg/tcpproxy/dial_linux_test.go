@@ -124,6 +124,15 @@ func openSockets(t *testing.T) int {
 	return n
 }
 
+// socketsBackTo waits until no more sockets are open than base.
+func socketsBackTo(t *testing.T, base int) {
+	t.Helper()
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		now := openSockets(t)
+		return now <= base, fmt.Sprintf("%d sockets open, %d before", now, base)
+	})
+}
+
 func waitEndIn(t *testing.T, ends chan tcpproxy.End, want tcpproxy.End, within time.Duration) {
 	t.Helper()
 	select {
@@ -178,10 +187,7 @@ func TestLoopDialFailsOver(t *testing.T) {
 	if got := testutil.ToFloat64(r.m.Bytes.WithLabelValues("l", "p", echo.Addr, "in")); got != float64(n*len("request 0")) {
 		t.Fatalf("bytes in %v, want %d", got, n*len("request 0"))
 	}
-	lbtest.Until(t, 10*time.Second, func() (bool, string) {
-		now := openSockets(t)
-		return now <= base, fmt.Sprintf("%d sockets open, %d before", now, base)
-	})
+	socketsBackTo(t, base)
 }
 
 // TestLoopDialEveryConnectFails: with every connect refused the client is
@@ -308,8 +314,5 @@ func TestLoopDialBulkEcho(t *testing.T) {
 	}
 	waitEndIn(t, ends, tcpproxy.EndDone, 10*time.Second)
 	c.Close()
-	lbtest.Until(t, 10*time.Second, func() (bool, string) {
-		now := openSockets(t)
-		return now <= base, fmt.Sprintf("%d sockets open, %d before", now, base)
-	})
+	socketsBackTo(t, base)
 }
