@@ -59,6 +59,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/lbctl/lbctl/pkg/rawsys"
 	"go.uber.org/zap"
@@ -107,6 +108,9 @@ type engine struct {
 	ops      []op // posted, for the loop to carry out
 	spare    []op
 	sleeping bool // the loop is parked (or about to): post must wake it
+
+	turns atomic.Uint64 // serve calls so far, for the watchdog
+	wd    watchdog      // owned by the watchdog's timer (each look starts the next)
 }
 
 type opKind uint8
@@ -210,6 +214,7 @@ func engineAt(i int) (*engine, error) {
 	}
 	engines.list[i].Store(e)
 	go e.run()
+	time.AfterFunc(watchdogEvery, e.watchdogTick)
 	return e, nil
 }
 
@@ -305,9 +310,71 @@ func (e *engine) run() {
 	}
 }
 
+// The watchdog. A parked loop is woken by Go's poller when its epoll
+// descriptor becomes ready; make test-stress once saw a loop that stayed
+// parked with a socket ready (see run), cause not found. Once a second the
+// watchdog looks at every loop: one that is parked, whose set has events
+// ready (poll(2) on the epoll descriptor, which takes none of them), and
+// that was so at the look before with no turn since, has missed a
+// readiness. It is woken through its eventfd, which gives its descriptor a
+// new readiness, and the miss is logged (at most once a minute per loop)
+// and counted (MissedWakeups). A loop that misses one then stalls for 1 to
+// 2 s instead of for good, and the log says it happened.
+const watchdogEvery = time.Second
+
+type watchdog struct {
+	turns   uint64
+	suspect bool // parked and ready at the last look
+	logged  time.Time
+}
+
+// missedWakeups counts the loops' wake-ups made by the watchdog.
+var missedWakeups atomic.Int64
+
+// MissedWakeups is the number of times a watchdog found an event loop
+// parked with its set ready and woke it (tests assert that it stays 0).
+func MissedWakeups() int64 { return missedWakeups.Load() }
+
+// watchdogLook is the watchdog's look at e (watchdogTick).
+func (e *engine) watchdogLook() {
+	e.mu.Lock()
+	asleep := e.sleeping
+	e.mu.Unlock()
+	turns := e.turns.Load()
+	ready := asleep && epollReady(e.epfd)
+	if ready && e.wd.suspect && turns == e.wd.turns {
+		missedWakeups.Add(1)
+		var one = [8]byte{1}
+		unix.Write(e.evfd, one[:])
+		if now := time.Now(); now.Sub(e.wd.logged) >= time.Minute {
+			e.wd.logged = now
+			zap.L().Warn("tcp event loop: parked with sockets ready for a second; woken by its watchdog",
+				zap.Int64("missed_wakeups", missedWakeups.Load()))
+		}
+		ready = false
+	}
+	e.wd.suspect, e.wd.turns = ready, turns
+}
+
+// watchdogTick looks at e and arms the next look (each comes after the
+// last one is over).
+func (e *engine) watchdogTick() {
+	e.watchdogLook()
+	time.AfterFunc(watchdogEvery, e.watchdogTick)
+}
+
+// epollReady reports whether the epoll set epfd has events ready, without
+// taking them.
+func epollReady(epfd int) bool {
+	fds := [1]unix.PollFd{{Fd: int32(epfd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds[:], 0)
+	return err == nil && n > 0 && fds[0].Revents&unix.POLLIN != 0
+}
+
 // serve handles what is ready and what was posted, and returns false to
 // park once there is nothing left. It never returns true.
 func (e *engine) serve() bool {
+	e.turns.Add(1)
 	e.mu.Lock()
 	e.sleeping = false
 	e.mu.Unlock()
