@@ -24,6 +24,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -54,9 +55,9 @@ type Listener struct {
 	// Owned by the loop's goroutine.
 	in       bool // in the loop's set
 	paused   bool
-	backoff  time.Duration // not 0 while accepts fail
+	backoff  time.Duration // not 0 from a failed accept until one succeeds
 	failures int
-	timer    *time.Timer // the back-off; posts opAcceptRetry
+	timer    *time.Timer // the back-off's, while the socket is out of the set; posts opAcceptTimer
 }
 
 // ListenInLoop makes an event loop accept ln's connections, until Stop.
@@ -167,13 +168,14 @@ func (e *engine) listenOp(o *op) {
 		if e.lns[l.id] == l { // else dropped already (accept)
 			e.lns[l.id] = nil
 		}
+	case opAcceptTimer:
+		if e.lns[l.id] == l && !l.paused && l.timer != nil { // else stopped meanwhile
+			l.timer = nil
+			e.retryAccept(l)
+		}
 	case opAcceptRetry:
-		if e.lns[l.id] == l && !l.paused {
-			l.timer = nil // fired, if it was the back-off's
-			e.accept(l)
-			if l.backoff == 0 {
-				e.watch(l)
-			}
+		if e.lns[l.id] == l && !l.paused && l.timer == nil {
+			e.retryAccept(l)
 		}
 	}
 	if o.done != nil {
@@ -183,8 +185,17 @@ func (e *engine) listenOp(o *op) {
 
 // listenEvent: l's socket says connections wait.
 func (e *engine) listenEvent(slot int32) {
-	if l := e.listenerOf(slot); l != nil && !l.paused && l.backoff == 0 {
+	if l := e.listenerOf(slot); l != nil && !l.paused && l.timer == nil {
 		e.accept(l)
+	}
+}
+
+// retryAccept accepts what waits, and puts the socket (back) in the set
+// unless that failed again (a new back-off).
+func (e *engine) retryAccept(l *Listener) {
+	e.accept(l)
+	if l.timer == nil && e.lns[l.id] == l {
+		e.watch(l)
 	}
 }
 
@@ -218,7 +229,7 @@ func (e *engine) accept(l *Listener) {
 
 func (e *engine) acceptFD(l *Listener, lfd int) {
 	for i := 0; i < acceptBatch; i++ {
-		fd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		fd, sa, err := accept4(lfd)
 		switch err {
 		case nil:
 		case unix.EAGAIN:
@@ -254,7 +265,7 @@ func (e *engine) acceptFailed(l *Listener, err error) {
 	}
 	l.failures++
 	e.unwatch(l)
-	l.timer = time.AfterFunc(l.backoff, func() { e.post(op{kind: opAcceptRetry, l: l}) })
+	l.timer = time.AfterFunc(l.backoff, func() { e.post(op{kind: opAcceptTimer, l: l}) })
 }
 
 // accepted starts a connection the loop accepted.
@@ -295,6 +306,19 @@ func (e *engine) accepted(l *Listener, fd int, sa unix.Sockaddr) {
 	default:
 		unix.Close(fd)
 	}
+}
+
+// acceptFault, when set (tests), is asked before each accept4: an error
+// it returns is the accept's.
+var acceptFault atomic.Pointer[func() error]
+
+func accept4(lfd int) (int, unix.Sockaddr, error) {
+	if f := acceptFault.Load(); f != nil {
+		if err := (*f)(); err != nil {
+			return -1, nil, err
+		}
+	}
+	return unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 }
 
 // addrPortOf is the peer of an accepted socket as Go's net package gives

@@ -271,3 +271,55 @@ func TestLoopAcceptProxyHeaderAndBulk(t *testing.T) {
 	a.ln.Close()
 	socketsBackTo(t, base)
 }
+
+// TestLoopAcceptBacksOff: an accept that fails (out of descriptors) takes
+// the socket out of the loop's set and tries again from a timer, told to
+// the owner once; a try that then finds nothing queued puts the socket
+// back in the set, so the next connection is served; the first accept
+// that succeeds ends the episode (Recovered). The failure here comes
+// right after a successful accept, with nothing queued, as accept4 fails
+// when the process has no descriptor left.
+func TestLoopAcceptBacksOff(t *testing.T) {
+	echo := lbtest.NewTCP(t, lbtest.Echo)
+	r := newLoopRig(t, 5*time.Second, 0, nil, echo.Addr)
+	a := newAcceptRig(t, r)
+	recovered := make(chan int, 10)
+	a.l.Stop()
+	a.l = tcpproxy.ListenInLoop(a.ln, tcpproxy.ListenerHooks{
+		Ctx: context.Background(),
+		Admit: func(peer netip.AddrPort) (*tcpproxy.Proxy, func(tcpproxy.End), bool) {
+			return r.p, func(e tcpproxy.End) { a.ends <- e }, false
+		},
+		Failing:   func(error) { a.failing.Add(1) },
+		Recovered: func(n int) { recovered <- n },
+	})
+	calls := tcpproxy.FailAccepts(t, 1, 1) // the accept after the first fails
+	echoOnce := func(c *net.TCPConn, msg string) {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte(msg))
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != msg {
+			t.Fatalf("echo of %q: %q %v", msg, b, err)
+		}
+	}
+	echoOnce(a.dial(t), "first")
+	// The back-off's retry (5 ms after the failure) finds the queue
+	// empty: the third accept4; the next connection must still be
+	// accepted.
+	lbtest.Until(t, 10*time.Second, func() (bool, string) {
+		return a.failing.Load() == 1 && calls() >= 3, fmt.Sprintf("%d failures told, %d accept4 calls; want 1, 3", a.failing.Load(), calls())
+	})
+	echoOnce(a.dial(t), "second")
+	select {
+	case n := <-recovered:
+		if n != 1 {
+			t.Fatalf("recovered after %d failed accepts, want 1", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the end of the episode was not told")
+	}
+	if n := a.failing.Load(); n != 1 {
+		t.Fatalf("%d failures told, want 1", n)
+	}
+}

@@ -126,7 +126,8 @@ const (
 	opPause
 	opResume
 	opUnlisten
-	opAcceptRetry
+	opAcceptRetry // accept again: more may wait (a batch's end, a resume)
+	opAcceptTimer // a back-off is over
 )
 
 // op is a request to the loop from another goroutine.
@@ -138,12 +139,13 @@ type op struct {
 }
 
 var engines struct {
-	once   sync.Once
-	off    bool
-	goDial bool                     // connects on the goroutine path (dial_linux.go)
-	list   []atomic.Pointer[engine] // made by setupEngines; nil entries not made yet
-	next   atomic.Uint32
-	mu     sync.Mutex // serializes making a loop
+	once      sync.Once
+	off       bool
+	goDial    bool                     // connects on the goroutine path (dial_linux.go)
+	parkEpoll bool                     // loops wait in epoll_pwait, not in Go's poller (runInEpoll)
+	list      []atomic.Pointer[engine] // made by setupEngines; nil entries not made yet
+	next      atomic.Uint32
+	mu        sync.Mutex // serializes making a loop
 }
 
 // StartEngines makes the event loops now instead of at the first
@@ -178,6 +180,7 @@ func setupEngines() {
 	engines.once.Do(func() {
 		engines.off = os.Getenv("LBCTL_TCP_ENGINE") == "goroutines"
 		engines.goDial = os.Getenv("LBCTL_TCP_DIAL") == "goroutines"
+		engines.parkEpoll = os.Getenv("LBCTL_TCP_PARK") == "epoll"
 		n := max(1, runtime.GOMAXPROCS(0)/2)
 		if v, err := strconv.Atoi(os.Getenv("LBCTL_TCP_ENGINES")); err == nil && v > 0 {
 			n = v
@@ -235,6 +238,12 @@ func newEngine() (*engine, error) {
 		unix.Close(epfd)
 		unix.Close(evfd)
 		return nil, err
+	}
+	if engines.parkEpoll {
+		// Not in Go's poller: its thread would be woken for every
+		// event of the set, for nothing.
+		e := &engine{epfd: epfd, evfd: evfd, buf: make([]byte, smallBufSize)}
+		return e, nil
 	}
 	if err := unix.SetNonblock(epfd, true); err != nil {
 		unix.Close(epfd)
@@ -302,6 +311,10 @@ func (e *engine) promoteWait(c *conn) {
 // look before parking closes the window it needs, for one epoll_pwait per
 // wake-up (docs/benchmarks.md, issue 14, 6.).
 func (e *engine) run() {
+	if engines.parkEpoll {
+		e.runInEpoll()
+		return
+	}
 	for {
 		if err := e.eprc.Read(e.serveFn); err != nil {
 			// The epoll descriptor is never closed: nothing to do but retry.
@@ -374,12 +387,23 @@ func epollReady(epfd int) bool {
 // serve handles what is ready and what was posted, and returns false to
 // park once there is nothing left. It never returns true.
 func (e *engine) serve() bool {
+	e.serveWith(-1, true)
+	return false
+}
+
+// serveWith handles the n events in e.events (n < 0: none taken yet, it
+// polls first) and what was posted, then polls for more, until nothing is
+// left; it returns with sleeping set. With recheck it polls once more
+// after every batch, and returns only after a poll that found nothing.
+func (e *engine) serveWith(n int, recheck bool) {
 	e.turns.Add(1)
 	e.mu.Lock()
 	e.sleeping = false
 	e.mu.Unlock()
 	for {
-		n := e.poll()
+		if n < 0 {
+			n = e.poll()
+		}
 		if n > 0 {
 			e.now = nanotime()
 		}
@@ -397,9 +421,11 @@ func (e *engine) serve() bool {
 			e.handle(ev)
 		}
 		e.runOps()
-		if n > 0 {
+		if n > 0 && recheck {
+			n = -1
 			continue // look again before parking (see run)
 		}
+		n = -1
 		e.mu.Lock()
 		if len(e.ops) > 0 {
 			e.mu.Unlock()
@@ -407,7 +433,25 @@ func (e *engine) serve() bool {
 		}
 		e.sleeping = true
 		e.mu.Unlock()
-		return false
+		return
+	}
+}
+
+// runInEpoll is run for a loop that waits in epoll_pwait itself
+// (LBCTL_TCP_PARK=epoll), as HAProxy's threads do, instead of in Go's
+// poller: one epoll_pwait per wake-up, which is also the look for more
+// after a batch, and the loop's thread is woken by the kernel directly.
+// While it waits the thread leaves its P to the scheduler (a blocking
+// system call), and takes one again when it returns.
+func (e *engine) runInEpoll() {
+	n := -1
+	for {
+		e.serveWith(n, false)
+		var errno unix.Errno
+		n, errno = rawsys.EpollWait(e.epfd, e.events[:], -1)
+		if errno != 0 {
+			n = -1 // EINTR: poll again
+		}
 	}
 }
 

@@ -1,0 +1,37 @@
+package tcpproxy
+
+import (
+	"sync"
+	"syscall"
+	"testing"
+)
+
+// FailAccepts makes the loops' accept4 calls after the first skip fail
+// with EMFILE, n of them, until the test ends, as a process out of
+// descriptors sees them (accept4 fails so even with nothing queued). It
+// returns how many accept4 calls the loops have made since.
+func FailAccepts(t *testing.T, skip, n int) (calls func() int) {
+	var mu sync.Mutex
+	made := 0
+	f := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		made++
+		if skip > 0 {
+			skip--
+			return nil
+		}
+		if n > 0 {
+			n--
+			return syscall.EMFILE
+		}
+		return nil
+	}
+	acceptFault.Store(&f)
+	t.Cleanup(func() { acceptFault.Store(nil) })
+	return func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return made
+	}
+}
