@@ -2,6 +2,9 @@ package tcpproxy
 
 import (
 	"net"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -78,5 +81,27 @@ func TestWatchdogWakesAParkedLoop(t *testing.T) {
 	e.watchdogLook() // right after a wake-up: a new episode starts
 	if n := missedWakeups.Load() - before; n != 1 {
 		t.Fatalf("%d wake-ups after the next look, want still 1", n)
+	}
+}
+
+// TestLoopsParkedInEpoll runs the loop tests again in a child process
+// whose loops wait in epoll_pwait themselves (LBCTL_TCP_PARK=epoll), the
+// other way a loop can park; its engines are the process's, so it takes a
+// process of its own.
+func TestLoopsParkedInEpoll(t *testing.T) {
+	if os.Getenv("LBCTL_TCP_PARK") == "epoll" {
+		t.Skip("this process is the child")
+	}
+	if testing.Short() {
+		t.Skip("a child process of loop tests")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestLoop(Accept|Dial|StalledWriters|HangUp)", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), "LBCTL_TCP_PARK=epoll")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "PASS") {
+		t.Fatalf("loop tests with LBCTL_TCP_PARK=epoll: %v\n%s", err, out)
+	}
+	if n := strings.Count(string(out), "--- PASS: TestLoop"); n < 10 {
+		t.Fatalf("the child passed %d loop tests, want 10 or more:\n%s", n, out)
 	}
 }
