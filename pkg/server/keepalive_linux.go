@@ -36,3 +36,26 @@ func tcpListenConfig() net.ListenConfig {
 		},
 	}
 }
+
+// setKeepAlive sets keepAliveOpts on a listening socket lbctl did not bind
+// itself (inherited from the service manager or an older lbctl), so that
+// the sockets accepted from it have them too: an event loop's accept4
+// (tcpproxy.ListenInLoop) sets nothing more, where Go's Accept turned its
+// own keep-alive on.
+func setKeepAlive(ln *net.TCPListener) error {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return err
+	}
+	cerr := rc.Control(func(fd uintptr) {
+		for _, o := range keepAliveOpts {
+			if e := unix.SetsockoptInt(int(fd), o[0], o[1], o[2]); e != nil && err == nil {
+				err = e
+			}
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return err
+}

@@ -48,13 +48,34 @@ func TestAcceptedSocketsKeepAlive(t *testing.T) {
 // dialed to the backend TCP_NODELAY on and keep-alive off (as HAProxy and
 // nginx by default; docs/reference.md). The two sockets are found among
 // this process's descriptors by their addresses.
+//
+// The same holds on a listening socket lbctl did not bind (inherited from
+// the service manager without keep-alive): the accepted sockets get
+// lbctl's settings all the same.
 func TestConnectionSocketOptions(t *testing.T) {
+	t.Run("bound", func(t *testing.T) { testSocketOptions(t, false) })
+	t.Run("inherited", func(t *testing.T) { testSocketOptions(t, true) })
+}
+
+func testSocketOptions(t *testing.T, inherit bool) {
 	backendPeer := make(chan string, 1)
 	be := lbtest.NewTCP(t, func(c *net.TCPConn) {
 		backendPeer <- c.RemoteAddr().String() // lbctl's dialed socket
 		lbtest.Echo(c)
 	})
-	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "", be.Addr)+noHealth)
+	var h *harness
+	if inherit {
+		ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)}) // keep-alive off
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ap := ln.Addr().(*net.TCPAddr).AddrPort()
+		toml := "[listeners.l]\nbind = \"" + ap.String() + "\"\npool = \"p\"\n" + poolTOML("p", "", be.Addr) + noHealth
+		h = startWith(t, toml, nil, Options{Inherited: map[SocketKey]InheritedSocket{NewSocketKey("tcp", ap): ln}})
+	} else {
+		h = startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "", be.Addr)+noHealth)
+	}
 	c := h.dial("l")
 	defer c.Close()
 	if _, err := c.Write([]byte("x")); err != nil {

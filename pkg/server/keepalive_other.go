@@ -9,3 +9,7 @@ import "net"
 func tcpListenConfig() net.ListenConfig {
 	return net.ListenConfig{KeepAliveConfig: net.KeepAliveConfig{Enable: true}}
 }
+
+// setKeepAlive does nothing here: Go's Accept sets keep-alive on every
+// accepted connection.
+func setKeepAlive(*net.TCPListener) error { return nil }

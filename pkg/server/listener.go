@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -154,6 +155,12 @@ func (s *Server) bind(lc *config.Listener) (*listener, error) {
 	switch lc.Protocol {
 	case "tcp":
 		if inh, err := s.inheritedTCP(lc.Bind); err != nil || inh != nil {
+			if err == nil {
+				if kerr := setKeepAlive(inh); kerr != nil {
+					inh.Close()
+					return nil, fmt.Errorf("inherited socket %s: keep-alive: %w", lc.Bind, kerr)
+				}
+			}
 			l.tcp = inh
 			return l, err
 		}
