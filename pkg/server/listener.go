@@ -430,8 +430,7 @@ func (s *Server) starter(l *listener, j tcpStart) {
 // once the loop waits, or has returned.
 func (l *listener) pause() <-chan struct{} {
 	if l.loop != nil {
-		l.loop.Pause() // returns once the loop accepts no more
-		return closedChan
+		return l.loop.Pause() // closed once the loop accepts no more
 	}
 	l.pauseMu.Lock()
 	if l.paused == nil {
@@ -442,8 +441,6 @@ func (l *listener) pause() <-chan struct{} {
 	l.tcp.SetDeadline(time.Unix(1, 0))
 	return parked
 }
-
-var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // resume undoes pause: the accept loop accepts again.
 func (l *listener) resume() {

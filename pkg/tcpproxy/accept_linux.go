@@ -51,6 +51,7 @@ type Listener struct {
 
 	// rc.Control's callbacks, bound once.
 	acceptFn, watchFn, unwatchFn func(uintptr)
+	watchErr                     error // of watchFn's EPOLL_CTL_ADD
 
 	// Owned by the loop's goroutine.
 	in       bool // in the loop's set
@@ -77,7 +78,14 @@ func ListenInLoop(ln *net.TCPListener, h ListenerHooks) *Listener {
 	l.acceptFn = func(fd uintptr) { e.acceptFD(l, int(fd)) }
 	l.watchFn = func(fd uintptr) {
 		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLET, Fd: listenSlot(l.id)}
-		l.in = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev) == nil
+		if f := watchFault.Load(); f != nil {
+			if l.watchErr = (*f)(); l.watchErr != nil {
+				l.in = false
+				return
+			}
+		}
+		l.watchErr = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+		l.in = l.watchErr == nil
 	}
 	l.unwatchFn = func(fd uintptr) { unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) }
 	e.callWait(op{kind: opListen, l: l})
@@ -88,9 +96,13 @@ func ListenInLoop(ln *net.TCPListener, h ListenerHooks) *Listener {
 }
 
 // Pause makes the loop stop accepting, without closing the socket:
-// connections that arrive wait in its queue. It returns once the loop
-// accepts no more.
-func (l *Listener) Pause() { l.e.callWait(op{kind: opPause, l: l}) }
+// connections that arrive wait in its queue. The channel it returns is
+// closed once the loop accepts no more.
+func (l *Listener) Pause() <-chan struct{} {
+	done := make(chan struct{})
+	l.e.post(op{kind: opPause, l: l, done: done})
+	return done
+}
 
 // Resume undoes Pause.
 func (l *Listener) Resume() { l.e.callWait(op{kind: opResume, l: l}) }
@@ -191,11 +203,13 @@ func (e *engine) listenEvent(slot int32) {
 }
 
 // retryAccept accepts what waits, and puts the socket (back) in the set
-// unless that failed again (a new back-off).
+// unless that failed again (a new back-off). If the set does not take it
+// (out of memory, max_user_watches), that is a failure too: a timer tries
+// again, rather than a listener left out of the set for good.
 func (e *engine) retryAccept(l *Listener) {
 	e.accept(l)
-	if l.timer == nil && e.lns[l.id] == l {
-		e.watch(l)
+	if l.timer == nil && e.lns[l.id] == l && !e.watch(l) {
+		e.acceptFailed(l, os.NewSyscallError("epoll_ctl", l.watchErr))
 	}
 }
 
@@ -237,7 +251,7 @@ func (e *engine) acceptFD(l *Listener, lfd int) {
 		case unix.EINTR, unix.ECONNABORTED:
 			continue // as Go's accept: the next one
 		default:
-			e.acceptFailed(l, err)
+			e.acceptFailed(l, os.NewSyscallError("accept4", err))
 			return
 		}
 		if l.backoff != 0 {
@@ -258,7 +272,7 @@ func (e *engine) acceptFailed(l *Listener, err error) {
 	if l.backoff == 0 {
 		l.backoff = acceptBackoffMin
 		if l.h.Failing != nil {
-			l.h.Failing(os.NewSyscallError("accept4", err))
+			l.h.Failing(err)
 		}
 	} else if l.backoff *= 2; l.backoff > acceptBackoffMax {
 		l.backoff = acceptBackoffMax
@@ -311,6 +325,9 @@ func (e *engine) accepted(l *Listener, fd int, sa unix.Sockaddr) {
 // acceptFault, when set (tests), is asked before each accept4: an error
 // it returns is the accept's.
 var acceptFault atomic.Pointer[func() error]
+
+// watchFault is acceptFault for the EPOLL_CTL_ADD of a listening socket.
+var watchFault atomic.Pointer[func() error]
 
 func accept4(lfd int) (int, unix.Sockaddr, error) {
 	if f := acceptFault.Load(); f != nil {

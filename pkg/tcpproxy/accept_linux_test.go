@@ -206,7 +206,7 @@ func TestLoopAcceptPauseResume(t *testing.T) {
 	echo := lbtest.NewTCP(t, lbtest.Echo)
 	r := newLoopRig(t, 5*time.Second, 0, nil, echo.Addr)
 	a := newAcceptRig(t, r)
-	a.l.Pause()
+	<-a.l.Pause()
 	var clients []*net.TCPConn
 	for i := 0; i < 3; i++ {
 		c := a.dial(t) // completed by the kernel's backlog
@@ -280,6 +280,11 @@ func TestLoopAcceptProxyHeaderAndBulk(t *testing.T) {
 // right after a successful accept, with nothing queued, as accept4 fails
 // when the process has no descriptor left.
 func TestLoopAcceptBacksOff(t *testing.T) {
+	t.Run("accept fails", func(t *testing.T) { testLoopAcceptBacksOff(t, false) })
+	t.Run("then the set refuses the socket", func(t *testing.T) { testLoopAcceptBacksOff(t, true) })
+}
+
+func testLoopAcceptBacksOff(t *testing.T, failWatch bool) {
 	echo := lbtest.NewTCP(t, lbtest.Echo)
 	r := newLoopRig(t, 5*time.Second, 0, nil, echo.Addr)
 	a := newAcceptRig(t, r)
@@ -294,6 +299,11 @@ func TestLoopAcceptBacksOff(t *testing.T) {
 		Recovered: func(n int) { recovered <- n },
 	})
 	calls := tcpproxy.FailAccepts(t, 1, 1) // the accept after the first fails
+	if failWatch {
+		// and the retry's return of the socket to the set, once: the
+		// retry after that must put it back.
+		tcpproxy.FailWatches(t, 1)
+	}
 	echoOnce := func(c *net.TCPConn, msg string) {
 		t.Helper()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
@@ -313,8 +323,12 @@ func TestLoopAcceptBacksOff(t *testing.T) {
 	echoOnce(a.dial(t), "second")
 	select {
 	case n := <-recovered:
-		if n != 1 {
-			t.Fatalf("recovered after %d failed accepts, want 1", n)
+		want := 1
+		if failWatch {
+			want = 2
+		}
+		if n != want {
+			t.Fatalf("recovered after %d failures, want %d", n, want)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the end of the episode was not told")

@@ -23,6 +23,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -52,6 +53,11 @@ type loopDial struct {
 // that conn's RawConn. The directions hold it from the start, so no field
 // they share with timers changes when the connection leaves the loop.
 type loopSock struct {
+	// mu is held by Control while f uses the descriptor, and by its
+	// close and its hand-over to a *net.TCPConn: a timer's look at the
+	// socket (conn.unsent) never uses a descriptor number after it was
+	// closed, when it may be another socket's.
+	mu sync.Mutex
 	fd atomic.Int32                    // -1 once closed or handed to nc
 	rc atomic.Pointer[syscall.RawConn] // nc's, once made
 }
@@ -62,11 +68,18 @@ func (s *loopSock) Control(f func(fd uintptr)) error {
 	if rc := s.rc.Load(); rc != nil {
 		return (*rc).Control(f)
 	}
+	s.mu.Lock()
+	if rc := s.rc.Load(); rc != nil { // made meanwhile
+		s.mu.Unlock()
+		return (*rc).Control(f)
+	}
 	fd := s.fd.Load()
 	if fd < 0 {
+		s.mu.Unlock()
 		return net.ErrClosed
 	}
 	f(uintptr(fd))
+	s.mu.Unlock()
 	return nil
 }
 
@@ -391,6 +404,8 @@ func (c *conn) clientConn() error {
 // conn makes s a *net.TCPConn, whose RawConn s passes calls to from then
 // on. On failure s is closed (fileConn).
 func (s *loopSock) conn(name string) (*net.TCPConn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	fd := int(s.fd.Swap(-1))
 	tc, err := fileConn(fd, name)
 	if err != nil {
@@ -460,6 +475,8 @@ func closeLoopSock(s *loopSock, reset bool) {
 	if s == nil {
 		return
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	fd := int(s.fd.Swap(-1))
 	if fd < 0 {
 		return

@@ -345,7 +345,7 @@ type watchdog struct {
 var missedWakeups atomic.Int64
 
 // MissedWakeups is the number of times a watchdog found an event loop
-// parked with its set ready and woke it (tests assert that it stays 0).
+// parked with its set ready and woke it: 0 unless a wake-up was lost.
 func MissedWakeups() int64 { return missedWakeups.Load() }
 
 // watchdogLook is the watchdog's look at e (watchdogTick).

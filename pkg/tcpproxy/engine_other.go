@@ -38,7 +38,7 @@ type Listener struct{}
 // ListenInLoop returns nil: the caller accepts with its own goroutine.
 func ListenInLoop(*net.TCPListener, ListenerHooks) *Listener { return nil }
 
-func (l *Listener) Pause()     {}
-func (l *Listener) Resume()    {}
-func (l *Listener) Stop()      {}
-func (l *Listener) Err() error { return nil }
+func (l *Listener) Pause() <-chan struct{} { return nil }
+func (l *Listener) Resume()                {}
+func (l *Listener) Stop()                  {}
+func (l *Listener) Err() error             { return nil }

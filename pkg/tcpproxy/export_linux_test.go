@@ -35,3 +35,20 @@ func FailAccepts(t *testing.T, skip, n int) (calls func() int) {
 		return made
 	}
 }
+
+// FailWatches makes the next n EPOLL_CTL_ADDs of a listening socket into
+// its loop's set fail with ENOSPC (max_user_watches reached).
+func FailWatches(t *testing.T, n int) {
+	var mu sync.Mutex
+	f := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if n > 0 {
+			n--
+			return syscall.ENOSPC
+		}
+		return nil
+	}
+	watchFault.Store(&f)
+	t.Cleanup(func() { watchFault.Store(nil) })
+}
