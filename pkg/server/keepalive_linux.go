@@ -21,18 +21,7 @@ func tcpListenConfig() net.ListenConfig {
 	return net.ListenConfig{
 		KeepAlive: -1, // accepted sockets inherit the listener's settings below
 		Control: func(_, _ string, c syscall.RawConn) error {
-			var err error
-			cerr := c.Control(func(fd uintptr) {
-				for _, o := range keepAliveOpts {
-					if e := unix.SetsockoptInt(int(fd), o[0], o[1], o[2]); e != nil && err == nil {
-						err = e
-					}
-				}
-			})
-			if cerr != nil {
-				return cerr
-			}
-			return err
+			return setKeepAliveRaw(c)
 		},
 	}
 }
@@ -47,7 +36,13 @@ func setKeepAlive(ln *net.TCPListener) error {
 	if err != nil {
 		return err
 	}
-	cerr := rc.Control(func(fd uintptr) {
+	return setKeepAliveRaw(rc)
+}
+
+// setKeepAliveRaw sets keepAliveOpts on a socket.
+func setKeepAliveRaw(c syscall.RawConn) error {
+	var err error
+	cerr := c.Control(func(fd uintptr) {
 		for _, o := range keepAliveOpts {
 			if e := unix.SetsockoptInt(int(fd), o[0], o[1], o[2]); e != nil && err == nil {
 				err = e
