@@ -293,7 +293,7 @@ func (e *engine) accepted(l *Listener, fd int, sa unix.Sockaddr) {
 	case p != nil && p.addrs == nil:
 		// Not for a loop after all (Admit should have said handoff):
 		// served on the goroutine path.
-		tc, err := fileConn(fd, "client")
+		tc, err := fileConn(fd, "client", true)
 		if err != nil {
 			done(EndClientError)
 			return
@@ -312,7 +312,7 @@ func (e *engine) accepted(l *Listener, fd int, sa unix.Sockaddr) {
 		}
 		ee.connect(c, l.h.Ctx, done)
 	case handoff:
-		tc, err := fileConn(fd, "client")
+		tc, err := fileConn(fd, "client", true)
 		if err != nil {
 			return // closed, with a reset (fileConn)
 		}

@@ -79,6 +79,10 @@ type conn struct {
 	slot   int32  // index in eng's table, -1 when not in it
 	gen    uint32 // generation of slot, in each epoll event's data
 	added  uint8  // bit 0: the client socket is in the loop's set; bit 1: the backend's
+	// promoteAfter is the loop's time (nanotime) before which a bulk
+	// read does not try to leave the loop again: the last try found no
+	// spare descriptor (promoteFailed).
+	promoteAfter int64
 	// A connection whose loop connected it (Proxy.StartInLoop,
 	// dial_linux.go): dial is its state until the connect is made; then
 	// backend stays nil and bsock is the backend socket, owned by the

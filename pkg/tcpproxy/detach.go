@@ -268,6 +268,11 @@ func (h Conn) Detach(ctx context.Context) (*Detached, error) {
 		// those a destination did not take, which the goroutines write
 		// first.
 		c.eng.promoteWait(c)
+		if c.inLoop.Load() && c.reason.Load() == 0 {
+			// Out of descriptors for its sockets' *net.TCPConns: it
+			// stays in the loop, untouched.
+			return nil, fmt.Errorf("%w: no spare descriptor to take it out of its event loop", ErrNotDetached)
+		}
 	}
 	r := &detachRun{ready: make(chan struct{}), release: make(chan struct{}), gone: make(chan struct{}),
 		nudge: [2]chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1)}}

@@ -373,64 +373,87 @@ func (e *engine) abortDial(c *conn) {
 // errCanceled is net's error for a dial cut short by its context.
 var errCanceled = errors.New("operation was canceled")
 
-// backendConn makes the loop's backend socket a *net.TCPConn, for the
-// goroutine path (promote); the loop has taken it out of its set.
-//
-// On failure (out of descriptors) the connection ends as the backend's
-// failure: the socket is closed with a reset (fileConn), so that the
-// backend cannot take a cut stream for a complete one.
-func (c *conn) backendConn() error {
-	tc, err := c.bsock.conn("backend")
-	if err != nil {
-		return err
-	}
-	c.backend = tc
-	c.in.dst, c.out.src = tc, tc
-	return nil
-}
+// backendConn makes a duplicate of the loop's backend socket a
+// *net.TCPConn, for the goroutine path (promote). The loop's descriptor
+// is untouched: on failure (out of descriptors) the connection stays in
+// the loop; on success promote takes the socket out of the loop's set,
+// then hands it over (useConns), which closes the loop's descriptor.
+func (c *conn) backendConn() (*net.TCPConn, error) { return c.bsock.dupConn("backend") }
 
 // clientConn is backendConn for a client socket the loop accepted
 // (accept_linux.go).
-func (c *conn) clientConn() error {
-	tc, err := c.csock.conn("client")
-	if err != nil {
-		return err
+func (c *conn) clientConn() (*net.TCPConn, error) { return c.csock.dupConn("client") }
+
+// useConns hands the loop's sockets over to ctc and btc (either nil when
+// that side already is a *net.TCPConn), made by clientConn and
+// backendConn, once they are out of the loop's set.
+func (c *conn) useConns(ctc, btc *net.TCPConn) {
+	if ctc != nil {
+		c.csock.handOver(ctc)
+		c.client = ctc
+		c.in.src, c.out.dst = ctc, ctc
 	}
-	c.client = tc
-	c.in.src, c.out.dst = tc, tc
-	return nil
+	if btc != nil {
+		c.bsock.handOver(btc)
+		c.backend = btc
+		c.in.dst, c.out.src = btc, btc
+	}
 }
 
-// conn makes s a *net.TCPConn, whose RawConn s passes calls to from then
-// on. On failure s is closed (fileConn).
-func (s *loopSock) conn(name string) (*net.TCPConn, error) {
+// dupConn makes a duplicate of s's socket a *net.TCPConn; s is unchanged.
+// It needs two free descriptors for a moment (the duplicate, and
+// net.FileConn's own); out of them it fails with s intact.
+func (s *loopSock) dupConn(name string) (*net.TCPConn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	fd := int(s.fd.Swap(-1))
-	tc, err := fileConn(fd, name)
+	fd := int(s.fd.Load())
+	if fd < 0 {
+		return nil, net.ErrClosed
+	}
+	if f := dupFault.Load(); f != nil {
+		if err := (*f)(); err != nil {
+			return nil, err
+		}
+	}
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
 	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		tc.Close()
-		return nil, err
+	// No reset on failure: the duplicate shares the socket with fd.
+	return fileConn(dup, name, false)
+}
+
+// dupFault, when set (tests), is asked before each dupConn: an error
+// fails it as a process out of descriptors would.
+var dupFault atomic.Pointer[func() error]
+
+// handOver makes tc, a duplicate from dupConn, s's socket: the RawConn
+// that s passes calls to from then on. It closes s's descriptor.
+func (s *loopSock) handOver(tc *net.TCPConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rc, err := tc.SyscallConn(); err == nil {
+		s.rc.Store(&rc)
 	}
-	s.rc.Store(&rc)
-	return tc, nil
+	if fd := int(s.fd.Swap(-1)); fd >= 0 {
+		unix.Close(fd)
+	}
 }
 
 // fileConn makes the socket fd a *net.TCPConn in Go's poller (a duplicate)
 // and closes fd. Its keep-alive settings are kept: net.FileConn turns
 // Go's own on (lbctl keeps it off toward backends, and a client socket has
-// its listener's). On failure (out of descriptors) fd is closed with a
-// reset, so that the peer cannot take a cut stream for a complete one.
-func fileConn(fd int, name string) (*net.TCPConn, error) {
+// its listener's). On failure (out of descriptors) fd is closed, with a
+// reset when reset is set, so that the peer cannot take a cut stream for a
+// complete one.
+func fileConn(fd int, name string, reset bool) (*net.TCPConn, error) {
 	ka := keepAliveOf(fd)
 	f := os.NewFile(uintptr(fd), name)
 	nc, err := net.FileConn(f)
 	if err != nil {
-		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		if reset {
+			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		}
 		f.Close()
 		return nil, err
 	}

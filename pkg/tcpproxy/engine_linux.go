@@ -53,6 +53,7 @@ package tcpproxy
 // connection then runs on the goroutine path), for comparison.
 
 import (
+	"net"
 	"os"
 	"runtime"
 	"strconv"
@@ -661,9 +662,8 @@ func (e *engine) read(c *conn, d *direction, toEnd bool) {
 			}
 			return
 		}
-		if !loopKeepsBulk.Load() {
-			e.promote(c, d) // bulk: splice it
-			return
+		if !loopKeepsBulk.Load() && e.now >= c.promoteAfter && e.promote(c, d) {
+			return // bulk: it splices now
 		}
 	}
 }
@@ -793,29 +793,37 @@ func (e *engine) leave(c *conn) {
 
 // promote moves c to the goroutine path (copy_linux.go): for a bulk
 // transfer in d (nil for a detach), which then splices at once. What a
-// direction holds is written first by its goroutine.
-func (e *engine) promote(c *conn, bulk *direction) {
+// direction holds is written first by its goroutine. It reports whether c
+// left the loop.
+//
+// A socket the loop accepted or connected becomes a *net.TCPConn first,
+// while it is still in the loop's set: that needs spare descriptors for
+// a moment. Out of them, c stays in the loop, which goes on serving it
+// (a bulk transfer is copied, not spliced, and tries again after
+// promoteRetry); only a connection that the loop cannot watch (its set is
+// full) ends then.
+func (e *engine) promote(c *conn, bulk *direction) bool {
+	var ctc, btc *net.TCPConn
+	var err error
+	if c.client == nil {
+		if ctc, err = c.clientConn(); err != nil {
+			return e.promoteFailed(c, EndClientError, err)
+		}
+	}
+	if c.backend == nil {
+		if btc, err = c.backendConn(); err != nil {
+			if ctc != nil {
+				ctc.Close() // a duplicate: the socket stays open
+			}
+			return e.promoteFailed(c, EndBackendError, err)
+		}
+	}
 	for side := 0; side < 2; side++ {
 		if c.added&(1<<side) != 0 {
 			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.fdOf(side), nil)
 		}
 	}
-	// Accepted or connected by the loop: the goroutine path needs
-	// *net.TCPConn. Out of descriptors for one, the connection ends.
-	if c.client == nil {
-		if err := c.clientConn(); err != nil {
-			c.reason.CompareAndSwap(0, int32(EndClientError))
-			e.close(c)
-			return
-		}
-	}
-	if c.backend == nil {
-		if err := c.backendConn(); err != nil {
-			c.reason.CompareAndSwap(0, int32(EndBackendError))
-			e.close(c)
-			return
-		}
-	}
+	c.useConns(ctc, btc)
 	e.leave(c)
 	if bulk != nil {
 		bulk.burstFirst = true
@@ -827,6 +835,35 @@ func (e *engine) promote(c *conn, bulk *direction) {
 		// or after this; closing twice does no harm.
 		c.closeSockets(c.resets(End(c.reason.Load())))
 	}
+	return true
+}
+
+// promoteFailures counts the times a connection could not leave a loop
+// for want of descriptors.
+var promoteFailures atomic.Int64
+
+// PromoteFailures is the number of times a connection could not leave an
+// event loop (for a bulk transfer's splice or a detach) for want of
+// descriptors: it stayed in the loop, or ended if the loop could not
+// watch it.
+func PromoteFailures() int64 { return promoteFailures.Load() }
+
+// promoteRetry is how long a connection that could not leave the loop
+// for want of descriptors stays in it before a bulk read tries again.
+const promoteRetry = time.Second
+
+// promoteFailed is promote's way out when a socket could not become a
+// *net.TCPConn (err, out of descriptors): c stays in the loop when both
+// its sockets are in the set, and ends as end otherwise.
+func (e *engine) promoteFailed(c *conn, end End, err error) bool {
+	promoteFailures.Add(1)
+	if c.added == 3 {
+		c.promoteAfter = nanotime() + int64(promoteRetry)
+		return false
+	}
+	c.reason.CompareAndSwap(0, int32(end))
+	e.close(c)
+	return false
 }
 
 // srcSide is the side (0 client, 1 backend) d reads from.

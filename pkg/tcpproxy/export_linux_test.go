@@ -52,3 +52,21 @@ func FailWatches(t *testing.T, n int) {
 	watchFault.Store(&f)
 	t.Cleanup(func() { watchFault.Store(nil) })
 }
+
+// FailDups makes the next n conversions of a loop's socket to a
+// *net.TCPConn (promote) fail with EMFILE, as a process out of
+// descriptors sees them.
+func FailDups(t *testing.T, n int) {
+	var mu sync.Mutex
+	f := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if n > 0 {
+			n--
+			return syscall.EMFILE
+		}
+		return nil
+	}
+	dupFault.Store(&f)
+	t.Cleanup(func() { dupFault.Store(nil) })
+}

@@ -1,0 +1,270 @@
+package tcpproxy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lbctl/lbctl/pkg/lbtest"
+	"github.com/lbctl/lbctl/pkg/tcpproxy"
+)
+
+// repeatSink is a backend that checks that it receives chunk over and
+// over, and reports how many bytes it got and whether they all matched.
+type repeatSink struct {
+	chunk []byte
+	got   chan repeatResult
+}
+
+type repeatResult struct {
+	n   int64
+	ok  bool
+	err error
+}
+
+func newRepeatSink(chunk []byte) *repeatSink {
+	return &repeatSink{chunk: chunk, got: make(chan repeatResult, 1)}
+}
+
+func (s *repeatSink) serve(c *net.TCPConn) {
+	buf := make([]byte, 256<<10)
+	var n int64
+	ok := true
+	var err error
+	for {
+		var k int
+		k, err = c.Read(buf)
+		for i := 0; i < k && ok; {
+			off := int(n % int64(len(s.chunk)))
+			m := min(k-i, len(s.chunk)-off)
+			ok = bytes.Equal(buf[i:i+m], s.chunk[off:off+m])
+			i += m
+			n += int64(m)
+		}
+		if err != nil {
+			break
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	c.CloseWrite()
+	s.got <- repeatResult{n, ok, err}
+}
+
+// streamUntil writes chunk to c over and over, a few a millisecond
+// apart (pacing the transfer, not synchronising), until stop is closed,
+// at most max times or for limit, then shuts down its write side. It
+// returns how many bytes it wrote.
+func streamUntil(c *net.TCPConn, chunk []byte, stop <-chan struct{}, max int, limit time.Duration) <-chan int64 {
+	sent := make(chan int64, 1)
+	go func() {
+		var n int64
+		end := time.Now().Add(limit)
+		for i := 0; i < max && time.Now().Before(end); i++ {
+			select {
+			case <-stop:
+				i = max
+				continue
+			default:
+			}
+			k, err := c.Write(chunk)
+			n += int64(k)
+			if err != nil {
+				break
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		c.CloseWrite()
+		sent <- n
+	}()
+	return sent
+}
+
+// TestLoopBulkOutOfDescriptors: a bulk transfer that cannot leave the
+// loop for want of descriptors (its socket cannot become a *net.TCPConn)
+// stays in the loop, loses nothing, and splices once descriptors are
+// there again.
+func TestLoopBulkOutOfDescriptors(t *testing.T) {
+	chunk := pattern(1<<20, 11)
+	sink := newRepeatSink(chunk)
+	be := lbtest.NewTCP(t, sink.serve)
+	s := makeSide(t, be.Addr, 0, 0)
+	c, h, ends := s.open(t)
+	if !tcpproxy.InLoop(h) {
+		t.Skip("no event loop serves this connection (LBCTL_TCP_ENGINE)")
+	}
+	before := tcpproxy.PromoteFailures()
+	tcpproxy.FailDups(t, 2)
+	stop := make(chan struct{})
+	sent := streamUntil(c, chunk, stop, 20_000, 60*time.Second)
+	go io.Copy(io.Discard, c)
+
+	// Two tries a second apart fail; the connection is served all along.
+	lbtest.Until(t, 20*time.Second, func() (bool, string) {
+		n := tcpproxy.PromoteFailures() - before
+		return n >= 1, "no failed try to leave the loop yet"
+	})
+	if !tcpproxy.InLoop(h) {
+		t.Fatal("the connection left the loop though its socket could not be converted")
+	}
+	lbtest.Until(t, 20*time.Second, func() (bool, string) {
+		return !tcpproxy.InLoop(h), fmt.Sprintf("still in the loop after %d failed tries", tcpproxy.PromoteFailures()-before)
+	})
+	close(stop)
+	n := <-sent
+	waitEnd(t, ends, tcpproxy.EndDone)
+	r := <-sink.got
+	if r.err != nil || !r.ok || r.n != n {
+		t.Fatalf("backend got %d bytes (in order: %v, err %v), want the %d sent", r.n, r.ok, r.err, n)
+	}
+	if got := tcpproxy.PromoteFailures() - before; got != 2 {
+		t.Fatalf("%d failed tries to leave the loop, want 2 (the injected faults)", got)
+	}
+	if in, _ := tcpproxy.Bursts(h); in == 0 {
+		t.Fatal("no splice burst after the connection left the loop")
+	}
+}
+
+// TestDetachOutOfDescriptors: a detach that cannot take the connection
+// out of its loop fails as ErrNotDetached, and the connection goes on.
+func TestDetachOutOfDescriptors(t *testing.T) {
+	be := lbtest.NewTCP(t, lbtest.Echo)
+	s := makeSide(t, be.Addr, 0, 0)
+	c, h, ends := s.open(t)
+	if !tcpproxy.InLoop(h) {
+		t.Skip("no event loop serves this connection (LBCTL_TCP_ENGINE)")
+	}
+	echo := func(msg string) {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, b); err != nil || string(b) != msg {
+			t.Fatalf("echo of %q: %q %v", msg, b, err)
+		}
+	}
+	echo("before")
+	before := tcpproxy.PromoteFailures()
+	tcpproxy.FailDups(t, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := h.Detach(ctx); !errors.Is(err, tcpproxy.ErrNotDetached) {
+		t.Fatalf("detach without spare descriptors: %v, want ErrNotDetached", err)
+	}
+	if n := tcpproxy.PromoteFailures() - before; n != 1 || !tcpproxy.InLoop(h) {
+		t.Fatalf("%d failed tries, in the loop %v: want 1 and still in the loop", n, tcpproxy.InLoop(h))
+	}
+	echo("after")
+	c.CloseWrite()
+	if rest, err := lbtest.ReadAllTimeout(t, c, 10*time.Second); err != nil || len(rest) != 0 {
+		t.Fatalf("end of stream: %q %v", rest, err)
+	}
+	waitEnd(t, ends, tcpproxy.EndDone)
+}
+
+// TestLoopBulkRealEMFILE is TestLoopBulkOutOfDescriptors with the
+// process really out of descriptors: in a child process, whose free
+// descriptors are taken while the transfer starts, then given back. With
+// none left the duplicate fails; with one, net.FileConn's own does, and
+// the duplicate made must be closed without touching the socket.
+func TestLoopBulkRealEMFILE(t *testing.T) {
+	if os.Getenv("LBCTL_TEST_EMFILE") == "" {
+		if testing.Short() {
+			t.Skip("runs in a child process")
+		}
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestLoopBulkRealEMFILE$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "LBCTL_TEST_EMFILE=1")
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestLoopBulkRealEMFILE") {
+			t.Fatalf("child: %v\n%s", err, out)
+		}
+		return
+	}
+	t.Run("none free", func(t *testing.T) { bulkRealEMFILE(t, 0) })
+	t.Run("one free", func(t *testing.T) { bulkRealEMFILE(t, 1) })
+}
+
+func bulkRealEMFILE(t *testing.T, spare int) {
+	chunk := pattern(1<<20, 12)
+	sink := newRepeatSink(chunk)
+	be := lbtest.NewTCP(t, sink.serve)
+	s := makeSide(t, be.Addr, 0, 0)
+	c, h, ends := s.open(t)
+	if !tcpproxy.InLoop(h) {
+		t.Skip("no event loop serves this connection (LBCTL_TCP_ENGINE)")
+	}
+	// Take every free descriptor (a low limit bounds how many).
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	low := lim
+	low.Cur = uint64(lbtest.OpenFDs(t)) + 64
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	var held []int
+	release := func() {
+		for _, fd := range held {
+			syscall.Close(fd)
+		}
+		held = nil
+	}
+	defer release()
+	for {
+		fd, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			if !errors.Is(err, syscall.EMFILE) {
+				t.Fatal(err)
+			}
+			break
+		}
+		held = append(held, fd)
+	}
+	for range spare {
+		syscall.Close(held[len(held)-1])
+		held = held[:len(held)-1]
+	}
+	before := tcpproxy.PromoteFailures()
+	stop := make(chan struct{})
+	sent := streamUntil(c, chunk, stop, 20_000, 60*time.Second)
+	var drained atomic.Int64
+	go func() {
+		n, _ := io.Copy(io.Discard, c)
+		drained.Store(n)
+	}()
+	lbtest.Until(t, 20*time.Second, func() (bool, string) {
+		return tcpproxy.PromoteFailures() > before, "no failed try to leave the loop yet"
+	})
+	if !tcpproxy.InLoop(h) {
+		t.Fatal("the connection left the loop with no descriptor to spare")
+	}
+	release()
+	lbtest.Until(t, 20*time.Second, func() (bool, string) {
+		return !tcpproxy.InLoop(h), "still in the loop with descriptors free again"
+	})
+	close(stop)
+	n := <-sent
+	waitEnd(t, ends, tcpproxy.EndDone)
+	r := <-sink.got
+	if r.err != nil || !r.ok || r.n != n {
+		t.Fatalf("backend got %d bytes (in order: %v, err %v), want the %d sent", r.n, r.ok, r.err, n)
+	}
+	if in, _ := tcpproxy.Bursts(h); in == 0 {
+		t.Fatal("no splice burst after the connection left the loop")
+	}
+	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+}
