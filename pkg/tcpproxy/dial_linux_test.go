@@ -54,18 +54,19 @@ type loopRig struct {
 	m        *metrics.Metrics
 	backends []*balancer.Backend
 	passive  failures
+	reg      *tcpproxy.Registry // every connection
 }
 
 func newLoopRig(t *testing.T, timeout time.Duration, retries int, header func(client, local netip.AddrPort) []byte, addrs ...string) *loopRig {
 	t.Helper()
-	r := &loopRig{m: metrics.New(prometheus.NewRegistry())}
+	r := &loopRig{m: metrics.New(prometheus.NewRegistry()), reg: &tcpproxy.Registry{}}
 	var members []balancer.Member
 	targets := map[*balancer.Backend]*tcpproxy.Target{}
 	for _, a := range addrs {
 		b := balancer.NewBackend(a)
 		r.backends = append(r.backends, b)
 		members = append(members, balancer.Member{Backend: b, Weight: 1})
-		targets[b] = &tcpproxy.Target{Addr: a, Metrics: r.m.ForTCP("l", "p", a)}
+		targets[b] = &tcpproxy.Target{Addr: a, Metrics: r.m.ForTCP("l", "p", a), Conns: r.reg}
 	}
 	pool, err := balancer.New("round-robin", members)
 	if err != nil {

@@ -122,6 +122,7 @@ const (
 	opPromote                       // move a connection to the goroutine path
 	opConnect                       // connect a client to a backend (dial_linux.go)
 	opDialTimeout                   // a connect timer fired
+	opReadOn                        // read on a side that yielded with bytes left (read)
 	// A listener's (accept_linux.go).
 	opListen
 	opPause
@@ -137,6 +138,7 @@ type op struct {
 	c    *conn
 	l    *Listener
 	done chan struct{} // opPromote and a listener's: closed once carried out
+	side int8          // opReadOn: the side to read from (0 client, 1 backend)
 }
 
 var engines struct {
@@ -499,6 +501,12 @@ func (e *engine) runOps() {
 			e.startDial(o.c)
 		case opDialTimeout:
 			e.dialTimeout(o.c)
+		case opReadOn:
+			if e.serves(o.c) {
+				if rd, _ := o.c.rolesOf(int(o.side)); !rd.eof && rd.buf == nil {
+					e.read(o.c, rd, true)
+				}
+			}
 		default:
 			e.listenOp(o) // accept_linux.go
 		}
@@ -637,7 +645,7 @@ func (e *engine) serveSide(c *conn, side int, flags uint32) {
 // unread), read goes on until the socket says EAGAIN or EOF. A read that
 // fills the buffer means a bulk transfer, which leaves the loop.
 func (e *engine) read(c *conn, d *direction, toEnd bool) {
-	for {
+	for full := 0; ; {
 		n, err := rawsys.Read(d.sfd, e.buf)
 		switch err {
 		case 0:
@@ -662,11 +670,25 @@ func (e *engine) read(c *conn, d *direction, toEnd bool) {
 			}
 			return
 		}
-		if !loopKeepsBulk.Load() && e.now >= c.promoteAfter && e.promote(c, d) {
-			return // bulk: it splices now
+		if !loopKeepsBulk.Load() && e.now >= c.promoteAfter {
+			if e.promote(c, d) || !e.serves(c) {
+				return // bulk: it splices now
+			}
+		}
+		// A bulk transfer the loop keeps (no descriptor to leave it)
+		// yields after maxFullReads: the rest is read after the loop's
+		// other events (opReadOn), since no new edge would say it is
+		// there.
+		if full++; full == maxFullReads {
+			e.post(op{kind: opReadOn, c: c, side: int8(d.srcSide())})
+			return
 		}
 	}
 }
+
+// maxFullReads is how many full buffers one direction reads in a row
+// before the loop serves its other connections.
+const maxFullReads = 64
 
 // forward writes b to d's destination; what it does not take waits in a
 // buffer of d, and d's source is not read until it is written (flush). It

@@ -53,20 +53,27 @@ func FailWatches(t *testing.T, n int) {
 	t.Cleanup(func() { watchFault.Store(nil) })
 }
 
-// FailDups makes the next n conversions of a loop's socket to a
-// *net.TCPConn (promote) fail with EMFILE, as a process out of
-// descriptors sees them.
-func FailDups(t *testing.T, n int) {
+// FailDups makes conversions of a loop's socket to a *net.TCPConn
+// (promote) fail with EMFILE, as a process out of descriptors sees them:
+// after the first skip, n of them (n < 0: every one), until lift is
+// called or the test ends.
+func FailDups(t *testing.T, skip, n int) (lift func()) {
 	var mu sync.Mutex
 	f := func() error {
 		mu.Lock()
 		defer mu.Unlock()
-		if n > 0 {
+		if skip > 0 {
+			skip--
+			return nil
+		}
+		if n != 0 {
 			n--
 			return syscall.EMFILE
 		}
 		return nil
 	}
 	dupFault.Store(&f)
-	t.Cleanup(func() { dupFault.Store(nil) })
+	lift = func() { dupFault.Store(nil) }
+	t.Cleanup(lift)
+	return lift
 }

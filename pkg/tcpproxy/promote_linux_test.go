@@ -36,6 +36,18 @@ func newRepeatSink(chunk []byte) *repeatSink {
 	return &repeatSink{chunk: chunk, got: make(chan repeatResult, 1)}
 }
 
+// result waits for the backend's account of the stream.
+func (s *repeatSink) result(t *testing.T) repeatResult {
+	t.Helper()
+	select {
+	case r := <-s.got:
+		return r
+	case <-time.After(30 * time.Second):
+		t.Fatal("the backend did not see the end of the stream")
+		return repeatResult{}
+	}
+}
+
 func (s *repeatSink) serve(c *net.TCPConn) {
 	buf := make([]byte, 256<<10)
 	var n int64
@@ -105,31 +117,31 @@ func TestLoopBulkOutOfDescriptors(t *testing.T) {
 		t.Skip("no event loop serves this connection (LBCTL_TCP_ENGINE)")
 	}
 	before := tcpproxy.PromoteFailures()
-	tcpproxy.FailDups(t, 2)
+	lift := tcpproxy.FailDups(t, 0, -1)
 	stop := make(chan struct{})
 	sent := streamUntil(c, chunk, stop, 20_000, 60*time.Second)
 	go io.Copy(io.Discard, c)
 
-	// Two tries a second apart fail; the connection is served all along.
+	// It tries again after a failed try (a second later); meanwhile it is
+	// served from the loop. (Tests in this package do not run in
+	// parallel: the fault and the count are the process's.)
 	lbtest.Until(t, 20*time.Second, func() (bool, string) {
 		n := tcpproxy.PromoteFailures() - before
-		return n >= 1, "no failed try to leave the loop yet"
+		return n >= 2, fmt.Sprintf("%d failed tries to leave the loop, want 2 or more", n)
 	})
 	if !tcpproxy.InLoop(h) {
 		t.Fatal("the connection left the loop though its socket could not be converted")
 	}
+	lift()
 	lbtest.Until(t, 20*time.Second, func() (bool, string) {
-		return !tcpproxy.InLoop(h), fmt.Sprintf("still in the loop after %d failed tries", tcpproxy.PromoteFailures()-before)
+		return !tcpproxy.InLoop(h), "still in the loop with descriptors to spare again"
 	})
 	close(stop)
 	n := <-sent
 	waitEnd(t, ends, tcpproxy.EndDone)
-	r := <-sink.got
+	r := sink.result(t)
 	if r.err != nil || !r.ok || r.n != n {
 		t.Fatalf("backend got %d bytes (in order: %v, err %v), want the %d sent", r.n, r.ok, r.err, n)
-	}
-	if got := tcpproxy.PromoteFailures() - before; got != 2 {
-		t.Fatalf("%d failed tries to leave the loop, want 2 (the injected faults)", got)
 	}
 	if in, _ := tcpproxy.Bursts(h); in == 0 {
 		t.Fatal("no splice burst after the connection left the loop")
@@ -158,7 +170,7 @@ func TestDetachOutOfDescriptors(t *testing.T) {
 	}
 	echo("before")
 	before := tcpproxy.PromoteFailures()
-	tcpproxy.FailDups(t, 1)
+	tcpproxy.FailDups(t, 0, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := h.Detach(ctx); !errors.Is(err, tcpproxy.ErrNotDetached) {
@@ -216,6 +228,7 @@ func bulkRealEMFILE(t *testing.T, spare int) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) })
 	var held []int
 	release := func() {
 		for _, fd := range held {
@@ -259,12 +272,87 @@ func bulkRealEMFILE(t *testing.T, spare int) {
 	close(stop)
 	n := <-sent
 	waitEnd(t, ends, tcpproxy.EndDone)
-	r := <-sink.got
+	r := sink.result(t)
 	if r.err != nil || !r.ok || r.n != n {
 		t.Fatalf("backend got %d bytes (in order: %v, err %v), want the %d sent", r.n, r.ok, r.err, n)
 	}
 	if in, _ := tcpproxy.Bursts(h); in == 0 {
 		t.Fatal("no splice burst after the connection left the loop")
 	}
-	syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+}
+
+// TestLoopAcceptedOutOfDescriptors: a connection whose client socket the
+// loop accepted converts its client socket, then fails on the backend's:
+// the client's duplicate is closed without touching the socket, the
+// connection stays in the loop and goes on, and a bulk transfer leaves
+// the loop once descriptors are there again.
+func TestLoopAcceptedOutOfDescriptors(t *testing.T) {
+	echo := lbtest.NewTCP(t, lbtest.Echo)
+	r := newLoopRig(t, 5*time.Second, 0, nil, echo.Addr)
+	a := newAcceptRig(t, r)
+	base := openSockets(t)
+	c := a.dial(t)
+	roundTrip := func(msg []byte) {
+		t.Helper()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Write(msg)
+			errc <- err
+		}()
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("echo of %d bytes: %v (equal %v)", len(msg), err, bytes.Equal(got, msg))
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	roundTrip([]byte("hello"))
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		return r.reg.Len() == 1, fmt.Sprintf("%d connections in the registry, want 1", r.reg.Len())
+	})
+	h := r.reg.Conns(nil)[0]
+	if !tcpproxy.InLoop(h) {
+		t.Fatal("a connection the loop accepted is not served by it")
+	}
+	settled := openSockets(t)
+
+	before := tcpproxy.PromoteFailures()
+	lift := tcpproxy.FailDups(t, 1, -1) // the client's converts, the backend's does not
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := h.Detach(ctx); !errors.Is(err, tcpproxy.ErrNotDetached) {
+		t.Fatalf("detach without spare descriptors: %v, want ErrNotDetached", err)
+	}
+	if n := tcpproxy.PromoteFailures() - before; n != 1 || !tcpproxy.InLoop(h) {
+		t.Fatalf("%d failed tries, in the loop %v: want 1 and still in the loop", n, tcpproxy.InLoop(h))
+	}
+	if n := openSockets(t); n != settled {
+		t.Fatalf("%d sockets open after the failed try, %d before: the client's duplicate was not closed", n, settled)
+	}
+	roundTrip([]byte("still here"))
+
+	// A failed try holds the next one off for a second (promoteRetry):
+	// bulk echoes go on through the loop until then.
+	lift()
+	bulk := pattern(1<<20, 13)
+	deadline := time.Now().Add(30 * time.Second)
+	for i := 0; tcpproxy.InLoop(h); i++ {
+		if i == 300 || time.Now().After(deadline) {
+			t.Fatalf("still in the loop after %d bulk echoes with descriptors to spare", i)
+		}
+		roundTrip(bulk)
+	}
+	roundTrip(bulk)
+	c.CloseWrite()
+	if rest, err := lbtest.ReadAllTimeout(t, c, 10*time.Second); err != nil || len(rest) != 0 {
+		t.Fatalf("end of stream: %q %v", rest, err)
+	}
+	waitEnd(t, a.ends, tcpproxy.EndDone)
+	c.Close()
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		n := openSockets(t)
+		return n <= base, fmt.Sprintf("%d sockets open, %d before", n, base)
+	})
 }
