@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -110,29 +109,46 @@ func streamUntil(c *net.TCPConn, chunk []byte, stop <-chan struct{}, max int, li
 func TestLoopBulkOutOfDescriptors(t *testing.T) {
 	chunk := pattern(1<<20, 11)
 	sink := newRepeatSink(chunk)
-	be := lbtest.NewTCP(t, sink.serve)
-	s := makeSide(t, be.Addr, 0, 0)
-	c, h, ends := s.open(t)
+	c, h, ends := openInLoop(t, sink.serve)
+	before := tcpproxy.PromoteFailures()
+	lift := tcpproxy.FailDups(t, 0, -1)
+	// It tries again after a failed try (a second later). (Tests in this
+	// package do not run in parallel: the fault and the count are the
+	// process's.)
+	bulkThroughShortage(t, c, h, ends, sink, chunk, func() (bool, string) {
+		n := tcpproxy.PromoteFailures() - before
+		return n >= 2, fmt.Sprintf("%d failed tries to leave the loop, want 2 or more", n)
+	}, lift)
+}
+
+// openInLoop opens a connection through a proxy to a backend that
+// serves it, and skips the test unless an event loop serves it.
+func openInLoop(t *testing.T, serve func(*net.TCPConn)) (*net.TCPConn, tcpproxy.Conn, chan tcpproxy.End) {
+	t.Helper()
+	be := lbtest.NewTCP(t, serve)
+	c, h, ends := makeSide(t, be.Addr, 0, 0).open(t)
 	if !tcpproxy.InLoop(h) {
 		t.Skip("no event loop serves this connection (LBCTL_TCP_ENGINE)")
 	}
-	before := tcpproxy.PromoteFailures()
-	lift := tcpproxy.FailDups(t, 0, -1)
+	return c, h, ends
+}
+
+// bulkThroughShortage streams chunk from c, through the connection h,
+// to sink while descriptors are short: once failed says the shortage was
+// met, the connection must still be in its loop; then end lifts the
+// shortage, and the connection must leave the loop. Every byte must reach
+// the backend, in order, and the rest must be spliced.
+func bulkThroughShortage(t *testing.T, c *net.TCPConn, h tcpproxy.Conn, ends chan tcpproxy.End, sink *repeatSink,
+	chunk []byte, failed func() (bool, string), end func()) {
+	t.Helper()
 	stop := make(chan struct{})
 	sent := streamUntil(c, chunk, stop, 20_000, 60*time.Second)
 	go io.Copy(io.Discard, c)
-
-	// It tries again after a failed try (a second later); meanwhile it is
-	// served from the loop. (Tests in this package do not run in
-	// parallel: the fault and the count are the process's.)
-	lbtest.Until(t, 20*time.Second, func() (bool, string) {
-		n := tcpproxy.PromoteFailures() - before
-		return n >= 2, fmt.Sprintf("%d failed tries to leave the loop, want 2 or more", n)
-	})
+	lbtest.Until(t, 20*time.Second, failed)
 	if !tcpproxy.InLoop(h) {
 		t.Fatal("the connection left the loop though its socket could not be converted")
 	}
-	lift()
+	end()
 	lbtest.Until(t, 20*time.Second, func() (bool, string) {
 		return !tcpproxy.InLoop(h), "still in the loop with descriptors to spare again"
 	})
@@ -151,12 +167,7 @@ func TestLoopBulkOutOfDescriptors(t *testing.T) {
 // TestDetachOutOfDescriptors: a detach that cannot take the connection
 // out of its loop fails as ErrNotDetached, and the connection goes on.
 func TestDetachOutOfDescriptors(t *testing.T) {
-	be := lbtest.NewTCP(t, lbtest.Echo)
-	s := makeSide(t, be.Addr, 0, 0)
-	c, h, ends := s.open(t)
-	if !tcpproxy.InLoop(h) {
-		t.Skip("no event loop serves this connection (LBCTL_TCP_ENGINE)")
-	}
+	c, h, ends := openInLoop(t, lbtest.Echo)
 	echo := func(msg string) {
 		t.Helper()
 		c.SetDeadline(time.Now().Add(10 * time.Second))
@@ -212,12 +223,7 @@ func TestLoopBulkRealEMFILE(t *testing.T) {
 func bulkRealEMFILE(t *testing.T, spare int) {
 	chunk := pattern(1<<20, 12)
 	sink := newRepeatSink(chunk)
-	be := lbtest.NewTCP(t, sink.serve)
-	s := makeSide(t, be.Addr, 0, 0)
-	c, h, ends := s.open(t)
-	if !tcpproxy.InLoop(h) {
-		t.Skip("no event loop serves this connection (LBCTL_TCP_ENGINE)")
-	}
+	c, h, ends := openInLoop(t, sink.serve)
 	// Take every free descriptor (a low limit bounds how many).
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
@@ -252,33 +258,9 @@ func bulkRealEMFILE(t *testing.T, spare int) {
 		held = held[:len(held)-1]
 	}
 	before := tcpproxy.PromoteFailures()
-	stop := make(chan struct{})
-	sent := streamUntil(c, chunk, stop, 20_000, 60*time.Second)
-	var drained atomic.Int64
-	go func() {
-		n, _ := io.Copy(io.Discard, c)
-		drained.Store(n)
-	}()
-	lbtest.Until(t, 20*time.Second, func() (bool, string) {
+	bulkThroughShortage(t, c, h, ends, sink, chunk, func() (bool, string) {
 		return tcpproxy.PromoteFailures() > before, "no failed try to leave the loop yet"
-	})
-	if !tcpproxy.InLoop(h) {
-		t.Fatal("the connection left the loop with no descriptor to spare")
-	}
-	release()
-	lbtest.Until(t, 20*time.Second, func() (bool, string) {
-		return !tcpproxy.InLoop(h), "still in the loop with descriptors free again"
-	})
-	close(stop)
-	n := <-sent
-	waitEnd(t, ends, tcpproxy.EndDone)
-	r := sink.result(t)
-	if r.err != nil || !r.ok || r.n != n {
-		t.Fatalf("backend got %d bytes (in order: %v, err %v), want the %d sent", r.n, r.ok, r.err, n)
-	}
-	if in, _ := tcpproxy.Bursts(h); in == 0 {
-		t.Fatal("no splice burst after the connection left the loop")
-	}
+	}, release)
 }
 
 // TestLoopAcceptedOutOfDescriptors: a connection whose client socket the
