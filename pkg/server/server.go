@@ -200,7 +200,10 @@ func (s *Server) Reload(cfg *config.Config) error {
 	resolved, rerr := s.resolveAll(cfg)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.started || s.stopping.Load() {
+	// leaving is set first thing in Shutdown (Ready turns false then),
+	// stopping a moment later: a reload refused by neither would apply
+	// to a server on its way out.
+	if !s.started || s.stopping.Load() || s.leaving.Load() {
 		return ErrNotRunning
 	}
 	old := s.cfg.Load()
