@@ -483,7 +483,8 @@ func (l *listener) waitResume() bool {
 }
 
 // handleTCP sets up one connection, on a starter goroutine (startTCP). It
-// returns once the bytes are flowing (tcpproxy carries on), so the starter
+// returns once an event loop took the connection, or the bytes are
+// flowing (tcpproxy carries on), so the starter
 // is free for the next connection and no stack grown for the dial is kept
 // for the life of a connection.
 //
@@ -508,5 +509,10 @@ func (s *Server) handleTCP(l *listener, st *listenerState, c *net.TCPConn, clien
 			return
 		}
 	}
-	proxy.StartWith(s.killCtx, c, client, pre, done)
+	// The header or hello read, an event loop connects as for a plain
+	// listener, with the hello to write first (tcpproxy.StartInLoopWith);
+	// the dial is made here when no loop can (or the hello is large).
+	if !proxy.StartInLoopWith(s.killCtx, c, client, pre, done) {
+		proxy.StartWith(s.killCtx, c, client, pre, done)
+	}
 }

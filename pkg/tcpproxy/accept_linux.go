@@ -310,7 +310,7 @@ func (e *engine) accepted(l *Listener, fd int, sa unix.Sockaddr) {
 		if ee == nil {
 			ee = e
 		}
-		ee.connect(c, l.h.Ctx, done)
+		ee.connect(c, l.h.Ctx, nil, done)
 	case handoff:
 		tc, err := fileConn(fd, "client", true)
 		if err != nil {

@@ -37,6 +37,7 @@ import (
 // loopDial is a connection's state while its loop connects it.
 type loopDial struct {
 	done  func(End)
+	pre   *Prelude // the bytes the listener read (a ClientHello), written first; nil = none
 	tried balancer.Tried
 	att   attempts
 	b     *balancer.Backend // acquired, being connected to
@@ -129,11 +130,12 @@ func (c *conn) localAddr() netip.AddrPort {
 	return ap
 }
 
-// connect hands the loop a client whose backend it is to connect to;
-// done is called once the connection has ended, or reached no backend.
-func (e *engine) connect(c *conn, ctx context.Context, done func(End)) {
+// connect hands the loop a client whose backend it is to connect to, and
+// the first bytes the listener read from it (pre, nil = none); done is
+// called once the connection has ended, or reached no backend.
+func (e *engine) connect(c *conn, ctx context.Context, pre *Prelude, done func(End)) {
 	c.eng, c.slot = e, slotJoining
-	c.dial = &loopDial{done: done, fd: -1}
+	c.dial = &loopDial{done: done, pre: pre, fd: -1}
 	c.inLoop.Store(true)
 	// An end from here on (this callback, at the end of a shutdown
 	// drain) is posted to the loop, which aborts the connect.
@@ -282,20 +284,22 @@ func (e *engine) dialTimeout(c *conn) {
 	e.dialNext(c)
 }
 
-// dialed: the connect to ld.b succeeded. The PROXY header goes first, then
-// the connection joins the loop as any other; an error fails the attempt.
+// dialed: the connect to ld.b succeeded. The PROXY header and the
+// prelude go first, then the connection joins the loop as any other; an
+// error fails the attempt, and the next backend gets the same bytes.
 func (e *engine) dialed(c *conn) error {
 	ld, p := c.dial, c.p
-	if p.cfg.HeaderFunc != nil {
-		// A header is a few hundred bytes into a socket that has sent
-		// nothing yet: written whole, or the attempt fails.
-		hdr := p.first(c.localAddr(), c.peer, nil)
+	if p.cfg.HeaderFunc != nil || ld.pre != nil {
+		// A header and a hello are a few KiB at most (maxLoopPrelude)
+		// into a socket that has sent nothing yet: written whole, or
+		// the attempt fails.
+		hdr := p.first(c.localAddr(), c.peer, ld.pre)
 		n, errno := rawsys.Write(ld.fd, hdr)
 		if errno != 0 {
 			return fmt.Errorf("write PROXY header or first bytes: %w", errno)
 		}
 		if n < len(hdr) {
-			return errors.New("PROXY header written in part")
+			return errors.New("PROXY header or first bytes written in part")
 		}
 	}
 	var crc syscall.RawConn = c.csock // accepted by a loop (accept_linux.go)
@@ -324,7 +328,10 @@ func (e *engine) dialed(c *conn) error {
 	c.out.sfd, c.out.dfd = ld.fd, c.in.sfd
 	c.added = 2
 	c.dial = nil
-	c.p.established(c, ld.b, t, c.peer, nil, ld.att, c.started, ld.done)
+	if ld.pre != nil {
+		c.in.account(len(ld.pre.Data)) // written above
+	}
+	c.p.established(c, ld.b, t, c.peer, ld.pre, ld.att, c.started, ld.done)
 	c.last.Store(nanotime())
 	if c.idleTimeout > 0 {
 		c.idle = time.AfterFunc(c.idleTimeout, c.checkIdle)
@@ -356,7 +363,7 @@ func (e *engine) dialEnded(c *conn, end End) {
 	c.inLoop.Store(false)
 	c.stopCtx()
 	closeLoopSock(c.csock, false)
-	c.p.refused(c.client, c.peer, nil, c.started, end, ld.att, ld.done)
+	c.p.refused(c.client, c.peer, ld.pre, c.started, end, ld.att, ld.done)
 }
 
 // abortDial ends a connection whose connect is under way (a shutdown):

@@ -317,3 +317,52 @@ func TestLoopDialBulkEcho(t *testing.T) {
 	c.Close()
 	socketsBackTo(t, base)
 }
+
+// TestLoopDialPrelude: a connection whose first bytes the listener read
+// (a ClientHello) is connected by the loop, which writes the PROXY header
+// and then those bytes first, again to the next backend when a connect
+// fails; they count as bytes in. A prelude over maxLoopPrelude is left to
+// StartWith.
+func TestLoopDialPrelude(t *testing.T) {
+	echo := lbtest.NewTCP(t, lbtest.Echo)
+	dead := closedAddr(t)
+	header := func(client, local netip.AddrPort) []byte { return []byte("HDR\n") }
+	r := newLoopRig(t, 5*time.Second, 1, header, dead, echo.Addr)
+	base := openSockets(t)
+	hello := bytes.Repeat([]byte("h"), 5000)
+	for i := range 2 { // one of them tries the closed port first
+		c, sc := clientPair(t)
+		ends := make(chan tcpproxy.End, 1)
+		pre := &tcpproxy.Prelude{Data: hello, SNI: "example.test"}
+		if !r.p.StartInLoopWith(context.Background(), sc, c.LocalAddr().(*net.TCPAddr).AddrPort(), pre,
+			func(e tcpproxy.End) { ends <- e }) {
+			if os.Getenv("LBCTL_TCP_DIAL") == "goroutines" || os.Getenv("LBCTL_TCP_ENGINE") == "goroutines" {
+				t.Skip("the environment turns loop connects off")
+			}
+			t.Fatal("StartInLoopWith declined a prelude of common size")
+		}
+		c.Write([]byte("payload"))
+		c.CloseWrite()
+		got, err := lbtest.ReadAllTimeout(t, c, 10*time.Second)
+		if want := "HDR\n" + string(hello) + "payload"; err != nil || string(got) != want {
+			t.Fatalf("connection %d: backend got (echoed) %d bytes %v, want the header, the %d-byte prelude and the payload",
+				i, len(got), err, len(hello))
+		}
+		waitEndIn(t, ends, tcpproxy.EndDone, 10*time.Second)
+		c.Close()
+	}
+	if got := testutil.ToFloat64(r.m.ConnectErrors.WithLabelValues("p", dead)); got != 1 {
+		t.Fatalf("connect errors of the closed port %v, want 1", got)
+	}
+	if in := testutil.ToFloat64(r.m.Bytes.WithLabelValues("l", "p", echo.Addr, "in")); in != float64(2*(len(hello)+len("payload"))) {
+		t.Fatalf("bytes in %v, want %d (prelude and payload, not the header)", in, 2*(len(hello)+len("payload")))
+	}
+	socketsBackTo(t, base)
+
+	_, sc := clientPair(t)
+	defer sc.Close()
+	big := &tcpproxy.Prelude{Data: make([]byte, 9<<10)}
+	if r.p.StartInLoopWith(context.Background(), sc, netip.AddrPort{}, big, func(tcpproxy.End) {}) {
+		t.Fatal("StartInLoopWith took a 9 KiB prelude; the loop writes at most maxLoopPrelude")
+	}
+}

@@ -27,9 +27,9 @@ type (
 	loopSock struct{}
 )
 
-func (e *engine) connect(*conn, context.Context, func(End)) {}
-func closeLoopSock(*loopSock, bool)                         {}
-func loopsConnect() bool                                    { return false }
+func (e *engine) connect(*conn, context.Context, *Prelude, func(End)) {}
+func closeLoopSock(*loopSock, bool)                                   {}
+func loopsConnect() bool                                              { return false }
 
 // Listener is a listening socket an event loop accepts on
 // (accept_linux.go); ListenInLoop declines here.

@@ -200,7 +200,16 @@ func (p *Proxy) StartWith(ctx context.Context, client *net.TCPConn, clientAddr n
 // It reports false, having done nothing, when there is no event loop, or
 // a target's address is not ip:port: the caller then uses Start.
 func (p *Proxy) StartInLoop(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, done func(End)) bool {
-	if p.addrs == nil {
+	return p.StartInLoopWith(ctx, client, clientAddr, nil, done)
+}
+
+// StartInLoopWith is StartInLoop for a connection whose first bytes the
+// listener has read already (pre, see Prelude; nil = none). It also
+// reports false for a prelude longer than maxLoopPrelude: the loop writes
+// the first bytes to a socket that has just connected in one write, which
+// a hello of common size always fits in; StartWith writes any size.
+func (p *Proxy) StartInLoopWith(ctx context.Context, client *net.TCPConn, clientAddr netip.AddrPort, pre *Prelude, done func(End)) bool {
+	if p.addrs == nil || (pre != nil && len(pre.Data) > maxLoopPrelude) {
 		return false
 	}
 	e := pickDialEngine()
@@ -209,9 +218,14 @@ func (p *Proxy) StartInLoop(ctx context.Context, client *net.TCPConn, clientAddr
 	}
 	c := &conn{client: client, p: p, peer: clientAddr, started: nanotime(),
 		idleTimeout: p.cfg.IdleTimeout, halfClose: p.cfg.HalfCloseTimeout}
-	e.connect(c, ctx, done)
+	e.connect(c, ctx, pre, done)
 	return true
 }
+
+// maxLoopPrelude is the longest prelude a loop writes to a backend (see
+// StartInLoopWith): a new socket's send buffer (tcp_wmem's default, 16
+// KiB) takes it whole, with a PROXY header.
+const maxLoopPrelude = 8 << 10
 
 // LoopConnects reports whether StartInLoop, and a Listener's Admit, can
 // serve p's connections from an event loop: there is one, and every
