@@ -182,14 +182,7 @@ func TestDetachOutOfDescriptors(t *testing.T) {
 	echo("before")
 	before := tcpproxy.PromoteFailures()
 	tcpproxy.FailDups(t, 0, 1)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := h.Detach(ctx); !errors.Is(err, tcpproxy.ErrNotDetached) {
-		t.Fatalf("detach without spare descriptors: %v, want ErrNotDetached", err)
-	}
-	if n := tcpproxy.PromoteFailures() - before; n != 1 || !tcpproxy.InLoop(h) {
-		t.Fatalf("%d failed tries, in the loop %v: want 1 and still in the loop", n, tcpproxy.InLoop(h))
-	}
+	detachFailsInLoop(t, h, before)
 	echo("after")
 	c.CloseWrite()
 	if rest, err := lbtest.ReadAllTimeout(t, c, 10*time.Second); err != nil || len(rest) != 0 {
@@ -263,6 +256,21 @@ func bulkRealEMFILE(t *testing.T, spare int) {
 	}, release)
 }
 
+// detachFailsInLoop checks that a detach of h, with conversions failing,
+// fails as ErrNotDetached after one failed try (since before) and leaves
+// h in its loop.
+func detachFailsInLoop(t *testing.T, h tcpproxy.Conn, before int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := h.Detach(ctx); !errors.Is(err, tcpproxy.ErrNotDetached) {
+		t.Fatalf("detach without spare descriptors: %v, want ErrNotDetached", err)
+	}
+	if n := tcpproxy.PromoteFailures() - before; n != 1 || !tcpproxy.InLoop(h) {
+		t.Fatalf("%d failed tries, in the loop %v: want 1 and still in the loop", n, tcpproxy.InLoop(h))
+	}
+}
+
 // TestLoopAcceptedOutOfDescriptors: a connection whose client socket the
 // loop accepted converts its client socket, then fails on the backend's:
 // the client's duplicate is closed without touching the socket, the
@@ -302,14 +310,7 @@ func TestLoopAcceptedOutOfDescriptors(t *testing.T) {
 
 	before := tcpproxy.PromoteFailures()
 	lift := tcpproxy.FailDups(t, 1, -1) // the client's converts, the backend's does not
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := h.Detach(ctx); !errors.Is(err, tcpproxy.ErrNotDetached) {
-		t.Fatalf("detach without spare descriptors: %v, want ErrNotDetached", err)
-	}
-	if n := tcpproxy.PromoteFailures() - before; n != 1 || !tcpproxy.InLoop(h) {
-		t.Fatalf("%d failed tries, in the loop %v: want 1 and still in the loop", n, tcpproxy.InLoop(h))
-	}
+	detachFailsInLoop(t, h, before)
 	if n := openSockets(t); n != settled {
 		t.Fatalf("%d sockets open after the failed try, %d before: the client's duplicate was not closed", n, settled)
 	}
