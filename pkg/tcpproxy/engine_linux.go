@@ -829,7 +829,7 @@ func (e *engine) promote(c *conn, bulk *direction) bool {
 	var err error
 	if c.client == nil {
 		if ctc, err = c.clientConn(); err != nil {
-			return e.promoteFailed(c, EndClientError, err)
+			return e.promoteFailed(c, EndClientError)
 		}
 	}
 	if c.backend == nil {
@@ -837,7 +837,7 @@ func (e *engine) promote(c *conn, bulk *direction) bool {
 			if ctc != nil {
 				ctc.Close() // a duplicate: the socket stays open
 			}
-			return e.promoteFailed(c, EndBackendError, err)
+			return e.promoteFailed(c, EndBackendError)
 		}
 	}
 	for side := 0; side < 2; side++ {
@@ -875,9 +875,9 @@ func PromoteFailures() int64 { return promoteFailures.Load() }
 const promoteRetry = time.Second
 
 // promoteFailed is promote's way out when a socket could not become a
-// *net.TCPConn (err, out of descriptors): c stays in the loop when both
-// its sockets are in the set, and ends as end otherwise.
-func (e *engine) promoteFailed(c *conn, end End, err error) bool {
+// *net.TCPConn (out of descriptors): c stays in the loop when both its
+// sockets are in the set, and ends as end otherwise.
+func (e *engine) promoteFailed(c *conn, end End) bool {
 	promoteFailures.Add(1)
 	if c.added == 3 {
 		c.promoteAfter = nanotime() + int64(promoteRetry)

@@ -82,13 +82,15 @@ func streamUntil(c *net.TCPConn, chunk []byte, stop <-chan struct{}, max int, li
 	go func() {
 		var n int64
 		end := time.Now().Add(limit)
-		for i := 0; i < max && time.Now().Before(end); i++ {
+		stopped := func() bool {
 			select {
 			case <-stop:
-				i = max
-				continue
+				return true
 			default:
+				return false
 			}
+		}
+		for i := 0; i < max && time.Now().Before(end) && !stopped(); i++ {
 			k, err := c.Write(chunk)
 			n += int64(k)
 			if err != nil {
@@ -311,7 +313,7 @@ func TestLoopAcceptedOutOfDescriptors(t *testing.T) {
 	before := tcpproxy.PromoteFailures()
 	lift := tcpproxy.FailDups(t, 1, -1) // the client's converts, the backend's does not
 	detachFailsInLoop(t, h, before)
-	if n := openSockets(t); n != settled {
+	if n := openSockets(t); n > settled { // fewer: another test's socket closed meanwhile
 		t.Fatalf("%d sockets open after the failed try, %d before: the client's duplicate was not closed", n, settled)
 	}
 	roundTrip([]byte("still here"))
