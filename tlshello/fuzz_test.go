@@ -49,6 +49,20 @@ func FuzzRead(f *testing.F) {
 		if kind(werr) != kind(serr) {
 			t.Fatalf("whole: %v; in pieces: %v", werr, serr)
 		}
+		// Next, fed to each need as an event loop reads, agrees with
+		// Read: where Read found the stream cut short, Next asks for
+		// more than there is.
+		nh, need, nerr, _ := nextOver(t, b, size, false)
+		switch {
+		case errors.Is(werr, ErrTruncated):
+			if nh != nil || nerr != nil || need <= len(b) {
+				t.Fatalf("Read: %v; Next: %v, need %d of %d bytes, %v", werr, nh, need, len(b), nerr)
+			}
+		case kind(werr) != kind(nerr):
+			t.Fatalf("Read: %v; Next: %v", werr, nerr)
+		case werr == nil && (!bytes.Equal(nh.Raw, whole.Raw) || nh.ServerName != whole.ServerName || !slices.Equal(nh.ALPN, whole.ALPN)):
+			t.Fatalf("Read %+v, Next %+v", whole, nh)
+		}
 		if werr != nil {
 			return
 		}

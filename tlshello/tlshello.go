@@ -115,6 +115,31 @@ func Read(c Conn, deadline time.Time) (*Hello, error) {
 	return h, nil
 }
 
+// Next is Read for a caller that reads the connection itself, such as an
+// event loop: raw holds the bytes read so far, from the connection's
+// first. Once raw holds the whole hello, Next returns it, parsed; its Raw
+// is raw, with any bytes after the hello (the caller writes them on to the
+// backend with the rest). Until then it returns need, the length raw must
+// reach before Next can say more: reading no more than need-len(raw)
+// leaves every byte after the hello's last record in the socket, as Read
+// does. An error is one of Read's: ErrNotTLS (known from the first byte),
+// ErrMalformed or ErrTooLarge. Next keeps nothing between calls.
+func Next(raw []byte) (h *Hello, need int, err error) {
+	r := reader{raw: raw}
+	_, msg, err := r.hello()
+	if err == errNeed {
+		return nil, r.need, nil
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	h = &Hello{Raw: raw}
+	if err := parse(msg, h); err != nil {
+		return nil, 0, err
+	}
+	return h, 0, nil
+}
+
 // ReadContext is Read that also gives up when ctx is canceled, by calling
 // closeConn (the caller closes the connection after a failure anyway).
 func ReadContext(ctx context.Context, c Conn, deadline time.Time, closeConn func()) (*Hello, error) {
@@ -126,11 +151,16 @@ func ReadContext(ctx context.Context, c Conn, deadline time.Time, closeConn func
 	return h, err
 }
 
-// reader accumulates the raw bytes of one hello.
+// reader accumulates the raw bytes of one hello: read from c, or, with
+// c nil, given whole (Next).
 type reader struct {
-	c   Conn
-	raw []byte
+	c    Conn
+	raw  []byte
+	need int // Next: the length raw must reach, when fill found it short
 }
+
+// errNeed is fill's error without a connection, when raw is short.
+var errNeed = errors.New("more bytes needed")
 
 // fill reads until r.raw holds n bytes. The buffer grows only once it is
 // full, to twice its size, or at once to n when n is at most 2 KiB (a
@@ -141,6 +171,13 @@ type reader struct {
 func (r *reader) fill(n int) error {
 	if n > MaxSize {
 		return fmt.Errorf("%w: more than %d bytes", ErrTooLarge, MaxSize)
+	}
+	if r.c == nil {
+		if len(r.raw) < n {
+			r.need = n
+			return errNeed
+		}
+		return nil
 	}
 	for len(r.raw) < n {
 		if len(r.raw) == cap(r.raw) {
@@ -188,11 +225,12 @@ func (r *reader) hello() (raw, body []byte, err error) {
 		have     int      // bytes of the handshake header in hdr
 		hdr      [handshakeHeaderLen]byte
 		firstRec = true
+		start    int // of the record being read
 	)
-	for {
-		start := len(r.raw)
+	for ; ; start = frags[len(frags)-1][1] {
 		if err := r.fill(start + recordHeaderLen); err != nil {
 			if firstRec && len(r.raw) > 0 && r.raw[0] != recordTypeHS {
+				// Known from the first byte, without waiting for more.
 				return nil, nil, fmt.Errorf("%w: first byte 0x%02x", ErrNotTLS, r.raw[0])
 			}
 			return nil, nil, err
@@ -240,7 +278,7 @@ func (r *reader) hello() (raw, body []byte, err error) {
 		if total < handshakeHeaderLen+msgLen {
 			continue
 		}
-		return r.raw, r.body(frags, msgLen), nil
+		return r.raw[:frag[1]], r.body(frags, msgLen), nil
 	}
 }
 
