@@ -63,6 +63,9 @@ type listenerState struct {
 	// routes: a tcp listener with routes reads each ClientHello and picks
 	// a route's proxy, else proxy (tlsroute.go); nil without routes.
 	routes *routeTable
+	// router reads routes for an event loop that read a ClientHello
+	// (tlsroute.go); nil without routes.
+	router *helloRouter
 }
 
 // gens gives the generation of each pool the listener's routes name.
@@ -82,6 +85,7 @@ func (s *Server) buildListenerState(lc *config.Listener, p *pool, gens func(stri
 	if err := s.buildRoutes(st, gens, accessLog, tb); err != nil {
 		return nil, err
 	}
+	st.setRouter(s)
 	return st, nil
 }
 
@@ -100,6 +104,7 @@ func (s *Server) rebuildListenerState(st *listenerState, p *pool, accessLog bool
 		return nil, err
 	}
 	ns.routes = rt
+	ns.setRouter(s)
 	return ns, nil
 }
 
@@ -222,10 +227,10 @@ func (s *Server) serve(l *listener) {
 		go s.serveUDP(l)
 		return
 	}
-	if st := l.state.Load(); st.plain() {
+	if st := l.state.Load(); st.loopAdmits() {
 		l.loop = tcpproxy.ListenInLoop(l.tcp, tcpproxy.ListenerHooks{
 			Ctx:     s.killCtx,
-			Admit:   func(peer netip.AddrPort) (*tcpproxy.Proxy, func(tcpproxy.End), bool) { return s.admitInLoop(l, peer) },
+			Admit:   func(peer netip.AddrPort) tcpproxy.Admission { return s.admitInLoop(l, peer) },
 			Handoff: func(c *net.TCPConn, peer netip.AddrPort) { s.accepted(l, c, peer) },
 			Failing: func(err error) { s.acceptFailing(l, err) },
 			Recovered: func(failures int) {
@@ -246,22 +251,37 @@ func (st *listenerState) plain() bool {
 	return st.proxy != nil && st.routes == nil && !st.cfg.AcceptProxyProtocol && st.proxy.LoopConnects()
 }
 
+// loopAdmits reports whether an event loop can take the listener's
+// connections from the accept on: plain, or routing on the ClientHello,
+// which the loop reads (tcpproxy.HelloRouter), without a PROXY header.
+// A route whose pool the loop cannot connect to is served from the
+// goroutine path once its hello is read.
+func (st *listenerState) loopAdmits() bool {
+	if st.routes != nil {
+		return !st.cfg.AcceptProxyProtocol && tcpproxy.LoopsConnect()
+	}
+	return st.plain()
+}
+
 // admitInLoop is the admission of a connection an event loop accepted
 // (tcpproxy.ListenerHooks.Admit): the listener's current generation says
-// whether the loop serves it, or hands it off (a reload made the listener
-// read PROXY headers or route on server names).
-func (s *Server) admitInLoop(l *listener, peer netip.AddrPort) (*tcpproxy.Proxy, func(tcpproxy.End), bool) {
+// whether the loop serves it (and reads its hello first), or hands it
+// off (a reload made the listener read PROXY headers).
+func (s *Server) admitInLoop(l *listener, peer netip.AddrPort) tcpproxy.Admission {
 	st := l.state.Load()
-	if !st.plain() {
-		return nil, nil, true // to accepted, on the goroutine path
+	if !st.loopAdmits() {
+		return tcpproxy.Admission{Handoff: true} // to accepted, on the goroutine path
 	}
 	release, reason := st.gate.admitTCP(l, peer) // admission.go
 	if reason != 0 {
-		return nil, nil, false
+		return tcpproxy.Admission{}
 	}
 	l.active.Add(1)
 	s.conns.Add(1)
-	return st.proxy, s.tcpDone(l, release), false
+	if st.routes != nil {
+		return tcpproxy.Admission{Router: st.router, Done: s.tcpDone(l, release)}
+	}
+	return tcpproxy.Admission{Proxy: st.proxy, Done: s.tcpDone(l, release)}
 }
 
 // acceptFailing logs the first failed accept of an episode (not each).
@@ -282,8 +302,9 @@ const (
 // and hands each to an event loop, which connects to the backend
 // (tcpproxy.StartInLoop), or, when the listener reads a PROXY header or
 // routes on the server name first, to a starter (startTCP), until the
-// listener closes. A plain listener has none: an event loop accepts on it
-// (serve, tcpproxy.ListenInLoop).
+// listener closes. A plain listener, and one that routes on the server
+// name without PROXY headers, has none: an event loop accepts on it (serve,
+// tcpproxy.ListenInLoop), and reads the hello itself.
 //
 // Accepting costs accept4, epoll_ctl (Go's poller), getsockname (Go records
 // the local address) and setsockopt TCP_NODELAY per connection; keep-alive

@@ -2,15 +2,17 @@ package server
 
 // tlsroute.go: routing TLS connections by server name, without
 // terminating TLS. A tcp listener with [[listeners.NAME.routes]] reads
-// each connection's ClientHello (package tlshello) on the connection's own
-// goroutine, after admission and the PROXY header, so a client that sends
-// its hello slowly, or never, holds only its own goroutine and the bytes
-// it sent, never the accept loop, and is closed at tls_inspect_timeout.
-// The first route whose names (and ALPN, when given) match picks the pool;
-// the listener's pool takes the rest. The pool's proxy then dials one of
-// its backends as for any connection (balancer, health, connection
-// counts, retries) and writes the hello's bytes to it, unchanged, before
-// proxying as usual: both sides stay *net.TCPConn, so bulk data still
+// each connection's ClientHello (package tlshello) after admission: in
+// the event loop that accepted it (tcpproxy's hello_linux.go, through
+// helloRouter), or, for a listener that reads PROXY headers first (or
+// where there are no loops), on a starter goroutine (inspect). A client
+// that sends its hello slowly, or never, holds only its connection and
+// the bytes it sent, never the accept loop, and is closed at
+// tls_inspect_timeout. The first route whose names (and ALPN, when given)
+// match picks the pool; the listener's pool takes the rest. The pool's
+// proxy then connects to one of its backends as for any connection
+// (balancer, health, connection counts, retries) and writes the hello's
+// bytes to it, unchanged, before proxying as usual: bulk data still
 // splices.
 //
 // Each route holds a proxy over one generation of its pool. The route
@@ -140,27 +142,59 @@ func (st *listenerState) poolName() string {
 // time (counted as tls_inspect), or no match and no pool (no_route).
 // Runs on the connection's goroutine.
 func (s *Server) inspect(st *listenerState, c *net.TCPConn, client netip.AddrPort) (*tcpproxy.Proxy, *tcpproxy.Prelude) {
-	rt := st.routes
-	h, err := tlshello.ReadContext(s.killCtx, c, time.Now().Add(rt.timeout), func() { c.Close() })
+	h, err := tlshello.ReadContext(s.killCtx, c, time.Now().Add(st.routes.timeout), func() { c.Close() })
 	if err != nil {
-		st.rej.Inc(metrics.ReasonTLSInspect)
-		s.log.Debug("connection without a valid TLS ClientHello refused",
-			zap.String("listener", st.name), zap.Stringer("client", client), zap.Error(err))
+		st.router.Refused(err, client)
 		return nil, nil
 	}
-	pre := &tcpproxy.Prelude{Data: h.Raw, SNI: h.ServerName}
-	for i := range rt.routes {
-		if r := &rt.routes[i]; r.cfg.Match(h.ServerName, h.ALPN) {
-			return r.proxy, pre
+	p := st.router.Route(h, client)
+	if p == nil {
+		return nil, nil
+	}
+	return p, &tcpproxy.Prelude{Data: h.Raw, SNI: h.ServerName}
+}
+
+// helloRouter routes a listener generation's connections on their
+// ClientHello: for an event loop that read it (tcpproxy.HelloRouter), and
+// for inspect. Its methods only count and log: they never block.
+type helloRouter struct {
+	s  *Server
+	st *listenerState
+}
+
+// setRouter gives st its router when it has routes.
+func (st *listenerState) setRouter(s *Server) {
+	if st.routes != nil {
+		st.router = &helloRouter{s: s, st: st}
+	}
+}
+
+// InspectTimeout is tls_inspect_timeout.
+func (r *helloRouter) InspectTimeout() time.Duration { return r.st.routes.timeout }
+
+// Route picks the proxy for hello h: the first matching route's, else
+// the listener pool's; nil, counted as no_route, when there is neither.
+func (r *helloRouter) Route(h *tlshello.Hello, client netip.AddrPort) *tcpproxy.Proxy {
+	st := r.st
+	for i := range st.routes.routes {
+		if rt := &st.routes.routes[i]; rt.cfg.Match(h.ServerName, h.ALPN) {
+			return rt.proxy
 		}
 	}
 	if st.proxy == nil {
 		st.rej.Inc(metrics.ReasonNoRoute)
-		s.log.Debug("TLS connection matched no route",
+		r.s.log.Debug("TLS connection matched no route",
 			zap.String("listener", st.name), zap.Stringer("client", client), zap.String("sni", h.ServerName))
-		return nil, nil
 	}
-	return st.proxy, pre
+	return st.proxy
+}
+
+// Refused counts and logs a connection without a complete, valid hello
+// in time, closed as tls_inspect.
+func (r *helloRouter) Refused(err error, client netip.AddrPort) {
+	r.st.rej.Inc(metrics.ReasonTLSInspect)
+	r.s.log.Debug("connection without a valid TLS ClientHello refused",
+		zap.String("listener", r.st.name), zap.Stringer("client", client), zap.Error(err))
 }
 
 // dropLeftTargets forgets the series listener ol had with each pool it

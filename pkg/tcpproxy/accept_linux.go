@@ -288,8 +288,18 @@ func (e *engine) accepted(l *Listener, fd int, sa unix.Sockaddr) {
 	// inherited from the listening socket.
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	peer := addrPortOf(sa)
-	p, done, handoff := l.h.Admit(peer)
+	a := l.h.Admit(peer)
+	p, done := a.Proxy, a.Done
 	switch {
+	case a.Router != nil:
+		s := &loopSock{}
+		s.fd.Store(int32(fd))
+		c := &conn{csock: s, peer: peer, started: nanotime()}
+		ee := pickEngine()
+		if ee == nil {
+			ee = e
+		}
+		ee.inspect(c, l.h.Ctx, a.Router, done) // hello_linux.go
 	case p != nil && p.addrs == nil:
 		// Not for a loop after all (Admit should have said handoff):
 		// served on the goroutine path.
@@ -311,7 +321,7 @@ func (e *engine) accepted(l *Listener, fd int, sa unix.Sockaddr) {
 			ee = e
 		}
 		ee.connect(c, l.h.Ctx, nil, done)
-	case handoff:
+	case a.Handoff:
 		tc, err := fileConn(fd, "client", true)
 		if err != nil {
 			return // closed, with a reset (fileConn)

@@ -33,7 +33,8 @@ type acceptRig struct {
 	mu      sync.Mutex
 	peers   []netip.AddrPort // Admit's, in order
 	ends    chan tcpproxy.End
-	decide  atomic.Value // func(peer) string: "serve", "handoff" or "refuse"
+	decide  atomic.Value         // func(peer) string: "serve", "inspect", "handoff" or "refuse"
+	router  tcpproxy.HelloRouter // for "inspect"
 	handed  chan *net.TCPConn
 	failing atomic.Int32
 }
@@ -48,17 +49,20 @@ func newAcceptRig(t *testing.T, r *loopRig) *acceptRig {
 	a.decide.Store(func(netip.AddrPort) string { return "serve" })
 	a.l = tcpproxy.ListenInLoop(ln, tcpproxy.ListenerHooks{
 		Ctx: context.Background(),
-		Admit: func(peer netip.AddrPort) (*tcpproxy.Proxy, func(tcpproxy.End), bool) {
+		Admit: func(peer netip.AddrPort) tcpproxy.Admission {
 			a.mu.Lock()
 			a.peers = append(a.peers, peer)
 			a.mu.Unlock()
+			done := func(e tcpproxy.End) { a.ends <- e }
 			switch a.decide.Load().(func(netip.AddrPort) string)(peer) {
 			case "serve":
-				return r.p, func(e tcpproxy.End) { a.ends <- e }, false
+				return tcpproxy.Admission{Proxy: r.p, Done: done}
+			case "inspect":
+				return tcpproxy.Admission{Router: a.router, Done: done}
 			case "handoff":
-				return nil, nil, true
+				return tcpproxy.Admission{Handoff: true}
 			}
-			return nil, nil, false
+			return tcpproxy.Admission{}
 		},
 		Handoff: func(c *net.TCPConn, peer netip.AddrPort) { a.handed <- c },
 		Failing: func(error) { a.failing.Add(1) },
@@ -292,8 +296,8 @@ func testLoopAcceptBacksOff(t *testing.T, failWatch bool) {
 	a.l.Stop()
 	a.l = tcpproxy.ListenInLoop(a.ln, tcpproxy.ListenerHooks{
 		Ctx: context.Background(),
-		Admit: func(peer netip.AddrPort) (*tcpproxy.Proxy, func(tcpproxy.End), bool) {
-			return r.p, func(e tcpproxy.End) { a.ends <- e }, false
+		Admit: func(peer netip.AddrPort) tcpproxy.Admission {
+			return tcpproxy.Admission{Proxy: r.p, Done: func(e tcpproxy.End) { a.ends <- e }}
 		},
 		Failing:   func(error) { a.failing.Add(1) },
 		Recovered: func(n int) { recovered <- n },

@@ -94,6 +94,10 @@ type conn struct {
 	// client stays nil and csock is the client socket, owned by the loop
 	// in the same way as bsock.
 	csock *loopSock
+	// A connection whose loop reads its TLS ClientHello before it
+	// routes it (hello_linux.go): hello is that state, p is nil until
+	// then.
+	hello *loopHello
 }
 
 // direction is one half of a connection: bytes from src to dst.

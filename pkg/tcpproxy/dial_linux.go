@@ -326,6 +326,12 @@ func (e *engine) dialed(c *conn) error {
 	c.out.srcRaw, c.out.dstRaw = s, crc
 	c.in.sfd, c.in.dfd = sockFD(crc), ld.fd
 	c.out.sfd, c.out.dfd = ld.fd, c.in.sfd
+	// A client whose hello the loop read is in the set already
+	// (hello_linux.go): its entry takes this attempt's generation.
+	ctl := unix.EPOLL_CTL_ADD
+	if c.added&1 != 0 {
+		ctl = unix.EPOLL_CTL_MOD
+	}
 	c.added = 2
 	c.dial = nil
 	if ld.pre != nil {
@@ -337,8 +343,11 @@ func (e *engine) dialed(c *conn) error {
 		c.idle = time.AfterFunc(c.idleTimeout, c.checkIdle)
 	}
 	ev := unix.EpollEvent{Events: sockEvents, Fd: c.slot, Pad: int32(c.gen << 1)}
-	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, c.in.sfd, &ev); err != nil {
+	if err := unix.EpollCtl(e.epfd, ctl, c.in.sfd, &ev); err != nil {
 		// The set is full (max_user_watches): serve it the other way.
+		if ctl == unix.EPOLL_CTL_MOD {
+			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.in.sfd, nil)
+		}
 		e.promote(c, nil)
 		return nil
 	}

@@ -117,12 +117,14 @@ type engine struct {
 type opKind uint8
 
 const (
-	opAdd         opKind = iota + 1 // serve a started connection
-	opEnd                           // close a connection whose reason is set
-	opPromote                       // move a connection to the goroutine path
-	opConnect                       // connect a client to a backend (dial_linux.go)
-	opDialTimeout                   // a connect timer fired
-	opReadOn                        // read on a side that yielded with bytes left (read)
+	opAdd          opKind = iota + 1 // serve a started connection
+	opEnd                            // close a connection whose reason is set
+	opPromote                        // move a connection to the goroutine path
+	opConnect                        // connect a client to a backend (dial_linux.go)
+	opDialTimeout                    // a connect timer fired
+	opReadOn                         // read on a side that yielded with bytes left (read)
+	opInspect                        // read a client's ClientHello, then route and connect it (hello_linux.go)
+	opHelloTimeout                   // an inspect timer fired
 	// A listener's (accept_linux.go).
 	opListen
 	opPause
@@ -501,6 +503,10 @@ func (e *engine) runOps() {
 			e.startDial(o.c)
 		case opDialTimeout:
 			e.dialTimeout(o.c)
+		case opInspect:
+			e.startHello(o.c)
+		case opHelloTimeout:
+			e.helloTimeout(o.c)
 		case opReadOn:
 			if e.serves(o.c) {
 				if rd, _ := o.c.rolesOf(int(o.side)); !rd.eof && rd.buf == nil {
@@ -611,6 +617,10 @@ func (e *engine) handle(ev *unix.EpollEvent) {
 		if side == 1 {
 			e.dialEvent(c, ev.Events) // dial_linux.go
 		}
+		return
+	}
+	if c.hello != nil {
+		e.helloEvent(c, ev.Events) // hello_linux.go
 		return
 	}
 	e.serveSide(c, side, ev.Events)
@@ -789,6 +799,10 @@ func (e *engine) endNow(c *conn, why End) {
 func (e *engine) close(c *conn) {
 	if c.dial != nil {
 		e.abortDial(c) // dial_linux.go
+		return
+	}
+	if c.hello != nil {
+		e.helloEnded(c, nil) // hello_linux.go; a shutdown's, counted
 		return
 	}
 	reset := c.resets(End(c.reason.Load())) // before the buffers go: they count as unsent

@@ -23,8 +23,9 @@ func (e *engine) promoteWait(*conn) {}
 // loopDial and loopSock are the state of a connect made by an event loop
 // (dial_linux.go); StartInLoop declines here, so they stay nil.
 type (
-	loopDial struct{}
-	loopSock struct{}
+	loopDial  struct{}
+	loopSock  struct{}
+	loopHello struct{}
 )
 
 func (e *engine) connect(*conn, context.Context, *Prelude, func(End)) {}

@@ -232,6 +232,10 @@ const maxLoopPrelude = 8 << 10
 // target's address is ip:port.
 func (p *Proxy) LoopConnects() bool { return p.addrs != nil && loopsConnect() }
 
+// LoopsConnect reports whether event loops connect to backends on this
+// system (a Listener can serve a proxy from its loop).
+func LoopsConnect() bool { return loopsConnect() }
+
 // localAddr is c's local address.
 func localAddr(c *net.TCPConn) netip.AddrPort {
 	a, _ := c.LocalAddr().(*net.TCPAddr)
