@@ -45,7 +45,7 @@ import (
 )
 
 // countedMeasures are the small-message measures that get a count step.
-var countedMeasures = []string{mShort, mRR1, mRR32, mUDP}
+var countedMeasures = []string{mShort, mSNI, mRR1, mRR32, mUDP}
 
 // syscallKinds are the syscalls counted one by one (those a proxy uses on
 // its data path, and the runtime's own); the tracepoints that the kernel

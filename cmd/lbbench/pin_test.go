@@ -118,7 +118,7 @@ func TestApplyEnvPinAndCounters(t *testing.T) {
 
 // TestPlanCountSteps: a count step of each small-message measure follows
 // its timed steps, once per proxy and round, never for direct, never for
-// HAProxy's missing UDP, and for none of bulk, sni or idle.
+// HAProxy's missing UDP, and for none of bulk or idle.
 func TestPlanCountSteps(t *testing.T) {
 	s := defaultSettings()
 	s.Rounds = 2

@@ -496,7 +496,7 @@ var counterRows = []struct{ key, label string }{
 // counterUnit is what one "request" is in a measure.
 func counterUnit(m string) string {
 	switch m {
-	case mShort:
+	case mShort, mSNI:
 		return "connection"
 	case mUDP:
 		return "datagram"
@@ -509,6 +509,8 @@ func counterLabel(s settings, m string) string {
 	switch m {
 	case mShort:
 		return fmt.Sprintf("short conns (%d workers)", s.ShortConns)
+	case mSNI:
+		return fmt.Sprintf("SNI-routed short conns (%d workers)", s.ShortConns)
 	case mRR1:
 		return fmt.Sprintf("req/resp, %d conn", s.RRConns[0])
 	case mRR32:

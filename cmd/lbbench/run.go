@@ -638,7 +638,7 @@ func runVariant(ctx context.Context, opt runOptions, s settings, progress io.Wri
 		var vals map[string]float64
 		if st.count {
 			var err error
-			vals, err = countStep(ctx, s, st, t, filepath.Join(dir, "run", "count", st.target), usePerf, kinds)
+			vals, err = countStep(ctx, s, st, t, filepath.Join(dir, "run", "count", st.target), usePerf, kinds, hellos)
 			if err != nil && !countErr[st.target] {
 				countErr[st.target] = true
 				res.Notes = append(res.Notes, fmt.Sprintf("round %d, %s counters of %s: %v", st.round+1, st.measure, st.target, err))
@@ -868,7 +868,7 @@ func runLoad(measure string, addrs []string, n int, d time.Duration, out io.Writ
 // counters of counters.go and returns "<measure>.per_req.<counter>"
 // figures; its rates and latencies are not kept (perf costs a little per
 // event). The error says why some counters are missing.
-func countStep(ctx context.Context, s settings, st step, t *target, dir string, usePerf bool, kinds []string) (map[string]float64, error) {
+func countStep(ctx context.Context, s settings, st step, t *target, dir string, usePerf bool, kinds []string, hellos [][]byte) (map[string]float64, error) {
 	if t.pid() == 0 {
 		return nil, nil
 	}
@@ -887,6 +887,8 @@ func countStep(ctx context.Context, s settings, st step, t *target, dir string, 
 	switch st.measure {
 	case mShort:
 		n = measureShort(t.fe.Short, s.ShortConns, w).Count
+	case mSNI:
+		n = measureSNI(t.fe.SNI, hellos, s.ShortConns, w).Count
 	case mRR1, mRR32:
 		conns := s.RRConns[0]
 		if st.measure == mRR32 {

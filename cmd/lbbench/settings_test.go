@@ -28,8 +28,8 @@ func TestApplyEnv(t *testing.T) {
 		}, ""},
 		{"measures keep run order", map[string]string{"BENCH_MEASURES": "sni,short"}, func(s settings) bool {
 			// Each round: both measures on every target, and a count
-			// step of short on each proxy.
-			return reflect.DeepEqual(s.Measures, []string{mShort, mSNI}) && len(plan(s)) == 3*(2*len(allTargets)+len(allTargets)-1)
+			// step of each on each proxy.
+			return reflect.DeepEqual(s.Measures, []string{mShort, mSNI}) && len(plan(s)) == 3*(2*len(allTargets)+2*(len(allTargets)-1))
 		}, ""},
 		{"all measures by default", nil, func(s settings) bool { return reflect.DeepEqual(s.Measures, measureOrder) }, ""},
 		{"unknown measure", map[string]string{"BENCH_MEASURES": "tls"}, nil, `unknown name "tls"`},
