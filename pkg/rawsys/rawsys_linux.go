@@ -1,6 +1,8 @@
 package rawsys
 
 import (
+	"encoding/binary"
+	"net/netip"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -39,4 +41,41 @@ func EpollWait(epfd int, events []unix.EpollEvent, msec int) (int, unix.Errno) {
 func Shutdown(fd, how int) unix.Errno {
 	_, _, errno := unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0)
 	return errno
+}
+
+// Accept4 is accept4(2) on a non-blocking listening socket, with the
+// peer's address as a raw sockaddr (AddrOf reads it). Unlike
+// unix.Accept4, it allocates nothing and makes no other system call
+// (x/sys/unix asks every accepted socket's SO_PROTOCOL, to tell L2TP
+// apart, with one more getsockopt per connection).
+func Accept4(lfd int, sa *unix.RawSockaddrAny, flags int) (int, unix.Errno) {
+	n := uint32(unix.SizeofSockaddrAny)
+	r, _, errno := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(sa)),
+		uintptr(unsafe.Pointer(&n)), uintptr(flags), 0, 0)
+	return int(r), errno
+}
+
+// Getsockname is getsockname(2) into a raw sockaddr, with no other system
+// call (see Accept4).
+func Getsockname(fd int, sa *unix.RawSockaddrAny) unix.Errno {
+	n := uint32(unix.SizeofSockaddrAny)
+	_, _, errno := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(sa)), uintptr(unsafe.Pointer(&n)))
+	return errno
+}
+
+// AddrOf returns the IP address and port of an AF_INET or AF_INET6
+// sockaddr, and the IPv6 scope (zone index, 0 for none); ok is false for
+// another family.
+func AddrOf(sa *unix.RawSockaddrAny) (ap netip.AddrPort, zone uint32, ok bool) {
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&p.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom4(p.Addr), port), 0, true
+	case unix.AF_INET6:
+		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&p.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom16(p.Addr), port), p.Scope_id, true
+	}
+	return netip.AddrPort{}, 0, false
 }

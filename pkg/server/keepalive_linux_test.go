@@ -49,6 +49,8 @@ func TestAcceptedSocketsKeepAlive(t *testing.T) {
 // nginx by default; docs/reference.md). The two sockets are found among
 // this process's descriptors by their addresses.
 //
+// A listening socket lbctl binds is plain TCP (IPPROTO_TCP).
+//
 // The same holds on a listening socket lbctl did not bind (inherited from
 // the service manager without keep-alive): the accepted sockets get
 // lbctl's settings all the same.
@@ -113,6 +115,14 @@ func testSocketOptions(t *testing.T, inherit bool) {
 		}
 		la, err1 := unix.Getsockname(fd)
 		pa, err2 := unix.Getpeername(fd)
+		if err1 == nil && err2 != nil && sockString(la) == accepted && !inherit {
+			// lbctl's listening socket: plain TCP, not Go's default
+			// MPTCP, whose accept path every connection would cross.
+			found["listener"] = true
+			if v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PROTOCOL); err != nil || v != unix.IPPROTO_TCP {
+				t.Errorf("listening socket: SO_PROTOCOL = %d (%v), want IPPROTO_TCP (%d)", v, err, unix.IPPROTO_TCP)
+			}
+		}
 		if err1 != nil || err2 != nil {
 			continue
 		}
@@ -125,8 +135,8 @@ func testSocketOptions(t *testing.T, inherit bool) {
 			check("client", fd)
 		}
 	}
-	if !found["client"] || !found["backend"] {
-		t.Fatalf("sockets found among this process's descriptors: %v, want client and backend", found)
+	if !found["client"] || !found["backend"] || (!inherit && !found["listener"]) {
+		t.Fatalf("sockets found among this process's descriptors: %v, want client, backend and (bound) listener", found)
 	}
 }
 

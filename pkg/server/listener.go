@@ -170,6 +170,11 @@ func (s *Server) bind(lc *config.Listener) (*listener, error) {
 			return l, err
 		}
 		lcfg := tcpListenConfig()
+		// Plain TCP, as HAProxy and nginx listen by default: Go has
+		// made listeners MPTCP where the kernel has it since 1.24, and
+		// every connection then crosses MPTCP's accept path even when
+		// the client speaks plain TCP (docs/benchmarks.md, issue 14).
+		lcfg.SetMultipathTCP(false)
 		ln, err := lcfg.Listen(context.Background(), "tcp", lc.Bind)
 		if err != nil {
 			return nil, err

@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lbctl/lbctl/pkg/rawsys"
 	"golang.org/x/sys/unix"
 )
 
@@ -243,7 +244,7 @@ func (e *engine) accept(l *Listener) {
 
 func (e *engine) acceptFD(l *Listener, lfd int) {
 	for i := 0; i < acceptBatch; i++ {
-		fd, sa, err := accept4(lfd)
+		fd, peer, err := accept4(lfd)
 		switch err {
 		case nil:
 		case unix.EAGAIN:
@@ -260,7 +261,7 @@ func (e *engine) acceptFD(l *Listener, lfd int) {
 			}
 			l.backoff, l.failures = 0, 0
 		}
-		e.accepted(l, fd, sa)
+		e.accepted(l, fd, peer)
 	}
 	e.post(op{kind: opAcceptRetry, l: l}) // more may wait: after the others' events
 }
@@ -283,11 +284,10 @@ func (e *engine) acceptFailed(l *Listener, err error) {
 }
 
 // accepted starts a connection the loop accepted.
-func (e *engine) accepted(l *Listener, fd int, sa unix.Sockaddr) {
+func (e *engine) accepted(l *Listener, fd int, peer netip.AddrPort) {
 	// As Go's net package does on every TCP socket; keep-alive is
 	// inherited from the listening socket.
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	peer := addrPortOf(sa)
 	a := l.h.Admit(peer)
 	p, done := a.Proxy, a.Done
 	switch {
@@ -339,29 +339,32 @@ var acceptFault atomic.Pointer[func() error]
 // watchFault is acceptFault for the EPOLL_CTL_ADD of a listening socket.
 var watchFault atomic.Pointer[func() error]
 
-func accept4(lfd int) (int, unix.Sockaddr, error) {
+// accept4 accepts a connection of the listening socket lfd, and returns
+// its peer as Go's net package gives it (addrPortOf). It is a raw system
+// call (rawsys.Accept4): nothing allocated, no other system call.
+func accept4(lfd int) (int, netip.AddrPort, error) {
 	if f := acceptFault.Load(); f != nil {
 		if err := (*f)(); err != nil {
-			return -1, nil, err
+			return -1, netip.AddrPort{}, err
 		}
 	}
-	return unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	var sa unix.RawSockaddrAny
+	fd, errno := rawsys.Accept4(lfd, &sa, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+	if errno != 0 {
+		return -1, netip.AddrPort{}, errno
+	}
+	return fd, addrPortOf(&sa), nil
 }
 
-// addrPortOf is the peer of an accepted socket as Go's net package gives
-// it (an IPv4 client of an IPv6 socket stays IPv4-mapped).
-func addrPortOf(sa unix.Sockaddr) netip.AddrPort {
-	switch sa := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
-	case *unix.SockaddrInet6:
-		a := netip.AddrFrom16(sa.Addr)
-		if sa.ZoneId != 0 {
-			a = a.WithZone(zoneName(sa.ZoneId))
-		}
-		return netip.AddrPortFrom(a, uint16(sa.Port))
+// addrPortOf is a socket address as Go's net package gives it (an IPv4
+// client of an IPv6 socket stays IPv4-mapped; an IPv6 scope is the
+// interface's name).
+func addrPortOf(sa *unix.RawSockaddrAny) netip.AddrPort {
+	ap, zone, _ := rawsys.AddrOf(sa)
+	if zone != 0 {
+		ap = netip.AddrPortFrom(ap.Addr().WithZone(zoneName(zone)), ap.Port())
 	}
-	return netip.AddrPort{}
+	return ap
 }
 
 // zoneName is the interface name of an IPv6 zone index, as Go's net package

@@ -123,8 +123,9 @@ func (c *conn) localAddr() netip.AddrPort {
 	}
 	var ap netip.AddrPort
 	c.csock.Control(func(fd uintptr) {
-		if sa, err := unix.Getsockname(int(fd)); err == nil {
-			ap = addrPortOf(sa)
+		var sa unix.RawSockaddrAny
+		if rawsys.Getsockname(int(fd), &sa) == 0 {
+			ap = addrPortOf(&sa)
 		}
 	})
 	return ap
@@ -293,7 +294,11 @@ func (e *engine) dialed(c *conn) error {
 		// A header and a hello are a few KiB at most (maxLoopPrelude)
 		// into a socket that has sent nothing yet: written whole, or
 		// the attempt fails.
-		hdr := p.first(c.localAddr(), c.peer, ld.pre)
+		var local netip.AddrPort // the header's destination: asked only for a header
+		if p.cfg.HeaderFunc != nil {
+			local = c.localAddr()
+		}
+		hdr := p.first(local, c.peer, ld.pre)
 		n, errno := rawsys.Write(ld.fd, hdr)
 		if errno != 0 {
 			return fmt.Errorf("write PROXY header or first bytes: %w", errno)
