@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"bufio"
 	"encoding/json"
 	"errors"
@@ -34,12 +35,16 @@ type backendSet struct {
 }
 
 // startBackends listens on n echo, n sink and n UDP echo servers on
-// 127.0.0.1 with ports chosen by the kernel.
+// 127.0.0.1 with ports chosen by the kernel. The TCP ones are plain TCP,
+// as the servers behind a balancer are (Go's listeners are MPTCP by
+// default, whose accept path every proxy's connect would cross).
 func startBackends(n int) (*backendSet, error) {
 	b := &backendSet{conns: make(map[net.Conn]struct{})}
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
 	for i := 0; i < n; i++ {
 		for _, kind := range []string{"echo", "sink"} {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 			if err != nil {
 				b.Close()
 				return nil, fmt.Errorf("listen %s backend: %w", kind, err)
