@@ -79,3 +79,20 @@ func AddrOf(sa *unix.RawSockaddrAny) (ap netip.AddrPort, zone uint32, ok bool) {
 	}
 	return netip.AddrPort{}, 0, false
 }
+
+// Connect is connect(2) of a non-blocking socket to ap, an IPv4 or IPv6
+// address (without a zone), with its sockaddr built on the stack: unlike
+// unix.Connect, nothing is allocated.
+func Connect(fd int, ap netip.AddrPort) unix.Errno {
+	var errno unix.Errno
+	if a := ap.Addr(); a.Is4() {
+		sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.As4()}
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
+		_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+	} else {
+		sa := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
+		_, _, errno = unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(unsafe.Pointer(&sa)), unsafe.Sizeof(sa))
+	}
+	return errno
+}

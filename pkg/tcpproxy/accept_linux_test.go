@@ -341,3 +341,42 @@ func testLoopAcceptBacksOff(t *testing.T, failWatch bool) {
 		t.Fatalf("%d failures told, want 1", n)
 	}
 }
+
+// TestLoopAcceptIPv6: over IPv6 loopback, the loop accepts (the peer
+// admitted is the client's address and port), connects to an IPv6
+// backend and proxies.
+func TestLoopAcceptIPv6(t *testing.T) {
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Skip("no IPv6 loopback:", err)
+	}
+	echo := lbtest.NewTCPAt(t, "[::1]:0", lbtest.Echo)
+	r := newLoopRig(t, 5*time.Second, 0, nil, echo.Addr)
+	peers := make(chan netip.AddrPort, 1)
+	ends := make(chan tcpproxy.End, 1)
+	l := tcpproxy.ListenInLoop(ln, tcpproxy.ListenerHooks{Ctx: context.Background(),
+		Admit: func(peer netip.AddrPort) tcpproxy.Admission {
+			peers <- peer
+			return tcpproxy.Admission{Proxy: r.p, Done: func(e tcpproxy.End) { ends <- e }}
+		}})
+	if l == nil {
+		ln.Close()
+		t.Skip("no event loop accepts here")
+	}
+	defer func() { l.Stop(); ln.Close() }()
+	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("over v6"))
+	c.CloseWrite()
+	got, err := lbtest.ReadAllTimeout(t, c, 10*time.Second)
+	if err != nil || string(got) != "over v6" {
+		t.Fatalf("echoed %q, %v", got, err)
+	}
+	if p, want := <-peers, c.LocalAddr().(*net.TCPAddr).AddrPort(); p != want {
+		t.Fatalf("admitted %v, want the client's %v", p, want)
+	}
+	waitEndIn(t, ends, tcpproxy.EndDone, 10*time.Second)
+}

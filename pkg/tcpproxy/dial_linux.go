@@ -198,15 +198,9 @@ func (e *engine) dialNext(c *conn) {
 // connectTo starts a non-blocking connect to ap and puts the socket in the
 // loop's set; its first event says how the connect went (dialEvent).
 func (e *engine) connectTo(c *conn, ap netip.AddrPort) error {
-	var (
-		sa     unix.Sockaddr
-		family = unix.AF_INET6
-	)
+	family := unix.AF_INET6
 	if ap.Addr().Is4() {
 		family = unix.AF_INET
-		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	} else {
-		sa = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
 	}
 	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -214,9 +208,9 @@ func (e *engine) connectTo(c *conn, ap netip.AddrPort) error {
 	}
 	// As Go's net package does on every TCP socket.
 	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+	if errno := rawsys.Connect(fd, ap); errno != 0 && errno != unix.EINPROGRESS {
 		unix.Close(fd)
-		return os.NewSyscallError("connect", err)
+		return os.NewSyscallError("connect", errno)
 	}
 	ev := unix.EpollEvent{Events: sockEvents, Fd: c.slot, Pad: int32(c.gen<<1) | 1}
 	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
