@@ -89,6 +89,15 @@ func (a *acceptRig) dial(t *testing.T) *net.TCPConn {
 	return c
 }
 
+// stopAndCheck stops the listener, closes its socket and waits until no
+// more sockets are open than base (openSockets before the test).
+func (a *acceptRig) stopAndCheck(t *testing.T, base int) {
+	t.Helper()
+	a.l.Stop()
+	a.ln.Close()
+	socketsBackTo(t, base)
+}
+
 func (a *acceptRig) admitted() []netip.AddrPort {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -146,9 +155,7 @@ func TestLoopAcceptServes(t *testing.T) {
 	for _, c := range clients {
 		c.Close()
 	}
-	a.l.Stop()
-	a.ln.Close()
-	socketsBackTo(t, base)
+	a.stopAndCheck(t, base)
 }
 
 // TestLoopAcceptHandoffAndRefuse: a connection Admit hands off arrives at
@@ -271,9 +278,7 @@ func TestLoopAcceptProxyHeaderAndBulk(t *testing.T) {
 	}
 	waitEndIn(t, a.ends, tcpproxy.EndDone, 10*time.Second)
 	c.Close()
-	a.l.Stop()
-	a.ln.Close()
-	socketsBackTo(t, base)
+	a.stopAndCheck(t, base)
 }
 
 // TestLoopAcceptBacksOff: an accept that fails (out of descriptors) takes

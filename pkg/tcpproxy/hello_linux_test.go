@@ -173,9 +173,7 @@ func TestLoopHelloRoutes(t *testing.T) {
 	if len(router.refused) != 0 {
 		t.Fatalf("%d refusals, want none: %v", len(router.refused), <-router.refused)
 	}
-	a.l.Stop()
-	a.ln.Close()
-	socketsBackTo(t, base)
+	a.stopAndCheck(t, base)
 }
 
 // TestLoopHelloRefuses: a client that is not TLS, closes in the middle
@@ -233,9 +231,7 @@ func TestLoopHelloRefuses(t *testing.T) {
 	if n := echo.Accepted(); n != 0 {
 		t.Fatalf("the backend accepted %d connections, want none", n)
 	}
-	a.l.Stop()
-	a.ln.Close()
-	socketsBackTo(t, base)
+	a.stopAndCheck(t, base)
 }
 
 // TestLoopHelloLeavesLoop: a hello with what followed it over
@@ -270,9 +266,7 @@ func TestLoopHelloLeavesLoop(t *testing.T) {
 		waitEndIn(t, a.ends, tcpproxy.EndDone, 10*time.Second)
 		c.Close()
 	}
-	a.l.Stop()
-	a.ln.Close()
-	socketsBackTo(t, base)
+	a.stopAndCheck(t, base)
 }
 
 // TestLoopHelloShutdown: a shutdown's drain (the listener's Ctx) closes
