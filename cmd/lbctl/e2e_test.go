@@ -281,7 +281,8 @@ func TestServeReloadAndStop(t *testing.T) {
 	lbtest.Eventually(t, 10*time.Second, func() bool {
 		return d.metric(`lbctl_config_reloads_total{result="success"} 1`)
 	}, "reload not counted")
-	for _, m := range []string{"lbctl_config_last_reload_successful 1", "lbctl_config_file_changed 0"} {
+	for _, m := range []string{"lbctl_config_last_reload_successful 1", "lbctl_config_file_changed 0",
+		"lbctl_tcp_loop_missed_wakeups_total 0", "lbctl_tcp_loop_promote_failures_total 0"} {
 		if !d.metric(m) {
 			t.Errorf("after a good reload, /metrics has no %q", m)
 		}

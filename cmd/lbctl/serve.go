@@ -17,6 +17,7 @@ import (
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/lbctl/lbctl/pkg/server"
 	"github.com/lbctl/lbctl/pkg/systemd"
+	"github.com/lbctl/lbctl/pkg/tcpproxy"
 	"github.com/lbctl/lbctl/pkg/upgrade"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
@@ -93,6 +94,7 @@ func serve(cfg *config.Config, path string) error {
 	reg := prometheus.NewRegistry()
 	m := metrics.New(reg)
 	m.SetBuildInfo(version, commit)
+	m.SetLoopCounters(tcpproxy.MissedWakeups, tcpproxy.PromoteFailures)
 	opts := server.Options{Log: log, Metrics: m, Version: version}
 	if h != nil {
 		opts.Inherited, opts.Handover, opts.HoldUDP = h.sockets, h.state, true

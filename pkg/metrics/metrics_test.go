@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // processWide are the lbctl_ families that exist once per process, not per
@@ -18,6 +19,8 @@ var processWide = map[string]bool{
 	"lbctl_config_last_reload_successful":                true,
 	"lbctl_config_last_reload_success_timestamp_seconds": true,
 	"lbctl_config_file_changed":                          true,
+	"lbctl_tcp_loop_missed_wakeups_total":                true,
+	"lbctl_tcp_loop_promote_failures_total":              true,
 }
 
 // scrape lists the lbctl_ series of reg (the process-wide ones aside) as
@@ -217,5 +220,21 @@ func TestHotPathAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(1000, func() { udp.Datagram(Out, 512) }); n != 0 {
 		t.Errorf("UDP.Datagram: %v allocations, want 0", n)
+	}
+}
+
+// TestLoopCounters: the event loops' counters read 0 until the server
+// hands their functions over, then what those return at each scrape.
+func TestLoopCounters(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := New(reg)
+	if got := testutil.ToFloat64(m.LoopMissedWakeups) + testutil.ToFloat64(m.LoopPromoteFailures); got != 0 {
+		t.Fatalf("before SetLoopCounters: %v, want 0", got)
+	}
+	var missed, failed int64 = 3, 5
+	m.SetLoopCounters(func() int64 { return missed }, func() int64 { return failed })
+	failed++
+	if a, b := testutil.ToFloat64(m.LoopMissedWakeups), testutil.ToFloat64(m.LoopPromoteFailures); a != 3 || b != 6 {
+		t.Fatalf("missed wake-ups %v, promote failures %v; want 3, 6", a, b)
 	}
 }

@@ -39,8 +39,12 @@ type operating struct {
 	BackendAdminState     *prometheus.GaugeVec
 	BackendWeight         *prometheus.GaugeVec
 	ConnectionDuration    *prometheus.HistogramVec
+	LoopMissedWakeups     prometheus.CounterFunc
+	LoopPromoteFailures   prometheus.CounterFunc
 
 	fileCheck atomic.Pointer[func() bool]
+	// The event loops' counters (SetLoopCounters); nil reads 0.
+	missedWakeups, promoteFailures atomic.Pointer[func() int64]
 }
 
 // newOperating creates the vectors of this file and registers them on reg.
@@ -80,8 +84,24 @@ func (m *Metrics) newOperating(reg prometheus.Registerer) {
 		Help:    "Life of proxied TCP connections (from accept to close) and UDP sessions, observed when they end.",
 		Buckets: DurationBuckets,
 	}, []string{"listener"})
+	read := func(f *atomic.Pointer[func() int64]) func() float64 {
+		return func() float64 {
+			if g := f.Load(); g != nil {
+				return float64((*g)())
+			}
+			return 0
+		}
+	}
+	o.LoopMissedWakeups = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "lbctl_tcp_loop_missed_wakeups_total",
+		Help: "Times a watchdog found a TCP event loop parked for a second with sockets ready, and woke it: 0 unless a wake-up was lost.",
+	}, read(&o.missedWakeups))
+	o.LoopPromoteFailures = prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "lbctl_tcp_loop_promote_failures_total",
+		Help: "Times a TCP connection could not leave its event loop (for a bulk transfer's splice or an upgrade's handover) for want of file descriptors: it stayed in the loop, or ended if the loop could not watch it.",
+	}, read(&o.promoteFailures))
 	reg.MustRegister(o.BuildInfo, o.LastReloadSuccessful, o.LastReloadSuccessTime, o.ConfigFileChanged,
-		o.BackendAdminState, o.BackendWeight, o.ConnectionDuration)
+		o.BackendAdminState, o.BackendWeight, o.ConnectionDuration, o.LoopMissedWakeups, o.LoopPromoteFailures)
 	m.SetBuildInfo("dev", "unknown")
 }
 
@@ -90,6 +110,14 @@ func (m *Metrics) newOperating(reg prometheus.Registerer) {
 func (m *Metrics) SetBuildInfo(version, commit string) {
 	m.BuildInfo.Reset()
 	m.BuildInfo.WithLabelValues(version, commit, runtime.Version()).Set(1)
+}
+
+// SetLoopCounters makes lbctl_tcp_loop_missed_wakeups_total and
+// lbctl_tcp_loop_promote_failures_total read missed and promoteFailures
+// (tcpproxy's process-wide counters) at each scrape.
+func (m *Metrics) SetLoopCounters(missed, promoteFailures func() int64) {
+	m.missedWakeups.Store(&missed)
+	m.promoteFailures.Store(&promoteFailures)
 }
 
 // ConfigLoaded records the configuration loaded at start at t: the last

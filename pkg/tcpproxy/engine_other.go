@@ -43,3 +43,8 @@ func (l *Listener) Pause() <-chan struct{} { return nil }
 func (l *Listener) Resume()                {}
 func (l *Listener) Stop()                  {}
 func (l *Listener) Err() error             { return nil }
+
+// MissedWakeups and PromoteFailures are the event loops' counters
+// (engine_linux.go): always 0 here.
+func MissedWakeups() int64   { return 0 }
+func PromoteFailures() int64 { return 0 }
