@@ -71,11 +71,14 @@ func (e *engine) startHello(c *conn) {
 	h.timer = time.AfterFunc(d, func() { e.post(op{kind: opHelloTimeout, c: c}) })
 }
 
-// helloEvent reads what the client sent, until the hello is complete or
-// the socket has nothing more. As read does, a read that returns less
+// helloEvent reads what the client sent, when the event says there is
+// something, until the hello is complete or the socket has nothing more. As read does, a read that returns less
 // than the loop's buffer emptied the socket, unless the event said the
 // peer shut down: then it reads on to the EOF.
 func (e *engine) helloEvent(c *conn, flags uint32) {
+	if flags&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
+		return // writable only (the first event of a new socket): nothing to read
+	}
 	h := c.hello
 	fd := int(c.csock.fd.Load())
 	toEnd := flags&(unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) != 0
