@@ -104,7 +104,8 @@ func Read(c Conn, deadline time.Time) (*Hello, error) {
 	defer c.SetReadDeadline(time.Time{})
 	var r reader
 	r.c = c
-	raw, msg, err := r.hello()
+	w := newWalk()
+	raw, msg, err := r.hello(&w)
 	if err != nil {
 		return nil, err
 	}
@@ -115,18 +116,32 @@ func Read(c Conn, deadline time.Time) (*Hello, error) {
 	return h, nil
 }
 
-// Next is Read for a caller that reads the connection itself, such as an
-// event loop: raw holds the bytes read so far, from the connection's
-// first. Once raw holds the whole hello, Next returns it, parsed; its Raw
-// is raw, with any bytes after the hello (the caller writes them on to the
-// backend with the rest). Until then it returns need, the length raw must
-// reach before Next can say more: reading no more than need-len(raw)
-// leaves every byte after the hello's last record in the socket, as Read
-// does. An error is one of Read's: ErrNotTLS (known from the first byte),
-// ErrMalformed or ErrTooLarge. Next keeps nothing between calls.
-func Next(raw []byte) (h *Hello, need int, err error) {
+// Parser is Read for a caller that reads the connection itself, such as
+// an event loop, and hands over the bytes as they come (Next). It looks
+// at each byte once, however the hello is cut into records and reads, and
+// holds no more than the declared message besides the caller's bytes. Its
+// zero value is ready; one Parser serves one connection.
+type Parser struct {
+	w       walk
+	started bool
+}
+
+// Next reports what raw, the bytes read from the connection so far from
+// its first, makes. raw only grows between calls: the same bytes, with
+// more after them. Once raw holds the whole hello, Next returns it,
+// parsed; its Raw is raw, with any bytes after the hello (the caller
+// writes them on to the backend with the rest). Until then it returns
+// need, the length raw must reach before Next can say more: reading no
+// more than need-len(raw) leaves every byte after the hello's last record
+// in the socket, as Read does. An error is one of Read's: ErrNotTLS
+// (known from the first byte), ErrMalformed or ErrTooLarge; the Parser is
+// then done.
+func (p *Parser) Next(raw []byte) (h *Hello, need int, err error) {
+	if !p.started {
+		p.w, p.started = newWalk(), true
+	}
 	r := reader{raw: raw}
-	_, msg, err := r.hello()
+	_, msg, err := r.hello(&p.w)
 	if err == errNeed {
 		return nil, r.need, nil
 	}
@@ -138,6 +153,14 @@ func Next(raw []byte) (h *Hello, need int, err error) {
 		return nil, 0, err
 	}
 	return h, 0, nil
+}
+
+// Next is a new Parser's Next: for bytes looked at once. A caller that
+// calls it again as more bytes arrive keeps a Parser instead, or pays for
+// the records already seen at every call.
+func Next(raw []byte) (h *Hello, need int, err error) {
+	var p Parser
+	return p.Next(raw)
 }
 
 // ReadContext is Read that also gives up when ctx is canceled, by calling
@@ -213,23 +236,33 @@ func readErr(err error, got int) error {
 	return fmt.Errorf("read ClientHello after %d bytes: %w", got, err)
 }
 
+// walk is where the record walk of one hello stands between two calls of
+// hello: for Read, within one call; for a Parser, across calls, so that
+// each byte is looked at once however the hello arrives. It holds
+// offsets into the caller's bytes, which only grow, and the body as far
+// as it was assembled: never more than the declared message.
+type walk struct {
+	start   int                      // offset of the next record
+	records int                      // records done
+	first   int                      // offset of the first record's fragment (its body aliased when it holds all)
+	total   int                      // handshake bytes in the records done
+	hdr     [handshakeHeaderLen]byte // the handshake header, as far as it came
+	have    int                      // bytes of hdr
+	msgLen  int                      // the body's declared length; -1 until hdr is whole
+	body    []byte                   // the body so far, from the second record on
+}
+
+func newWalk() walk { return walk{msgLen: -1} }
+
 // hello reads records until one handshake message is complete. It
 // returns the raw bytes and the handshake message's body (the ClientHello
 // without its 4-byte header). The body aliases raw when the message sits
 // in one record, else it is a copy of exactly its declared size.
-func (r *reader) hello() (raw, body []byte, err error) {
-	var (
-		msgLen   = -1     // handshake body length, once its header is in
-		frags    [][2]int // the record fragments, offsets into raw
-		total    int      // handshake bytes in frags
-		have     int      // bytes of the handshake header in hdr
-		hdr      [handshakeHeaderLen]byte
-		firstRec = true
-		start    int // of the record being read
-	)
-	for ; ; start = frags[len(frags)-1][1] {
+func (r *reader) hello(w *walk) (raw, body []byte, err error) {
+	for {
+		start := w.start
 		if err := r.fill(start + recordHeaderLen); err != nil {
-			if firstRec && len(r.raw) > 0 && r.raw[0] != recordTypeHS {
+			if w.records == 0 && len(r.raw) > 0 && r.raw[0] != recordTypeHS {
 				// Known from the first byte, without waiting for more.
 				return nil, nil, fmt.Errorf("%w: first byte 0x%02x", ErrNotTLS, r.raw[0])
 			}
@@ -239,7 +272,7 @@ func (r *reader) hello() (raw, body []byte, err error) {
 		typ, major, minor := h[0], h[1], h[2]
 		n := int(h[3])<<8 | int(h[4])
 		switch {
-		case firstRec && (typ != recordTypeHS || major != 3 || minor > 4):
+		case w.records == 0 && (typ != recordTypeHS || major != 3 || minor > 4):
 			return nil, nil, fmt.Errorf("%w: record header % x", ErrNotTLS, h)
 		case typ != recordTypeHS:
 			return nil, nil, fmt.Errorf("%w: record of type %d inside the hello", ErrMalformed, typ)
@@ -250,58 +283,51 @@ func (r *reader) hello() (raw, body []byte, err error) {
 		case n > maxRecord:
 			return nil, nil, fmt.Errorf("%w: record of %d bytes (limit %d)", ErrMalformed, n, maxRecord)
 		}
-		firstRec = false
-		if err := r.fill(start + recordHeaderLen + n); err != nil {
+		end := start + recordHeaderLen + n
+		if err := r.fill(end); err != nil {
 			return nil, nil, err
 		}
-		frag := [2]int{start + recordHeaderLen, start + recordHeaderLen + n}
-		frags = append(frags, frag)
-		total += n
+		// The record is whole: from here on w moves past it.
+		frag := r.raw[start+recordHeaderLen : end]
+		w.start = end
+		w.records++
+		if w.records == 1 {
+			w.first = start + recordHeaderLen
+		}
+		w.total += n
 		// The handshake header may itself be split over records.
-		for i := frag[0]; i < frag[1] && have < handshakeHeaderLen; i++ {
-			hdr[have] = r.raw[i]
-			have++
+		k := 0
+		for ; k < len(frag) && w.have < handshakeHeaderLen; k++ {
+			w.hdr[w.have] = frag[k]
+			w.have++
 		}
-		if have < handshakeHeaderLen {
+		if w.have < handshakeHeaderLen {
 			continue
 		}
-		if msgLen < 0 {
-			if hdr[0] != typeClientHello {
-				return nil, nil, fmt.Errorf("%w: handshake message of type %d, not a ClientHello", ErrMalformed, hdr[0])
+		if w.msgLen < 0 {
+			if w.hdr[0] != typeClientHello {
+				return nil, nil, fmt.Errorf("%w: handshake message of type %d, not a ClientHello", ErrMalformed, w.hdr[0])
 			}
-			msgLen = int(hdr[1])<<16 | int(hdr[2])<<8 | int(hdr[3])
+			w.msgLen = int(w.hdr[1])<<16 | int(w.hdr[2])<<8 | int(w.hdr[3])
 			// The records carrying the message take at least this much.
-			if recordHeaderLen+handshakeHeaderLen+msgLen > MaxSize {
-				return nil, nil, fmt.Errorf("%w: hello of %d bytes declared (limit %d with framing)", ErrTooLarge, msgLen, MaxSize)
+			if recordHeaderLen+handshakeHeaderLen+w.msgLen > MaxSize {
+				return nil, nil, fmt.Errorf("%w: hello of %d bytes declared (limit %d with framing)", ErrTooLarge, w.msgLen, MaxSize)
 			}
 		}
-		if total < handshakeHeaderLen+msgLen {
-			continue
+		done := w.total >= handshakeHeaderLen+w.msgLen
+		if done && w.records == 1 {
+			// All in the first record: the body is part of raw.
+			return r.raw[:end], r.raw[w.first+handshakeHeaderLen : w.first+handshakeHeaderLen+w.msgLen], nil
 		}
-		return r.raw[:frag[1]], r.body(frags, msgLen), nil
-	}
-}
-
-// body assembles the handshake body (msgLen bytes after the 4-byte
-// header) from the fragments.
-func (r *reader) body(frags [][2]int, msgLen int) []byte {
-	if len(frags) == 1 {
-		f := frags[0]
-		return r.raw[f[0]+handshakeHeaderLen : f[0]+handshakeHeaderLen+msgLen]
-	}
-	out := make([]byte, 0, msgLen)
-	skip := handshakeHeaderLen
-	for _, f := range frags {
-		b := r.raw[f[0]:f[1]]
-		if skip > 0 {
-			k := min(skip, len(b))
-			b, skip = b[k:], skip-k
+		// Assemble the body as the records come (after the header's
+		// bytes, and without what follows the message in its last
+		// record).
+		if w.body == nil {
+			w.body = make([]byte, 0, w.msgLen)
 		}
-		b = b[:min(len(b), msgLen-len(out))]
-		out = append(out, b...)
-		if len(out) == msgLen {
-			break
+		w.body = append(w.body, frag[k:min(len(frag), k+w.msgLen-len(w.body))]...)
+		if done {
+			return r.raw[:end], w.body, nil
 		}
 	}
-	return out
 }

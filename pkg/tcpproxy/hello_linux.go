@@ -9,9 +9,11 @@ package tcpproxy
 // connect: a goroutine hand-off and a wake-up per connection, and a parked
 // goroutine per client that has not sent its hello yet. Here the loop that
 // accepted the client puts it in its set at once and reads the hello as it
-// arrives, into a buffer of the connection, asking tlshello.Next after each
-// read whether the hello is complete (HAProxy's tcp-request inspect-delay
-// works the same way). Then the router picks the proxy and the loop
+// arrives, into a buffer of the connection, asking the connection's
+// tlshello.Parser after each read whether the hello is complete (HAProxy's
+// tcp-request inspect-delay works the same way); the Parser looks at each
+// byte once, so a hello cut into thousands of one-byte records costs the
+// loop no more than its size. Then the router picks the proxy and the loop
 // connects as for a plain listener, the hello written first (dialed). A
 // client that is slow to send its hello costs its conn and the bytes it
 // sent, nothing else, until tls_inspect_timeout closes it.
@@ -36,6 +38,7 @@ type loopHello struct {
 	ctx   context.Context
 	done  func(End)
 	buf   []byte      // what the client sent so far
+	p     tlshello.Parser
 	timer *time.Timer // the inspect timeout; posts opHelloTimeout
 }
 
@@ -101,7 +104,7 @@ func (e *engine) helloEvent(c *conn, flags uint32) {
 		// Bytes after the hello are the client's too: they go to the
 		// backend with it, in order.
 		h.buf = append(h.buf, e.buf[:n]...)
-		hello, _, err := tlshello.Next(h.buf)
+		hello, _, err := h.p.Next(h.buf) // looks at the new bytes only
 		switch {
 		case err != nil:
 			e.helloEnded(c, err)
