@@ -361,3 +361,85 @@ func TestLoopHelloWaitersHoldNoGoroutine(t *testing.T) {
 		waitEndIn(t, a.ends, tcpproxy.EndDone, 10*time.Second)
 	}
 }
+
+// TestLoopHelloClientDuringConnect: what the client does while the loop
+// connects after its hello (the first backend tried is a black hole,
+// given up after 300 ms, then an echo): bytes and a FIN sent meanwhile
+// arrive once connected, a reset ends the connection as the client's
+// error, and a shutdown ends it once, as a shutdown, with nothing left
+// open.
+func TestLoopHelloClientDuringConnect(t *testing.T) {
+	echo := lbtest.NewTCP(t, lbtest.Echo)
+	hole := lbtest.Blackhole(t)
+	r := newLoopRig(t, 300*time.Millisecond, 1, nil, hole, echo.Addr)
+	router := newTestRouter(10*time.Second, map[string]*tcpproxy.Proxy{"a.test": r.p})
+	base := openSockets(t)
+	a := newHelloRig(t, r, router)
+	h := hello(t, "a.test")
+	routedBy := func(n int) {
+		t.Helper()
+		lbtest.Until(t, 10*time.Second, func() (bool, string) {
+			return len(router.routed()) >= n, fmt.Sprintf("%d hellos routed, want %d", len(router.routed()), n)
+		})
+	}
+	// Round robin: every other connection tries the black hole first.
+	for i := 0; i < 4; i++ {
+		c := a.dial(t)
+		c.Write(h)
+		c.Write([]byte("after"))
+		c.CloseWrite()
+		got, err := lbtest.ReadAllTimeout(t, c, 10*time.Second)
+		if err != nil || string(got) != string(h)+"after" {
+			t.Fatalf("connection %d: %d bytes echoed (%v), want the hello and what followed", i, len(got), err)
+		}
+		waitEndIn(t, a.ends, tcpproxy.EndDone, 10*time.Second)
+		c.Close()
+	}
+	for i := 0; i < 2; i++ {
+		c := a.dial(t)
+		c.Write(h)
+		routedBy(5 + i)
+		c.SetLinger(0)
+		c.Close() // a reset, while connecting or just connected
+		waitEndIn(t, a.ends, tcpproxy.EndClientError, 10*time.Second)
+	}
+	if got := testutil.ToFloat64(r.m.ConnectErrors.WithLabelValues("p", hole)); got < 2 {
+		t.Fatalf("%v connects to the black hole timed out, want at least 2: the clients did not act during a connect", got)
+	}
+	a.stopAndCheck(t, base)
+
+	// A shutdown while the only backend does not answer.
+	r = newLoopRig(t, 10*time.Second, 0, nil, hole)
+	router = newTestRouter(10*time.Second, map[string]*tcpproxy.Proxy{"a.test": r.p})
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ends := make(chan tcpproxy.End, 10)
+	l := tcpproxy.ListenInLoop(ln, tcpproxy.ListenerHooks{Ctx: ctx,
+		Admit: func(netip.AddrPort) tcpproxy.Admission {
+			return tcpproxy.Admission{Router: router, Done: func(e tcpproxy.End) { ends <- e }}
+		}})
+	if l == nil {
+		ln.Close()
+		t.Skip("no event loop accepts here")
+	}
+	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(h)
+	lbtest.Until(t, 10*time.Second, func() (bool, string) { return len(router.routed()) == 1, "hello not routed" })
+	cancel()
+	closedByProxy(t, c, 10*time.Second)
+	c.Close()
+	waitEndIn(t, ends, tcpproxy.EndShutdown, 10*time.Second)
+	l.Stop()
+	ln.Close()
+	socketsBackTo(t, base)
+	if len(ends) != 0 || len(router.refused) != 0 {
+		t.Fatalf("after the shutdown: %d more ends, %d refusals; want none", len(ends), len(router.refused))
+	}
+}
