@@ -202,8 +202,8 @@ func TestLoopHelloRefuses(t *testing.T) {
 		{"no route", func(c *net.TCPConn) { c.Write(hello(t, "nowhere.test")) }, nil},
 	}
 	for _, tc := range cases {
+		start := time.Now() // before the dial: the loop may accept, and start the timer, before DialTCP returns
 		c := a.dial(t)
-		start := time.Now()
 		tc.send(c)
 		if got := closedByProxy(t, c, 10*time.Second); len(got) != 0 {
 			t.Fatalf("%s: the client got %q", tc.name, got)
