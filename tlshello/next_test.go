@@ -18,7 +18,7 @@ import (
 // end of src is returned as it is.
 //
 // One Parser takes every call, as the loop's reader does; the same input
-// to a fresh Parser each time (the package's Next) must agree with it.
+// to a fresh Parser must agree with it.
 func nextOver(t *testing.T, src []byte, step int, greedy bool) (h *Hello, need int, err error, calls int) {
 	t.Helper()
 	var raw []byte
@@ -27,7 +27,7 @@ func nextOver(t *testing.T, src []byte, step int, greedy bool) (h *Hello, need i
 		calls++
 		h, need, err = p.Next(raw)
 		if calls%97 == 0 || h != nil || err != nil {
-			fh, fneed, ferr := Next(raw)
+			fh, fneed, ferr := new(Parser).Next(raw)
 			if (fh == nil) != (h == nil) || fneed != need || kind(ferr) != kind(err) ||
 				(h != nil && (!bytes.Equal(fh.Raw, h.Raw) || fh.ServerName != h.ServerName)) {
 				t.Fatalf("at %d bytes: Parser says %v, %d, %v; a fresh one %v, %d, %v", len(raw), h, need, err, fh, fneed, ferr)
@@ -88,7 +88,7 @@ func TestNext(t *testing.T) {
 			}
 			// All of it at once, with bytes after the hello: Raw keeps them.
 			more := append(slices.Clone(tc.wire), "EARLY"...)
-			h, _, err := Next(more)
+			h, _, err := new(Parser).Next(more)
 			if err != nil || h == nil || !bytes.Equal(h.Raw, more) || h.ServerName != tc.sni {
 				t.Fatalf("with bytes after it: %v, %+v", err, h)
 			}
@@ -123,7 +123,7 @@ func TestNextErrors(t *testing.T) {
 		{"bad body", []byte{0x16, 0x03, 0x01, 0x00, 0x06, 0x01, 0x00, 0x00, 0x02, 0x03, 0x03}, ErrMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h, need, err := Next(tc.raw)
+			h, need, err := new(Parser).Next(tc.raw)
 			if !errors.Is(err, tc.want) || h != nil || need != 0 {
 				t.Fatalf("Next = %v, %d, %v; want %v", h, need, err, tc.want)
 			}
@@ -131,7 +131,7 @@ func TestNextErrors(t *testing.T) {
 	}
 	// A hello cut short is never an error, only a need past what it has.
 	for i := 0; i < len(hello); i++ {
-		h, need, err := Next(hello[:i])
+		h, need, err := new(Parser).Next(hello[:i])
 		if h != nil || err != nil || need <= i {
 			t.Fatalf("Next(first %d of %d bytes) = %v, %d, %v; want a need past %d", i, len(hello), h, need, err, i)
 		}

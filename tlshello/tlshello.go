@@ -155,14 +155,6 @@ func (p *Parser) Next(raw []byte) (h *Hello, need int, err error) {
 	return h, 0, nil
 }
 
-// Next is a new Parser's Next: for bytes looked at once. A caller that
-// calls it again as more bytes arrive keeps a Parser instead, or pays for
-// the records already seen at every call.
-func Next(raw []byte) (h *Hello, need int, err error) {
-	var p Parser
-	return p.Next(raw)
-}
-
 // ReadContext is Read that also gives up when ctx is canceled, by calling
 // closeConn (the caller closes the connection after a failure anyway).
 func ReadContext(ctx context.Context, c Conn, deadline time.Time, closeConn func()) (*Hello, error) {

@@ -292,14 +292,8 @@ func (e *engine) accepted(l *Listener, fd int, peer netip.AddrPort) {
 	p, done := a.Proxy, a.Done
 	switch {
 	case a.Router != nil:
-		s := &loopSock{}
-		s.fd.Store(int32(fd))
-		c := &conn{csock: s, peer: peer, started: nanotime()}
-		ee := pickEngine()
-		if ee == nil {
-			ee = e
-		}
-		ee.inspect(c, l.h.Ctx, a.Router, done) // hello_linux.go
+		c := &conn{csock: newLoopSock(fd), peer: peer, started: nanotime()}
+		e.next().inspect(c, l.h.Ctx, a.Router, done) // hello_linux.go
 	case p != nil && p.addrs == nil:
 		// Not for a loop after all (Admit should have said handoff):
 		// served on the goroutine path.
@@ -310,17 +304,9 @@ func (e *engine) accepted(l *Listener, fd int, peer netip.AddrPort) {
 		}
 		go p.StartWith(l.h.Ctx, tc, peer, nil, done)
 	case p != nil:
-		s := &loopSock{}
-		s.fd.Store(int32(fd))
-		c := &conn{csock: s, p: p, peer: peer, started: nanotime(),
+		c := &conn{csock: newLoopSock(fd), p: p, peer: peer, started: nanotime(),
 			idleTimeout: p.cfg.IdleTimeout, halfClose: p.cfg.HalfCloseTimeout}
-		// The connections spread over the loops in turn, as those of
-		// an accept goroutine do; one for this loop is only queued.
-		ee := pickEngine()
-		if ee == nil {
-			ee = e
-		}
-		ee.connect(c, l.h.Ctx, nil, done)
+		e.next().connect(c, l.h.Ctx, nil, done)
 	case a.Handoff:
 		tc, err := fileConn(fd, "client", true)
 		if err != nil {
@@ -330,6 +316,16 @@ func (e *engine) accepted(l *Listener, fd int, peer netip.AddrPort) {
 	default:
 		unix.Close(fd)
 	}
+}
+
+// next is the loop for a connection e accepted: the connections spread
+// over the loops in turn, as those of an accept goroutine do (one for e
+// itself is only queued); e when no other can be made.
+func (e *engine) next() *engine {
+	if ee := pickEngine(); ee != nil {
+		return ee
+	}
+	return e
 }
 
 // acceptFault, when set (tests), is asked before each accept4: an error

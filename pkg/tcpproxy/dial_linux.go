@@ -63,6 +63,13 @@ type loopSock struct {
 	rc atomic.Pointer[syscall.RawConn] // nc's, once made
 }
 
+// newLoopSock is the loop's socket fd.
+func newLoopSock(fd int) *loopSock {
+	s := &loopSock{}
+	s.fd.Store(int32(fd))
+	return s
+}
+
 var errNotPolled = errors.New("tcpproxy: socket not in Go's poller")
 
 func (s *loopSock) Control(f func(fd uintptr)) error {
@@ -314,8 +321,7 @@ func (e *engine) dialed(c *conn) error {
 	}
 	ld.t.Metrics.ConnectSucceeded(time.Since(ld.since))
 	ld.b.Established()
-	s := &loopSock{}
-	s.fd.Store(int32(ld.fd))
+	s := newLoopSock(ld.fd)
 	c.bsock = s
 	t := ld.t
 	c.t = t

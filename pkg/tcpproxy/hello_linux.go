@@ -20,7 +20,6 @@ package tcpproxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -37,7 +36,7 @@ type loopHello struct {
 	r     HelloRouter
 	ctx   context.Context
 	done  func(End)
-	buf   []byte      // what the client sent so far
+	buf   []byte // what the client sent so far
 	p     tlshello.Parser
 	timer *time.Timer // the inspect timeout; posts opHelloTimeout
 }
@@ -221,7 +220,7 @@ func (s *loopSock) takeConn(name string) (*net.TCPConn, error) {
 	defer s.mu.Unlock()
 	fd := int(s.fd.Swap(-1))
 	if fd < 0 {
-		return nil, errors.New("tcpproxy: socket closed")
+		return nil, net.ErrClosed
 	}
 	return fileConn(fd, name, true)
 }
