@@ -98,7 +98,7 @@ func (m *Metrics) newOperating(reg prometheus.Registerer) {
 	}, read(&o.missedWakeups))
 	o.LoopPromoteFailures = prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "lbctl_tcp_loop_promote_failures_total",
-		Help: "Times a TCP connection could not leave its event loop (for a bulk transfer's splice or an upgrade's handover) for want of file descriptors: it stayed in the loop, or ended if the loop could not watch it.",
+		Help: "Times a TCP connection could not leave its event loop for want of file descriptors: for a bulk transfer's splice or an upgrade's handover it stayed in the loop, or ended if the loop could not watch it; a client bound for the goroutine path was reset.",
 	}, read(&o.promoteFailures))
 	reg.MustRegister(o.BuildInfo, o.LastReloadSuccessful, o.LastReloadSuccessTime, o.ConfigFileChanged,
 		o.BackendAdminState, o.BackendWeight, o.ConnectionDuration, o.LoopMissedWakeups, o.LoopPromoteFailures)

@@ -8,8 +8,12 @@
 // last that long) and hands it to another thread: a hand-off for nothing,
 // as the loop is back a moment later. Measured at 32 request/response
 // connections, sysmon fell from 13.6 % to 0.6 % of lbctl's CPU samples
-// (docs/benchmarks.md, Issue 14). Blocking waits still go through Go's
-// poller.
+// (docs/benchmarks.md, Issue 14). The calls that open, set up and close a
+// loop's sockets (socket, setsockopt, getsockopt, epoll_ctl, close) are
+// raw too: through Syscall, every connection that came after a moment
+// with nothing to run woke sysmon from its deep sleep, which then polled
+// every 20 µs for a millisecond or more (0.2-0.4 nanosleep per short
+// connection, 0.02 raw). Blocking waits still go through Go's poller.
 //
 // Linux only; elsewhere the package is empty.
 package rawsys

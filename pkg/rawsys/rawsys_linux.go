@@ -96,3 +96,63 @@ func Connect(fd int, ap netip.AddrPort) unix.Errno {
 	}
 	return errno
 }
+
+// The calls that open, set up and close a loop's sockets. They never wait
+// either (a socket is closed with no linger, or with a zero one that
+// resets), and made with Syscall they woke sysmon from its deep sleep at
+// every connection that came after a pause: each such wake-up starts
+// sysmon's 20 µs polling again (docs/benchmarks.md, Issue 14, 14.).
+
+// Socket is socket(2).
+func Socket(domain, typ, proto int) (int, unix.Errno) {
+	r, _, errno := unix.RawSyscall(unix.SYS_SOCKET, uintptr(domain), uintptr(typ), uintptr(proto))
+	return int(r), errno
+}
+
+// Close is close(2) of a descriptor whose close cannot wait: not a socket
+// with a non-zero SO_LINGER.
+func Close(fd int) unix.Errno {
+	_, _, errno := unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+	return errno
+}
+
+// EpollCtl is epoll_ctl(2); ev may be nil for EPOLL_CTL_DEL.
+func EpollCtl(epfd, op, fd int, ev *unix.EpollEvent) unix.Errno {
+	_, _, errno := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	return errno
+}
+
+// SetsockoptInt is setsockopt(2) of an int option.
+func SetsockoptInt(fd, level, opt, v int) unix.Errno {
+	iv := int32(v)
+	_, _, errno := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt),
+		uintptr(unsafe.Pointer(&iv)), unsafe.Sizeof(iv), 0)
+	return errno
+}
+
+// GetsockoptInt is getsockopt(2) of an int option.
+func GetsockoptInt(fd, level, opt int) (int, unix.Errno) {
+	var iv int32
+	n := uint32(unsafe.Sizeof(iv))
+	_, _, errno := unix.RawSyscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt),
+		uintptr(unsafe.Pointer(&iv)), uintptr(unsafe.Pointer(&n)), 0)
+	return int(iv), errno
+}
+
+// SetLingerReset sets SO_LINGER on with a zero timeout: the next close
+// resets the connection (RST) at once instead of closing it with a FIN.
+func SetLingerReset(fd int) unix.Errno {
+	l := unix.Linger{Onoff: 1, Linger: 0}
+	_, _, errno := unix.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER,
+		uintptr(unsafe.Pointer(&l)), unsafe.Sizeof(l), 0)
+	return errno
+}
+
+// Errno is errno as an error: nil for 0 (a unix.Errno of 0 in an error
+// interface is not nil).
+func Errno(errno unix.Errno) error {
+	if errno == 0 {
+		return nil
+	}
+	return errno
+}

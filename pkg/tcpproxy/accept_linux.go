@@ -85,10 +85,10 @@ func ListenInLoop(ln *net.TCPListener, h ListenerHooks) *Listener {
 				return
 			}
 		}
-		l.watchErr = unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+		l.watchErr = rawsys.Errno(rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev))
 		l.in = l.watchErr == nil
 	}
-	l.unwatchFn = func(fd uintptr) { unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) }
+	l.unwatchFn = func(fd uintptr) { rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(fd), nil) }
 	e.callWait(op{kind: opListen, l: l})
 	if !l.in {
 		return nil // the set is full (max_user_watches)
@@ -287,7 +287,7 @@ func (e *engine) acceptFailed(l *Listener, err error) {
 func (e *engine) accepted(l *Listener, fd int, peer netip.AddrPort) {
 	// As Go's net package does on every TCP socket; keep-alive is
 	// inherited from the listening socket.
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	rawsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	a := l.h.Admit(peer)
 	p, done := a.Proxy, a.Done
 	switch {
@@ -299,6 +299,7 @@ func (e *engine) accepted(l *Listener, fd int, peer netip.AddrPort) {
 		// served on the goroutine path.
 		tc, err := fileConn(fd, "client", true)
 		if err != nil {
+			leaveFailed(err, "reset")
 			done(EndClientError)
 			return
 		}
@@ -310,11 +311,12 @@ func (e *engine) accepted(l *Listener, fd int, peer netip.AddrPort) {
 	case a.Handoff:
 		tc, err := fileConn(fd, "client", true)
 		if err != nil {
-			return // closed, with a reset (fileConn)
+			leaveFailed(err, "reset") // closed, with a reset (fileConn)
+			return
 		}
 		l.h.Handoff(tc, peer)
 	default:
-		unix.Close(fd)
+		rawsys.Close(fd)
 	}
 }
 

@@ -209,20 +209,20 @@ func (e *engine) connectTo(c *conn, ap netip.AddrPort) error {
 	if ap.Addr().Is4() {
 		family = unix.AF_INET
 	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return os.NewSyscallError("socket", err)
+	fd, errno := rawsys.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if errno != 0 {
+		return os.NewSyscallError("socket", errno)
 	}
 	// As Go's net package does on every TCP socket.
-	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	rawsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	if errno := rawsys.Connect(fd, ap); errno != 0 && errno != unix.EINPROGRESS {
-		unix.Close(fd)
+		rawsys.Close(fd)
 		return os.NewSyscallError("connect", errno)
 	}
 	ev := unix.EpollEvent{Events: sockEvents, Fd: c.slot, Pad: int32(c.gen<<1) | 1}
-	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		unix.Close(fd)
-		return os.NewSyscallError("epoll_ctl", err)
+	if errno := rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, fd, &ev); errno != 0 {
+		rawsys.Close(fd)
+		return os.NewSyscallError("epoll_ctl", errno)
 	}
 	c.dial.fd = fd
 	return nil
@@ -242,9 +242,10 @@ func (e *engine) dialEvent(c *conn, flags uint32) {
 		return
 	}
 	ld := c.dial
-	errno, err := unix.GetsockoptInt(ld.fd, unix.SOL_SOCKET, unix.SO_ERROR)
-	if err == nil && errno != 0 {
-		err = syscall.Errno(errno)
+	soerr, errno := rawsys.GetsockoptInt(ld.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	err := rawsys.Errno(errno)
+	if err == nil && soerr != 0 {
+		err = syscall.Errno(soerr)
 	}
 	if err == nil && flags&(unix.EPOLLERR|unix.EPOLLHUP) != 0 && flags&unix.EPOLLOUT == 0 {
 		err = syscall.ECONNREFUSED // hung up without saying why
@@ -265,7 +266,7 @@ func (e *engine) dialEvent(c *conn, flags uint32) {
 func (e *engine) attemptFailed(c *conn, err error) {
 	ld := c.dial
 	if ld.fd >= 0 {
-		unix.Close(ld.fd) // leaves the set with it
+		rawsys.Close(ld.fd) // leaves the set with it
 		ld.fd = -1
 	}
 	// A failure after the end of a shutdown drain was posted is not held
@@ -348,10 +349,10 @@ func (e *engine) dialed(c *conn) error {
 		c.idle = time.AfterFunc(c.idleTimeout, c.checkIdle)
 	}
 	ev := unix.EpollEvent{Events: sockEvents, Fd: c.slot, Pad: int32(c.gen << 1)}
-	if err := unix.EpollCtl(e.epfd, ctl, c.in.sfd, &ev); err != nil {
+	if rawsys.EpollCtl(e.epfd, ctl, c.in.sfd, &ev) != 0 {
 		// The set is full (max_user_watches): serve it the other way.
 		if ctl == unix.EPOLL_CTL_MOD {
-			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.in.sfd, nil)
+			rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.in.sfd, nil)
 		}
 		e.promote(c, nil)
 		return nil
@@ -431,11 +432,6 @@ func (s *loopSock) dupConn(name string) (*net.TCPConn, error) {
 	if fd < 0 {
 		return nil, net.ErrClosed
 	}
-	if f := dupFault.Load(); f != nil {
-		if err := (*f)(); err != nil {
-			return nil, err
-		}
-	}
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -444,8 +440,8 @@ func (s *loopSock) dupConn(name string) (*net.TCPConn, error) {
 	return fileConn(dup, name, false)
 }
 
-// dupFault, when set (tests), is asked before each dupConn: an error
-// fails it as a process out of descriptors would.
+// dupFault, when set (tests), is asked by each fileConn: an error fails
+// it as a process out of descriptors would.
 var dupFault atomic.Pointer[func() error]
 
 // handOver makes tc, a duplicate from dupConn, s's socket: the RawConn
@@ -470,10 +466,17 @@ func (s *loopSock) handOver(tc *net.TCPConn) {
 func fileConn(fd int, name string, reset bool) (*net.TCPConn, error) {
 	ka := keepAliveOf(fd)
 	f := os.NewFile(uintptr(fd), name)
-	nc, err := net.FileConn(f)
+	var nc net.Conn
+	var err error
+	if fault := dupFault.Load(); fault != nil {
+		err = (*fault)()
+	}
+	if err == nil {
+		nc, err = net.FileConn(f)
+	}
 	if err != nil {
 		if reset {
-			unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+			rawsys.SetLingerReset(fd)
 		}
 		f.Close()
 		return nil, err
@@ -526,7 +529,7 @@ func closeLoopSock(s *loopSock, reset bool) {
 		return
 	}
 	if reset {
-		unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		rawsys.SetLingerReset(fd)
 	}
-	unix.Close(fd)
+	rawsys.Close(fd)
 }

@@ -283,7 +283,7 @@ func (e *engine) post(o op) {
 	e.mu.Unlock()
 	if wake {
 		var one = [8]byte{1}
-		unix.Write(e.evfd, one[:]) // EAGAIN: the counter is full, a wake-up is pending anyway
+		rawsys.Write(e.evfd, one[:]) // EAGAIN: the counter is full, a wake-up is pending anyway
 	}
 }
 
@@ -363,7 +363,7 @@ func (e *engine) watchdogLook() {
 	if ready && e.wd.suspect && turns == e.wd.turns {
 		missedWakeups.Add(1)
 		var one = [8]byte{1}
-		unix.Write(e.evfd, one[:])
+		rawsys.Write(e.evfd, one[:])
 		if now := time.Now(); now.Sub(e.wd.logged) >= time.Minute {
 			e.wd.logged = now
 			zap.L().Warn("tcp event loop: parked with sockets ready for a second; woken by its watchdog",
@@ -541,7 +541,7 @@ func (e *engine) join(c *conn) {
 	}
 	for side := 0; side < 2; side++ {
 		ev := unix.EpollEvent{Events: sockEvents, Fd: c.slot, Pad: int32(c.gen<<1) | int32(side)}
-		if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, c.fdOf(side), &ev); err != nil {
+		if rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, c.fdOf(side), &ev) != 0 {
 			// The set is full (max_user_watches): serve it the other way.
 			e.promote(c, nil)
 			return
@@ -780,7 +780,7 @@ func (e *engine) eof(c *conn, d *direction) {
 // hang-up without one (both ways shut) changes nothing: the directions see
 // it when they next use the socket.
 func (e *engine) hangup(c *conn, side int) {
-	if errno, err := unix.GetsockoptInt(c.fdOf(side), unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
+	if soerr, errno := rawsys.GetsockoptInt(c.fdOf(side), unix.SOL_SOCKET, unix.SO_ERROR); errno != 0 || soerr != 0 {
 		e.endNow(c, sideFailed(side))
 	}
 }
@@ -843,7 +843,7 @@ func (e *engine) promote(c *conn, bulk *direction) bool {
 	var err error
 	if c.client == nil {
 		if ctc, err = c.clientConn(); err != nil {
-			return e.promoteFailed(c, EndClientError)
+			return e.promoteFailed(c, EndClientError, err)
 		}
 	}
 	if c.backend == nil {
@@ -851,12 +851,12 @@ func (e *engine) promote(c *conn, bulk *direction) bool {
 			if ctc != nil {
 				ctc.Close() // a duplicate: the socket stays open
 			}
-			return e.promoteFailed(c, EndBackendError)
+			return e.promoteFailed(c, EndBackendError, err)
 		}
 	}
 	for side := 0; side < 2; side++ {
 		if c.added&(1<<side) != 0 {
-			unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.fdOf(side), nil)
+			rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, c.fdOf(side), nil)
 		}
 	}
 	c.useConns(ctc, btc)
@@ -879,9 +879,10 @@ func (e *engine) promote(c *conn, bulk *direction) bool {
 var promoteFailures atomic.Int64
 
 // PromoteFailures is the number of times a connection could not leave an
-// event loop (for a bulk transfer's splice or a detach) for want of
-// descriptors: it stayed in the loop, or ended if the loop could not
-// watch it.
+// event loop for want of descriptors: for a bulk transfer's splice or a
+// detach (it stayed in the loop, or ended if the loop could not watch
+// it), or for the goroutine path after its accept or its ClientHello (a
+// PROXY header to read, a hello too long for the loop: it was reset).
 func PromoteFailures() int64 { return promoteFailures.Load() }
 
 // promoteRetry is how long a connection that could not leave the loop
@@ -891,15 +892,35 @@ const promoteRetry = time.Second
 // promoteFailed is promote's way out when a socket could not become a
 // *net.TCPConn (out of descriptors): c stays in the loop when both its
 // sockets are in the set, and ends as end otherwise.
-func (e *engine) promoteFailed(c *conn, end End) bool {
-	promoteFailures.Add(1)
+func (e *engine) promoteFailed(c *conn, end End, err error) bool {
 	if c.added == 3 {
+		leaveFailed(err, "stays in the loop")
 		c.promoteAfter = nanotime() + int64(promoteRetry)
 		return false
 	}
+	leaveFailed(err, "ended")
 	c.reason.CompareAndSwap(0, int32(end))
 	e.close(c)
 	return false
+}
+
+// leaveLogEvery is how often at most leaveFailed logs.
+const leaveLogEvery = 10 * time.Second
+
+// leaveLogged is when leaveFailed last logged (nanotime; 0: never).
+var leaveLogged atomic.Int64
+
+// leaveFailed counts a connection that could not leave its loop for want
+// of descriptors (err), and logs it with then, what became of it: the
+// first time, then at most once every leaveLogEvery, with the count so
+// far (promote failures).
+func leaveFailed(err error, then string) {
+	n := promoteFailures.Add(1)
+	now, last := nanotime(), leaveLogged.Load()
+	if (last == 0 || now-last >= int64(leaveLogEvery)) && leaveLogged.CompareAndSwap(last, now) {
+		zap.L().Warn("tcp event loop: a connection could not leave the loop for want of file descriptors",
+			zap.String("connection", then), zap.Error(err), zap.Int64("promote_failures", n))
+	}
 }
 
 // srcSide is the side (0 client, 1 backend) d reads from.

@@ -4,6 +4,9 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // FailAccepts makes the loops' accept4 calls after the first skip fail
@@ -54,7 +57,8 @@ func FailWatches(t *testing.T, n int) {
 }
 
 // FailDups makes conversions of a loop's socket to a *net.TCPConn
-// (promote) fail with EMFILE, as a process out of descriptors sees them:
+// (promote; the hand-off of a client to the goroutine path) fail with
+// EMFILE, as a process out of descriptors sees them:
 // after the first skip, n of them (n < 0: every one), until lift is
 // called or the test ends.
 func FailDups(t *testing.T, skip, n int) (lift func()) {
@@ -76,4 +80,15 @@ func FailDups(t *testing.T, skip, n int) (lift func()) {
 	lift = func() { dupFault.Store(nil) }
 	t.Cleanup(lift)
 	return lift
+}
+
+// ObserveLeaveLog sends the package's logs to a zap observer for the rest
+// of the test, and lets leaveFailed's next failure be logged however
+// recent the last one was.
+func ObserveLeaveLog(t *testing.T) *observer.ObservedLogs {
+	core, logs := observer.New(zap.WarnLevel)
+	restore := zap.ReplaceGlobals(zap.New(core))
+	leaveLogged.Store(0)
+	t.Cleanup(restore)
+	return logs
 }

@@ -62,7 +62,7 @@ func (e *engine) startHello(c *conn) {
 		return
 	}
 	ev := unix.EpollEvent{Events: sockEvents, Fd: c.slot, Pad: int32(c.gen << 1)}
-	if err := unix.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(c.csock.fd.Load()), &ev); err != nil {
+	if rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_ADD, int(c.csock.fd.Load()), &ev) != 0 {
 		// The set is full (max_user_watches): not counted against the
 		// client, who sent nothing wrong.
 		e.helloEnded(c, nil)
@@ -170,14 +170,15 @@ func (e *engine) routed(c *conn, hello *tlshello.Hello) {
 func (e *engine) helloLeaves(c *conn, p *Proxy, pre *Prelude) {
 	h := c.hello
 	c.hello = nil
-	unix.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(c.csock.fd.Load()), nil)
+	rawsys.EpollCtl(e.epfd, unix.EPOLL_CTL_DEL, int(c.csock.fd.Load()), nil)
 	c.added = 0
 	e.leave(c)
 	c.inLoop.Store(false)
 	c.stopCtx()
 	tc, err := c.csock.takeConn("client")
 	if err != nil {
-		h.done(EndClientError) // closed with a reset (fileConn)
+		leaveFailed(err, "reset") // closed with a reset (fileConn)
+		h.done(EndClientError)
 		return
 	}
 	go p.StartWith(h.ctx, tc, c.peer, pre, h.done)

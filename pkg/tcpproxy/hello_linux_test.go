@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -266,6 +267,54 @@ func TestLoopHelloLeavesLoop(t *testing.T) {
 		waitEndIn(t, a.ends, tcpproxy.EndDone, 10*time.Second)
 		c.Close()
 	}
+	a.stopAndCheck(t, base)
+}
+
+// TestLoopHelloLeavesOutOfDescriptors: a client that must leave the loop
+// after its hello (12 KiB follow it) when the process is out of
+// descriptors is reset, not closed, so that it cannot take a cut stream
+// for a complete one; it counts as a promote failure, blames no backend
+// (the end is the client's), and the next client is served.
+func TestLoopHelloLeavesOutOfDescriptors(t *testing.T) {
+	echo := lbtest.NewTCP(t, lbtest.Echo)
+	r := newLoopRig(t, 5*time.Second, 0, nil, echo.Addr)
+	router := newTestRouter(10*time.Second, map[string]*tcpproxy.Proxy{"a.test": r.p})
+	base := openSockets(t)
+	a := newHelloRig(t, r, router)
+	wire := append(hello(t, "a.test"), bytes.Repeat([]byte("x"), 12<<10)...)
+	before := tcpproxy.PromoteFailures()
+	logs := tcpproxy.ObserveLeaveLog(t)
+	lift := tcpproxy.FailDups(t, 0, -1)
+	c := a.dial(t)
+	if _, err := c.Write(wire); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got, err := io.ReadAll(c)
+	if !errors.Is(err, syscall.ECONNRESET) || len(got) != 0 {
+		t.Fatalf("read %d bytes, then %v: want a reset and nothing", len(got), err)
+	}
+	c.Close()
+	waitEndIn(t, a.ends, tcpproxy.EndClientError, 10*time.Second)
+	if n := tcpproxy.PromoteFailures() - before; n != 1 {
+		t.Fatalf("%d promote failures counted, want 1", n)
+	}
+	if l := logs.FilterMessageSnippet("could not leave the loop").All(); len(l) != 1 ||
+		l[0].ContextMap()["connection"] != "reset" || !strings.Contains(fmt.Sprint(l[0].ContextMap()["error"]), "too many open files") {
+		t.Fatalf("logged %+v, want one warning that the connection was reset for want of descriptors", l)
+	}
+	lift()
+	c = a.dial(t)
+	if _, err := c.Write(wire); err != nil {
+		t.Fatal(err)
+	}
+	c.CloseWrite()
+	got, err = lbtest.ReadAllTimeout(t, c, 10*time.Second)
+	if err != nil || !bytes.Equal(got, wire) {
+		t.Fatalf("after the fault: %d bytes echoed (%v), want %d", len(got), err, len(wire))
+	}
+	waitEndIn(t, a.ends, tcpproxy.EndDone, 10*time.Second)
+	c.Close()
 	a.stopAndCheck(t, base)
 }
 

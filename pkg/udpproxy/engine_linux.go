@@ -570,23 +570,20 @@ func (l *Listener) loop() {
 
 // connect opens s's backend socket, connected to t, in the epoll set.
 func (l *Listener) connect(s *session, t *target) error {
+	// Raw calls (pkg/rawsys): a session opens per new client, and
+	// through Syscall each open could wake the runtime's sysmon.
 	ap := t.udpAddr.AddrPort()
-	var (
-		fam int
-		sa  unix.Sockaddr
-	)
+	fam := unix.AF_INET6
 	if ap.Addr().Is4() {
-		fam, sa = unix.AF_INET, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	} else {
-		fam, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
+		fam = unix.AF_INET
 	}
-	fd, err := unix.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("socket: %w", err)
+	fd, errno := rawsys.Socket(fam, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if errno != 0 {
+		return fmt.Errorf("socket: %w", errno)
 	}
-	if err := unix.Connect(fd, sa); err != nil {
-		unix.Close(fd)
-		return fmt.Errorf("connect %s: %w", ap, err)
+	if errno := rawsys.Connect(fd, ap); errno != 0 {
+		rawsys.Close(fd)
+		return fmt.Errorf("connect %s: %w", ap, errno)
 	}
 	s.fd, s.id = fd, l.newID()
 	s.namelen = clientSockaddr(l.family, s.client, &s.name)
@@ -599,12 +596,12 @@ func (l *Listener) connect(s *session, t *target) error {
 	l.byFD[fd] = s
 	l.mu.Unlock()
 	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd), Pad: int32(s.id)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if errno := rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); errno != 0 {
 		l.mu.Lock()
 		l.byFD[fd] = nil
 		l.mu.Unlock()
-		unix.Close(fd)
-		return fmt.Errorf("epoll add: %w", err)
+		rawsys.Close(fd)
+		return fmt.Errorf("epoll add: %w", errno)
 	}
 	return nil
 }
@@ -647,7 +644,7 @@ func (s *session) send(data []byte) error {
 		err = s.write(data)
 	}
 	if s.ref.release() {
-		unix.Close(s.fd)
+		rawsys.Close(s.fd)
 	}
 	if err != nil {
 		s.unsent(len(data))
@@ -697,10 +694,10 @@ func (l *Listener) close(ss []*session, why End) {
 			// then, keep its replies from waking the loop. (The
 			// descriptor is still this session's: nobody closes it before
 			// s.ref.close below.)
-			unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+			rawsys.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 		}
 		if s.ref.close() {
-			unix.Close(s.fd)
+			rawsys.Close(s.fd)
 		}
 		s.finish(s.end) // s.end is final once dead
 	}
