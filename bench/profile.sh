@@ -13,6 +13,9 @@
 #                     context switches, wake-ups, syscalls, nanosleep, futex
 #            eagain   perf stat of read/recvfrom calls and of those that
 #                     returned EAGAIN, and of epoll waits that returned nothing
+#            idle     the machine's idle share over 5 s (/proc/stat), then
+#                     perf record -a of context switches, wake-ups and timers
+#                     for 2 s, summed by idle period (bench/idle-periods.py)
 #   TARGET   lbctl | haproxy | nginx        (haproxy has no UDP)
 #   MEASURE  rr32 | rr1 | udp | short
 #   PIN      none (default) | split: load generator and backends on CPU 0,
@@ -31,7 +34,7 @@ MODE=$1 T=$2 M=$3 PIN=${4:-none}
 LBCTL=$(realpath "${LBCTL:-bin/lbctl}") LBBENCH=$(realpath "${LBBENCH:-bin/lbbench}")
 PORT=${PORT:-17001}
 D=${OUT:-/tmp/lbbench-profile/$MODE-$T-$M-$PIN}
-case $MODE in cpu|wakeups|eagain) ;; *) echo "profile.sh: MODE $MODE: want cpu, wakeups or eagain" >&2; exit 2;; esac
+case $MODE in cpu|wakeups|eagain|idle) ;; *) echo "profile.sh: MODE $MODE: want cpu, wakeups, eagain or idle" >&2; exit 2;; esac
 case $M in
 rr32) L="-n 32 rr"; A=127.0.0.1:$PORT ;;
 rr1) L="-n 1 rr"; A=127.0.0.1:$PORT ;;
@@ -153,6 +156,20 @@ cpu)
 wakeups)
 	perf record -e sched:sched_wakeup -g -p "$PIDS" -o "$D/perf.data" -- sleep 4 >"$D/perf.log" 2>&1
 	perf stat -x, -o "$D/stat.csv" -p "$PIDS" -e task-clock,context-switches,sched:sched_wakeup,raw_syscalls:sys_enter,syscalls:sys_enter_nanosleep,syscalls:sys_enter_futex -- sleep 4 ;;
+idle)
+	head -1 /proc/stat >"$D/stat0"; sleep 5; head -1 /proc/stat >"$D/stat1"
+	python3 - "$D/stat0" "$D/stat1" <<'EOP' | tee "$D/idle.txt"
+import sys
+a = list(map(int, open(sys.argv[1]).read().split()[1:]))
+b = list(map(int, open(sys.argv[2]).read().split()[1:]))
+d = [y - x for x, y in zip(a, b)]
+t = sum(d)
+print("machine over 5 s: user %.1f %%, system %.1f %%, softirq %.1f %%, idle %.1f %%" %
+      (100 * d[0] / t, 100 * d[2] / t, 100 * d[6] / t, 100 * (d[3] + d[4]) / t))
+EOP
+	perf record -a -e sched:sched_switch,sched:sched_wakeup,timer:hrtimer_expire_entry -o "$D/sched.data" -- sleep 2 >"$D/perf.log" 2>&1
+	perf script -i "$D/sched.data" >"$D/sched.txt" 2>/dev/null
+	python3 "$(dirname "$0")/idle-periods.py" "$D/sched.txt" | tee -a "$D/idle.txt" ;;
 eagain)
 	perf stat -x, -o "$D/stat.csv" -p "$PIDS" \
 		-e syscalls:sys_exit_read --filter 'ret == -11' -e syscalls:sys_exit_read \
