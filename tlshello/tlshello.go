@@ -104,7 +104,7 @@ func Read(c Conn, deadline time.Time) (*Hello, error) {
 	defer c.SetReadDeadline(time.Time{})
 	var r reader
 	r.c = c
-	w := newWalk()
+	var w walk
 	raw, msg, err := r.hello(&w)
 	if err != nil {
 		return nil, err
@@ -121,10 +121,7 @@ func Read(c Conn, deadline time.Time) (*Hello, error) {
 // at each byte once, however the hello is cut into records and reads, and
 // holds no more than the declared message besides the caller's bytes. Its
 // zero value is ready; one Parser serves one connection.
-type Parser struct {
-	w       walk
-	started bool
-}
+type Parser struct{ w walk }
 
 // Next reports what raw, the bytes read from the connection so far from
 // its first, makes. raw only grows between calls: the same bytes, with
@@ -137,9 +134,6 @@ type Parser struct {
 // (known from the first byte), ErrMalformed or ErrTooLarge; the Parser is
 // then done.
 func (p *Parser) Next(raw []byte) (h *Hello, need int, err error) {
-	if !p.started {
-		p.w, p.started = newWalk(), true
-	}
 	r := reader{raw: raw}
 	_, msg, err := r.hello(&p.w)
 	if err == errNeed {
@@ -234,17 +228,14 @@ func readErr(err error, got int) error {
 // offsets into the caller's bytes, which only grow, and the body as far
 // as it was assembled: never more than the declared message.
 type walk struct {
-	start   int                      // offset of the next record
+	start   int                      // offset of the next record (the first is at 0)
 	records int                      // records done
-	first   int                      // offset of the first record's fragment (its body aliased when it holds all)
 	total   int                      // handshake bytes in the records done
 	hdr     [handshakeHeaderLen]byte // the handshake header, as far as it came
 	have    int                      // bytes of hdr
-	msgLen  int                      // the body's declared length; -1 until hdr is whole
+	msgLen  int                      // the body's declared length, once hdr is whole
 	body    []byte                   // the body so far, from the second record on
 }
-
-func newWalk() walk { return walk{msgLen: -1} }
 
 // hello reads records until one handshake message is complete. It
 // returns the raw bytes and the handshake message's body (the ClientHello
@@ -283,20 +274,14 @@ func (r *reader) hello(w *walk) (raw, body []byte, err error) {
 		frag := r.raw[start+recordHeaderLen : end]
 		w.start = end
 		w.records++
-		if w.records == 1 {
-			w.first = start + recordHeaderLen
-		}
 		w.total += n
 		// The handshake header may itself be split over records.
-		k := 0
-		for ; k < len(frag) && w.have < handshakeHeaderLen; k++ {
-			w.hdr[w.have] = frag[k]
-			w.have++
-		}
+		k := copy(w.hdr[w.have:], frag)
+		w.have += k
 		if w.have < handshakeHeaderLen {
 			continue
 		}
-		if w.msgLen < 0 {
+		if k > 0 { // the header became whole in this record
 			if w.hdr[0] != typeClientHello {
 				return nil, nil, fmt.Errorf("%w: handshake message of type %d, not a ClientHello", ErrMalformed, w.hdr[0])
 			}
@@ -309,7 +294,8 @@ func (r *reader) hello(w *walk) (raw, body []byte, err error) {
 		done := w.total >= handshakeHeaderLen+w.msgLen
 		if done && w.records == 1 {
 			// All in the first record: the body is part of raw.
-			return r.raw[:end], r.raw[w.first+handshakeHeaderLen : w.first+handshakeHeaderLen+w.msgLen], nil
+			const at = recordHeaderLen + handshakeHeaderLen // the first record is at 0
+			return r.raw[:end], r.raw[at : at+w.msgLen], nil
 		}
 		// Assemble the body as the records come (after the header's
 		// bytes, and without what follows the message in its last

@@ -264,7 +264,7 @@ func TestReadMemoryBounded(t *testing.T) {
 	// A short hello never allocates more than its declared records.
 	hello := captureHello(t, &tls.Config{ServerName: "a.example.com", InsecureSkipVerify: true})
 	r = &reader{c: &scripted{chunks: [][]byte{hello}}}
-	w := newWalk()
+	var w walk
 	if _, _, err := r.hello(&w); err != nil {
 		t.Fatal(err)
 	}

@@ -80,7 +80,7 @@ func AddrOf(sa *unix.RawSockaddrAny) (ap netip.AddrPort, zone uint32, ok bool) {
 	return netip.AddrPort{}, 0, false
 }
 
-// Connect is connect(2) of a non-blocking socket to ap, an IPv4 or IPv6
+// Connect is connect(2) of a socket (TCP or UDP) to ap, an IPv4 or IPv6
 // address (without a zone), with its sockaddr built on the stack: unlike
 // unix.Connect, nothing is allocated.
 func Connect(fd int, ap netip.AddrPort) unix.Errno {

@@ -296,11 +296,7 @@ func (e *engine) dialed(c *conn) error {
 		// A header and a hello are a few KiB at most (maxLoopPrelude)
 		// into a socket that has sent nothing yet: written whole, or
 		// the attempt fails.
-		var local netip.AddrPort // the header's destination: asked only for a header
-		if p.cfg.HeaderFunc != nil {
-			local = c.localAddr()
-		}
-		hdr := p.first(local, c.peer, ld.pre)
+		hdr := p.first(c.localAddr, c.peer, ld.pre)
 		n, errno := rawsys.Write(ld.fd, hdr)
 		if errno != 0 {
 			return fmt.Errorf("write PROXY header or first bytes: %w", errno)
@@ -440,9 +436,10 @@ func (s *loopSock) dupConn(name string) (*net.TCPConn, error) {
 	return fileConn(dup, name, false)
 }
 
-// dupFault, when set (tests), is asked by each fileConn: an error fails
-// it as a process out of descriptors would.
-var dupFault atomic.Pointer[func() error]
+// convertFault, when set (tests), is asked by each fileConn (a loop's
+// socket made a *net.TCPConn): an error fails it as a process out of
+// descriptors would.
+var convertFault atomic.Pointer[func() error]
 
 // handOver makes tc, a duplicate from dupConn, s's socket: the RawConn
 // that s passes calls to from then on. It closes s's descriptor.
@@ -468,7 +465,7 @@ func fileConn(fd int, name string, reset bool) (*net.TCPConn, error) {
 	f := os.NewFile(uintptr(fd), name)
 	var nc net.Conn
 	var err error
-	if fault := dupFault.Load(); fault != nil {
+	if fault := convertFault.Load(); fault != nil {
 		err = (*fault)()
 	}
 	if err == nil {

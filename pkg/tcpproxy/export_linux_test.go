@@ -76,8 +76,8 @@ func FailDups(t *testing.T, skip, n int) (lift func()) {
 		}
 		return nil
 	}
-	dupFault.Store(&f)
-	lift = func() { dupFault.Store(nil) }
+	convertFault.Store(&f)
+	lift = func() { convertFault.Store(nil) }
 	t.Cleanup(lift)
 	return lift
 }

@@ -74,9 +74,10 @@ func (e *engine) startHello(c *conn) {
 }
 
 // helloEvent reads what the client sent, when the event says there is
-// something, until the hello is complete or the socket has nothing more. As read does, a read that returns less
-// than the loop's buffer emptied the socket, unless the event said the
-// peer shut down: then it reads on to the EOF.
+// something, until the hello is complete or the socket has nothing more.
+// As read does, a read that returns less than the loop's buffer emptied
+// the socket, unless the event said the peer shut down: then it reads on
+// to the EOF.
 func (e *engine) helloEvent(c *conn, flags uint32) {
 	if flags&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLERR|unix.EPOLLHUP) == 0 {
 		return // writable only (the first event of a new socket): nothing to read

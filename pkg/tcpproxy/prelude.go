@@ -23,12 +23,13 @@ type Prelude struct {
 
 // first returns the bytes written to a backend as soon as it is
 // connected: the PROXY header (HeaderFunc), with the AUTHORITY TLV when
-// asked for, then the prelude's data.
-func (p *Proxy) first(local, clientAddr netip.AddrPort, pre *Prelude) []byte {
+// asked for, then the prelude's data. local, the header's destination,
+// is asked only for a header (on a loop's socket it is a getsockname).
+func (p *Proxy) first(local func() netip.AddrPort, clientAddr netip.AddrPort, pre *Prelude) []byte {
 	if p.cfg.HeaderFunc == nil {
 		return pre.Data // dial calls first only with a header or a prelude; no copy
 	}
-	b := p.cfg.HeaderFunc(clientAddr, local)
+	b := p.cfg.HeaderFunc(clientAddr, local())
 	if pre == nil {
 		return b
 	}

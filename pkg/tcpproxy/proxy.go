@@ -316,7 +316,7 @@ func (p *Proxy) dial(ctx context.Context, client *net.TCPConn, clientAddr netip.
 		nc, err := p.dialer.DialContext(ctx, "tcp", t.Addr)
 		if err == nil && (p.cfg.HeaderFunc != nil || pre != nil) {
 			if hdr == nil {
-				hdr = p.first(localAddr(client), clientAddr, pre) // prelude.go
+				hdr = p.first(func() netip.AddrPort { return localAddr(client) }, clientAddr, pre) // prelude.go
 			}
 			if _, err = nc.Write(hdr); err != nil {
 				nc.Close()
