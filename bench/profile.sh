@@ -16,6 +16,9 @@
 #            idle     the machine's idle share over 5 s (/proc/stat), then
 #                     perf record -a of context switches, wake-ups and timers
 #                     for 2 s, summed by idle period (bench/idle-periods.py)
+#            sched    perf sched record -a for 3 s, then perf sched timehist:
+#                     how long the proxy's threads waited for a CPU after
+#                     their wake-up (sched delay) and who ran meanwhile
 #   TARGET   lbctl | haproxy | nginx        (haproxy has no UDP)
 #   MEASURE  rr32 | rr1 | udp | short
 #   PIN      none (default) | split: load generator and backends on CPU 0,
@@ -34,7 +37,7 @@ MODE=$1 T=$2 M=$3 PIN=${4:-none}
 LBCTL=$(realpath "${LBCTL:-bin/lbctl}") LBBENCH=$(realpath "${LBBENCH:-bin/lbbench}")
 PORT=${PORT:-17001}
 D=${OUT:-/tmp/lbbench-profile/$MODE-$T-$M-$PIN}
-case $MODE in cpu|wakeups|eagain|idle) ;; *) echo "profile.sh: MODE $MODE: want cpu, wakeups, eagain or idle" >&2; exit 2;; esac
+case $MODE in cpu|wakeups|eagain|idle|sched) ;; *) echo "profile.sh: MODE $MODE: want cpu, wakeups, eagain, idle or sched" >&2; exit 2;; esac
 case $M in
 rr32) L="-n 32 rr"; A=127.0.0.1:$PORT ;;
 rr1) L="-n 1 rr"; A=127.0.0.1:$PORT ;;
@@ -66,6 +69,8 @@ case $T in
 lbctl)
 	cat >"$D/lbctl.toml" <<EOT
 shutdown_timeout = "1s"
+[admin]
+bind = "127.0.0.1:$((PORT + 2))"
 [log]
 level = "warn"
 access = false
@@ -170,6 +175,32 @@ EOP
 	perf record -a -e sched:sched_switch,sched:sched_wakeup,timer:hrtimer_expire_entry -o "$D/sched.data" -- sleep 2 >"$D/perf.log" 2>&1
 	perf script -i "$D/sched.data" >"$D/sched.txt" 2>/dev/null
 	python3 "$(dirname "$0")/idle-periods.py" "$D/sched.txt" | tee -a "$D/idle.txt" ;;
+sched)
+	[ "$T" = lbctl ] && curl -s "127.0.0.1:$((PORT + 2))/metrics" >"$D/metrics0"
+	perf sched record -a -o "$D/sched.data" -- sleep 3 >"$D/perf.log" 2>&1
+	[ "$T" = lbctl ] && curl -s "127.0.0.1:$((PORT + 2))/metrics" >"$D/metrics1"
+	perf sched timehist -i "$D/sched.data" -w >"$D/timehist.txt" 2>/dev/null
+	perf sched latency -i "$D/sched.data" --sort max >"$D/latency.txt" 2>/dev/null
+	if [ "$T" = lbctl ]; then
+		# Go's own scheduler: how long lbctl's goroutines (the loops) waited
+		# for a thread once runnable, over the same 3 s (sampled by the runtime).
+		python3 - "$D/metrics0" "$D/metrics1" <<'EOP' | tee "$D/go-sched.txt"
+import re, sys
+def hist(path):
+    h = {}
+    for line in open(path):
+        m = re.match(r'go_sched_latencies_seconds_bucket\{le="([^"]+)"\} (\S+)', line)
+        if m:
+            h[float(m.group(1))] = float(m.group(2))
+    return h
+a, b = hist(sys.argv[1]), hist(sys.argv[2])
+tot = b[float("inf")] - a[float("inf")]
+print("go_sched_latencies_seconds over the record: %d samples" % tot)
+for le in sorted(b):
+    print("  <= %-10g %6.2f %%" % (le, 100 * (b[le] - a[le]) / tot if tot else 0))
+EOP
+	fi
+	grep -E "lbctl|haproxy|nginx|Task" "$D/latency.txt" | head -20 ;;
 eagain)
 	perf stat -x, -o "$D/stat.csv" -p "$PIDS" \
 		-e syscalls:sys_exit_read --filter 'ret == -11' -e syscalls:sys_exit_read \

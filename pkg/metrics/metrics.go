@@ -26,6 +26,8 @@
 package metrics
 
 import (
+	"regexp"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -61,6 +63,12 @@ var ConnectBuckets = []float64{
 	0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 	0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 }
+
+// schedLatencies adds to the Go collector's defaults the runtime's
+// histogram of how long goroutines waited to run once runnable
+// (go_sched_latencies_seconds): a proxy short of CPU shows there first,
+// as an event loop that waits for a thread.
+var schedLatencies = collectors.GoRuntimeMetricsRule{Matcher: regexp.MustCompile(`^/sched/latencies:seconds$`)}
 
 // New creates the lbctl metrics and registers them, with the Go and process
 // collectors, on reg.
@@ -130,7 +138,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.Bytes, m.BackendUp, m.HealthChecks, m.ConnectDuration,
 		m.UDPSessionsActive, m.UDPDatagrams, m.ConfigReloads,
 		m.DiscoveryRefreshes, m.DiscoveryBackends, m.DiscoveryLastSuccess,
-		collectors.NewGoCollector(),
+		collectors.NewGoCollector(collectors.WithGoCollectorRuntimeMetrics(schedLatencies)),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	m.newOperating(reg)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // processWide are the lbctl_ families that exist once per process, not per
@@ -236,5 +237,43 @@ func TestLoopCounters(t *testing.T) {
 	failed++
 	if a, b := testutil.ToFloat64(m.LoopMissedWakeups), testutil.ToFloat64(m.LoopPromoteFailures); a != 3 || b != 6 {
 		t.Fatalf("missed wake-ups %v, promote failures %v; want 3, 6", a, b)
+	}
+}
+
+// TestSchedLatencies: beside the Go collector's defaults, the runtime's
+// scheduling latencies are exported, as a histogram whose count grows as
+// goroutines are made runnable (the runtime samples them).
+func TestSchedLatencies(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	New(reg)
+	gather := func() (*dto.Histogram, []*dto.MetricFamily) {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "go_sched_latencies_seconds" {
+				return mf.GetMetric()[0].GetHistogram(), mfs
+			}
+		}
+		t.Fatal("go_sched_latencies_seconds is not exported")
+		return nil, nil
+	}
+	before, _ := gather()
+	done := make(chan struct{})
+	for range 1000 {
+		go func() { done <- struct{}{} }()
+		<-done
+	}
+	after, mfs := gather()
+	if after.GetSampleCount() <= before.GetSampleCount() || len(after.GetBucket()) < 5 {
+		t.Fatalf("go_sched_latencies_seconds: %d samples before, %d after 1,000 goroutines, %d buckets",
+			before.GetSampleCount(), after.GetSampleCount(), len(after.GetBucket()))
+	}
+	for _, want := range []string{"go_goroutines", "go_memstats_alloc_bytes"} {
+		if !slices.ContainsFunc(mfs, func(m *dto.MetricFamily) bool { return m.GetName() == want }) {
+			t.Errorf("%s is gone: the Go collector's defaults must stay", want)
+		}
 	}
 }
