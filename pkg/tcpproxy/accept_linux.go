@@ -300,7 +300,7 @@ func (e *engine) accepted(l *Listener, fd int, peer netip.AddrPort) {
 		tc, err := fileConn(fd, "client", true)
 		if err != nil {
 			leaveFailed(err, "reset")
-			done(EndClientError)
+			done(EndLocalResource)
 			return
 		}
 		go p.StartWith(l.h.Ctx, tc, peer, nil, done)

@@ -18,6 +18,7 @@ const (
 	EndKilled                            // reset by Registry.Kill (lbctl backend kill)
 	EndDrainTimeout                      // reset at the drain_timeout of a backend removed from the pool
 	EndMoved                             // detached: it goes on in another process (detach.go); no access line
+	EndLocalResource                     // lbctl itself was out of descriptors (or the like) for it; both sides reset
 )
 
 var endNames = [...]string{
@@ -32,6 +33,7 @@ var endNames = [...]string{
 	EndKilled:             "killed",
 	EndDrainTimeout:       "drain_timeout",
 	EndMoved:              "moved",
+	EndLocalResource:      "local_resource",
 }
 
 // String returns the access log's word for e.
@@ -42,6 +44,9 @@ func (e End) String() string {
 	return "End(" + strconv.Itoa(int(e)) + ")"
 }
 
-// failure reports whether e is a side's failure: the other side then gets
-// a reset whatever is pending, as the peer that failed did.
-func (e End) failure() bool { return e == EndClientError || e == EndBackendError }
+// failure reports whether e is a failure, a side's or lbctl's own: the
+// sides still open then get a reset whatever is pending, as the peer that
+// failed did, so that neither mistakes the cut for a complete stream.
+func (e End) failure() bool {
+	return e == EndClientError || e == EndBackendError || e == EndLocalResource
+}

@@ -843,7 +843,7 @@ func (e *engine) promote(c *conn, bulk *direction) bool {
 	var err error
 	if c.client == nil {
 		if ctc, err = c.clientConn(); err != nil {
-			return e.promoteFailed(c, EndClientError, err)
+			return e.promoteFailed(c, err)
 		}
 	}
 	if c.backend == nil {
@@ -851,7 +851,7 @@ func (e *engine) promote(c *conn, bulk *direction) bool {
 			if ctc != nil {
 				ctc.Close() // a duplicate: the socket stays open
 			}
-			return e.promoteFailed(c, EndBackendError, err)
+			return e.promoteFailed(c, err)
 		}
 	}
 	for side := 0; side < 2; side++ {
@@ -891,15 +891,15 @@ const promoteRetry = time.Second
 
 // promoteFailed is promote's way out when a socket could not become a
 // *net.TCPConn (out of descriptors): c stays in the loop when both its
-// sockets are in the set, and ends as end otherwise.
-func (e *engine) promoteFailed(c *conn, end End, err error) bool {
+// sockets are in the set, and ends (EndLocalResource, both sides reset) otherwise.
+func (e *engine) promoteFailed(c *conn, err error) bool {
 	if c.added == 3 {
 		leaveFailed(err, "stays in the loop")
 		c.promoteAfter = nanotime() + int64(promoteRetry)
 		return false
 	}
 	leaveFailed(err, "ended")
-	c.reason.CompareAndSwap(0, int32(end))
+	c.reason.CompareAndSwap(0, int32(EndLocalResource))
 	e.close(c)
 	return false
 }

@@ -179,7 +179,7 @@ func (e *engine) helloLeaves(c *conn, p *Proxy, pre *Prelude) {
 	tc, err := c.csock.takeConn("client")
 	if err != nil {
 		leaveFailed(err, "reset") // closed with a reset (fileConn)
-		h.done(EndClientError)
+		h.done(EndLocalResource)
 		return
 	}
 	go p.StartWith(h.ctx, tc, c.peer, pre, h.done)

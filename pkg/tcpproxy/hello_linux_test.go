@@ -295,7 +295,7 @@ func TestLoopHelloLeavesOutOfDescriptors(t *testing.T) {
 		t.Fatalf("read %d bytes, then %v: want a reset and nothing", len(got), err)
 	}
 	c.Close()
-	waitEndIn(t, a.ends, tcpproxy.EndClientError, 10*time.Second)
+	waitEndIn(t, a.ends, tcpproxy.EndLocalResource, 10*time.Second)
 	if n := tcpproxy.PromoteFailures() - before; n != 1 {
 		t.Fatalf("%d promote failures counted, want 1", n)
 	}
