@@ -19,6 +19,9 @@
 #            sched    perf sched record -a for 3 s, then perf sched timehist:
 #                     how long the proxy's threads waited for a CPU after
 #                     their wake-up (sched delay) and who ran meanwhile
+#            reads    bpftrace of bench/read-delay.bt for 3 s: per process,
+#                     how long data waited in a socket before it was read
+#                     (needs bpftrace)
 #   TARGET   lbctl | haproxy | nginx        (haproxy has no UDP)
 #   MEASURE  rr32 | rr1 | udp | short
 #   PIN      none (default) | split: load generator and backends on CPU 0,
@@ -37,7 +40,7 @@ MODE=$1 T=$2 M=$3 PIN=${4:-none}
 LBCTL=$(realpath "${LBCTL:-bin/lbctl}") LBBENCH=$(realpath "${LBBENCH:-bin/lbbench}")
 PORT=${PORT:-17001}
 D=${OUT:-/tmp/lbbench-profile/$MODE-$T-$M-$PIN}
-case $MODE in cpu|wakeups|eagain|idle|sched) ;; *) echo "profile.sh: MODE $MODE: want cpu, wakeups, eagain, idle or sched" >&2; exit 2;; esac
+case $MODE in cpu|wakeups|eagain|idle|sched|reads) ;; *) echo "profile.sh: MODE $MODE: want cpu, wakeups, eagain, idle, sched or reads" >&2; exit 2;; esac
 case $M in
 rr32) L="-n 32 rr"; A=127.0.0.1:$PORT ;;
 rr1) L="-n 1 rr"; A=127.0.0.1:$PORT ;;
@@ -201,6 +204,9 @@ for le in sorted(b):
 EOP
 	fi
 	grep -E "lbctl|haproxy|nginx|Task" "$D/latency.txt" | head -20 ;;
+reads)
+	bpftrace "$(dirname "$0")/read-delay.bt" >"$D/read-delay.txt" 2>"$D/bpftrace.log"
+	grep -E '^@(reads|over_1ms)' "$D/read-delay.txt" ;;
 eagain)
 	perf stat -x, -o "$D/stat.csv" -p "$PIDS" \
 		-e syscalls:sys_exit_read --filter 'ret == -11' -e syscalls:sys_exit_read \

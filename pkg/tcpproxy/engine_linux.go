@@ -90,14 +90,17 @@ const sockEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 // engine is one event loop.
 type engine struct {
-	epfd    int
-	ep      *os.File        // epfd, in Go's poller
-	eprc    syscall.RawConn // ep's raw conn
-	evfd    int             // eventfd in the set: post wakes the loop with it
-	buf     []byte          // read buffer, smallBufSize
-	events  [maxEvents]unix.EpollEvent
-	serveFn func(uintptr) bool // serve as a RawConn callback, bound once: no allocation per wait
-	now     int64              // nanotime of the last wake-up
+	epfd       int
+	ep         *os.File        // epfd, in Go's poller
+	eprc       syscall.RawConn // ep's raw conn
+	evfd       int             // eventfd in the set: post wakes the loop with it
+	buf        []byte          // read buffer, smallBufSize
+	events     [maxEvents]unix.EpollEvent
+	serveFn    func(uintptr) bool // serve as a RawConn callback, bound once: no allocation per wait
+	now        int64              // nanotime of the last wake-up
+	parked     bool               // in Go's poller, counted in engines.parked (serve)
+	spareAfter int64              // spareAfter, or -1 with LBCTL_TCP_SPARE_POLLER=off (serve)
+	spareAt    int64              // nanotime after which this turn starts a spare poller; 0: none due
 
 	// Owned by the loop's goroutine.
 	conns []*conn     // by slot
@@ -150,7 +153,9 @@ var engines struct {
 	parkEpoll bool                     // loops wait in epoll_pwait, not in Go's poller (runInEpoll)
 	list      []atomic.Pointer[engine] // made by setupEngines; nil entries not made yet
 	next      atomic.Uint32
-	mu        sync.Mutex // serializes making a loop
+	mu        sync.Mutex   // serializes making a loop
+	parked    atomic.Int32 // loops parked in Go's poller (serve)
+	noSpare   bool         // LBCTL_TCP_SPARE_POLLER=off: never start a spare poller (for measurements)
 }
 
 // StartEngines makes the event loops now instead of at the first
@@ -174,18 +179,19 @@ func StartEngines() error {
 // turns the loops off; LBCTL_TCP_ENGINES=N makes N loops.
 //
 // By default there is one loop per two Ps (GOMAXPROCS/2, at least one): the
-// other Ps run what is not in a loop (accepts, dials, bulk transfers, Go's
-// poller). A loop serves its own connections, so a loop whose thread the
-// kernel takes away in the middle of a batch holds all of them: on 2 cores
-// shared with a load generator, two loops gave the 32-connection
-// request/response measure a p99 of 1.5-1.9x HAProxy's, one loop 0.93-0.97x,
-// at 0.8x HAProxy's CPU per request instead of 1.0x (lbbench rr32, pairs
-// run back to back; docs/benchmarks.md).
+// other Ps run what is not in a loop (bulk transfers, PROXY-header
+// listeners, Go's poller). On 2 cores shared with a load generator, two
+// loops served short connections 4-10 % faster than one, but 32
+// request/response connections at 0.96-0.99x HAProxy's CPU per request
+// instead of 0.72-0.78x, with a p99 of 1.2x HAProxy's instead of 0.9x
+// (lbbench, pairs run back to back, with the spare poller of serve;
+// docs/benchmarks.md, issue 14, 16.).
 func setupEngines() {
 	engines.once.Do(func() {
 		engines.off = os.Getenv("LBCTL_TCP_ENGINE") == "goroutines"
 		engines.goDial = os.Getenv("LBCTL_TCP_DIAL") == "goroutines"
 		engines.parkEpoll = os.Getenv("LBCTL_TCP_PARK") == "epoll"
+		engines.noSpare = os.Getenv("LBCTL_TCP_SPARE_POLLER") == "off"
 		n := max(1, runtime.GOMAXPROCS(0)/2)
 		if v, err := strconv.Atoi(os.Getenv("LBCTL_TCP_ENGINES")); err == nil && v > 0 {
 			n = v
@@ -262,7 +268,10 @@ func newEngine() (*engine, error) {
 		unix.Close(evfd)
 		return nil, err
 	}
-	e := &engine{epfd: epfd, ep: ep, eprc: rc, evfd: evfd, buf: make([]byte, smallBufSize)}
+	e := &engine{epfd: epfd, ep: ep, eprc: rc, evfd: evfd, buf: make([]byte, smallBufSize), spareAfter: spareAfter}
+	if engines.noSpare {
+		e.spareAfter = -1
+	}
 	e.serveFn = func(uintptr) bool { return e.serve() }
 	return e, nil
 }
@@ -391,9 +400,47 @@ func epollReady(epfd int) bool {
 
 // serve handles what is ready and what was posted, and returns false to
 // park once there is nothing left. It never returns true.
+//
+// A parked loop is made runnable, and run, by the thread that waits in
+// Go's poller. The runtime then has no thread waiting there: the idle
+// ones sleep until a goroutine is made runnable or a thread passes through
+// the scheduler, and sysmon polls at most every 10 ms. A loop that stays
+// busy does neither (it polls its own set), so the readiness of the other
+// parked loops went unseen for up to 10 ms, or until the busy loop parked:
+// two loops gave 32 request/response connections a p99 of 1.6-2x
+// HAProxy's (docs/benchmarks.md, issue 14, 16.). So a loop that resumes
+// while another is parked, and is still busy spareAfter later, starts an
+// empty goroutine: making one runnable wakes an idle thread (the runtime's
+// wakep), which finds nothing else to do and waits in the poller. A loop
+// that parks again sooner starts none (one connection's request and
+// response), and neither does a loop alone.
 func (e *engine) serve() bool {
+	if e.parked {
+		e.parked = false
+		e.spareAt = 0
+		if engines.parked.Add(-1) > 0 && e.spareAfter >= 0 {
+			e.spareAt = nanotime() + e.spareAfter
+		}
+	}
 	e.serveWith(-1, true)
+	e.parked = true
+	engines.parked.Add(1)
 	return false
+}
+
+// spareAfter is how long a loop that resumed while another was parked
+// runs before it starts a spare poller (serve): longer than the turn of
+// one connection's request and response (at 50 µs, a third of them
+// started one), short against the wait it spares.
+const spareAfter = int64(200 * time.Microsecond)
+
+// sparePollers counts the spare pollers started, for tests.
+var sparePollers atomic.Int64
+
+// startSparePoller wakes an idle thread to wait in Go's poller (serve).
+func startSparePoller() {
+	sparePollers.Add(1)
+	go func() {}()
 }
 
 // serveWith handles the n events in e.events (n < 0: none taken yet, it
@@ -411,6 +458,10 @@ func (e *engine) serveWith(n int, recheck bool) {
 		}
 		if n > 0 {
 			e.now = nanotime()
+			if e.spareAt != 0 && e.now >= e.spareAt {
+				e.spareAt = 0
+				startSparePoller()
+			}
 		}
 		for i := 0; i < n; i++ {
 			ev := &e.events[i]
