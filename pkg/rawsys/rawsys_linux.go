@@ -28,6 +28,15 @@ func EpollPoll(epfd int, events []unix.EpollEvent) (int, unix.Errno) {
 	return int(r), errno
 }
 
+// PollNow is ppoll(2) with a timeout of 0: which of fds are ready now,
+// without waiting (their Revents); it returns how many are.
+func PollNow(fds []unix.PollFd) (int, unix.Errno) {
+	var zero unix.Timespec
+	r, _, errno := unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(unsafe.SliceData(fds))), uintptr(len(fds)),
+		uintptr(unsafe.Pointer(&zero)), 0, 0, 0)
+	return int(r), errno
+}
+
 // EpollWait is epoll_pwait(2) that waits up to msec milliseconds (-1: until
 // an event), as a system call the Go scheduler knows may block: the
 // thread leaves its P while it waits.

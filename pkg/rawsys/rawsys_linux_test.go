@@ -121,3 +121,25 @@ func TestSetLingerReset(t *testing.T) {
 		}
 	}
 }
+
+// TestPollNow: ppoll with a zero timeout says which descriptors are ready
+// now, without waiting and without taking what is ready.
+func TestPollNow(t *testing.T) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	fds := []unix.PollFd{{Fd: int32(p[0]), Events: unix.POLLIN}, {Fd: int32(p[1]), Events: unix.POLLIN}}
+	if n, errno := PollNow(fds); n != 0 || errno != 0 || fds[0].Revents != 0 {
+		t.Fatalf("empty pipe: %d ready (%v), revents %#x", n, errno, fds[0].Revents)
+	}
+	unix.Write(p[1], []byte("x"))
+	for range 2 { // twice: the first look took nothing
+		fds[0].Revents, fds[1].Revents = 0, 0
+		if n, errno := PollNow(fds); n != 1 || errno != 0 || fds[0].Revents&unix.POLLIN == 0 || fds[1].Revents != 0 {
+			t.Fatalf("a byte in the pipe: %d ready (%v), revents %#x %#x", n, errno, fds[0].Revents, fds[1].Revents)
+		}
+	}
+}

@@ -63,6 +63,7 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/pkg/rawsys"
+	"github.com/lbctl/lbctl/pkg/sparepoll"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -90,17 +91,15 @@ const sockEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 // engine is one event loop.
 type engine struct {
-	epfd       int
-	ep         *os.File        // epfd, in Go's poller
-	eprc       syscall.RawConn // ep's raw conn
-	evfd       int             // eventfd in the set: post wakes the loop with it
-	buf        []byte          // read buffer, smallBufSize
-	events     [maxEvents]unix.EpollEvent
-	serveFn    func(uintptr) bool // serve as a RawConn callback, bound once: no allocation per wait
-	now        int64              // nanotime of the last wake-up
-	parked     bool               // in Go's poller, counted in engines.parked (serve)
-	spareAfter int64              // spareAfter, or -1 with LBCTL_TCP_SPARE_POLLER=off (serve)
-	spareAt    int64              // nanotime after which this turn starts a spare poller; 0: none due
+	epfd    int
+	ep      *os.File        // epfd, in Go's poller
+	eprc    syscall.RawConn // ep's raw conn
+	evfd    int             // eventfd in the set: post wakes the loop with it
+	buf     []byte          // read buffer, smallBufSize
+	events  [maxEvents]unix.EpollEvent
+	serveFn func(uintptr) bool // serve as a RawConn callback, bound once: no allocation per wait
+	now     int64              // nanotime of the last wake-up
+	sp      sparepoll.Loop     // keeps a thread in Go's poller while this loop is busy (serve)
 
 	// Owned by the loop's goroutine.
 	conns []*conn     // by slot
@@ -153,9 +152,7 @@ var engines struct {
 	parkEpoll bool                     // loops wait in epoll_pwait, not in Go's poller (runInEpoll)
 	list      []atomic.Pointer[engine] // made by setupEngines; nil entries not made yet
 	next      atomic.Uint32
-	mu        sync.Mutex   // serializes making a loop
-	parked    atomic.Int32 // loops parked in Go's poller (serve)
-	noSpare   bool         // LBCTL_TCP_SPARE_POLLER=off: never start a spare poller (for measurements)
+	mu        sync.Mutex // serializes making a loop
 }
 
 // StartEngines makes the event loops now instead of at the first
@@ -191,7 +188,6 @@ func setupEngines() {
 		engines.off = os.Getenv("LBCTL_TCP_ENGINE") == "goroutines"
 		engines.goDial = os.Getenv("LBCTL_TCP_DIAL") == "goroutines"
 		engines.parkEpoll = os.Getenv("LBCTL_TCP_PARK") == "epoll"
-		engines.noSpare = os.Getenv("LBCTL_TCP_SPARE_POLLER") == "off"
 		n := max(1, runtime.GOMAXPROCS(0)/2)
 		if v, err := strconv.Atoi(os.Getenv("LBCTL_TCP_ENGINES")); err == nil && v > 0 {
 			n = v
@@ -268,10 +264,7 @@ func newEngine() (*engine, error) {
 		unix.Close(evfd)
 		return nil, err
 	}
-	e := &engine{epfd: epfd, ep: ep, eprc: rc, evfd: evfd, buf: make([]byte, smallBufSize), spareAfter: spareAfter}
-	if engines.noSpare {
-		e.spareAfter = -1
-	}
+	e := &engine{epfd: epfd, ep: ep, eprc: rc, evfd: evfd, buf: make([]byte, smallBufSize)}
 	e.serveFn = func(uintptr) bool { return e.serve() }
 	return e, nil
 }
@@ -399,48 +392,14 @@ func epollReady(epfd int) bool {
 }
 
 // serve handles what is ready and what was posted, and returns false to
-// park once there is nothing left. It never returns true.
-//
-// A parked loop is made runnable, and run, by the thread that waits in
-// Go's poller. The runtime then has no thread waiting there: the idle
-// ones sleep until a goroutine is made runnable or a thread passes through
-// the scheduler, and sysmon polls at most every 10 ms. A loop that stays
-// busy does neither (it polls its own set), so the readiness of the other
-// parked loops went unseen for up to 10 ms, or until the busy loop parked:
-// two loops gave 32 request/response connections a p99 of 1.6-2x
-// HAProxy's (docs/benchmarks.md, issue 14, 16.). So a loop that resumes
-// while another is parked, and is still busy spareAfter later, starts an
-// empty goroutine: making one runnable wakes an idle thread (the runtime's
-// wakep), which finds nothing else to do and waits in the poller. A loop
-// that parks again sooner starts none (one connection's request and
-// response), and neither does a loop alone.
+// park once there is nothing left. It never returns true. While it is
+// busy, it looks at the parked loops, and wakes a runtime thread to wait in
+// Go's poller for one that is ready (package sparepoll).
 func (e *engine) serve() bool {
-	if e.parked {
-		e.parked = false
-		e.spareAt = 0
-		if engines.parked.Add(-1) > 0 && e.spareAfter >= 0 {
-			e.spareAt = nanotime() + e.spareAfter
-		}
-	}
+	e.sp.Resume()
 	e.serveWith(-1, true)
-	e.parked = true
-	engines.parked.Add(1)
+	e.sp.Park(e.epfd)
 	return false
-}
-
-// spareAfter is how long a loop that resumed while another was parked
-// runs before it starts a spare poller (serve): longer than the turn of
-// one connection's request and response (at 50 µs, a third of them
-// started one), short against the wait it spares.
-const spareAfter = int64(200 * time.Microsecond)
-
-// sparePollers counts the spare pollers started, for tests.
-var sparePollers atomic.Int64
-
-// startSparePoller wakes an idle thread to wait in Go's poller (serve).
-func startSparePoller() {
-	sparePollers.Add(1)
-	go func() {}()
 }
 
 // serveWith handles the n events in e.events (n < 0: none taken yet, it
@@ -458,10 +417,7 @@ func (e *engine) serveWith(n int, recheck bool) {
 		}
 		if n > 0 {
 			e.now = nanotime()
-			if e.spareAt != 0 && e.now >= e.spareAt {
-				e.spareAt = 0
-				startSparePoller()
-			}
+			e.sp.Busy()
 		}
 		for i := 0; i < n; i++ {
 			ev := &e.events[i]

@@ -1,19 +1,18 @@
 package tcpproxy
 
 import (
+	"os"
 	"testing"
-	"time"
 
+	"github.com/lbctl/lbctl/pkg/sparepoll"
 	"golang.org/x/sys/unix"
 )
 
-// TestSparePoller: a loop that resumes from Go's poller while another loop
-// is parked there starts one spare poller once its turn has lasted
-// spareAfter; a turn shorter than that starts none, nor does a loop's first
-// turn (it did not come from the poller), nor a loop with
-// LBCTL_TCP_SPARE_POLLER=off. The loop here is driven by hand; the other
-// parked loop is counted in.
-func TestSparePoller(t *testing.T) {
+// TestLoopStartsSparePoller: a loop's turns are accounted with package
+// sparepoll: busy, with another loop parked on a ready descriptor, it
+// starts a spare poller (the policy itself is sparepoll's test). The loop
+// here is driven by hand, as Go's poller would call it.
+func TestLoopStartsSparePoller(t *testing.T) {
 	e, err := newEngine()
 	if err != nil {
 		t.Fatal(err)
@@ -23,16 +22,22 @@ func TestSparePoller(t *testing.T) {
 	}
 	defer e.ep.Close()
 	defer unix.Close(e.evfd)
-	engines.parked.Add(1) // another loop, parked
-	defer engines.parked.Add(-1)
+	e.sp.SetAfter(0)
+	// Another loop, parked on a descriptor that is ready.
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	w.Write([]byte("x"))
+	var other sparepoll.Loop
+	other.Park(int(r.Fd()))
+	defer other.Close()
 
-	// turn makes the set ready (the eventfd) and runs one turn of the
-	// loop, as Go's poller would call it; it returns the spare pollers
-	// started during the turn and whether the loop counts itself parked
-	// after it.
 	turn := func() int64 {
 		t.Helper()
-		before := sparePollers.Load()
+		before := sparepoll.Started()
 		var one = [8]byte{1}
 		if _, err := unix.Write(e.evfd, one[:]); err != nil {
 			t.Fatal(err)
@@ -40,25 +45,9 @@ func TestSparePoller(t *testing.T) {
 		if e.serve() {
 			t.Fatal("serve returned true: the loop would not park")
 		}
-		if !e.parked {
-			t.Fatal("the loop does not count itself parked after its turn")
-		}
-		return sparePollers.Load() - before
+		return sparepoll.Started() - before
 	}
-
-	e.spareAfter = 0
-	if n := turn(); n != 0 {
-		t.Fatalf("first turn, not resumed from the poller: %d spare pollers, want 0", n)
-	}
-	if n := turn(); n != 1 {
-		t.Fatalf("resumed with another loop parked, turn past spareAfter: %d spare pollers, want 1", n)
-	}
-	e.spareAfter = int64(time.Hour)
-	if n := turn(); n != 0 {
-		t.Fatalf("a turn shorter than spareAfter: %d spare pollers, want 0", n)
-	}
-	e.spareAfter = -1 // as newEngine sets it with LBCTL_TCP_SPARE_POLLER=off
-	if n := turn(); n != 0 {
-		t.Fatalf("LBCTL_TCP_SPARE_POLLER=off: %d spare pollers, want 0", n)
+	if n := turn(); n < 1 {
+		t.Fatal("a busy loop, another loop parked and ready, started no spare poller")
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"unsafe"
 
 	"github.com/lbctl/lbctl/pkg/rawsys"
+	"github.com/lbctl/lbctl/pkg/sparepoll"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -77,8 +78,9 @@ type engine struct {
 	nextID atomic.Uint32   // session ids (the loop's, and Adopt's); never 0
 
 	// Owned by the loop.
-	listening bool // the listener socket is in the epoll set: not held
-	closed    bool // Conn is closed: the loop ends
+	sp        sparepoll.Loop // keeps a thread in Go's poller while the loop is busy
+	listening bool           // the listener socket is in the epoll set: not held
+	closed    bool           // Conn is closed: the loop ends
 
 	onConn atomic.Bool // the loop waits on Conn (no session): wake kicks Conn too
 
@@ -126,6 +128,7 @@ func (l *Listener) run() {
 	}
 	l.setUp()
 	l.loop()
+	l.sp.Close() // before the descriptors it parked on are closed
 	l.ep.Close()
 	l.evmu.Lock()
 	l.evOK = false
@@ -492,6 +495,7 @@ func (l *Listener) loop() {
 		return true
 	}
 	wait := func(uintptr) bool {
+		l.sp.Resume()
 		for range 64 { // then return, so that the timers get their turn
 			n, err := rawsys.EpollPoll(l.epfd, events)
 			if err == unix.EINTR {
@@ -502,9 +506,11 @@ func (l *Listener) loop() {
 					idle = true
 					return true // park on Conn (waitConn)
 				}
+				l.sp.Park(l.epfd)
 				return false // nothing ready: park until the epoll set is
 			}
 			pass(n)
+			l.sp.Busy()
 			l.close(ended, EndBackendError)
 			ended = ended[:0]
 			l.close(retired, EndShutdown)
@@ -550,7 +556,9 @@ func (l *Listener) loop() {
 		err := l.eprc.Read(wait)
 		if idle {
 			idle = false
+			l.sp.Park(l.lfd)
 			l.waitConn(events, &first, onConn)
+			l.sp.Resume()
 			continue
 		}
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
