@@ -179,15 +179,15 @@ EOP
 	perf script -i "$D/sched.data" >"$D/sched.txt" 2>/dev/null
 	python3 "$(dirname "$0")/idle-periods.py" "$D/sched.txt" | tee -a "$D/idle.txt" ;;
 sched)
-	[ "$T" = lbctl ] && curl -s "127.0.0.1:$((PORT + 2))/metrics" >"$D/metrics0"
+	if [ "$T" = lbctl ]; then curl -s "127.0.0.1:$((PORT + 2))/metrics" >"$D/metrics0" || true; fi
 	perf sched record -a -o "$D/sched.data" -- sleep 3 >"$D/perf.log" 2>&1
-	[ "$T" = lbctl ] && curl -s "127.0.0.1:$((PORT + 2))/metrics" >"$D/metrics1"
+	if [ "$T" = lbctl ]; then curl -s "127.0.0.1:$((PORT + 2))/metrics" >"$D/metrics1" || true; fi
 	perf sched timehist -i "$D/sched.data" -w >"$D/timehist.txt" 2>/dev/null
 	perf sched latency -i "$D/sched.data" --sort max >"$D/latency.txt" 2>/dev/null
 	if [ "$T" = lbctl ]; then
 		# Go's own scheduler: how long lbctl's goroutines (the loops) waited
 		# for a thread once runnable, over the same 3 s (sampled by the runtime).
-		python3 - "$D/metrics0" "$D/metrics1" <<'EOP' | tee "$D/go-sched.txt"
+		python3 - "$D/metrics0" "$D/metrics1" <<'EOP' | tee "$D/go-sched.txt" || true
 import re, sys
 def hist(path):
     h = {}
@@ -197,6 +197,8 @@ def hist(path):
             h[float(m.group(1))] = float(m.group(2))
     return h
 a, b = hist(sys.argv[1]), hist(sys.argv[2])
+if float("inf") not in a or float("inf") not in b:
+    sys.exit("go_sched_latencies_seconds: not in lbctl's /metrics (admin not reached?)")
 tot = b[float("inf")] - a[float("inf")]
 print("go_sched_latencies_seconds over the record: %d samples" % tot)
 for le in sorted(b):

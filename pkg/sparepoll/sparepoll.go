@@ -63,6 +63,7 @@ var (
 	mu     sync.Mutex // over used and high's growth
 	used   [maxLoops]bool
 	high   atomic.Int32 // slots in use are below it
+	free   atomic.Int32 // slots not in use (maxLoops at the start, see take)
 
 	started atomic.Int64 // spare pollers started
 	off     = os.Getenv("LBCTL_SPARE_POLLER") == "off"
@@ -72,16 +73,20 @@ var (
 // Loop is one event loop's account. The zero value is ready; it is owned by
 // the loop's goroutine, and must not be copied once used.
 type Loop struct {
-	slot  int32 // slot+1; 0: none yet, -1: none to be had
-	after time.Duration
-	set   bool          // after is set (After, or SetAfter's)
-	at    time.Duration // when this turn looks next (since epoch); 0: it does not
-	fds   []unix.PollFd // scratch for the look
-	slots []int32       // the slot of each of fds
+	slot    int32 // slot+1; 0: none yet, -1: none was free (taken again when one is)
+	parked  bool  // since Park, until Resume
+	after   time.Duration
+	set     bool          // after is set (After, or SetAfter's)
+	at      time.Duration // when this turn looks next (since epoch); -1: it looks no more; 0: no turn yet
+	fds     []unix.PollFd // scratch for the look
+	slots   []int32       // the slot of each of fds
+	started int64         // spare pollers this loop started, for tests
 }
 
-// Resume is called when the loop's callback is entered: it runs, and looks
-// at the parked loops After from now if it stays busy.
+// Resume is called when the loop runs again: when its callback is entered,
+// and when the wait it parked in returns without calling it (a deadline,
+// an error). Back from a park, it looks at the parked loops After from now
+// if it stays busy; a loop that did not park goes on with its turn.
 func (l *Loop) Resume() {
 	if !l.set {
 		l.set, l.after = true, After
@@ -89,8 +94,14 @@ func (l *Loop) Resume() {
 			l.after = -1
 		}
 	}
-	if l.slot > 0 {
-		waitOn[l.slot-1].Store(-1)
+	if !l.parked && l.at != 0 {
+		return
+	}
+	if l.parked {
+		l.parked = false
+		if l.slot > 0 {
+			waitOn[l.slot-1].Store(-1)
+		}
 	}
 	l.at = 0
 	if l.after >= 0 {
@@ -99,9 +110,9 @@ func (l *Loop) Resume() {
 }
 
 // Busy is called after each batch of events: once the turn has lasted
-// After, it looks at the parked loops (then every After).
+// After, it looks at the parked loops, then every After while one is.
 func (l *Loop) Busy() {
-	if l.at == 0 {
+	if l.at <= 0 {
 		return
 	}
 	now := time.Since(epoch)
@@ -110,7 +121,10 @@ func (l *Loop) Busy() {
 	}
 	l.at = now + l.after
 	if !l.look() {
-		l.at = 0 // none parked: a loop that parks from now on has a thread that polls
+		// None parked: a loop that parks from now on has a thread that
+		// polls (its own, or one already waiting there), so this turn
+		// looks no more.
+		l.at = -1
 	}
 }
 
@@ -135,8 +149,9 @@ func (l *Loop) look() bool {
 			// Still parked on the same descriptor: not resumed since it
 			// was read above. (A descriptor closed and its number reused
 			// meanwhile can cost one spare poller for nothing.)
-			if pf.Revents != 0 && waitOn[l.slots[k]].Load() == pf.Fd {
+			if pf.Revents&(unix.POLLIN|unix.POLLERR|unix.POLLHUP) != 0 && waitOn[l.slots[k]].Load() == pf.Fd {
 				started.Add(1)
+				l.started++
 				go func() {}()
 				break
 			}
@@ -148,12 +163,13 @@ func (l *Loop) look() bool {
 // Park is called when the loop is about to park in Go's poller, waiting on
 // the descriptor fd (its epoll set, or a socket).
 func (l *Loop) Park(fd int) {
-	if l.slot == 0 {
+	if l.slot == 0 || l.slot < 0 && free.Load() > 0 {
 		l.slot = take()
 	}
 	if l.slot > 0 {
 		waitOn[l.slot-1].Store(int32(fd))
 	}
+	l.parked = true
 }
 
 // Close gives the loop's slot back; the loop no longer parks. Call it
@@ -165,8 +181,9 @@ func (l *Loop) Close() {
 	waitOn[l.slot-1].Store(-1)
 	mu.Lock()
 	used[l.slot-1] = false
+	free.Add(1)
 	mu.Unlock()
-	l.slot = 0
+	l.slot, l.parked = 0, false
 }
 
 // take returns a free slot, +1; -1 if there is none.
@@ -176,6 +193,7 @@ func take() int32 {
 	for i := range used {
 		if !used[i] {
 			used[i] = true
+			free.Add(-1)
 			waitOn[i].Store(-1)
 			if int32(i) >= high.Load() {
 				high.Store(int32(i) + 1)
@@ -192,6 +210,12 @@ func (l *Loop) SetAfter(d time.Duration) { l.set, l.after = true, d }
 
 // Started returns the number of spare pollers started so far.
 func Started() int64 { return started.Load() }
+
+// Started returns the number of spare pollers this loop started; for
+// tests, from the loop's goroutine or once it has ended.
+func (l *Loop) Started() int64 { return l.started }
+
+func init() { free.Store(maxLoops) }
 
 // Registered reports whether the loop holds a slot: it parked since it
 // was made or last closed; for tests.

@@ -72,11 +72,32 @@ func TestLoop(t *testing.T) {
 	if n := turn(3); n != 0 {
 		t.Fatalf("turned off: %d spare pollers, want 0", n)
 	}
+	// A loop entered again without having parked (a UDP loop after 64
+	// passes) goes on with its turn: its clock does not start again.
+	a.SetAfter(time.Hour)
+	a.Resume() // back from the park above: looks in an hour
 	a.SetAfter(0)
+	if n := startedBy(func() { a.Resume(); a.Busy() }); n != 0 {
+		t.Fatalf("entered again within a turn, its clock started again: %d spare pollers, want 0", n)
+	}
+	a.Park(999)
 	b.Resume()
 	if n := turn(3); n != 0 {
 		t.Fatalf("the other loop runs: %d spare pollers, want 0", n)
 	}
+	// Parked on a descriptor since closed: POLLNVAL is not ready.
+	dead, deadW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadFd := int(dead.Fd())
+	dead.Close()
+	deadW.Close()
+	b.Park(deadFd)
+	if n := turn(3); n != 0 {
+		t.Fatalf("the other loop parked on a closed descriptor: %d spare pollers, want 0", n)
+	}
+	b.Resume()
 	b.Park(int(r.Fd()))
 	b.Close()
 	if n := turn(3); n != 0 {

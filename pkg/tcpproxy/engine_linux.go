@@ -178,11 +178,11 @@ func StartEngines() error {
 // By default there is one loop per two Ps (GOMAXPROCS/2, at least one): the
 // other Ps run what is not in a loop (bulk transfers, PROXY-header
 // listeners, Go's poller). On 2 cores shared with a load generator, two
-// loops served short connections 4-10 % faster than one, but 32
-// request/response connections at 0.96-0.99x HAProxy's CPU per request
-// instead of 0.72-0.78x, with a p99 of 1.2x HAProxy's instead of 0.9x
-// (lbbench, pairs run back to back, with the spare poller of serve;
-// docs/benchmarks.md, issue 14, 16.).
+// loops served short connections 4 % faster than one (SNI-routed ones
+// 8-14 %), but 32 request/response connections at 0.96-0.99x HAProxy's
+// CPU per request instead of 0.72-0.78x, with a p99 of 1.2x HAProxy's
+// instead of 0.9x (lbbench, pairs run back to back, with the first
+// version of the spare poller; docs/benchmarks.md, issue 14, 16.).
 func setupEngines() {
 	engines.once.Do(func() {
 		engines.off = os.Getenv("LBCTL_TCP_ENGINE") == "goroutines"
@@ -324,6 +324,7 @@ func (e *engine) run() {
 	}
 	for {
 		if err := e.eprc.Read(e.serveFn); err != nil {
+			e.sp.Resume() // not parked any more
 			// The epoll descriptor is never closed: nothing to do but retry.
 			zap.L().Error("tcp event loop: wait failed", zap.Error(err))
 		}

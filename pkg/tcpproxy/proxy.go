@@ -33,8 +33,10 @@
 // reset (RST):
 //
 //   - both sides finished sending (EndDone): FIN, the stream is complete;
-//   - a side failed (EndClientError, EndBackendError): the other side gets a
-//     reset, so that it cannot mistake a truncated stream for a complete one;
+//   - a side failed (EndClientError, EndBackendError), or lbctl could not
+//     go on with the connection for want of descriptors (EndLocalResource):
+//     the side still open gets a reset, so that it cannot mistake a
+//     truncated stream for a complete one;
 //   - the operator kills the backend's connections, a backend removed
 //     from the pool reaches its drain_timeout, or the shutdown drain time
 //     (shutdown_timeout) is over (EndKilled, EndDrainTimeout, EndShutdown;

@@ -554,6 +554,7 @@ func (l *Listener) loop() {
 			l.ep.SetReadDeadline(next)
 		}
 		err := l.eprc.Read(wait)
+		l.sp.Resume() // it runs, also when a deadline or an error ended the wait
 		if idle {
 			idle = false
 			l.sp.Park(l.lfd)

@@ -2,6 +2,7 @@ package udpproxy
 
 import (
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,18 +20,7 @@ func TestLoopWaitsOnConnWhenIdle(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := &Listener{Conn: conn, Proxy: func() *Proxy { return p }}
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		l.Serve()
-	}()
-	defer func() {
-		conn.Close()
-		<-served
-	}()
-	lbtest.Until(t, 5*time.Second, func() (bool, string) {
-		return l.onConn.Load(), "the idle loop does not wait on its socket"
-	})
+	serveIdle(t, l)
 
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -65,4 +55,28 @@ func TestLoopWaitsOnConnWhenIdle(t *testing.T) {
 	lbtest.Until(t, 5*time.Second, func() (bool, string) {
 		return l.onConn.Load(), "the released idle loop does not wait on its socket"
 	})
+}
+
+// serveIdle serves l on a goroutine, and returns once its loop, with no
+// session yet, waits on its socket. stop closes l's socket and returns once
+// Serve has; the test's end calls it too.
+func serveIdle(t *testing.T, l *Listener) (stop func()) {
+	t.Helper()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		l.Serve()
+	}()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			l.Conn.Close()
+			<-served
+		})
+	}
+	t.Cleanup(stop)
+	lbtest.Until(t, 5*time.Second, func() (bool, string) {
+		return l.onConn.Load(), "the idle loop does not wait on its socket"
+	})
+	return stop
 }
