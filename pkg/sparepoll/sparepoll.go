@@ -23,12 +23,16 @@
 // loop that is ready. docs/benchmarks.md (issue 14, 16.) has the
 // measurements.
 //
+// The caller passes the time (nanoseconds, any monotonic clock, the same
+// one for all the calls of a Loop): a loop reads it once per batch anyway.
+//
 //	var sp sparepoll.Loop // owned by the loop's goroutine
 //	rc.Read(func(uintptr) bool {
-//		sp.Resume()
+//		sp.Resume(nanotime())
 //		for n := poll(); n > 0; n = poll() {
-//			handle(n)
-//			sp.Busy()
+//			now := nanotime()
+//			handle(n, now)
+//			sp.Busy(now)
 //		}
 //		sp.Park(epfd)
 //		return false
@@ -50,7 +54,7 @@ import (
 // how often it looks again while it stays busy: longer than the turn of
 // one connection's request and response, short against the 10 ms a parked
 // loop could wait.
-const After = 200 * time.Microsecond
+const After = int64(200 * time.Microsecond)
 
 // maxLoops bounds the loops looked at; more are served, but not looked at
 // while parked.
@@ -63,21 +67,19 @@ var (
 	mu     sync.Mutex // over used and high's growth
 	used   [maxLoops]bool
 	high   atomic.Int32 // slots in use are below it
-	free   atomic.Int32 // slots not in use (maxLoops at the start, see take)
 
 	started atomic.Int64 // spare pollers started
 	off     = os.Getenv("LBCTL_SPARE_POLLER") == "off"
-	epoch   = time.Now()
 )
 
 // Loop is one event loop's account. The zero value is ready; it is owned by
 // the loop's goroutine, and must not be copied once used.
 type Loop struct {
-	slot    int32 // slot+1; 0: none yet, -1: none was free (taken again when one is)
-	parked  bool  // since Park, until Resume
-	after   time.Duration
-	set     bool          // after is set (After, or SetAfter's)
-	at      time.Duration // when this turn looks next (since epoch); -1: it looks no more; 0: no turn yet
+	slot    int32         // slot+1; 0: none yet, -1: none was free (tried again at each Park)
+	parked  bool          // since Park, until Resume
+	after   int64         // After, or SetAfter's; -1: never
+	set     bool          // after is set
+	at      int64         // when this turn looks next; -1: it looks no more; 0: no turn yet
 	fds     []unix.PollFd // scratch for the look
 	slots   []int32       // the slot of each of fds
 	started int64         // spare pollers this loop started, for tests
@@ -87,7 +89,7 @@ type Loop struct {
 // and when the wait it parked in returns without calling it (a deadline,
 // an error). Back from a park, it looks at the parked loops After from now
 // if it stays busy; a loop that did not park goes on with its turn.
-func (l *Loop) Resume() {
+func (l *Loop) Resume(now int64) {
 	if !l.set {
 		l.set, l.after = true, After
 		if off {
@@ -105,18 +107,14 @@ func (l *Loop) Resume() {
 	}
 	l.at = 0
 	if l.after >= 0 {
-		l.at = max(time.Since(epoch)+l.after, 1)
+		l.at = max(now+l.after, 1)
 	}
 }
 
 // Busy is called after each batch of events: once the turn has lasted
 // After, it looks at the parked loops, then every After while one is.
-func (l *Loop) Busy() {
-	if l.at <= 0 {
-		return
-	}
-	now := time.Since(epoch)
-	if now < l.at {
+func (l *Loop) Busy(now int64) {
+	if l.at <= 0 || now < l.at {
 		return
 	}
 	l.at = now + l.after
@@ -163,8 +161,8 @@ func (l *Loop) look() bool {
 // Park is called when the loop is about to park in Go's poller, waiting on
 // the descriptor fd (its epoll set, or a socket).
 func (l *Loop) Park(fd int) {
-	if l.slot == 0 || l.slot < 0 && free.Load() > 0 {
-		l.slot = take()
+	if l.slot <= 0 {
+		l.slot = take() // -1 again while every slot is in use
 	}
 	if l.slot > 0 {
 		waitOn[l.slot-1].Store(int32(fd))
@@ -181,7 +179,6 @@ func (l *Loop) Close() {
 	waitOn[l.slot-1].Store(-1)
 	mu.Lock()
 	used[l.slot-1] = false
-	free.Add(1)
 	mu.Unlock()
 	l.slot, l.parked = 0, false
 }
@@ -193,7 +190,6 @@ func take() int32 {
 	for i := range used {
 		if !used[i] {
 			used[i] = true
-			free.Add(-1)
 			waitOn[i].Store(-1)
 			if int32(i) >= high.Load() {
 				high.Store(int32(i) + 1)
@@ -206,7 +202,7 @@ func take() int32 {
 
 // SetAfter sets, in place of After, how long this loop is busy before it
 // looks at the parked loops (-1: never); for tests.
-func (l *Loop) SetAfter(d time.Duration) { l.set, l.after = true, d }
+func (l *Loop) SetAfter(d int64) { l.set, l.after = true, d }
 
 // Started returns the number of spare pollers started so far.
 func Started() int64 { return started.Load() }
@@ -214,8 +210,6 @@ func Started() int64 { return started.Load() }
 // Started returns the number of spare pollers this loop started; for
 // tests, from the loop's goroutine or once it has ended.
 func (l *Loop) Started() int64 { return l.started }
-
-func init() { free.Store(maxLoops) }
 
 // Registered reports whether the loop holds a slot: it parked since it
 // was made or last closed; for tests.

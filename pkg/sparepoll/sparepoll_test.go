@@ -35,13 +35,17 @@ func TestLoop(t *testing.T) {
 	defer idle.Close()
 	defer idleW.Close()
 
+	// turn runs a turn of a: one batch every step of a clock of the
+	// test's, from 1 s.
 	var a, b Loop
-	a.SetAfter(0)
+	step := After
 	turn := func(batches int) int64 {
 		return startedBy(func() {
-			a.Resume()
+			now := int64(time.Second)
+			a.Resume(now)
 			for range batches {
-				a.Busy()
+				now += step
+				a.Busy(now)
 			}
 			a.Park(999) // not looked at by a itself
 		})
@@ -64,24 +68,24 @@ func TestLoop(t *testing.T) {
 	if n := turn(0); n != 0 {
 		t.Fatalf("a turn with no batch: %d spare pollers, want 0", n)
 	}
-	a.SetAfter(time.Hour)
-	if n := turn(3); n != 0 {
+	step = After - 1
+	if n := turn(1); n != 0 {
 		t.Fatalf("a turn shorter than After: %d spare pollers, want 0", n)
 	}
-	a.SetAfter(-1)
+	step = After
+	a.SetAfter(-1) // as LBCTL_SPARE_POLLER=off
 	if n := turn(3); n != 0 {
 		t.Fatalf("turned off: %d spare pollers, want 0", n)
 	}
+	a.SetAfter(After)
 	// A loop entered again without having parked (a UDP loop after 64
 	// passes) goes on with its turn: its clock does not start again.
-	a.SetAfter(time.Hour)
-	a.Resume() // back from the park above: looks in an hour
-	a.SetAfter(0)
-	if n := startedBy(func() { a.Resume(); a.Busy() }); n != 0 {
-		t.Fatalf("entered again within a turn, its clock started again: %d spare pollers, want 0", n)
+	a.Resume(0) // back from the park above: looks at After
+	if n := startedBy(func() { a.Resume(After - 1); a.Busy(After) }); n != 1 {
+		t.Fatalf("entered again within a turn: %d spare pollers at the turn's After, want 1 (its clock started again?)", n)
 	}
 	a.Park(999)
-	b.Resume()
+	b.Resume(0)
 	if n := turn(3); n != 0 {
 		t.Fatalf("the other loop runs: %d spare pollers, want 0", n)
 	}
@@ -97,7 +101,7 @@ func TestLoop(t *testing.T) {
 	if n := turn(3); n != 0 {
 		t.Fatalf("the other loop parked on a closed descriptor: %d spare pollers, want 0", n)
 	}
-	b.Resume()
+	b.Resume(0)
 	b.Park(int(r.Fd()))
 	b.Close()
 	if n := turn(3); n != 0 {
@@ -114,7 +118,7 @@ func TestLoop(t *testing.T) {
 // TestDefaultAfter: a loop that was never told otherwise waits After.
 func TestDefaultAfter(t *testing.T) {
 	var l Loop
-	l.Resume()
+	l.Resume(1)
 	if l.after != After && !off {
 		t.Fatalf("after %v, want %v", l.after, After)
 	}

@@ -99,13 +99,13 @@ type engine struct {
 	events  [maxEvents]unix.EpollEvent
 	serveFn func(uintptr) bool // serve as a RawConn callback, bound once: no allocation per wait
 	now     int64              // nanotime of the last wake-up
-	sp      sparepoll.Loop     // keeps a thread in Go's poller while this loop is busy (serve)
 
 	// Owned by the loop's goroutine.
-	conns []*conn     // by slot
-	gens  []uint32    // by slot: bumped each time the slot is taken, so a late event of its last user is told apart
-	free  []int32     // free slots
-	lns   []*Listener // the listeners it accepts on (accept_linux.go), by id; nil entries free
+	sp    sparepoll.Loop // wakes a thread to poll for the parked loops while this one is busy (serve)
+	conns []*conn        // by slot
+	gens  []uint32       // by slot: bumped each time the slot is taken, so a late event of its last user is told apart
+	free  []int32        // free slots
+	lns   []*Listener    // the listeners it accepts on (accept_linux.go), by id; nil entries free
 
 	mu       sync.Mutex
 	ops      []op // posted, for the loop to carry out
@@ -324,7 +324,7 @@ func (e *engine) run() {
 	}
 	for {
 		if err := e.eprc.Read(e.serveFn); err != nil {
-			e.sp.Resume() // not parked any more
+			e.sp.Resume(nanotime()) // not parked any more
 			// The epoll descriptor is never closed: nothing to do but retry.
 			zap.L().Error("tcp event loop: wait failed", zap.Error(err))
 		}
@@ -397,7 +397,7 @@ func epollReady(epfd int) bool {
 // busy, it looks at the parked loops, and wakes a runtime thread to wait in
 // Go's poller for one that is ready (package sparepoll).
 func (e *engine) serve() bool {
-	e.sp.Resume()
+	e.sp.Resume(nanotime())
 	e.serveWith(-1, true)
 	e.sp.Park(e.epfd)
 	return false
@@ -418,7 +418,7 @@ func (e *engine) serveWith(n int, recheck bool) {
 		}
 		if n > 0 {
 			e.now = nanotime()
-			e.sp.Busy()
+			e.sp.Busy(e.now)
 		}
 		for i := 0; i < n; i++ {
 			ev := &e.events[i]

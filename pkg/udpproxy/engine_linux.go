@@ -495,7 +495,7 @@ func (l *Listener) loop() {
 		return true
 	}
 	wait := func(uintptr) bool {
-		l.sp.Resume()
+		l.sp.Resume(nanotime())
 		for range 64 { // then return, so that the timers get their turn
 			n, err := rawsys.EpollPoll(l.epfd, events)
 			if err == unix.EINTR {
@@ -510,7 +510,7 @@ func (l *Listener) loop() {
 				return false // nothing ready: park until the epoll set is
 			}
 			pass(n)
-			l.sp.Busy()
+			l.sp.Busy(nanotime())
 			l.close(ended, EndBackendError)
 			ended = ended[:0]
 			l.close(retired, EndShutdown)
@@ -554,12 +554,12 @@ func (l *Listener) loop() {
 			l.ep.SetReadDeadline(next)
 		}
 		err := l.eprc.Read(wait)
-		l.sp.Resume() // it runs, also when a deadline or an error ended the wait
+		l.sp.Resume(nanotime()) // it runs, also when a deadline or an error ended the wait
 		if idle {
 			idle = false
 			l.sp.Park(l.lfd)
 			l.waitConn(events, &first, onConn)
-			l.sp.Resume()
+			l.sp.Resume(nanotime())
 			continue
 		}
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {

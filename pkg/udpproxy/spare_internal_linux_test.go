@@ -14,12 +14,7 @@ import (
 // starts a spare poller (the policy itself is sparepoll's test); and it
 // gives its slot back when it ends.
 func TestLoopStartsSparePoller(t *testing.T) {
-	p, _ := oneBackendProxy(t)
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &Listener{Conn: conn, Proxy: func() *Proxy { return p }}
+	l := oneBackendListener(t)
 	l.sp.SetAfter(0) // before the loop runs: from then on it is the loop's
 	lbtest.ParkedReadyLoop(t)
 	stop := serveIdle(t, l)
@@ -29,7 +24,7 @@ func TestLoopStartsSparePoller(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	to := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	to := l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	if reply := lbtest.UDPExchange(t, c, to, []byte("1"), 5*time.Second); string(reply) != "a|1" {
 		t.Fatalf("reply %q", reply)
 	}

@@ -14,12 +14,7 @@ import (
 // it waits on its epoll set. And a held listener never waits on its
 // socket, which it must not read.
 func TestLoopWaitsOnConnWhenIdle(t *testing.T) {
-	p, _ := oneBackendProxy(t)
-	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := &Listener{Conn: conn, Proxy: func() *Proxy { return p }}
+	l := oneBackendListener(t)
 	serveIdle(t, l)
 
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -27,7 +22,7 @@ func TestLoopWaitsOnConnWhenIdle(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	to := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	to := l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	if reply := lbtest.UDPExchange(t, c, to, []byte("1"), 5*time.Second); string(reply) != "a|1" {
 		t.Fatalf("reply %q", reply)
 	}
@@ -55,6 +50,18 @@ func TestLoopWaitsOnConnWhenIdle(t *testing.T) {
 	lbtest.Until(t, 5*time.Second, func() (bool, string) {
 		return l.onConn.Load(), "the released idle loop does not wait on its socket"
 	})
+}
+
+// oneBackendListener is a listener on a loopback port, not yet served,
+// whose proxy has one backend that tags its replies "a|".
+func oneBackendListener(t *testing.T) *Listener {
+	t.Helper()
+	p, _ := oneBackendProxy(t)
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Listener{Conn: conn, Proxy: func() *Proxy { return p }}
 }
 
 // serveIdle serves l on a goroutine, and returns once its loop, with no
