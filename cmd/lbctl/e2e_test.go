@@ -75,14 +75,13 @@ func runLbctlIn(t *testing.T, dir string, env []string, args ...string) (string,
 	return out.String(), 0
 }
 
+// freePort returns a loopback address whose port was free a moment ago
+// and that no other call in this process got (lbtest.FreePort): the
+// kernel may hand the port it just freed out again at once, and a test
+// that takes several (the upgrade's five listeners) must get distinct ones.
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
 }
 
 func writeFile(t *testing.T, dir, name, content string) string {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -234,7 +235,8 @@ func (l *lbctl) sample(label string) (sample, error) {
 	return s, nil
 }
 
-// freePorts returns n loopback ports free for both TCP and UDP.
+// freePorts returns n distinct loopback ports free for both TCP and UDP
+// (the kernel may hand the port it just freed out again at once).
 func freePorts(n int) ([]int, error) {
 	var out []int
 	for tries := 0; len(out) < n && tries < 100; tries++ {
@@ -249,7 +251,9 @@ func freePorts(n int) ([]int, error) {
 			continue
 		}
 		u.Close()
-		out = append(out, port)
+		if !slices.Contains(out, port) {
+			out = append(out, port)
+		}
 	}
 	if len(out) < n {
 		return nil, errors.New("no free ports")

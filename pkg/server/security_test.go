@@ -481,17 +481,6 @@ func needTool(t *testing.T, name string, also ...string) string {
 	return path
 }
 
-// freeLoopbackPort returns a port on 127.0.0.1 that was free a moment ago.
-func freeLoopbackPort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // runPeer starts argv as a process of its own, with its output in a file,
 // waits until port accepts connections and stops the process by PID in
 // t.Cleanup. It returns a function that reads the output so far.
@@ -557,7 +546,7 @@ func TestProxyProtocolHAProxy(t *testing.T) {
 			// to a backend in its own header, which the backend echoes.
 			be := lbtest.NewTCP(t, sourceEcho)
 			dir := t.TempDir()
-			port := freeLoopbackPort(t)
+			port := lbtest.FreePort(t)
 			cfg := fmt.Sprintf(`global
     log stdout format raw local0 info
 defaults
@@ -598,7 +587,7 @@ func TestProxyProtocolNginx(t *testing.T) {
 	for _, version := range []string{"v1", "v2"} {
 		t.Run(version, func(t *testing.T) {
 			dir := t.TempDir()
-			port := freeLoopbackPort(t)
+			port := lbtest.FreePort(t)
 			cfg := fmt.Sprintf(`load_module %s;
 daemon off;
 worker_processes 1;
