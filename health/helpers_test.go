@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -158,18 +159,27 @@ func newUDPServer(t *testing.T, reply func([]byte) []byte) *udpServer {
 func (s *udpServer) Addr() string { return s.pc.LocalAddr().String() }
 
 // closedAddr returns a loopback address nobody listens on (for the given
-// network), by binding a port and releasing it.
+// network). A TCP port stays bound, without listening, until the test
+// ends: a connect to it is refused, and no listener the test opens later
+// can be given it. A UDP port is bound and released.
 func closedAddr(t *testing.T, network string) string {
 	t.Helper()
 	var addr string
 	switch network {
 	case "tcp":
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		addr = ln.Addr().String()
-		ln.Close()
+		t.Cleanup(func() { syscall.Close(fd) })
+		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			t.Fatal(err)
+		}
+		sa, err := syscall.Getsockname(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 	case "udp":
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
