@@ -8,9 +8,10 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lbctl/lbctl/pkg/lbtest"
 )
 
 // testServer is a loopback TCP server that runs handle for every connection
@@ -159,27 +160,14 @@ func newUDPServer(t *testing.T, reply func([]byte) []byte) *udpServer {
 func (s *udpServer) Addr() string { return s.pc.LocalAddr().String() }
 
 // closedAddr returns a loopback address nobody listens on (for the given
-// network). A TCP port stays bound, without listening, until the test
-// ends: a connect to it is refused, and no listener the test opens later
-// can be given it. A UDP port is bound and released.
+// network): a TCP port held bound until the test ends (lbtest.ClosedPort),
+// a UDP port bound and released.
 func closedAddr(t *testing.T, network string) string {
 	t.Helper()
 	var addr string
 	switch network {
 	case "tcp":
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { syscall.Close(fd) })
-		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-			t.Fatal(err)
-		}
-		sa, err := syscall.Getsockname(fd)
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr = fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+		addr = lbtest.ClosedPort(t)
 	case "udp":
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {

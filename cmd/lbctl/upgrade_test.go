@@ -177,7 +177,7 @@ func TestUpgradeCommand(t *testing.T) {
 	a := lbtest.NewTCP(t, lbtest.Echo)
 	b := lbtest.NewTCP(t, lbtest.Echo)
 	added := lbtest.NewTCP(t, lbtest.Echo)
-	down := closedPortE2E(t)
+	down := lbtest.ClosedPort(t)
 	ub := lbtest.NewUDP(t, "u", lbtest.UDPEcho)
 	dir := t.TempDir()
 	front := fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
@@ -434,12 +434,6 @@ func writeFileMode(t *testing.T, dir, name, content string, mode os.FileMode) st
 		t.Fatal(err)
 	}
 	return p
-}
-
-// closedPortE2E returns a loopback address nothing listens on.
-func closedPortE2E(t *testing.T) string {
-	t.Helper()
-	return fmt.Sprintf("127.0.0.1:%d", lbtest.FreePort(t))
 }
 
 // credDatagram is a notification and the PID that sent it.

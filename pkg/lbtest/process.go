@@ -69,6 +69,32 @@ func FreePort(t testing.TB) int {
 	return 0
 }
 
+// ClosedPort returns a loopback TCP address where nothing listens: connects
+// to it are refused. The port stays reserved until the test ends by a
+// socket bound to it that never listens, so that no listener of the test
+// is given it as a free port (a port freed at once could be handed to the
+// next 127.0.0.1:0 listener); SO_REUSEADDR lets a test listen on it on
+// purpose (a backend coming back).
+func ClosedPort(t testing.TB) string {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
+}
+
 // Process is a server program started by a test. It is stopped by its PID
 // only (SIGTERM, then SIGKILL after 5s), at Stop or in the test's cleanup.
 type Process struct {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/lbctl/lbctl/pkg/config"
+	"github.com/lbctl/lbctl/pkg/lbtest"
 	"github.com/lbctl/lbctl/pkg/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -20,7 +21,7 @@ func TestStartBindFailureLeavesNothingBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	free := closedPort(t)
+	free := lbtest.ClosedPort(t)
 	cfg, err := config.Parse("t.toml", []byte(`
 [listeners.a]
 bind = "`+free+`"

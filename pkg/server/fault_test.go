@@ -197,7 +197,7 @@ func TestBackendFaults(t *testing.T) {
 			return lbtest.NewTCP(t, func(c *net.TCPConn) {}).Addr
 		}, 10},
 		{"blackholes SYNs", func(t *testing.T) string { return lbtest.Blackhole(t) }, 20},
-		{"refuses connections", func(t *testing.T) string { return closedPort(t) }, 20},
+		{"refuses connections", func(t *testing.T) string { return lbtest.ClosedPort(t) }, 20},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			good := lbtest.NewTCP(t, lbtest.Echo)

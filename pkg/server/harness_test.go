@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -130,32 +129,6 @@ func poolTOML(name string, extra string, backends ...string) string {
 // listenerTOML renders a TCP listener on an ephemeral loopback port.
 func listenerTOML(name, pool, extra string) string {
 	return fmt.Sprintf("[listeners.%s]\nbind = \"127.0.0.1:0\"\npool = %q\n%s\n", name, pool, extra)
-}
-
-// closedPort returns a loopback address where nothing listens: connects
-// to it are refused. The port stays reserved for the test by a socket bound
-// to it that never listens, so that no listener of the test picks it as a
-// free port (a port freed at once could be handed to the next
-// 127.0.0.1:0 listener); SO_REUSEADDR lets a test listen on it on purpose
-// (a backend coming back).
-func closedPort(t testing.TB) string {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
 
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {

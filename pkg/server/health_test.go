@@ -210,7 +210,7 @@ func TestHealthFirstCheckDecides(t *testing.T) {
 	live.code.Store(200)
 	liveBE := lbtest.NewTCP(t, live.handle)
 	silent := lbtest.NewTCP(t, lbtest.Silent) // accepts, never answers
-	dead := closedPort(t)
+	dead := lbtest.ClosedPort(t)
 	const (
 		interval = 5 * time.Second // long: only the first check can explain a quick verdict
 		// timeout is what the silent backend's first check takes, and long
@@ -400,7 +400,7 @@ func TestHealthCheckKinds(t *testing.T) {
 		name: "tcp on another port than the traffic port",
 		setup: func(t *testing.T) (string, []string, func(bool)) {
 			traffic := lbtest.NewTCP(t, lbtest.Named("x")) // always alive: only the check port decides
-			checkAddr := closedPort(t)
+			checkAddr := lbtest.ClosedPort(t)
 			_, port, _ := net.SplitHostPort(checkAddr)
 			var mu sync.Mutex
 			var checkBE *lbtest.Backend
@@ -521,7 +521,7 @@ func TestPassiveEjection(t *testing.T) {
 		// slow the machine.
 		const failTimeout = 3 * time.Second
 		a := lbtest.NewTCP(t, lbtest.Named("a"))
-		d := closedPort(t)
+		d := lbtest.ClosedPort(t)
 		logs, start := observed()
 		h := start(t, listenerTOML("l", "p", "")+
 			poolTOML("p", "retries = 1\nmax_fails = 2\nfail_timeout = \"3s\"", a.Addr, d)+noHealth)
@@ -576,8 +576,8 @@ func TestPassiveEjection(t *testing.T) {
 	t.Run("holds while active checks pass, then the active check decides", func(t *testing.T) {
 		const failTimeout = 2 * time.Second
 		a := lbtest.NewTCP(t, lbtest.Named("a"))
-		d := closedPort(t) // traffic port: refuses
-		checkAddr := closedPort(t)
+		d := lbtest.ClosedPort(t) // traffic port: refuses
+		checkAddr := lbtest.ClosedPort(t)
 		check := lbtest.NewTCPAt(t, checkAddr, func(*net.TCPConn) {}) // check port: accepts
 		_, port, _ := net.SplitHostPort(checkAddr)
 		h := startServer(t, listenerTOML("l", "p", "")+
@@ -649,7 +649,7 @@ func TestPassiveEjection(t *testing.T) {
 
 	t.Run("max_fails 0 turns it off", func(t *testing.T) {
 		a := lbtest.NewTCP(t, lbtest.Named("a"))
-		d := closedPort(t)
+		d := lbtest.ClosedPort(t)
 		h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "retries = 1\nmax_fails = 0", a.Addr, d)+noHealth)
 		whoServed(t, h, 6)
 		if got := counter(h.m.ConnectErrors.WithLabelValues("p", d)); got != 3 {
@@ -828,7 +828,7 @@ func TestHealthReload(t *testing.T) {
 	okHTTP.code.Store(200)
 	a := lbtest.NewTCP(t, okHTTP.handle)
 	b := lbtest.NewTCP(t, okHTTP.handle)
-	d := closedPort(t)
+	d := lbtest.ClosedPort(t)
 	// interval 20s: any verdict seen sooner comes from a first check; a
 	// timeout of 3s that a live backend's check never reaches, even on a
 	// loaded machine (its first check alone decides).
@@ -873,7 +873,7 @@ func TestHealthReload(t *testing.T) {
 
 	// A reload that fails (its new listener cannot bind) changes nothing,
 	// and leaves no metric series for the backend it would have added.
-	extra := closedPort(t)
+	extra := lbtest.ClosedPort(t)
 	busy := lbtest.NewTCP(t, lbtest.Silent)
 	bad := fmt.Sprintf("[listeners.busy]\nbind = %q\npool = \"p\"\n", busy.Addr) +
 		listenerTOML("l", "p", "") + poolTOML("p", "max_fails = 0", a.Addr, b.Addr, d, n.Addr, extra) + hc
@@ -925,7 +925,7 @@ func TestHealthReload(t *testing.T) {
 // TestHealthReloadCheckChange: turning active checks off marks a backend
 // held down by them up again; turning them on checks at once.
 func TestHealthReloadCheckChange(t *testing.T) {
-	d := closedPort(t)
+	d := lbtest.ClosedPort(t)
 	a := lbtest.NewTCP(t, lbtest.Named("a"))
 	hc := healthTOML(`check = "tcp"`, `interval = "20ms"`, `timeout = "1s"`, "rise = 1", "fall = 1")
 	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "max_fails = 0", a.Addr, d)+hc)
@@ -944,7 +944,7 @@ func TestHealthReloadCheckChange(t *testing.T) {
 // the backend down once the ejection ends.
 func TestHealthReloadChecksOnDuringEjection(t *testing.T) {
 	a := lbtest.NewTCP(t, lbtest.Named("a"))
-	d := closedPort(t)
+	d := lbtest.ClosedPort(t)
 	// The ejection must outlast the reload below, however slow the machine.
 	pool := poolTOML("p", "retries = 1\nmax_fails = 1\nfail_timeout = \"2s\"", a.Addr, d)
 	h := startServer(t, listenerTOML("l", "p", "")+pool+noHealth)
@@ -971,7 +971,7 @@ func TestHealthReloadChecksOnDuringEjection(t *testing.T) {
 // changes, not per check nor per connection that avoids it.
 func TestHealthLogsOncePerChange(t *testing.T) {
 	a := lbtest.NewTCP(t, lbtest.Named("a"))
-	d := closedPort(t)
+	d := lbtest.ClosedPort(t)
 	logs, start := observed()
 	h := start(t, listenerTOML("l", "p", "")+poolTOML("p", "retries = 1", a.Addr, d)+
 		healthTOML(`check = "tcp"`, `interval = "10ms"`, `timeout = "1s"`, "rise = 2", "fall = 2"))

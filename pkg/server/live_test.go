@@ -300,7 +300,7 @@ func TestSourceFailureKeepsTheSet(t *testing.T) {
 // counters, passive ejection) and put no new generation in service.
 func TestChurnKeepsState(t *testing.T) {
 	live := lbtest.NewTCP(t, lbtest.Named("live"))
-	dead := closedPort(t)
+	dead := lbtest.ClosedPort(t)
 	set := []string{live.Addr, dead}
 	for i := range 18 {
 		set = append(set, fmt.Sprintf("127.0.0.%d:%d", 10+i, 1000+i))
@@ -584,7 +584,7 @@ func TestAPIBackends(t *testing.T) {
 // outcome and when health last changed.
 func TestStatusLastCheckAndChange(t *testing.T) {
 	up := lbtest.NewTCP(t, lbtest.Echo)
-	down := closedPort(t)
+	down := lbtest.ClosedPort(t)
 	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p",
 		"[pools.p.health]\ncheck = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"5s\"\nfall = 1\n", up.Addr, down))
 	lbtest.Until(t, 10*time.Second, func() (bool, string) {
@@ -664,7 +664,7 @@ func TestReloadKeepsSources(t *testing.T) {
 		t.Fatal("no discovery series")
 	}
 	// Drop the source: its set goes (a drains away), and its series.
-	reloadTOML(listenerTOML("l", "p", "") + poolTOML("p", "", closedPort(t)) + noHealth)
+	reloadTOML(listenerTOML("l", "p", "") + poolTOML("p", "", lbtest.ClosedPort(t)) + noHealth)
 	if s := seriesWith(t, h.reg, "source", "file:/fake/p.json"); len(s) != 0 {
 		t.Errorf("series of the removed source remain: %v", s)
 	}

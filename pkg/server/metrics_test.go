@@ -194,7 +194,7 @@ func TestMetricsExact(t *testing.T) {
 	b := lbtest.NewTCP(t, countingEcho(&recvB))
 	d := lbtest.NewTCP(t, countingEcho(&recvD))
 	drained := lbtest.NewTCP(t, lbtest.Echo)
-	dead := closedPort(t)
+	dead := lbtest.ClosedPort(t)
 	toml := listenerTOML("l", "p", "") + poolTOML("p", "", a.Addr, b.Addr) + "[pools.p.health]\ncheck = \"none\"\n" +
 		listenerTOML("dead", "dead", "") + poolTOML("dead", "retries = 0\nmax_fails = 0", dead) + "[pools.dead.health]\ncheck = \"none\"\n" +
 		listenerTOML("none", "drained", "") + poolTOML("drained", "", drained.Addr) + "[pools.drained.health]\ncheck = \"none\"\n" +
@@ -409,7 +409,7 @@ func TestMetricSeriesFollowReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	e := closedPort(t)
+	e := lbtest.ClosedPort(t)
 	bad := listenerTOML("l1", "p", "") + poolTOML("p", "", a.Addr) + noHealth +
 		fmt.Sprintf("[listeners.l3]\nbind = %q\npool = \"p2\"\n", busy.Addr()) + poolTOML("p2", "", e)
 	if err := reload(bad); err == nil {

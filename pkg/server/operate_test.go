@@ -257,7 +257,7 @@ func TestConnectionDuration(t *testing.T) {
 // changed, with its old and new value, one entry per listener, pool or
 // top-level key.
 func TestReloadLogSaysWhatChanged(t *testing.T) {
-	a, b, c := closedPort(t), closedPort(t), closedPort(t)
+	a, b, c := lbtest.ClosedPort(t), lbtest.ClosedPort(t), lbtest.ClosedPort(t)
 	core, logs := observer.New(zap.InfoLevel)
 	h, path := startFile(t, listenerTOML("api", "p", `idle_timeout = "1m"`)+listenerTOML("old", "p", "")+
 		poolTOML("p", "", a+"=3", b)+noHealth, core)
@@ -328,7 +328,7 @@ func TestShutdownTimeoutLogCountsConnections(t *testing.T) {
 // connection tried, and which failed.
 func TestAccessLogRetries(t *testing.T) {
 	live := lbtest.NewTCP(t, lbtest.Echo)
-	dead, dead2 := closedPort(t), closedPort(t)
+	dead, dead2 := lbtest.ClosedPort(t), lbtest.ClosedPort(t)
 	core, logs := observer.New(zap.InfoLevel)
 	// Smooth weighted round-robin picks the heaviest first: dead.
 	h := startServerLog(t, listenerTOML("l", "p", "")+listenerTOML("none", "n", "")+

@@ -641,7 +641,7 @@ func TestAdminStateSurvivesReload(t *testing.T) {
 // down right after a reload that keeps it; it does not restart as up.
 func TestHealthSurvivesReload(t *testing.T) {
 	a := lbtest.NewTCP(t, tagEcho("a"))
-	dead := closedPort(t)
+	dead := lbtest.ClosedPort(t)
 	// fall = 1 marks the dead backend down at its first refused check; the
 	// timeout is long so that no check of the live one ever times out,
 	// which would mark it down as well.

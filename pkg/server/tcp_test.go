@@ -232,7 +232,7 @@ func TestIPHashStickyAndWeighted(t *testing.T) {
 // succeeds through the live ones.
 func TestFailover(t *testing.T) {
 	live := lbtest.NewTCP(t, lbtest.Named("live"))
-	dead1, dead2 := closedPort(t), closedPort(t)
+	dead1, dead2 := lbtest.ClosedPort(t), lbtest.ClosedPort(t)
 	h := startServer(t, listenerTOML("l", "p", "")+
 		poolTOML("p", "retries = 2\nmax_fails = 0", dead1, live.Addr, dead2)+noHealth)
 	got := whoServed(t, h, 30)
@@ -248,7 +248,7 @@ func TestFailover(t *testing.T) {
 // counted as backend_unavailable.
 func TestAllBackendsDown(t *testing.T) {
 	h := startServer(t, listenerTOML("l", "p", "")+
-		poolTOML("p", "retries = 1\nmax_fails = 0", closedPort(t), closedPort(t))+noHealth)
+		poolTOML("p", "retries = 1\nmax_fails = 0", lbtest.ClosedPort(t), lbtest.ClosedPort(t))+noHealth)
 	start := time.Now()
 	c := h.dial("l")
 	b, err := lbtest.ReadAllTimeout(t, c, 3*time.Second)
@@ -455,7 +455,7 @@ func TestShutdownTimeout(t *testing.T) {
 func TestNoLeaks(t *testing.T) {
 	echo := lbtest.NewTCP(t, lbtest.Echo)
 	resetter := lbtest.NewTCP(t, func(c *net.TCPConn) { c.SetLinger(0); c.Close() })
-	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "", echo.Addr, resetter.Addr, closedPort(t))+noHealth)
+	h := startServer(t, listenerTOML("l", "p", "")+poolTOML("p", "", echo.Addr, resetter.Addr, lbtest.ClosedPort(t))+noHealth)
 	addr := h.addr("l")
 	base := lbtest.OpenFDs(t)
 	var wg sync.WaitGroup

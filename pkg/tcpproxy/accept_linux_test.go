@@ -162,7 +162,7 @@ func TestLoopAcceptServes(t *testing.T) {
 // Handoff as a *net.TCPConn that carries its bytes, with the listener's
 // keep-alive settings (not Go's own); one Admit refuses is closed at once.
 func TestLoopAcceptHandoffAndRefuse(t *testing.T) {
-	r := newLoopRig(t, 5*time.Second, 0, nil, closedAddr(t))
+	r := newLoopRig(t, 5*time.Second, 0, nil, lbtest.ClosedPort(t))
 	a := newAcceptRig(t, r)
 	// The listener's keep-alive, as pkg/server sets it, inherited by the
 	// sockets it accepts.

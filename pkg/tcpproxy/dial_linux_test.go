@@ -95,18 +95,6 @@ func (r *loopRig) open(t *testing.T, ctx context.Context) (*net.TCPConn, chan tc
 	return c, ends
 }
 
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // openSockets counts this process's open sockets. (Pipes are left out:
 // the echo backends' io.Copy splices through pipes of Go's own, which
 // stay open until a garbage collection.)
@@ -152,7 +140,7 @@ func waitEndIn(t *testing.T, ends chan tcpproxy.End, want tcpproxy.End, within t
 // socket is left open.
 func TestLoopDialFailsOver(t *testing.T) {
 	echo := lbtest.NewTCP(t, lbtest.Echo)
-	dead := closedAddr(t)
+	dead := lbtest.ClosedPort(t)
 	r := newLoopRig(t, 5*time.Second, 1, nil, dead, echo.Addr)
 	base := openSockets(t)
 	const n = 6
@@ -195,7 +183,7 @@ func TestLoopDialFailsOver(t *testing.T) {
 // closed, the End says backend_unavailable and the refusal is counted;
 // with no eligible backend, no_backend.
 func TestLoopDialEveryConnectFails(t *testing.T) {
-	r := newLoopRig(t, 5*time.Second, 1, nil, closedAddr(t), closedAddr(t))
+	r := newLoopRig(t, 5*time.Second, 1, nil, lbtest.ClosedPort(t), lbtest.ClosedPort(t))
 	c, ends := r.open(t, context.Background())
 	waitEndIn(t, ends, tcpproxy.EndBackendUnavailable, 10*time.Second)
 	if got, err := lbtest.ReadAllTimeout(t, c, 5*time.Second); len(got) != 0 || err != nil {
@@ -325,7 +313,7 @@ func TestLoopDialBulkEcho(t *testing.T) {
 // StartWith.
 func TestLoopDialPrelude(t *testing.T) {
 	echo := lbtest.NewTCP(t, lbtest.Echo)
-	dead := closedAddr(t)
+	dead := lbtest.ClosedPort(t)
 	header := func(client, local netip.AddrPort) []byte { return []byte("HDR\n") }
 	r := newLoopRig(t, 5*time.Second, 1, header, dead, echo.Addr)
 	base := openSockets(t)

@@ -98,7 +98,7 @@ func closedByProxy(t *testing.T, c *net.TCPConn, within time.Duration) []byte {
 // connect gets nothing; the next one gets the same bytes.
 func TestLoopHelloRoutes(t *testing.T) {
 	echo := lbtest.NewTCP(t, lbtest.Echo)
-	dead := closedAddr(t)
+	dead := lbtest.ClosedPort(t)
 	r := newLoopRig(t, 5*time.Second, 1, nil, dead, echo.Addr)
 	router := newTestRouter(10*time.Second, map[string]*tcpproxy.Proxy{"a.test": r.p})
 	base := openSockets(t)
