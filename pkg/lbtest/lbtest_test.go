@@ -2,6 +2,8 @@ package lbtest
 
 import (
 	"fmt"
+	"net"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -74,5 +76,40 @@ func TestEventually(t *testing.T) {
 		Eventually(tb, time.Minute, func() bool { return time.Since(start) > 20*time.Millisecond })
 	}); msg != "" {
 		t.Fatalf("a condition that came true failed the test: %q", msg)
+	}
+}
+
+// FreePort's ports are distinct in one process, outside the kernel's
+// ephemeral range, and bindable for both TCP and UDP.
+func TestFreePort(t *testing.T) {
+	lo, hi := freeRange()
+	elo, ehi := 32768, 60999
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		fmt.Sscan(string(b), &elo, &ehi)
+	}
+	if elo-10000 >= 2000 && (lo != 10000 || hi != elo) {
+		t.Fatalf("range [%d, %d), want [10000, %d): below the ephemeral range %d-%d", lo, hi, elo, elo, ehi)
+	}
+	seen := map[int]bool{}
+	for range 50 {
+		p := FreePort(t)
+		if seen[p] {
+			t.Fatalf("port %d given twice", p)
+		}
+		seen[p] = true
+		if p < lo || p >= hi {
+			t.Fatalf("port %d outside [%d, %d)", p, lo, hi)
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", p)
+		l, err := net.Listen("tcp4", addr)
+		if err != nil {
+			t.Fatalf("tcp %s: %v", addr, err)
+		}
+		u, err := net.ListenPacket("udp4", addr)
+		l.Close()
+		if err != nil {
+			t.Fatalf("udp %s: %v", addr, err)
+		}
+		u.Close()
 	}
 }

@@ -2,6 +2,7 @@ package lbtest
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -38,35 +39,63 @@ var (
 )
 
 // FreePort returns a port of 127.0.0.1 that was free for both TCP and UDP
-// a moment ago (dnsmasq binds both). Another process may take it before
-// the caller binds it: callers retry a failed start on a new port.
-// It never returns the same port twice in one process.
+// a moment ago (dnsmasq binds both), outside the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range): a port in that range can be taken
+// between the check and the caller's bind by any outgoing connection or
+// 127.0.0.1:0 listener of the machine, and a loaded test run makes
+// thousands. Another FreePort, in another test process, may still take
+// it: callers retry a failed start on a new port. It never returns the
+// same port twice in one process.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	for range 20 {
-		u, err := net.ListenPacket("udp4", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	lo, hi := freeRange()
+	for range 200 {
+		port := lo + rand.IntN(hi-lo)
+		givenMu.Lock()
+		seen := given[port]
+		givenMu.Unlock()
+		if seen {
+			continue
 		}
-		port := u.LocalAddr().(*net.UDPAddr).Port
+		u, err := net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
 		l, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
 		u.Close()
-		if err == nil {
-			l.Close()
-			// The kernel may hand the same free port out again at once:
-			// a test that asks twice (a listener and the admin API)
-			// must get two.
-			givenMu.Lock()
-			seen := given[port]
-			given[port] = true
-			givenMu.Unlock()
-			if !seen {
-				return port
-			}
+		if err != nil {
+			continue
+		}
+		l.Close()
+		givenMu.Lock()
+		seen = given[port]
+		given[port] = true
+		givenMu.Unlock()
+		if !seen {
+			return port
 		}
 	}
 	t.Fatal("no free port")
 	return 0
+}
+
+// freeRange is where FreePort looks: [lo, hi), below the ephemeral range
+// when there is room for 2,000 ports, else above it, else anywhere.
+func freeRange() (lo, hi int) {
+	elo, ehi := 32768, 60999
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var a, z int
+		if _, err := fmt.Sscan(string(b), &a, &z); err == nil && a > 0 && z >= a {
+			elo, ehi = a, z
+		}
+	}
+	switch {
+	case elo-10000 >= 2000:
+		return 10000, elo
+	case 65535-ehi >= 2000:
+		return ehi + 1, 65536
+	}
+	return 1024, 65536
 }
 
 // ClosedPort returns a loopback TCP address where nothing listens: connects
