@@ -68,8 +68,7 @@ var (
 	used   [maxLoops]bool
 	high   atomic.Int32 // slots in use are below it
 
-	started atomic.Int64 // spare pollers started
-	off     = os.Getenv("LBCTL_SPARE_POLLER") == "off"
+	off = os.Getenv("LBCTL_SPARE_POLLER") == "off"
 )
 
 // Loop is one event loop's account. The zero value is ready; it is owned by
@@ -148,7 +147,6 @@ func (l *Loop) look() bool {
 			// was read above. (A descriptor closed and its number reused
 			// meanwhile can cost one spare poller for nothing.)
 			if pf.Revents&(unix.POLLIN|unix.POLLERR|unix.POLLHUP) != 0 && waitOn[l.slots[k]].Load() == pf.Fd {
-				started.Add(1)
 				l.started++
 				go func() {}()
 				break
@@ -203,9 +201,6 @@ func take() int32 {
 // SetAfter sets, in place of After, how long this loop is busy before it
 // looks at the parked loops (-1: never); for tests.
 func (l *Loop) SetAfter(d int64) { l.set, l.after = true, d }
-
-// Started returns the number of spare pollers started so far.
-func Started() int64 { return started.Load() }
 
 // Started returns the number of spare pollers this loop started; for
 // tests, from the loop's goroutine or once it has ended.

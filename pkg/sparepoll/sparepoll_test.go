@@ -8,11 +8,11 @@ import (
 	"time"
 )
 
-// startedBy returns how many spare pollers f started.
-func startedBy(f func()) int64 {
-	before := Started()
+// startedBy returns how many spare pollers l started in f.
+func startedBy(l *Loop, f func()) int64 {
+	before := l.Started()
 	f()
-	return Started() - before
+	return l.Started() - before
 }
 
 // TestLoop: a busy loop starts a spare poller when a parked loop's
@@ -40,7 +40,7 @@ func TestLoop(t *testing.T) {
 	var a, b Loop
 	step := After
 	turn := func(batches int) int64 {
-		return startedBy(func() {
+		return startedBy(&a, func() {
 			now := int64(time.Second)
 			a.Resume(now)
 			for range batches {
@@ -81,7 +81,7 @@ func TestLoop(t *testing.T) {
 	// A loop entered again without having parked (a UDP loop after 64
 	// passes) goes on with its turn: its clock does not start again.
 	a.Resume(0) // back from the park above: looks at After
-	if n := startedBy(func() { a.Resume(After - 1); a.Busy(After) }); n != 1 {
+	if n := startedBy(&a, func() { a.Resume(After - 1); a.Busy(After) }); n != 1 {
 		t.Fatalf("entered again within a turn: %d spare pollers at the turn's After, want 1 (its clock started again?)", n)
 	}
 	a.Park(999)
