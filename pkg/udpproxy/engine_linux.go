@@ -373,6 +373,7 @@ func (l *Listener) loop() {
 		got     int // datagrams of the last recvmmsg
 		rerr    error
 		backoff time.Duration
+		passAt  int64 // nanotime of the last pass, read once for its events
 	)
 	recv := func(fd uintptr) {
 		rx.resetRecv(oob)
@@ -423,7 +424,8 @@ func (l *Listener) loop() {
 		if kicked {
 			l.control()
 		}
-		now := nanotime()
+		passAt = nanotime()
+		now := passAt
 		k := 0
 		for _, s := range ready {
 			m, err := rawsys.Read(s.fd, tx.buf(k))
@@ -510,7 +512,7 @@ func (l *Listener) loop() {
 				return false // nothing ready: park until the epoll set is
 			}
 			pass(n)
-			l.sp.Busy(nanotime())
+			l.sp.Busy(passAt)
 			l.close(ended, EndBackendError)
 			ended = ended[:0]
 			l.close(retired, EndShutdown)
