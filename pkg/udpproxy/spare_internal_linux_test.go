@@ -1,9 +1,7 @@
 package udpproxy
 
 import (
-	"net"
 	"testing"
-	"time"
 
 	"github.com/lbctl/lbctl/pkg/lbtest"
 )
@@ -18,16 +16,7 @@ func TestLoopStartsSparePoller(t *testing.T) {
 	l.sp.SetAfter(0) // before the loop runs: from then on it is the loop's
 	lbtest.ParkedReadyLoop(t)
 	stop := serveIdle(t, l)
-
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	to := l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
-	if reply := lbtest.UDPExchange(t, c, to, []byte("1"), 5*time.Second); string(reply) != "a|1" {
-		t.Fatalf("reply %q", reply)
-	}
+	exchangeOne(t, l)
 	stop()
 	if l.sp.Started() < 1 {
 		t.Fatal("the busy loop, another loop parked and ready, started no spare poller")

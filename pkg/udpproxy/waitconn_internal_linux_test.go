@@ -16,16 +16,7 @@ import (
 func TestLoopWaitsOnConnWhenIdle(t *testing.T) {
 	l := oneBackendListener(t)
 	serveIdle(t, l)
-
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	to := l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
-	if reply := lbtest.UDPExchange(t, c, to, []byte("1"), 5*time.Second); string(reply) != "a|1" {
-		t.Fatalf("reply %q", reply)
-	}
+	exchangeOne(t, l)
 	lbtest.Until(t, 5*time.Second, func() (bool, string) {
 		return !l.onConn.Load(), "the loop waits on its socket with a session open"
 	})
@@ -86,4 +77,20 @@ func serveIdle(t *testing.T, l *Listener) (stop func()) {
 		return l.onConn.Load(), "the idle loop does not wait on its socket"
 	})
 	return stop
+}
+
+// exchangeOne sends "1" to l from a new client socket (closed at the
+// test's end), which opens a session, and checks the reply of l's one
+// backend.
+func exchangeOne(t *testing.T, l *Listener) {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	to := l.Conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	if reply := lbtest.UDPExchange(t, c, to, []byte("1"), 5*time.Second); string(reply) != "a|1" {
+		t.Fatalf("reply %q", reply)
+	}
 }
