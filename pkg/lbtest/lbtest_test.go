@@ -80,7 +80,8 @@ func TestEventually(t *testing.T) {
 }
 
 // FreePort's ports are distinct in one process, outside the kernel's
-// ephemeral range, and bindable for both TCP and UDP.
+// ephemeral range, and bindable for both TCP and UDP; a port already given
+// is not given again even when it is free.
 func TestFreePort(t *testing.T) {
 	lo, hi := freeRange()
 	elo, ehi := 32768, 60999
@@ -111,5 +112,11 @@ func TestFreePort(t *testing.T) {
 			t.Fatalf("udp %s: %v", addr, err)
 		}
 		u.Close()
+	}
+	p := FreePort(t) // free: nothing binds it
+	defer func(old func(lo, hi int) int) { pickPort = old }(pickPort)
+	pickPort = func(int, int) int { return p }
+	if msg := failure(t, func(tb testing.TB) { FreePort(tb) }); !strings.HasPrefix(msg, "no free port") {
+		t.Fatalf("with only port %d (given before) to try: failure %q, want no free port", p, msg)
 	}
 }

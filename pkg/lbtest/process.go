@@ -50,13 +50,7 @@ func FreePort(t testing.TB) int {
 	t.Helper()
 	lo, hi := freeRange()
 	for range 200 {
-		port := lo + rand.IntN(hi-lo)
-		givenMu.Lock()
-		seen := given[port]
-		givenMu.Unlock()
-		if seen {
-			continue
-		}
+		port := pickPort(lo, hi)
 		u, err := net.ListenPacket("udp4", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue
@@ -68,16 +62,19 @@ func FreePort(t testing.TB) int {
 		}
 		l.Close()
 		givenMu.Lock()
-		seen = given[port]
+		seen := given[port]
 		given[port] = true
 		givenMu.Unlock()
 		if !seen {
 			return port
 		}
 	}
-	t.Fatal("no free port")
+	t.Fatalf("no free port in [%d, %d)", lo, hi)
 	return 0
 }
+
+// pickPort is where FreePort tries next, in [lo, hi); a test replaces it.
+var pickPort = func(lo, hi int) int { return lo + rand.IntN(hi-lo) }
 
 // freeRange is where FreePort looks: [lo, hi), below the ephemeral range
 // when there is room for 2,000 ports, else above it, else anywhere.
