@@ -7,6 +7,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
 )
 
 // FailAccepts makes the loops' accept4 calls after the first skip fail
@@ -91,4 +92,23 @@ func ObserveLeaveLog(t *testing.T) *observer.ObservedLogs {
 	leaveLogged.Store(0)
 	t.Cleanup(restore)
 	return logs
+}
+
+// handEngine makes a loop that no goroutine runs, for a test to drive by
+// hand; its descriptors are closed when the test ends.
+func handEngine(t *testing.T) *engine {
+	t.Helper()
+	e, err := newEngine()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		unix.Close(e.evfd)
+		if e.ep != nil {
+			e.ep.Close()
+		} else {
+			unix.Close(e.epfd) // LBCTL_TCP_PARK=epoll: not in Go's poller
+		}
+	})
+	return e
 }

@@ -12,16 +12,11 @@ import (
 // starts a spare poller (the policy itself is sparepoll's test). The loop
 // here is driven by hand, as Go's poller would call it.
 func TestLoopStartsSparePoller(t *testing.T) {
-	e, err := newEngine()
-	if err != nil {
-		t.Fatal(err)
-	}
+	e := handEngine(t)
 	if e.ep == nil {
 		t.Skip("LBCTL_TCP_PARK=epoll: the loops do not park in Go's poller")
 	}
-	defer e.ep.Close()
-	defer e.sp.Close() // first: its slot names e.epfd
-	defer unix.Close(e.evfd)
+	defer e.sp.Close() // before handEngine's clean-up: its slot names e.epfd
 	e.sp.SetAfter(0)
 	lbtest.ParkedReadyLoop(t)
 

@@ -16,18 +16,7 @@ import (
 // whose set has nothing ready, is left alone. The loop here never runs: it
 // stands for one whose wake-up got lost.
 func TestWatchdogWakesAParkedLoop(t *testing.T) {
-	e, err := newEngine()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if e.ep != nil {
-			e.ep.Close()
-		} else {
-			unix.Close(e.epfd) // LBCTL_TCP_PARK=epoll: not in Go's poller
-		}
-	}()
-	defer unix.Close(e.evfd)
+	e := handEngine(t)
 	e.sleeping = true
 	before := missedWakeups.Load()
 
